@@ -1,0 +1,446 @@
+"""The `torpor` command: Docker-style sandbox verbs, checkpoints, images and tools.
+
+Every command that outputs data takes `--format json`. Errors are one line on stderr and
+a non-zero exit code; `exec` exits with the code of the command it ran.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from torpor.cli import log_cmd
+from torpor.cli.image_cmd import format_table, human_age, image_app, images, pull, rmi
+from torpor.sandbox.engine import PortMapping, SandboxInfo, SandboxSpec, Volume
+
+app = typer.Typer(
+    help="torpor: durable sandboxes for AI agents, snapshotted whole at every wait point.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+checkpoint_app = typer.Typer(help="Checkpoint a running sandbox, list and remove checkpoints.")
+app.add_typer(checkpoint_app, name="checkpoint")
+app.add_typer(image_app, name="image")
+app.add_typer(log_cmd.app, name="log")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """torpor's own errors and OS errors are reported as one line; anything else is a bug
+    and keeps its traceback."""
+    return isinstance(e, OSError) or type(e).__module__.startswith("torpor.")
+
+
+def clean_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        except Exception as e:
+            if not _is_user_error(e):
+                raise
+            msg = str(e) or type(e).__name__
+            err.print(f"[red]torpor: error:[/red] {msg}", markup=True, highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command(typer_app: typer.Typer, name: str | None = None, **kw: Any) -> Callable[[F], F]:
+    def deco(fn: F) -> F:
+        typer_app.command(name, **kw)(clean_errors(fn))
+        return fn
+
+    return deco
+
+
+def engine():  # type: ignore[no-untyped-def]
+    from torpor.sandbox.gvisor import GVisorEngine
+
+    return GVisorEngine()
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter(f"unknown format {fmt!r}: use text or json")
+    return fmt
+
+
+FormatOpt = typer.Option("text", "--format", help="Output format: text or json.")
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"(?i)\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text)
+    if not m:
+        raise typer.BadParameter(f"invalid size {text!r}: use e.g. 512m or 2g")
+    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+def human_bytes(n: int | float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------- sandboxes
+
+_RUN_SETTINGS = {"allow_interspersed_args": False}
+
+
+@command(app, "run", context_settings=_RUN_SETTINGS)
+def run(
+    image: str = typer.Argument(..., help="Image to run (e.g. base)."),
+    cmd: list[str] = typer.Argument(None, help="Command and arguments (default: idle init)."),
+    detach: bool = typer.Option(False, "-d", "--detach", help="Run in the background."),
+    name: str = typer.Option(None, "--name", help="Name of the sandbox."),
+    env: list[str] = typer.Option([], "-e", "--env", help="Set an environment variable K=V."),
+    volume: list[str] = typer.Option(
+        [], "-v", "--volume", help="Bind mount HOST:CTR[:ro] (not part of checkpoints)."
+    ),
+    workdir: str = typer.Option("", "-w", "--workdir", help="Working directory."),
+    user: str = typer.Option("", "-u", "--user", help="User (name or uid[:gid])."),
+    publish: list[str] = typer.Option(
+        [], "-p", "--publish", help="Publish HOST:CTR on 127.0.0.1 (needs --network sandbox)."
+    ),
+    network: str = typer.Option("none", "--network", help="none (loopback only) or sandbox."),
+    memory: str = typer.Option(None, "-m", "--memory", help="Memory limit, e.g. 512m."),
+    cpus: float = typer.Option(None, "--cpus", help="CPU limit, e.g. 1.5."),
+    pids: int = typer.Option(4096, "--pids-limit", help="Maximum number of processes."),
+    rm: bool = typer.Option(False, "--rm", help="Remove the sandbox when it exits."),
+) -> None:
+    """Create and start a sandbox (Docker's `run`)."""
+    if network not in ("none", "sandbox"):
+        raise typer.BadParameter(f"unknown network {network!r}: use none or sandbox")
+    spec = SandboxSpec(
+        image=image,
+        cmd=list(cmd or []),
+        env=list(env),
+        workdir=workdir,
+        user=user,
+        volumes=[Volume.parse(v) for v in volume],
+        network=network,  # type: ignore[arg-type]
+        ports=[PortMapping.parse(p) for p in publish],
+        memory=parse_size(memory) if memory else None,
+        cpus=cpus,
+        pids=pids,
+    )
+    eng = engine()
+    info = eng.run(spec, name=name)
+    if detach:
+        print(info.id)
+        return
+    code = _follow_until_exit(eng, info)
+    if rm:
+        eng.remove(info.id, force=True)
+    raise typer.Exit(code)
+
+
+def _follow_until_exit(eng: Any, info: SandboxInfo) -> int:
+    result: dict[str, int] = {}
+    waiter = threading.Thread(target=lambda: result.update(code=eng.wait(info.id)), daemon=True)
+    waiter.start()
+    path = eng.console_path(info.id)
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 16)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+                continue
+            if not waiter.is_alive():
+                rest = f.read()
+                sys.stdout.buffer.write(rest)
+                sys.stdout.buffer.flush()
+                return result.get("code", 0)
+            time.sleep(0.05)
+
+
+@command(app, "exec", context_settings=_RUN_SETTINGS)
+def exec_(
+    sandbox: str = typer.Argument(..., help="Sandbox name or id."),
+    cmd: list[str] = typer.Argument(..., help="Command and arguments."),
+    interactive: bool = typer.Option(False, "-i", "--interactive", help="Pass stdin through."),
+    detach: bool = typer.Option(False, "-d", "--detach", help="Run in the background."),
+    env: list[str] = typer.Option([], "-e", "--env", help="Set an environment variable K=V."),
+    workdir: str = typer.Option(None, "-w", "--workdir", help="Working directory."),
+    user: str = typer.Option(None, "-u", "--user", help="User (name or uid[:gid])."),
+) -> None:
+    """Run a command in a running sandbox; exits with the command's exit code."""
+    code = engine().exec_stream(
+        sandbox, cmd, interactive=interactive, detach=detach, env=env, workdir=workdir, user=user
+    )
+    raise typer.Exit(code)
+
+
+def _status(info: SandboxInfo) -> str:
+    if info.state == "exited":
+        return f"exited ({info.exit_code if info.exit_code is not None else '?'})"
+    if info.state == "running" and info.restored_from:
+        return f"running (restored from {info.restored_from})"
+    return info.state
+
+
+def _ports(info: SandboxInfo) -> str:
+    return ", ".join(f"127.0.0.1:{p.host_port}->{p.sandbox_port}" for p in info.spec.ports)
+
+
+@command(app, "ps")
+def ps(
+    all_: bool = typer.Option(False, "-a", "--all", help="Show all sandboxes, not only running."),
+    fmt: str = FormatOpt,
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only print ids."),
+) -> None:
+    """List sandboxes."""
+    _check_format(fmt)
+    infos = engine().list(all=all_)
+    if fmt == "json":
+        _print_json([i.to_json() for i in infos])
+        return
+    if quiet:
+        for i in infos:
+            print(i.id)
+        return
+    rows = [["SANDBOX ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"]]
+    for i in infos:
+        cmd = " ".join(i.spec.cmd)
+        rows.append([
+            i.id, i.name, i.spec.image, f'"{cmd[:27]}..."' if len(cmd) > 30 else f'"{cmd}"',
+            human_age(i.created), _status(i), _ports(i),
+        ])  # fmt: skip
+    print(format_table(rows))
+
+
+@command(app, "logs")
+def logs(
+    sandbox: str = typer.Argument(...),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep following the output."),
+) -> None:
+    """Show the output of a sandbox's main process."""
+    engine().logs(sandbox, follow=follow)
+
+
+@command(app, "stop")
+def stop(
+    sandboxes: list[str] = typer.Argument(...),
+    timeout: float = typer.Option(10, "-t", "--time", help="Seconds to wait before killing."),
+) -> None:
+    """Stop running sandboxes (SIGTERM, then SIGKILL after the timeout)."""
+    eng = engine()
+    for s in sandboxes:
+        eng.stop(s, timeout=timeout)
+        print(s)
+
+
+@command(app, "start")
+def start(
+    sandbox: str = typer.Argument(...),
+    checkpoint: str = typer.Option(
+        None, "--checkpoint", help="Restore this checkpoint instead of starting fresh."
+    ),
+    fmt: str = FormatOpt,
+) -> None:
+    """Start a stopped sandbox: fresh from its image, or from a checkpoint."""
+    _check_format(fmt)
+    t0 = time.monotonic()
+    info = engine().start(sandbox, checkpoint=checkpoint)
+    ms = (time.monotonic() - t0) * 1000
+    if fmt == "json":
+        _print_json({**info.to_json(), "ms": round(ms, 1)})
+    else:
+        print(info.name)
+        how = f"restored from {checkpoint}" if checkpoint else "started"
+        err.print(f"{how} in {ms:.0f} ms")
+
+
+@command(app, "rm")
+def rm(
+    sandboxes: list[str] = typer.Argument(...),
+    force: bool = typer.Option(False, "-f", "--force", help="Kill a running sandbox first."),
+) -> None:
+    """Remove sandboxes."""
+    eng = engine()
+    failed = False
+    for s in sandboxes:
+        try:
+            eng.remove(s, force=force)
+            print(s)
+        except Exception as e:
+            if not _is_user_error(e):
+                raise
+            err.print(f"[red]torpor: error:[/red] {e}")
+            failed = True
+    if failed:
+        raise typer.Exit(1)
+
+
+@command(app, "inspect")
+def inspect(sandbox: str = typer.Argument(...), fmt: str = FormatOpt) -> None:
+    """Show a sandbox's full record as JSON."""
+    _check_format(fmt)
+    _print_json(engine().inspect(sandbox).to_json())
+
+
+@command(app, "cp")
+def cp(
+    src: str = typer.Argument(..., help="HOST_PATH or SANDBOX:PATH"),
+    dest: str = typer.Argument(..., help="HOST_PATH or SANDBOX:PATH"),
+) -> None:
+    """Copy files or directories between the host and a sandbox (either direction)."""
+
+    def split(p: str) -> tuple[str | None, str]:
+        head, sep, tail = p.partition(":")
+        if sep and "/" not in head and head:
+            return head, tail
+        return None, p
+
+    (s_box, s_path), (d_box, d_path) = split(src), split(dest)
+    if (s_box is None) == (d_box is None):
+        raise typer.BadParameter("exactly one of SRC and DEST must be SANDBOX:PATH")
+    eng = engine()
+    if d_box is not None:
+        eng.copy_in(d_box, Path(s_path), d_path)
+    else:
+        assert s_box is not None
+        eng.copy_out(s_box, s_path, Path(d_path))
+
+
+@command(app, "restore")
+def restore(
+    checkpoint: str = typer.Argument(..., help="Checkpoint id (or a unique name)."),
+    name: str = typer.Option(None, "--name", help="Name of the new sandbox."),
+    fmt: str = FormatOpt,
+) -> None:
+    """Start a new, independent sandbox from a checkpoint (a fork)."""
+    _check_format(fmt)
+    t0 = time.monotonic()
+    info = engine().restore(checkpoint, name=name)
+    ms = (time.monotonic() - t0) * 1000
+    if fmt == "json":
+        _print_json({**info.to_json(), "ms": round(ms, 1)})
+    else:
+        print(info.name)
+        err.print(f"restored {checkpoint} as {info.name} in {ms:.0f} ms")
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+@command(checkpoint_app, "create")
+def checkpoint_create(
+    sandbox: str = typer.Argument(...),
+    checkpoint: str = typer.Argument(None, help="Checkpoint name (default: a timestamp)."),
+    leave_running: bool = typer.Option(
+        False, "--leave-running", help="Keep the sandbox running after the checkpoint."
+    ),
+    fmt: str = FormatOpt,
+) -> None:
+    """Checkpoint a running sandbox: every process, its memory, and its files."""
+    _check_format(fmt)
+    ck = engine().checkpoint(sandbox, checkpoint, leave_running=leave_running)
+    if fmt == "json":
+        _print_json(ck.to_json())
+    else:
+        print(f"{ck.id}\t{human_bytes(ck.size)}\t{ck.seconds * 1000:.0f} ms")
+
+
+@command(checkpoint_app, "ls")
+def checkpoint_ls(
+    sandbox: str = typer.Argument(None, help="Only this sandbox's checkpoints."),
+    fmt: str = FormatOpt,
+) -> None:
+    """List checkpoints."""
+    _check_format(fmt)
+    metas = engine().list_checkpoints(sandbox)
+    if fmt == "json":
+        _print_json(metas)
+        return
+    rows = [["CHECKPOINT NAME", "ID", "SANDBOX", "SIZE", "TIME", "CREATED"]]
+    for m in metas:
+        rows.append([
+            m.get("name", ""), m["id"], m.get("sandbox", ""), human_bytes(m.get("size", 0)),
+            f"{m.get('seconds', 0) * 1000:.0f} ms", human_age(m.get("created", "")),
+        ])  # fmt: skip
+    print(format_table(rows))
+
+
+@command(checkpoint_app, "rm")
+def checkpoint_rm(
+    sandbox: str = typer.Argument(...),
+    checkpoint: str = typer.Argument(...),
+) -> None:
+    """Remove a checkpoint of a sandbox."""
+    engine().remove_checkpoint(sandbox, checkpoint)
+    print(checkpoint)
+
+
+# ---------------------------------------------------------------------------- images, tools
+
+app.command("pull")(clean_errors(pull))
+app.command("images")(clean_errors(images))
+app.command("rmi")(clean_errors(rmi))
+
+
+@command(app, "doctor")
+def doctor(
+    build_base: bool = typer.Option(
+        False, "--build-base", help="Also build the base image if it is missing."
+    ),
+    fmt: str = FormatOpt,
+) -> None:
+    """Check this host: runsc (with a self-test sandbox), tools, torpor-init, base image."""
+    from torpor.sandbox.doctor import run_checks
+
+    _check_format(fmt)
+    checks = run_checks(engine, build_base=build_base)
+    if fmt == "json":
+        _print_json([c.__dict__ for c in checks])
+    else:
+        for c in checks:
+            mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
+            out.print(f"{mark} {c.name:<12} {c.detail}", markup=True)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+@command(app, "demo")
+def demo(
+    image: str = typer.Option("base", "--image", help="Image for the demo sandbox."),
+) -> None:
+    """Show a sandbox sleeping and waking: state in memory survives checkpoint/restore."""
+    from torpor.cli.demo import sandbox_round_trip
+
+    sandbox_round_trip(engine(), image, out)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The context log: append-only, hash-chained, fenced session history (SQLite, PostgreSQL).
+
+    log = open_log("sqlite:///var/lib/torpor/context.db")
+    epoch = log.acquire("s1")
+    log.append("s1", [Entry.message("user", "hi")], epoch=epoch)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlencode, urlparse, urlunparse
+
+from .blobs import BlobStore, FileBlobStore, open_blobs
+from .convert import from_anthropic, from_openai, to_anthropic, to_openai
+from .entry import (
+    KINDS,
+    MARKERS,
+    BlobMissing,
+    BlobRef,
+    ContextError,
+    Entry,
+    InvalidEntry,
+    StaleEpoch,
+    UnknownSession,
+    chain_hash,
+)
+from .log import DEFAULT_BLOB_THRESHOLD, ContextLog, SessionClosed, SessionInfo, VerifyResult
+
+__all__ = [
+    "KINDS", "MARKERS", "BlobMissing", "BlobRef", "BlobStore", "ContextError", "ContextLog",
+    "Entry",
+    "FileBlobStore", "InvalidEntry", "SessionClosed", "SessionInfo", "StaleEpoch",
+    "UnknownSession", "VerifyResult", "chain_hash", "default_url", "from_anthropic",
+    "from_openai", "open_blobs", "open_log", "to_anthropic", "to_openai",
+]
+
+
+def default_url() -> str:
+    """$TORPOR_LOG, else sqlite:///$TORPOR_HOME/context.db (TORPOR_HOME: /var/lib/torpor)."""
+    if os.environ.get("TORPOR_LOG"):
+        return os.environ["TORPOR_LOG"]
+    home = os.environ.get("TORPOR_HOME", "/var/lib/torpor")
+    return f"sqlite:///{Path(home) / 'context.db'}"
+
+
+def open_log(url: str | None = None, *, blobs: str | BlobStore | None = None,
+             blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+             warn_bytes: int | None = None) -> ContextLog:
+    """Open (and migrate) a context log.
+
+    url: `sqlite:///path/to/file.db` or `postgresql://user@host:port/db` (default
+    `default_url()`). blobs: blob store URL or object for payloads over `blob_threshold`
+    bytes; may also be given as a `blobs=` query parameter. Default: `<db file>.blobs/` next
+    to a SQLite file, `$TORPOR_HOME/blobs` for PostgreSQL. warn_bytes: append a
+    `size_warning` marker once a session grows past this many bytes.
+    """
+    url = url or default_url()
+    parsed = urlparse(url)
+    query = dict(parse_qsl(parsed.query))
+    if blobs is None and "blobs" in query:
+        blobs = query.pop("blobs")
+        parsed = parsed._replace(query=urlencode(query))
+        url = urlunparse(parsed)
+    if parsed.scheme == "sqlite":
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"SQLite URLs look like sqlite:///absolute/path.db, got {url!r}")
+        path = Path(unquote(parsed.path))
+        store = open_blobs(blobs) if isinstance(blobs, str) else blobs
+        if store is None:
+            store = FileBlobStore(path.with_name(path.name + ".blobs"))
+        from .sqlite import SqliteLog
+
+        return SqliteLog(path, blobs=store, blob_threshold=blob_threshold, warn_bytes=warn_bytes)
+    if parsed.scheme in ("postgresql", "postgres"):
+        store = open_blobs(blobs) if isinstance(blobs, str) else blobs
+        if store is None:
+            home = os.environ.get("TORPOR_HOME", "/var/lib/torpor")
+            store = FileBlobStore(Path(home) / "blobs")
+        from .postgres import PostgresLog
+
+        return PostgresLog(url, blobs=store, blob_threshold=blob_threshold,
+                           warn_bytes=warn_bytes)
+    raise ValueError(f"unsupported context log URL {url!r} (use sqlite:/// or postgresql://)")

@@ -1,0 +1,194 @@
+"""Content-addressed blob store for large context payloads (tool outputs, long messages).
+
+A blob's key is the sha256 of its bytes, so storing the same payload twice keeps one copy and
+every read is checked against its key. `open_blobs(url)` picks the backend: `file:///dir`
+(or a plain path) or `s3://bucket/prefix?endpoint=...&region=...` (the snapshot store's URL
+forms); other schemes plug in by subclassing `BlobStore` and registering in `BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlparse
+
+from .entry import BlobMissing, sha256_hex
+
+
+class BlobStore(ABC):
+    """Put bytes, get them back by their sha256. Implementations must make `put` durable
+    before returning: the row that refers to a blob is committed right after."""
+
+    url: str
+
+    @abstractmethod
+    def put(self, data: bytes) -> str:
+        """Store `data`; return its key (sha256 hex). Storing an existing blob is a no-op."""
+
+    @abstractmethod
+    def _read(self, key: str) -> bytes | None:
+        """The stored bytes, or None when the blob is absent."""
+
+    @abstractmethod
+    def has(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def get(self, key: str) -> bytes:
+        data = self._read(key)
+        if data is None:
+            raise BlobMissing(key, self.url)
+        if sha256_hex(data) != key:
+            raise BlobMissing(key, self.url, "content does not match its hash")
+        return data
+
+
+class FileBlobStore(BlobStore):
+    """Blobs as files `<root>/<key[:2]>/<key>`, written via a temp file, fsync and rename."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.url = self.root.resolve().as_uri() if self.root.is_absolute() else str(self.root)
+
+    def _path(self, key: str) -> Path:
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise ValueError(f"not a blob key: {key!r}")
+        return self.root / key[:2] / key
+
+    def put(self, data: bytes) -> str:
+        key = sha256_hex(data)
+        path = self._path(key)
+        if path.exists():
+            return key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return key
+
+    def _read(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def has(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            self._path(key).unlink()
+
+
+
+class S3BlobStore(BlobStore):
+    """Blobs as objects `<prefix>/<key[:2]>/<key>` in an S3-compatible bucket (boto3).
+
+    URL: `s3://bucket/prefix?endpoint=http://host:port&region=...`; endpoint, region and
+    credentials otherwise come from the usual AWS_* environment variables. A successful
+    PutObject is durable, so `put` returns once it is acknowledged.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
+                 region: str | None = None) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        endpoint_url = (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                        or os.environ.get("AWS_ENDPOINT_URL"))
+        region = (region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                  or "us-east-1")
+        cfg = Config(retries={"max_attempts": 5, "mode": "standard"},
+                     s3={"addressing_style": "path"} if endpoint_url else {})
+        self.client = boto3.session.Session().client(
+            "s3", region_name=region, endpoint_url=endpoint_url, config=cfg)
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+
+    def _name(self, key: str) -> str:
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise ValueError(f"not a blob key: {key!r}")
+        name = f"{key[:2]}/{key}"
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    @staticmethod
+    def _absent(exc: Exception) -> bool:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        return code in ("NoSuchKey", "404", "NotFound")
+
+    def put(self, data: bytes) -> str:
+        key = sha256_hex(data)
+        if not self.has(key):
+            self.client.put_object(Bucket=self.bucket, Key=self._name(key), Body=data)
+        return key
+
+    def _read(self, key: str) -> bytes | None:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._name(key))
+        except Exception as exc:
+            if self._absent(exc):
+                return None
+            raise
+        return resp["Body"].read()
+
+    def has(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._name(key))
+        except Exception as exc:
+            if self._absent(exc):
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._name(key))
+
+
+def _s3_factory(url: str) -> BlobStore:
+    parsed = urlparse(url)
+    if not parsed.netloc:
+        raise ValueError(f"S3 blob URL must be s3://bucket[/prefix], got {url!r}")
+    opts = dict(parse_qsl(parsed.query))
+    return S3BlobStore(parsed.netloc, parsed.path, endpoint_url=opts.get("endpoint"),
+                       region=opts.get("region"))
+
+
+def _file_factory(url: str) -> BlobStore:
+    parsed = urlparse(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise ValueError(f"file blob URL must be file:///absolute/path, got {url!r}")
+    return FileBlobStore(unquote(parsed.path))
+
+
+BACKENDS: dict[str, Callable[[str], BlobStore]] = {"file": _file_factory, "s3": _s3_factory}
+
+
+def open_blobs(url: str | os.PathLike[str]) -> BlobStore:
+    """Open a blob store from a URL (`file:///dir`, `s3://bucket/prefix`) or a directory."""
+    url = os.fspath(url)
+    scheme = urlparse(url).scheme
+    if scheme in ("", "file") and not url.startswith("file:"):
+        return FileBlobStore(url)
+    factory = BACKENDS.get(scheme)
+    if factory is None:
+        raise ValueError(
+            f"no blob store backend for {scheme!r} URLs (have: {', '.join(sorted(BACKENDS))})")
+    return factory(url)

@@ -1,0 +1,524 @@
+"""The context log API shared by every store: append, read, tail, verify, fork, fencing.
+
+`ContextLog` holds all the logic and speaks SQL with `%s` placeholders through a small
+transaction wrapper (`Tx`); the SQLite and PostgreSQL stores only open connections, run
+migrations and say how a transaction starts and how a session row is locked.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from .blobs import BlobStore
+from .entry import (
+    BlobMissing,
+    BlobRef,
+    ContextError,
+    Entry,
+    InvalidEntry,
+    StaleEpoch,
+    UnknownSession,
+    chain_hash,
+    encode_field,
+    now_iso,
+    sha256_hex,
+    validate_batch,
+)
+
+DEFAULT_BLOB_THRESHOLD = 64 * 1024
+PAGE = 2000
+
+SESSION_COLS = ("id, epoch, parent, fork_seq, head_seq, head_hash, bytes, warned, "
+                "created_at, updated_at, closed_at")
+ENTRY_COLS = ("seq, kind, role, content, content_blob, tool_call_id, tool_name, arguments, "
+              "arguments_blob, usage, meta, epoch, created_at, prev_hash, hash, size")
+
+
+class SessionClosed(ContextError):
+    """The session was closed; it takes no more entries."""
+
+
+class Tx:
+    """A cursor wrapper: `%s` placeholders, fetch helpers. Stores adapt it to their driver."""
+
+    placeholder = "%s"
+
+    def __init__(self, cursor: Any) -> None:
+        self.cur = cursor
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "%s" else sql.replace("%s", self.placeholder)
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.cur.execute(self._sql(sql), params)
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        self.cur.execute(self._sql(sql), params)
+        return self.cur.fetchone()
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.cur.execute(self._sql(sql), params)
+        return list(self.cur.fetchall())
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.cur.executemany(self._sql(sql), rows)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """An entry ready to insert: each field encoded once, payload digests computed."""
+
+    e: Entry
+    content: str | None = None
+    content_blob: str | None = None
+    content_digest: str | None = None
+    arguments: str | None = None
+    arguments_blob: str | None = None
+    arguments_digest: str | None = None
+    usage: str | None = None
+    meta: str = "{}"
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A session's row: fencing epoch, head, size, fork origin, lifecycle timestamps."""
+
+    id: str
+    epoch: int
+    parent: str | None
+    fork_seq: int
+    head_seq: int
+    head_hash: str
+    bytes: int
+    warned: bool
+    created_at: str
+    updated_at: str
+    closed_at: str | None
+
+    @property
+    def entries(self) -> int:
+        return self.head_seq
+
+
+def _info(r: tuple[Any, ...]) -> SessionInfo:
+    return SessionInfo(id=r[0], epoch=int(r[1]), parent=r[2], fork_seq=int(r[3]),
+                       head_seq=int(r[4]), head_hash=r[5], bytes=int(r[6]), warned=bool(r[7]),
+                       created_at=r[8], updated_at=r[9], closed_at=r[10])
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of `verify`: ok, or the first bad seq and why."""
+
+    ok: bool
+    checked: int
+    head_seq: int
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class ContextLog(ABC):
+    """Append-only, hash-chained, fenced per-session log. Use `torpor.context.open_log`."""
+
+    url: str
+    lock_suffix = ""  # appended to the SELECT that locks a session row for the transaction
+
+    def __init__(self, *, blobs: BlobStore | None, blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+                 warn_bytes: int | None = None) -> None:
+        self.blobs = blobs
+        self.blob_threshold = blob_threshold
+        self.warn_bytes = warn_bytes
+
+    # -- to be provided by a store ------------------------------------------------------
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Tx]:
+        """A write transaction (committed on normal exit, rolled back on error)."""
+
+    @abstractmethod
+    def _read(self) -> AbstractContextManager[Tx]:
+        """A read-only transaction."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def schema_version(self) -> int: ...
+
+    def __enter__(self) -> ContextLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sessions -----------------------------------------------------------------------
+    def _session(self, tx: Tx, session: str, lock: bool = False) -> SessionInfo | None:
+        row = tx.one(f"SELECT {SESSION_COLS} FROM context_sessions WHERE id = %s"
+                     + (self.lock_suffix if lock else ""), (session,))
+        return None if row is None else _info(row)
+
+    def _create(self, tx: Tx, session: str) -> None:
+        if not isinstance(session, str) or not session:
+            raise InvalidEntry("a session id must be a non-empty string")
+        ts = now_iso()
+        tx.run("INSERT INTO context_sessions (id, created_at, updated_at) VALUES (%s, %s, %s) "
+               "ON CONFLICT (id) DO NOTHING", (session, ts, ts))
+
+    def session(self, session: str) -> SessionInfo:
+        """The session's row (epoch, head, size, ...); UnknownSession if absent."""
+        with self._read() as tx:
+            info = self._session(tx, session)
+        if info is None:
+            raise UnknownSession(session)
+        return info
+
+    def size(self, session: str) -> tuple[int, int]:
+        """(entries, bytes) of the session, the shared prefix of a fork included."""
+        info = self.session(session)
+        return info.head_seq, info.bytes
+
+    def sessions(self, *, prefix: str | None = None, closed: bool | None = None,
+                 closed_before: str | None = None, limit: int | None = None) -> list[SessionInfo]:
+        """List sessions by id. `closed`: True only closed, False only open, None all.
+        `closed_before`: ISO date/time; only sessions closed before it."""
+        where: list[str] = []
+        params: list[Any] = []
+        if prefix:
+            where.append("id >= %s AND id < %s")
+            params += [prefix, prefix + "\U0010ffff"]
+        if closed is True or closed_before:
+            where.append("closed_at IS NOT NULL")
+        elif closed is False:
+            where.append("closed_at IS NULL")
+        if closed_before:
+            where.append("closed_at < %s")
+            params.append(closed_before)
+        sql = f"SELECT {SESSION_COLS} FROM context_sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT %s"
+            params.append(int(limit))
+        with self._read() as tx:
+            rows = tx.all(sql, params)
+        return [_info(r) for r in rows]
+
+    def acquire(self, session: str) -> int:
+        """Become the session's writer: bump and return its epoch (creates the session).
+        Appends carrying any older epoch are refused from now on."""
+        with self._write() as tx:
+            self._create(tx, session)
+            info = self._session(tx, session, lock=True)
+            assert info is not None
+            epoch = info.epoch + 1
+            tx.run("UPDATE context_sessions SET epoch = %s, updated_at = %s WHERE id = %s",
+                   (epoch, now_iso(), session))
+        return epoch
+
+    def close_session(self, session: str) -> None:
+        """Mark the session closed (no more appends; `prune` may export and delete it)."""
+        with self._write() as tx:
+            if self._session(tx, session, lock=True) is None:
+                raise UnknownSession(session)
+            ts = now_iso()
+            tx.run("UPDATE context_sessions SET closed_at = %s, updated_at = %s WHERE id = %s",
+                   (ts, ts, session))
+
+    def delete_session(self, session: str) -> None:
+        """Delete a session and its entries. Refused while a fork still shares its prefix."""
+        with self._write() as tx:
+            if self._session(tx, session, lock=True) is None:
+                raise UnknownSession(session)
+            kids = tx.all("SELECT id FROM context_sessions WHERE parent = %s", (session,))
+            if kids:
+                raise ContextError(
+                    f"session {session!r} is the parent of forks "
+                    f"{', '.join(k[0] for k in kids)}; delete those first")
+            tx.run("DELETE FROM context_entries WHERE session = %s", (session,))
+            tx.run("DELETE FROM context_idempotency WHERE session = %s", (session,))
+            tx.run("DELETE FROM context_sessions WHERE id = %s", (session,))
+
+    # -- segments: where a (possibly forked) session's seqs live --------------------------
+    def _segments(self, tx: Tx, info: SessionInfo) -> list[tuple[str, int, int]]:
+        """[(owner session, lo, hi)] in seq order: the owner holds rows lo < seq <= hi."""
+        segs: list[tuple[str, int, int]] = []
+        hi = info.head_seq
+        cur: SessionInfo | None = info
+        while cur is not None:
+            lo = cur.fork_seq if cur.parent else 0
+            if hi > lo:
+                segs.append((cur.id, lo, hi))
+            hi = min(hi, lo)
+            if not cur.parent:
+                break
+            cur = self._session(tx, cur.parent)
+            if cur is None:
+                raise ContextError(f"fork parent of {info.id!r} is missing")
+        segs.reverse()
+        return segs
+
+    def _rows(self, tx: Tx, segs: list[tuple[str, int, int]], after: int,
+              limit: int | None) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for owner, lo, hi in segs:
+            if hi <= after:
+                continue
+            want = None if limit is None else limit - len(out)
+            if want is not None and want <= 0:
+                break
+            sql = (f"SELECT {ENTRY_COLS} FROM context_entries WHERE session = %s AND seq > %s "
+                   "AND seq <= %s ORDER BY seq")
+            params: list[Any] = [owner, max(lo, after), hi]
+            if want is not None:
+                sql += " LIMIT %s"
+                params.append(want)
+            out.extend(tx.all(sql, params))
+        return out
+
+    def _entry(self, session: str, r: tuple[Any, ...]) -> Entry:
+        (seq, kind, role, content, content_blob, call_id, name, arguments, arguments_blob,
+         usage, meta, epoch, created_at, prev_hash, hash_, _size) = r
+        return Entry._stored({
+            "kind": kind, "role": role, "tool_call_id": call_id, "tool_name": name,
+            "_content": self._ref(content_blob) if content_blob else (
+                None if content is None else json.loads(content)),
+            "_arguments": self._ref(arguments_blob) if arguments_blob else arguments,
+            "usage": None if usage is None else json.loads(usage),
+            "meta": {} if meta == "{}" else json.loads(meta), "session": session, "seq": seq,
+            "epoch": epoch, "created_at": created_at, "prev_hash": prev_hash, "hash": hash_})
+
+    def _ref(self, stored: str) -> BlobRef:
+        key, _, size = stored.partition(":")
+        return BlobRef(key, int(size or 0), self.blobs)
+
+    # -- reading ------------------------------------------------------------------------
+    def read(self, session: str, after: int = 0, limit: int | None = None) -> list[Entry]:
+        """Entries with seq > after, in order, at most `limit`. Large payloads load lazily."""
+        with self._read() as tx:
+            info = self._session(tx, session)
+            if info is None:
+                raise UnknownSession(session)
+            rows = self._rows(tx, self._segments(tx, info), after, limit)
+        return [self._entry(session, r) for r in rows]
+
+    def iter(self, session: str, after: int = 0, page: int = PAGE) -> Iterator[Entry]:
+        """All entries after `after`, read a page at a time."""
+        while True:
+            batch = self.read(session, after=after, limit=page)
+            yield from batch
+            if len(batch) < page:
+                return
+            after = batch[-1].seq
+
+    def tail(self, session: str, n: int) -> list[Entry]:
+        """The last n entries, oldest first (what a model call needs on resume)."""
+        with self._read() as tx:
+            info = self._session(tx, session)
+            if info is None:
+                raise UnknownSession(session)
+            rows = self._rows(tx, self._segments(tx, info), max(0, info.head_seq - n), None)
+        return [self._entry(session, r) for r in rows]
+
+    def head_seq(self, session: str) -> int:
+        """Seq of the session's last entry (0 when empty)."""
+        return self.session(session).head_seq
+
+    # -- appending ----------------------------------------------------------------------
+    def _prepare(self, e: Entry, index: int) -> _Prepared:
+        """Copy the entry, encode each field once, move large payloads to the blob store."""
+        e = copy.copy(e)
+        e.meta = dict(e.meta)
+        out = _Prepared(e)
+        for name in ("content", "arguments"):
+            value = e.raw(name)
+            if value is None:
+                continue
+            if isinstance(value, BlobRef):
+                out.size += value.size
+                digest: str | None = value.key
+                stored: str | None = f"{value.key}:{value.size}"
+            else:
+                text = encode_field(value, name, index)
+                data = text.encode("utf-8")
+                digest = sha256_hex(data)
+                if len(data) > self.blob_threshold:
+                    if self.blobs is None:
+                        raise InvalidEntry(f"{name} is {len(data)} bytes, over the blob "
+                                           "threshold, and this log has no blob store", index=index)
+                    key = self.blobs.put(data)
+                    setattr(e, name, BlobRef(key, len(data), self.blobs))
+                    stored = f"{key}:{len(data)}"
+                else:
+                    stored = None
+                    if name == "content":
+                        out.content = text
+                    else:
+                        out.arguments = value
+                out.size += len(data)
+            if name == "content":
+                out.content_digest, out.content_blob = digest, stored
+            else:
+                out.arguments_digest, out.arguments_blob = digest, stored
+        out.usage = None if e.usage is None else encode_field(e.usage, "usage", index)
+        out.meta = encode_field(e.meta, "meta", index)
+        out.size += len(out.usage or "") + len(out.meta)
+        return out
+
+    def _row(self, session: str, p: _Prepared, seq: int, epoch: int, ts: str,
+             prev: str) -> tuple[Any, ...]:
+        e = p.e
+        e.seq, e.epoch, e.created_at, e.prev_hash, e.session = seq, epoch, ts, prev, session
+        e.hash = chain_hash(e, prev, p.content_digest, p.arguments_digest)
+        return (session, seq, e.kind, e.role, p.content, p.content_blob, e.tool_call_id,
+                e.tool_name, p.arguments, p.arguments_blob, p.usage, p.meta, epoch, ts, prev,
+                e.hash, p.size)
+
+    def _has_call(self, tx: Tx, segs: list[tuple[str, int, int]], call_id: str) -> bool:
+        for owner, _lo, hi in segs:
+            if tx.one("SELECT 1 FROM context_entries WHERE session = %s AND seq <= %s "
+                      "AND tool_call_id = %s AND kind = 'tool_call' LIMIT 1",
+                      (owner, hi, call_id)):
+                return True
+        return False
+
+    def append(self, session: str, entries: Entry | Sequence[Entry], *, epoch: int,
+               idempotency_key: str | None = None) -> list[int]:
+        """Append a batch atomically; return the seqs it got.
+
+        epoch: the writer's epoch from `acquire` (0 for a session nobody acquired). An older
+        epoch raises StaleEpoch and writes nothing. idempotency_key: appending again with a
+        key already used in this session returns the original seqs and writes nothing.
+        """
+        batch = [entries] if isinstance(entries, Entry) else list(entries)
+        needed = validate_batch(batch)
+        prepared = [self._prepare(e, i) for i, e in enumerate(batch)]
+        with self._write() as tx:
+            info = self._session(tx, session, lock=True)
+            if info is None:
+                if epoch != 0:
+                    raise StaleEpoch(session, epoch, 0)
+                self._create(tx, session)
+                info = self._session(tx, session, lock=True)
+                assert info is not None
+            if idempotency_key is not None:
+                hit = tx.one("SELECT first_seq, last_seq FROM context_idempotency "
+                             "WHERE session = %s AND key = %s", (session, idempotency_key))
+                if hit:
+                    return list(range(hit[0], hit[1] + 1))
+            if epoch != info.epoch:
+                raise StaleEpoch(session, epoch, info.epoch)
+            if info.closed_at:
+                raise SessionClosed(f"session {session!r} was closed at {info.closed_at}")
+            if needed:
+                segs = self._segments(tx, info)
+                for call_id in needed:
+                    if not self._has_call(tx, segs, call_id):
+                        idx = next(j for j, e in enumerate(batch)
+                                   if e.kind == "tool_result" and e.tool_call_id == call_id)
+                        raise InvalidEntry(f"tool_result for {call_id!r} has no earlier "
+                                           f"tool_call with that id in session {session!r}",
+                                           index=idx)
+            ts = now_iso()
+            seq, prev = info.head_seq, info.head_hash
+            rows, total = [], info.bytes
+            seqs: list[int] = []
+            warned = info.warned
+            for p in prepared:
+                seq += 1
+                rows.append(self._row(session, p, seq, epoch, ts, prev))
+                prev = p.e.hash
+                total += p.size
+                seqs.append(seq)
+            if self.warn_bytes is not None and total >= self.warn_bytes and not warned:
+                m = self._prepare(Entry.marker("size_warning", bytes=total,
+                                               limit=self.warn_bytes, entries=seq + 1), 0)
+                seq += 1
+                rows.append(self._row(session, m, seq, epoch, ts, prev))
+                prev = m.e.hash
+                total += m.size
+                warned = True
+            tx.many("INSERT INTO context_entries (session, " + ENTRY_COLS + ") VALUES ("
+                    + ", ".join(["%s"] * 17) + ")", rows)
+            tx.run("UPDATE context_sessions SET head_seq = %s, head_hash = %s, bytes = %s, "
+                   "warned = %s, updated_at = %s WHERE id = %s",
+                   (seq, prev, total, int(warned), ts, session))
+            if idempotency_key is not None:
+                tx.run("INSERT INTO context_idempotency (session, key, first_seq, last_seq) "
+                       "VALUES (%s, %s, %s, %s)", (session, idempotency_key, seqs[0], seqs[-1]))
+        return seqs
+
+    # -- forks --------------------------------------------------------------------------
+    def fork(self, session: str, at_seq: int, new_session: str | None = None) -> str:
+        """A new session whose entries 1..at_seq are the source's (shared, not copied)."""
+        new_id = new_session or f"{session}.fork-{uuid.uuid4().hex[:12]}"
+        with self._write() as tx:
+            info = self._session(tx, session)
+            if info is None:
+                raise UnknownSession(session)
+            if not 1 <= at_seq <= info.head_seq:
+                raise ValueError(f"fork point {at_seq} outside 1..{info.head_seq} of {session!r}")
+            if self._session(tx, new_id) is not None:
+                raise ContextError(f"session {new_id!r} already exists")
+            segs = [s for s in self._segments(tx, info) if s[1] < at_seq]
+            segs = [(o, lo, min(hi, at_seq)) for o, lo, hi in segs]
+            owner = segs[-1][0]
+            head = tx.one("SELECT hash FROM context_entries WHERE session = %s AND seq = %s",
+                          (owner, at_seq))
+            assert head is not None
+            size = 0
+            for o, lo, hi in segs:
+                r = tx.one("SELECT COALESCE(SUM(size), 0) FROM context_entries WHERE "
+                           "session = %s AND seq > %s AND seq <= %s", (o, lo, hi))
+                size += int(r[0]) if r else 0
+            # the fork points at the session that owns entry at_seq, so chains stay short
+            parent = owner
+            ts = now_iso()
+            tx.run("INSERT INTO context_sessions (id, parent, fork_seq, head_seq, head_hash, "
+                   "bytes, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                   (new_id, parent, at_seq, at_seq, head[0], size, ts, ts))
+        return new_id
+
+    # -- verification -------------------------------------------------------------------
+    def verify(self, session: str, *, blobs: bool = True) -> VerifyResult:
+        """Recompute the hash chain (and check blobs); name the first bad seq."""
+        info = self.session(session)
+        expect, prev, checked = 1, "", 0
+        for e in self.iter(session):
+            bad = None
+            if e.seq != expect:
+                bad = (expect, f"entry {expect} is missing (next stored is {e.seq})")
+            elif e.prev_hash != prev:
+                bad = (e.seq, "previous-hash link does not match the entry before it")
+            elif chain_hash(e, prev) != e.hash:
+                bad = (e.seq, "content does not match its hash (entry was altered)")
+            elif blobs:
+                for name in ("content", "arguments"):
+                    ref = e.raw(name)
+                    if isinstance(ref, BlobRef):
+                        try:
+                            ref.load()
+                        except BlobMissing as exc:
+                            bad = (e.seq, f"{name}: {exc}")
+                            break
+            if bad:
+                return VerifyResult(False, checked, info.head_seq, bad[0], bad[1])
+            checked += 1
+            expect, prev = e.seq + 1, e.hash
+        if checked != info.head_seq:
+            return VerifyResult(False, checked, info.head_seq, expect,
+                                f"entry {expect} is missing (head is {info.head_seq})")
+        if info.head_hash != prev:
+            return VerifyResult(False, checked, info.head_seq, info.head_seq,
+                                "session head hash does not match the last entry")
+        return VerifyResult(True, checked, info.head_seq)

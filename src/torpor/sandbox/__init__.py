@@ -1,0 +1,1 @@
+"""Sandbox engines: isolated sandboxes that can be checkpointed and restored whole."""

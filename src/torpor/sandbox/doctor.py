@@ -1,0 +1,205 @@
+"""`torpor doctor`: checks that this host can run torpor's sandboxes, and the runsc gate.
+
+Some runsc builds are broken in ways a version string does not show (Debian's rebuild of
+the same upstream release with a newer Go, `-7+b1`, panics the sandbox on ordinary file
+reads). So before torpor uses a runsc binary it runs a tiny self-test sandbox: read a file
+from the image, write one into the overlay, run a process, checkpoint, restore, and read
+both again. The verdict is cached per binary (path, size, mtime) in TORPOR_HOME/doctor.json;
+a binary that fails is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torpor.sandbox.engine import SandboxError, SandboxSpec
+from torpor.sandbox.images import Image, ImageNotFound
+
+if TYPE_CHECKING:
+    from torpor.sandbox.gvisor import GVisorEngine
+
+SELFTEST_TEXT = b"torpor self-test: read from the image\n"
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+class _SelfTestImages:
+    """Stands in for the image store: the self-test runs on a tiny rootfs of its own, so
+    it needs no base image and no network."""
+
+    def __init__(self, home: Path) -> None:
+        root = home / "selftest" / "rootfs"
+        for d in ("proc", "dev", "sys", "tmp", "run", "etc", "root"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        (root / "etc" / "selftest.txt").write_bytes(SELFTEST_TEXT)
+        self.image = Image(
+            name="torpor/selftest:latest",
+            digest="sha256:selftest",
+            rootfs=root,
+            env=("PATH=/bin",),
+            cmd=(),
+            entrypoint=(),
+            workdir="/",
+            user="",
+            size=0,
+            created="",
+        )
+
+    def get(self, name: str) -> Image:
+        if name != self.image.name:
+            raise ImageNotFound(f"no such image: {name}")
+        return self.image
+
+
+def _binary_key(runsc: str) -> dict[str, Any]:
+    st = os.stat(runsc)
+    return {"runsc": os.path.realpath(runsc), "size": st.st_size, "mtime": st.st_mtime}
+
+
+def debian_runsc_version() -> str | None:
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "runsc"], capture_output=True, text=True
+    )
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def self_test(engine: GVisorEngine) -> float:
+    """Run the self-test sandbox; returns seconds taken, raises SandboxError on failure."""
+    from torpor.sandbox.checkpoints import LocalCheckpointStorage
+    from torpor.sandbox.gvisor import GVisorEngine
+
+    home = engine.home
+    images = _SelfTestImages(home)
+    ck_root = home / "selftest" / "checkpoints"
+    probe = GVisorEngine(
+        home,
+        platform=engine.platform,
+        images=images,  # type: ignore[arg-type]
+        checkpoints=LocalCheckpointStorage(ck_root),
+        runsc=engine.runsc,
+        self_test=False,
+    )
+    name = f"torpor-selftest-{os.getpid()}"
+    t0 = time.monotonic()
+    try:
+        probe.run(SandboxSpec(image=images.image.name), name=name)
+        if probe.read_file(name, "/etc/selftest.txt") != SELFTEST_TEXT:
+            raise SandboxError("reading a file of the image returned wrong bytes")
+        written = os.urandom(4096)
+        probe.write_file(name, "/root/written.bin", written)
+        res = probe.exec(name, ["/.torpor/init", "ping"])
+        if res.exit_code != 0:
+            raise SandboxError(f"running a process failed: {res.stderr.decode().strip()}")
+        ck = probe.checkpoint(name, "selftest")
+        probe.start(name, checkpoint=ck.id)
+        if probe.read_file(name, "/root/written.bin") != written:
+            raise SandboxError("a file written before checkpoint differs after restore")
+        if probe.read_file(name, "/etc/selftest.txt") != SELFTEST_TEXT:
+            raise SandboxError("reading a file of the image after restore returned wrong bytes")
+        res = probe.exec(name, ["/.torpor/init", "ping"])
+        if res.exit_code != 0:
+            raise SandboxError("running a process after restore failed")
+    finally:
+        with contextlib.suppress(SandboxError):
+            probe.remove(name, force=True)
+        shutil.rmtree(ck_root, ignore_errors=True)
+    return time.monotonic() - t0
+
+
+def require_working_runsc(engine: GVisorEngine) -> None:
+    """Refuse a runsc that fails the self-test; run it once per binary and cache the verdict."""
+    cache = engine.home / "doctor.json"
+    key = _binary_key(engine.runsc)
+    key["platform"] = engine.platform
+    with open(engine.home / ".doctor.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            known = json.loads(cache.read_text())
+        except (FileNotFoundError, ValueError):
+            known = {}
+        if known.get("key") == key:
+            if known.get("ok"):
+                return
+            raise SandboxError(known.get("message", "runsc failed torpor's self-test"))
+        try:
+            seconds = self_test(engine)
+            verdict = {"key": key, "ok": True, "seconds": round(seconds, 3)}
+        except SandboxError as e:
+            version = debian_runsc_version() or engine.version
+            verdict = {
+                "key": key,
+                "ok": False,
+                "message": (
+                    f"runsc {version} at {engine.runsc} fails torpor's self-test ({e}); "
+                    "torpor needs a runsc that passes it, e.g. Debian's "
+                    "0.0~20240729.0-4+b7 (run scripts/setup.sh)"
+                ),
+            }
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(verdict))
+        os.replace(tmp, cache)
+        if not verdict["ok"]:
+            raise SandboxError(verdict["message"])
+
+
+def run_checks(engine_factory: Any, *, build_base: bool = False) -> list[Check]:
+    """All checks `torpor doctor` shows. engine_factory() builds the engine (which runs
+    the self-test gate)."""
+    from torpor.sandbox.gvisor import PINNED_RUNSC, RUNSC_INSTALL_HINT
+
+    checks: list[Check] = []
+    runsc = shutil.which("runsc")
+    if runsc is None:
+        checks.append(Check("runsc", False, RUNSC_INSTALL_HINT))
+        return checks
+    deb = debian_runsc_version()
+    pinned = deb == PINNED_RUNSC
+    checks.append(
+        Check(
+            "runsc",
+            True,
+            f"{runsc} (Debian {deb or 'not from a package'})"
+            + ("" if pinned else f"; tested build is {PINNED_RUNSC}, the self-test decides"),
+        )
+    )
+    for tool in ("gcc", "mmdebstrap", "skopeo", "umoci", "ip"):
+        path = shutil.which(tool)
+        checks.append(Check(tool, path is not None, path or "missing: run scripts/setup.sh"))
+    try:
+        engine = engine_factory()
+        init_dir = engine.init_dir
+        checks.append(Check("torpor-init", True, str(init_dir / "init")))
+        verdict = json.loads((engine.home / "doctor.json").read_text())
+        checks.append(
+            Check(
+                "self-test",
+                True,
+                f"sandbox read/write/exec/checkpoint/restore passed on {engine.platform}"
+                + (f" ({verdict['seconds']:.2f} s)" if "seconds" in verdict else ""),
+            )
+        )
+    except SandboxError as e:
+        checks.append(Check("self-test", False, str(e)))
+        return checks
+    try:
+        images = engine.images
+        img = images.build_base() if build_base else images.get("torpor/base")
+        checks.append(Check("base image", True, f"{img.name} {img.digest[:19]}"))
+    except Exception as e:  # noqa: BLE001 - reported as a failed check
+        hint = "" if build_base else " (build it with `torpor image build-base`)"
+        checks.append(Check("base image", False, f"{e}{hint}"))
+    return checks

@@ -1,0 +1,1021 @@
+"""The gVisor engine: sandboxes run by `runsc`, checkpointed and restored whole.
+
+Each sandbox is an OCI bundle whose root is an image's rootfs under an in-memory overlay
+(`--overlay2=root:memory`), so everything the sandbox writes lives in its memory and is
+part of its checkpoint, and the image is never modified. Its first process is torpor-init
+(see docs/sandbox-init.md); every process torpor starts is a child of it, because on the
+pinned runsc build processes started by `runsc exec` do not survive checkpoint/restore.
+`runsc exec /.torpor/init ...` is only the short-lived client of init's control socket.
+
+State lives under TORPOR_HOME (default /var/lib/torpor):
+  runsc/                 runsc's own state (--root)
+  sandboxes/ID/          sandbox.json (what `ps`/`inspect` show), bundle/config.json,
+                         console.log (the main process's output), lock
+  checkpoints/           the checkpoint storage (until the snapshot store replaces it)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from torpor.sandbox import archive, network
+from torpor.sandbox.checkpoints import CheckpointStorage, LocalCheckpointStorage
+from torpor.sandbox.engine import (
+    CheckpointError,
+    CheckpointInfo,
+    Engine,
+    ExecResult,
+    SandboxConflict,
+    SandboxError,
+    SandboxInfo,
+    SandboxNotFound,
+    SandboxSpec,
+    check_name,
+)
+from torpor.sandbox.images import Image, ImageError, ImageStore
+from torpor.sandbox.initbin import INIT_MOUNT, INIT_PATH, ensure_init_binary
+
+PLATFORMS = ("systrap", "ptrace", "kvm")
+PINNED_RUNSC = "0.0~20240729.0-4+b7"
+RUNSC_INSTALL_HINT = (
+    "runsc (gVisor) is not installed: run scripts/setup.sh, or on Debian 13 "
+    f"`apt-get install runsc={PINNED_RUNSC}` (on Debian 12 from the trixie suite, pinned)"
+)
+
+# Docker's default capability set: enough for package managers, chown, binding low ports.
+DEFAULT_CAPS = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]  # fmt: skip
+
+
+def torpor_home() -> Path:
+    return Path(os.environ.get("TORPOR_HOME", "/var/lib/torpor"))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _last_line(text: str | bytes) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+class GVisorEngine(Engine):
+    name = "gvisor"
+
+    def __init__(
+        self,
+        home: Path | None = None,
+        *,
+        platform: str | None = None,
+        images: ImageStore | None = None,
+        checkpoints: CheckpointStorage | None = None,
+        runsc: str | None = None,
+        self_test: bool = True,
+    ) -> None:
+        self.home = home or torpor_home()
+        self.platform = platform or os.environ.get("TORPOR_PLATFORM", "systrap")
+        if self.platform not in PLATFORMS:
+            raise SandboxError(f"unknown platform {self.platform!r}: use one of {PLATFORMS}")
+        self.runsc = runsc or shutil.which("runsc") or ""
+        if not self.runsc:
+            raise SandboxError(RUNSC_INSTALL_HINT)
+        self.images = images or ImageStore()
+        self.checkpoints = checkpoints or LocalCheckpointStorage(self.home / "checkpoints")
+        self.sandboxes_dir = self.home / "sandboxes"
+        self.runsc_root = self.home / "runsc"
+        for d in (self.sandboxes_dir, self.runsc_root):
+            d.mkdir(parents=True, exist_ok=True)
+        self._init_dir: Path | None = None
+        self._version: str | None = None
+        if self_test:
+            from torpor.sandbox.doctor import require_working_runsc
+
+            require_working_runsc(self)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def init_dir(self) -> Path:
+        if self._init_dir is None:
+            self._init_dir = ensure_init_binary(self.home)
+        return self._init_dir
+
+    @property
+    def version(self) -> str:
+        if self._version is None:
+            out = subprocess.run([self.runsc, "--version"], capture_output=True, text=True)
+            first = (out.stdout.splitlines() or ["unknown"])[0]
+            self._version = first.removeprefix("runsc version ").strip()
+        return self._version
+
+    def _global_flags(self, info: SandboxInfo) -> list[str]:
+        return [
+            f"--root={self.runsc_root}",
+            f"--platform={self.platform}",
+            f"--network={'sandbox' if info.spec.network == 'sandbox' else 'none'}",
+            "--overlay2=root:memory",
+        ]
+
+    def _runsc(
+        self,
+        info: SandboxInfo | None,
+        *args: str,
+        check: bool = True,
+        timeout: float | None = 60,
+        **kw: Any,
+    ) -> subprocess.CompletedProcess[bytes]:
+        flags = self._global_flags(info) if info else [f"--root={self.runsc_root}"]
+        kw.setdefault("capture_output", True)
+        kw.setdefault("stdin", subprocess.DEVNULL) if "input" not in kw else None
+        try:
+            proc = subprocess.run([self.runsc, *flags, *args], timeout=timeout, **kw)
+        except subprocess.TimeoutExpired:
+            raise SandboxError(f"runsc {args[0]} timed out after {timeout} s") from None
+        if check and proc.returncode != 0:
+            msg = _last_line(proc.stderr or b"") or f"exit status {proc.returncode}"
+            raise SandboxError(f"runsc {args[0]} failed: {msg}")
+        return proc
+
+    def _runsc_state(self, sid: str) -> str:
+        """'running', 'created', 'stopped', or 'missing'."""
+        proc = self._runsc(None, "state", sid, check=False, timeout=20)
+        if proc.returncode != 0:
+            return "missing"
+        try:
+            return str(json.loads(proc.stdout)["status"])
+        except (ValueError, KeyError):
+            return "missing"
+
+    def _dir(self, sid: str) -> Path:
+        return self.sandboxes_dir / sid
+
+    def _save(self, info: SandboxInfo) -> None:
+        d = self._dir(info.id)
+        tmp = d / "sandbox.json.tmp"
+        tmp.write_text(json.dumps(info.to_json(), indent=1))
+        os.replace(tmp, d / "sandbox.json")
+
+    def _load(self, sid: str) -> SandboxInfo | None:
+        try:
+            data = json.loads((self._dir(sid) / "sandbox.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        data["spec"] = SandboxSpec.from_json(data["spec"])
+        return SandboxInfo(**data)
+
+    def _all(self) -> list[SandboxInfo]:
+        out = []
+        for d in sorted(self.sandboxes_dir.iterdir()):
+            info = self._load(d.name) if d.is_dir() else None
+            if info is not None:
+                out.append(info)
+        return out
+
+    def _find(self, ref: str) -> SandboxInfo:
+        everything = self._all()
+        for info in everything:
+            if ref in (info.name, info.id):
+                return info
+        matches = [i for i in everything if len(ref) >= 4 and i.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        raise SandboxNotFound(f"no such sandbox: {ref}")
+
+    @contextlib.contextmanager
+    def _global_lock(self) -> Iterator[None]:
+        with open(self.home / ".names.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    @contextlib.contextmanager
+    def _locked(self, ref: str, *, exclusive: bool = True) -> Iterator[SandboxInfo]:
+        """Find a sandbox and hold its lock; yields its freshly reconciled info."""
+        info = self._find(ref)
+        lock_path = self._dir(info.id) / "lock"
+        try:
+            f = open(lock_path, "a")  # noqa: SIM115 - held for the with-block
+        except FileNotFoundError:
+            raise SandboxNotFound(f"no such sandbox: {ref}") from None
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            fresh = self._load(info.id)
+            if fresh is None:
+                raise SandboxNotFound(f"no such sandbox: {ref}")
+            yield self._reconcile(fresh)
+
+    def _reconcile(self, info: SandboxInfo) -> SandboxInfo:
+        """Make the recorded state truthful: a sandbox killed from outside is 'exited'."""
+        if info.state != "running":
+            return info
+        st = self._runsc_state(info.id)
+        if st == "running":
+            return info
+        info.state = "exited"
+        info.pid = None
+        if info.exit_code is None:
+            code = self._exit_status(info)
+            info.exit_code = 137 if code is None else code
+        self._after_stop(info)
+        self._save(info)
+        return info
+
+    def _exit_status(self, info: SandboxInfo) -> int | None:
+        """The main process's exit code, as written by the shell around runsc (see _boot);
+        init makes it 128+N for a process killed by signal N."""
+        path = self._dir(info.id) / "exit.code"
+        for _ in range(100):
+            try:
+                return int(path.read_text().strip())
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        return None
+
+    def _after_stop(self, info: SandboxInfo) -> None:
+        """Free what a stopped sandbox no longer needs (runsc state, network, proxies)."""
+        # Let the foreground runsc of this boot finish first, so that its exit.code can
+        # never land after the next boot has started.
+        codefile = self._dir(info.id) / "exit.code"
+        for _ in range(250):
+            if codefile.exists() or not self._dir(info.id).exists():
+                break
+            time.sleep(0.02)
+        self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
+        if info.spec.network == "sandbox":
+            network.teardown(self.home, info.id)
+
+    # ------------------------------------------------------------------ bundles
+
+    def _image(self, spec: SandboxSpec) -> Image:
+        try:
+            return self.images.get(spec.image)
+        except ImageError as e:
+            raise SandboxError(str(e)) from None
+
+    def _user(self, image: Image, user: str) -> tuple[int, int]:
+        if not user:
+            return 0, 0
+        name, _, group = user.partition(":")
+
+        def lookup(db: str, key: str) -> int:
+            if key.isdigit():
+                return int(key)
+            try:
+                for line in (image.rootfs / "etc" / db).read_text().splitlines():
+                    fields = line.split(":")
+                    if fields and fields[0] == key:
+                        return int(fields[2])
+            except (OSError, IndexError, ValueError):
+                pass
+            raise SandboxError(f"unknown {'user' if db == 'passwd' else 'group'} {key!r} in image")
+
+        uid = lookup("passwd", name)
+        if group:
+            return uid, lookup("group", group)
+        if name.isdigit():
+            return uid, uid
+        for line in (image.rootfs / "etc" / "passwd").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == name:
+                return uid, int(fields[3])
+        return uid, uid
+
+    def _write_bundle(self, info: SandboxInfo, image: Image) -> Path:
+        spec = info.spec
+        bundle = self._dir(info.id) / "bundle"
+        bundle.mkdir(exist_ok=True)
+        cmd = list(spec.cmd) or list(image.cmd)
+        env = dict(e.split("=", 1) for e in image.env if "=" in e)
+        env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        env["HOSTNAME"] = info.name
+        for e in spec.env:
+            k, _, v = e.partition("=")
+            env[k] = v
+        uid, gid = self._user(image, spec.user or image.user)
+        mounts: list[dict[str, Any]] = [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["ro"]},
+            {
+                "destination": INIT_MOUNT,
+                "type": "bind",
+                "source": str(self.init_dir),
+                "options": ["rbind", "ro"],
+            },
+        ]
+        for v in spec.volumes:
+            mounts.append(
+                {
+                    "destination": v.target,
+                    "type": "bind",
+                    "source": v.host,
+                    "options": ["rbind", "ro" if v.readonly else "rw"],
+                }
+            )
+        namespaces: list[dict[str, str]] = [
+            {"type": t} for t in ("pid", "ipc", "uts", "mount")
+        ]
+        if spec.network == "sandbox":
+            namespaces.append({"type": "network", "path": str(network.netns_path(info.id))})
+        else:
+            namespaces.append({"type": "network"})
+        resources: dict[str, Any] = {}
+        if spec.memory:
+            resources["memory"] = {"limit": spec.memory}
+        if spec.cpus:
+            resources["cpu"] = {"quota": int(spec.cpus * 100_000), "period": 100_000}
+        if spec.pids:
+            resources["pids"] = {"limit": spec.pids}
+        caps = DEFAULT_CAPS if uid == 0 else []
+        config = {
+            "ociVersion": "1.0.2",
+            "process": {
+                "args": [INIT_PATH, "init", *(["--", *cmd] if cmd else [])],
+                "cwd": spec.workdir or image.workdir or "/",
+                "env": [f"{k}={v}" for k, v in env.items()],
+                "user": {"uid": uid, "gid": gid},
+                "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
+            },
+            "root": {"path": str(image.rootfs), "readonly": False},
+            "hostname": info.name,
+            "mounts": mounts,
+            "linux": {
+                "namespaces": namespaces,
+                "resources": resources,
+                "cgroupsPath": f"/torpor/{info.id}",
+            },
+        }
+        (bundle / "config.json").write_text(json.dumps(config, indent=1))
+        return bundle
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _boot(self, info: SandboxInfo, image: Image, *, image_path: Path | None = None) -> None:
+        """Start (or restore) the runsc container for info and wait until init answers."""
+        self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
+        if info.spec.network == "sandbox":
+            info.address = network.setup(self.home, info.id)
+        bundle = self._write_bundle(info, image)
+        d = self._dir(info.id)
+        codefile, errfile = d / "exit.code", d / "runsc.err"
+        codefile.unlink(missing_ok=True)
+        args = ["run", f"--bundle={bundle}", info.id]
+        if image_path is not None:
+            args = ["restore", f"--bundle={bundle}", f"--image-path={image_path}", info.id]
+        t0 = time.monotonic()
+        # runsc forgets a container's exit code once it stops; only a foreground
+        # `runsc run|restore` learns it. So runsc runs in the foreground for the sandbox's
+        # whole life, detached from us, under a shell that writes its exit code to
+        # exit.code. The container's console (init's stdout) goes to console.log.
+        with open(d / "console.log", "ab") as log, open(errfile, "wb") as errlog:
+            subprocess.Popen(
+                ["/bin/sh", "-c", '"$@"; echo $? > "$TORPOR_EXIT_FILE"', "torpor-runsc",
+                 self.runsc, *self._global_flags(info), *args],
+                env=dict(os.environ, TORPOR_EXIT_FILE=str(codefile)),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=errlog,
+                start_new_session=True,
+            )  # fmt: skip
+        delay = 0.002
+        while (state := self._runsc_state(info.id)) != "running":
+            if codefile.exists():  # runsc already returned
+                err = [
+                    ln for ln in errfile.read_text(errors="replace").splitlines()
+                    if ln.strip() and not ln.startswith("torpor-init:")
+                ]  # fmt: skip
+                if not err:
+                    break  # it ran, and its main process has already exited
+                self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
+                if info.spec.network == "sandbox":
+                    network.teardown(self.home, info.id)
+                what = "restore" if image_path else "start"
+                reason = err[-1] if err else "runsc failed"
+                raise SandboxError(f"cannot {what} sandbox {info.name}: {reason}")
+            if time.monotonic() - t0 > 120:
+                self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
+                raise SandboxError(f"sandbox {info.name} did not start within 120 s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+        info.state = "running"
+        info.started = _now()
+        info.exit_code = None
+        info.pid = self._sandbox_pid(info.id)
+        self._save(info)
+        if state != "running":
+            self._reconcile(info)
+            return
+        if image_path is not None:
+            self._client(info, ["restored"], timeout=60)
+        else:
+            self._wait_ready(info, deadline=t0 + 30)
+        if info.spec.network == "sandbox" and info.spec.ports:
+            network.start_proxy(self.home, info.id, info.spec.ports)
+
+    def _sandbox_pid(self, sid: str) -> int | None:
+        proc = self._runsc(None, "state", sid, check=False, timeout=20)
+        try:
+            return int(json.loads(proc.stdout)["pid"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _wait_ready(self, info: SandboxInfo, deadline: float) -> None:
+        delay = 0.005
+        while True:
+            proc = self._runsc(
+                info, "exec", info.id, INIT_PATH, "ping", check=False, timeout=20
+            )
+            if proc.returncode == 0:
+                return
+            if self._runsc_state(info.id) != "running":
+                return  # the main process already finished; `ps -a` shows it exited
+            if time.monotonic() > deadline:
+                raise SandboxError(
+                    f"sandbox {info.name} did not become ready: {_last_line(proc.stderr)}"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def run(self, spec: SandboxSpec, *, name: str | None = None) -> SandboxInfo:
+        image = self._image(spec)
+        if spec.network not in ("none", "sandbox"):
+            raise SandboxError(f"unknown network {spec.network!r}: use none or sandbox")
+        if spec.ports and spec.network != "sandbox":
+            raise SandboxError("publishing ports (-p) needs --network sandbox")
+        with self._global_lock():
+            info = self._create_record(spec, image, name)
+        try:
+            with self._locked(info.id):
+                self._boot(info, image)
+        except BaseException:
+            self._discard(info)
+            raise
+        return self._load(info.id) or info
+
+    def _create_record(self, spec: SandboxSpec, image: Image, name: str | None) -> SandboxInfo:
+        """Reserve a name and an id (caller holds the global lock)."""
+        taken = {i.name for i in self._all()}
+        if name is not None:
+            check_name(name)
+            if name in taken:
+                raise SandboxConflict(f"the name {name} is already in use by another sandbox")
+        sid = secrets.token_hex(6)
+        name = name or f"sb-{sid[:6]}"
+        info = SandboxInfo(
+            id=sid,
+            name=name,
+            state="created",
+            spec=spec,
+            image_digest=image.digest,
+            created=_now(),
+        )
+        self._dir(sid).mkdir(parents=True)
+        self._save(info)
+        return info
+
+    def _discard(self, info: SandboxInfo) -> None:
+        self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
+        if info.spec.network == "sandbox":
+            network.teardown(self.home, info.id)
+        shutil.rmtree(self._dir(info.id), ignore_errors=True)
+
+    def stop(self, sandbox: str, *, timeout: float = 10.0) -> SandboxInfo:
+        with self._locked(sandbox) as info:
+            if info.state != "running":
+                return info
+            self._kill(info, timeout)
+            return info
+
+    def _kill(self, info: SandboxInfo, timeout: float) -> None:
+        network.stop_proxy(self.home, info.id)
+        self._runsc(None, "kill", info.id, "TERM", check=False, timeout=20)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._runsc_state(info.id) == "running":
+            time.sleep(0.05)
+        if self._runsc_state(info.id) == "running":
+            self._runsc(None, "kill", "--all", info.id, "KILL", check=False, timeout=20)
+            for _ in range(100):
+                if self._runsc_state(info.id) != "running":
+                    break
+                time.sleep(0.05)
+        info.exit_code = self._exit_status(info)
+        info.state = "exited"
+        info.pid = None
+        self._after_stop(info)
+        self._save(info)
+
+    def start(self, sandbox: str, *, checkpoint: str | None = None) -> SandboxInfo:
+        with self._locked(sandbox) as info:
+            if info.state == "running":
+                raise SandboxConflict(f"sandbox {info.name} is already running")
+            image = self._image(info.spec)
+            if checkpoint is None:
+                info.restored_from = None
+                self._boot(info, image)
+            else:
+                ck = self._checkpoint_info(checkpoint, sandbox=info)
+                self._restore_into(info, ck, image)
+            return self._load(info.id) or info
+
+    def remove(self, sandbox: str, *, force: bool = False) -> None:
+        with self._locked(sandbox) as info:
+            if info.state == "running":
+                if not force:
+                    raise SandboxConflict(
+                        f"sandbox {info.name} is running: stop it first or use -f"
+                    )
+                self._kill(info, timeout=0)
+            network.stop_proxy(self.home, info.id)
+            self._discard(info)
+
+    def inspect(self, sandbox: str) -> SandboxInfo:
+        with self._locked(sandbox, exclusive=False) as info:
+            return info
+
+    def list(self, *, all: bool = False) -> list[SandboxInfo]:
+        out = []
+        for info in self._all():
+            with contextlib.suppress(SandboxNotFound), self._locked(
+                info.id, exclusive=False
+            ) as fresh:
+                info = fresh
+            if all or info.state == "running":
+                out.append(info)
+        return out
+
+    # ------------------------------------------------------------------ processes
+
+    def _require_running(self, info: SandboxInfo) -> None:
+        if info.state != "running":
+            raise SandboxConflict(f"sandbox {info.name} is not running (state: {info.state})")
+
+    def _client_args(
+        self,
+        argv: Sequence[str],
+        *,
+        interactive: bool,
+        detach: bool,
+        env: Sequence[str],
+        workdir: str | None,
+        user: str | None,
+        image: Image | None,
+    ) -> list[str]:
+        if not argv:
+            raise SandboxError("no command given")
+        args = [INIT_PATH, "exec"]
+        if detach:
+            args.append("-d")
+        if interactive:
+            args.append("-i")
+        if workdir:
+            args += ["-w", workdir]
+        for e in env:
+            if "=" not in e:
+                raise SandboxError(f"invalid environment entry {e!r}: expected KEY=VALUE")
+            args += ["-e", e]
+        if user:
+            uid, gid = self._user(image, user) if image else (0, 0)
+            args += ["-u", f"{uid}:{gid}"]
+        return [*args, "--", *argv]
+
+    def _client(
+        self,
+        info: SandboxInfo,
+        args: Sequence[str],
+        *,
+        input: bytes | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run torpor-init's client side inside the sandbox."""
+        kw: dict[str, Any] = {"input": input} if input is not None else {}
+        try:
+            proc = subprocess.run(
+                [self.runsc, *self._global_flags(info), "exec", info.id, INIT_PATH, *args],
+                capture_output=True,
+                timeout=timeout,
+                stdin=None if input is not None else subprocess.DEVNULL,
+                **kw,
+            )
+        except subprocess.TimeoutExpired:
+            raise SandboxError(f"{args[0]} in sandbox {info.name} timed out") from None
+        if check and proc.returncode != 0:
+            self._raise_if_gone(info)
+            msg = _last_line(proc.stderr) or f"exit status {proc.returncode}"
+            raise SandboxError(f"{args[0]} in sandbox {info.name} failed: {msg}")
+        return proc
+
+    def _raise_if_gone(self, info: SandboxInfo) -> None:
+        if self._runsc_state(info.id) != "running":
+            self._reconcile(info)
+            raise SandboxConflict(f"sandbox {info.name} is not running (it exited)")
+
+    def exec(
+        self,
+        sandbox: str,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        with self._locked(sandbox, exclusive=False) as info:
+            self._require_running(info)
+            image = self._image(info.spec) if user else None
+            args = self._client_args(
+                argv, interactive=stdin is not None, detach=False, env=env,
+                workdir=workdir, user=user, image=image,
+            )[1:]  # fmt: skip
+            cmd = [self.runsc, *self._global_flags(info), "exec", info.id, INIT_PATH, *args]
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            try:
+                out, err = proc.communicate(stdin, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                # runsc exec forwards the signal to init's client, which passes it on to
+                # the process it started; give it a moment, then drop the client.
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    out, err = proc.communicate(timeout=2)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    out, err = proc.communicate()
+                raise SandboxError(
+                    f"command timed out after {timeout} s in sandbox {info.name}"
+                ) from None
+            if proc.returncode != 0 and not err.startswith(b"torpor-init") and (
+                self._runsc_state(info.id) != "running"
+            ):
+                self._raise_if_gone(info)
+            return ExecResult(proc.returncode, out, err)
+
+    def exec_stream(
+        self,
+        sandbox: str,
+        argv: Sequence[str],
+        *,
+        interactive: bool = False,
+        detach: bool = False,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+    ) -> int:
+        with self._locked(sandbox, exclusive=False) as info:
+            self._require_running(info)
+            image = self._image(info.spec) if user else None
+            args = self._client_args(
+                argv, interactive=interactive, detach=detach, env=env,
+                workdir=workdir, user=user, image=image,
+            )  # fmt: skip
+            proc = subprocess.run(
+                [self.runsc, *self._global_flags(info), "exec", info.id, *args],
+                stdin=None if interactive else subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            err = proc.stderr or b""
+            if proc.returncode != 0 and not err.startswith(b"torpor-init"):
+                self._raise_if_gone(info)
+            sys.stderr.buffer.write(err)
+            sys.stderr.flush()
+            return proc.returncode
+
+    def spawn(
+        self,
+        sandbox: str,
+        argv: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+    ) -> int:
+        """Start a background process (a child of init, so it survives checkpoints);
+        returns its init process id (see `processes`)."""
+        with self._locked(sandbox, exclusive=False) as info:
+            self._require_running(info)
+            image = self._image(info.spec) if user else None
+            args = self._client_args(
+                argv, interactive=False, detach=True, env=env,
+                workdir=workdir, user=user, image=image,
+            )[1:]  # fmt: skip
+            proc = self._client(info, args, timeout=60)
+            try:
+                return int(proc.stdout.decode().strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                raise SandboxError(
+                    f"starting {argv[0]} in {info.name} failed: {_last_line(proc.stderr)}"
+                ) from None
+
+    def processes(self, sandbox: str) -> list[dict[str, Any]]:
+        """Processes started through init: id, pid, state, exit code, argv."""
+        with self._locked(sandbox, exclusive=False) as info:
+            self._require_running(info)
+            out = self._client(info, ["ps"], timeout=30).stdout.decode(errors="replace")
+        rows = []
+        for line in out.splitlines():
+            parts = line.split(None, 4)
+            if len(parts) < 4 or not parts[0].isdigit():
+                continue
+            rows.append(
+                {
+                    "id": int(parts[0]),
+                    "pid": int(parts[1]) if parts[1].isdigit() else None,
+                    "state": parts[2],
+                    "exit": None if parts[3] == "-" else int(parts[3]),
+                    "argv": parts[4] if len(parts) > 4 else "",
+                }
+            )
+        return rows
+
+    def logs(self, sandbox: str, *, follow: bool = False) -> int:
+        """Copy the main process's output to stdout; with follow, until the sandbox stops."""
+        info = self.inspect(sandbox)
+        path = self._dir(info.id) / "console.log"
+        out = sys.stdout.buffer
+        with open(path, "rb") if path.exists() else open(os.devnull, "rb") as f:
+            while True:
+                chunk = f.read(1 << 16)
+                if chunk:
+                    out.write(chunk)
+                    out.flush()
+                    continue
+                if not follow:
+                    return 0
+                fresh = self._load(info.id)
+                if fresh is None or self._reconcile(fresh).state != "running":
+                    rest = f.read()
+                    out.write(rest)
+                    out.flush()
+                    return 0
+                time.sleep(0.1)
+
+    def console_path(self, sandbox: str) -> Path:
+        return self._dir(self._find(sandbox).id) / "console.log"
+
+    def wait(self, sandbox: str) -> int:
+        """Block until the sandbox's main process exits; returns its exit code."""
+        sid = self._find(sandbox).id
+        while True:
+            with self._locked(sid, exclusive=False) as info:
+                if info.state != "running":
+                    return info.exit_code if info.exit_code is not None else 0
+            time.sleep(0.1)
+
+    # ------------------------------------------------------------------ files
+
+    def copy_in(self, sandbox: str, src: Path, dest: str) -> None:
+        """Copy a host file or directory into the sandbox, with `docker cp` semantics."""
+        if not src.exists() and not src.is_symlink():
+            raise SandboxError(f"{src}: no such file or directory")
+        with self._locked(sandbox, exclusive=False) as info:
+            self._require_running(info)
+            kind = self._stat(info, dest)
+            if kind == "d":
+                parent, arcname = dest, src.name or "root"
+            else:
+                p = PurePosixPath(dest)
+                parent, arcname = str(p.parent), p.name
+                if kind is None and self._stat(info, parent) != "d":
+                    raise SandboxError(f"{parent}: no such directory in sandbox {info.name}")
+            self._put(info, parent, lambda f: archive.write_archive(src, f, arcname))
+
+    def write_file(
+        self, sandbox: str, path: str, data: bytes | BinaryIO, mode: int = 0o644
+    ) -> None:
+        payload = data if isinstance(data, bytes) else data.read()
+        p = PurePosixPath(path)
+        if not p.is_absolute():
+            raise SandboxError(f"path must be absolute: {path}")
+        with self._locked(sandbox, exclusive=False) as info:
+            self._require_running(info)
+            self._put(
+                info, str(p.parent), lambda f: archive.write_bytes_archive(payload, f, p.name, mode)
+            )
+
+    def _put(self, info: SandboxInfo, parent: str, writer: Any) -> None:
+        cmd = [self.runsc, *self._global_flags(info), "exec", info.id, INIT_PATH, "put", parent]
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        assert proc.stdin is not None and proc.stderr is not None
+        try:
+            writer(proc.stdin)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            self._raise_if_gone(info)
+            raise SandboxError(f"copy into {info.name}:{parent} failed: {_last_line(err)}")
+
+    def _stat(self, info: SandboxInfo, path: str) -> str | None:
+        proc = self._client(info, ["stat", path], check=False, timeout=30)
+        if proc.returncode != 0:
+            return None
+        return proc.stdout.decode().strip()[:1] or None
+
+    def _get(self, info: SandboxInfo, path: str) -> subprocess.Popen[bytes]:
+        cmd = [self.runsc, *self._global_flags(info), "exec", info.id, INIT_PATH, "get", path]
+        return subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    def _finish_get(self, info: SandboxInfo, proc: subprocess.Popen[bytes], path: str) -> None:
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            self._raise_if_gone(info)
+            raise SandboxError(f"{info.name}:{path}: {_last_line(err) or 'cannot read'}")
+
+    def copy_out(self, sandbox: str, src: str, dest: Path) -> None:
+        """Copy a sandbox file or directory to the host, with `docker cp` semantics."""
+        with self._locked(sandbox, exclusive=False) as info:
+            self._require_running(info)
+            if dest.is_dir():
+                parent, rename = dest, None
+            else:
+                if not dest.parent.is_dir():
+                    raise SandboxError(f"{dest.parent}: no such directory")
+                parent, rename = dest.parent, dest.name
+            proc = self._get(info, src)
+            assert proc.stdout is not None
+            try:
+                archive.extract_archive(proc.stdout, parent, rename_top=rename)
+            except SandboxError:
+                self._finish_get(info, proc, src)
+                raise
+            self._finish_get(info, proc, src)
+
+    def read_file(self, sandbox: str, path: str) -> bytes:
+        with self._locked(sandbox, exclusive=False) as info:
+            self._require_running(info)
+            proc = self._get(info, path)
+            assert proc.stdout is not None
+            try:
+                data = archive.read_single_file(proc.stdout)
+            except SandboxError:
+                self._finish_get(info, proc, path)
+                raise
+            self._finish_get(info, proc, path)
+            return data
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint(
+        self, sandbox: str, checkpoint: str | None = None, *, leave_running: bool = False
+    ) -> CheckpointInfo:
+        if checkpoint is not None:
+            check_name(checkpoint)
+        with self._locked(sandbox) as info:
+            if info.state != "running":
+                raise SandboxConflict(
+                    f"cannot checkpoint sandbox {info.name}: it is not running "
+                    f"(state: {info.state})"
+                )
+            ck_name = checkpoint or datetime.now(UTC).strftime("ck-%Y%m%d-%H%M%S")
+            existing = [
+                m for m in self.checkpoints.list()
+                if m.get("sandbox_id") == info.id and m.get("name") == ck_name
+            ]  # fmt: skip
+            if existing:
+                raise SandboxConflict(
+                    f"sandbox {info.name} already has a checkpoint named {ck_name}"
+                )
+            staging = self.checkpoints.staging_dir()
+            # Connections through torpor's port proxy are external to the sandbox and would
+            # block the checkpoint: close them first (clients reconnect after).
+            network.stop_proxy(self.home, info.id)
+            t0 = time.monotonic()
+            try:
+                self._runsc(
+                    info,
+                    "checkpoint",
+                    f"--image-path={staging}",
+                    "--compression=none",
+                    "--exclude-committed-zero-pages",
+                    *(["--leave-running"] if leave_running else []),
+                    info.id,
+                    timeout=600,
+                )
+            except SandboxError as e:
+                shutil.rmtree(staging, ignore_errors=True)
+                if self._runsc_state(info.id) == "running" and info.spec.ports:
+                    network.start_proxy(self.home, info.id, info.spec.ports)
+                self._reconcile(info)
+                raise CheckpointError(f"checkpoint of {info.name} failed: {e}") from None
+            seconds = time.monotonic() - t0
+            ck_id = f"{info.name}-{ck_name}-{secrets.token_hex(3)}"
+            meta = CheckpointInfo(
+                id=ck_id,
+                sandbox=info.name,
+                created=_now(),
+                size=0,
+                seconds=round(seconds, 4),
+                engine=self.name,
+                engine_version=self.version,
+                image_digest=info.image_digest,
+                spec=info.spec,
+                leave_running=leave_running,
+                name=ck_name,
+            ).to_json()
+            meta.update(sandbox_id=info.id, platform=self.platform)
+            size = self.checkpoints.put(ck_id, staging, meta)
+            if leave_running:
+                if self._runsc_state(info.id) != "running":
+                    raise CheckpointError(
+                        f"checkpoint {ck_id} was saved but sandbox {info.name} did not keep "
+                        "running"
+                    )
+                if info.spec.ports:
+                    network.start_proxy(self.home, info.id, info.spec.ports)
+            else:
+                info.state = "checkpointed"
+                info.exit_code = None
+                info.pid = None
+                self._after_stop(info)
+                self._save(info)
+            return CheckpointInfo.from_json({**meta, "size": size})
+
+    def list_checkpoints(self, sandbox: str | None = None) -> list[dict[str, Any]]:
+        metas = self.checkpoints.list()
+        if sandbox is None:
+            return metas
+        info = self._find(sandbox)
+        return [m for m in metas if m.get("sandbox_id") == info.id]
+
+    def _checkpoint_info(self, ref: str, *, sandbox: SandboxInfo | None = None) -> dict[str, Any]:
+        """Find a checkpoint by id, or by name (within `sandbox` when given)."""
+        metas = self.checkpoints.list()
+        for m in metas:
+            if m.get("id") == ref:
+                return m
+        named = [
+            m for m in metas
+            if m.get("name") == ref and (sandbox is None or m.get("sandbox_id") == sandbox.id)
+        ]  # fmt: skip
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
+            raise CheckpointError(f"checkpoint name {ref} is ambiguous: use its id")
+        # A corrupt or unreadable checkpoint still deserves a precise message.
+        self.checkpoints.meta(ref)
+        raise CheckpointError(f"no such checkpoint: {ref}")
+
+    def remove_checkpoint(self, sandbox: str | None, checkpoint: str) -> None:
+        target = self._find(sandbox) if sandbox else None
+        meta = self._checkpoint_info(checkpoint, sandbox=target)
+        self.checkpoints.delete(meta["id"])
+
+    def _restore_into(self, info: SandboxInfo, ck: dict[str, Any], image: Image) -> None:
+        if ck.get("engine") != self.name:
+            raise CheckpointError(f"checkpoint {ck['id']} was made by engine {ck.get('engine')}")
+        if ck.get("image_digest") != image.digest:
+            raise CheckpointError(
+                f"checkpoint {ck['id']} was taken on image {info.spec.image} at digest "
+                f"{ck.get('image_digest')}, which is now {image.digest}"
+            )
+        path, temporary = self.checkpoints.open_dir(ck["id"])
+        try:
+            info.restored_from = ck["id"]
+            self._boot(info, image, image_path=path)
+        finally:
+            if temporary:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def restore(self, checkpoint: str, *, name: str | None = None) -> SandboxInfo:
+        ck = self._checkpoint_info(checkpoint)
+        spec = SandboxSpec.from_json(ck["spec"])
+        image = self._image(spec)
+        with self._global_lock():
+            info = self._create_record(spec, image, name)
+        try:
+            with self._locked(info.id) as locked:
+                self._restore_into(locked, ck, image)
+        except BaseException:
+            self._discard(info)
+            raise
+        return self._load(info.id) or info

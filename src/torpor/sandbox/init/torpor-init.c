@@ -1,0 +1,1389 @@
+/*
+ * torpor-init: PID 1 of every torpor sandbox, and the client that talks to it.
+ *
+ * On the pinned gVisor build only descendants of the sandbox's first process
+ * survive checkpoint/restore, so every process torpor starts is a child of
+ * this program. `init init` is the long-lived PID 1: it listens on a Unix
+ * socket, starts processes on request, stores their output in files, streams
+ * it to the client that asked, and reaps every zombie. All other roles
+ * (exec, ps, kill, logs, get, put, restored, ping) are short-lived clients run
+ * with `runsc exec /.torpor/init ROLE ...`.
+ *
+ * The contract (argv, wire protocol, file layout) is docs/sandbox-init.md.
+ * Build: gcc -static -O2 -Wall -Wextra -o torpor-init torpor-init.c
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_DIR "/run/torpor"
+#define DEFAULT_RESTORE_DIR "/etc/torpor/restore.d"
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define CHUNK 65536
+#define MAX_FRAME (16u << 20)   /* largest frame payload accepted */
+#define HIGH_WATER (1u << 20)   /* per-buffer backpressure threshold */
+#define STOP_GRACE_MS 3000      /* after the main process exits: TERM -> KILL */
+#define HOOK_TIMEOUT_MS 10000   /* per restore hook */
+#define EXIT_CLIENT 125         /* client-side failure (cannot reach init, ...) */
+
+static char g_dir[PATH_MAX];    /* TORPOR_INIT_DIR */
+static char g_sock[PATH_MAX];   /* g_dir/ctl.sock */
+extern char **environ;
+
+/* ------------------------------------------------------------------ */
+/* Small helpers                                                        */
+
+/* snprintf that truncates silently (paths are bounded by PATH_MAX anyway). */
+static int fmt(char *dst, size_t n, const char *f, ...) __attribute__((format(printf, 3, 4)));
+static int fmt(char *dst, size_t n, const char *f, ...)
+{
+    va_list ap;
+    va_start(ap, f);
+    int r = vsnprintf(dst, n, f, ap);
+    va_end(ap);
+    return r < 0 ? 0 : (size_t)r >= n ? (int)n - 1 : r;
+}
+
+static void msg(const char *f, ...)
+{
+    char b[1024];
+    va_list ap;
+    va_start(ap, f);
+    int n = vsnprintf(b, sizeof b - 1, f, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if (n > (int)sizeof b - 2) n = sizeof b - 2;
+    b[n++] = '\n';
+    if (write(2, "torpor-init: ", 13) < 0 || write(2, b, n) < 0) { /* nothing to do */ }
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+    p = realloc(p, n ? n : 1);
+    if (!p) { msg("out of memory"); _exit(EXIT_CLIENT); }
+    return p;
+}
+
+static char *xstrdup(const char *s) { size_t n = strlen(s) + 1; return memcpy(xrealloc(NULL, n), s, n); }
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Write all of buf, retrying on EINTR and waiting out EAGAIN. 0 or -1. */
+static int write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) { struct pollfd q = {fd, POLLOUT, 0}; poll(&q, 1, -1); continue; }
+            return -1;
+        }
+        p += w; n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Read exactly n bytes unless EOF comes first. Bytes read, or -1. */
+static ssize_t read_full(int fd, void *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, (char *)buf + got, n - got);
+        if (r < 0) { if (errno == EINTR) continue; return -1; }
+        if (r == 0) break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+/* Replace a file atomically (write a temp file, rename). */
+static int write_file(const char *path, const void *data, size_t n)
+{
+    char tmp[PATH_MAX];
+    fmt(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    int rc = write_all(fd, data, n);
+    close(fd);
+    if (rc == 0) rc = rename(tmp, path);
+    return rc;
+}
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+    char b[PATH_MAX];
+    fmt(b, sizeof b, "%s", path);
+    for (char *p = b + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(b, mode) < 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return (mkdir(b, mode) < 0 && errno != EEXIST) ? -1 : 0;
+}
+
+static void rm_rf(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0) return;
+    if (S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(path);
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char c[PATH_MAX];
+            fmt(c, sizeof c, "%s/%s", path, e->d_name);
+            rm_rf(c);
+        }
+        if (d) closedir(d);
+        rmdir(path);
+    } else {
+        unlink(path);
+    }
+}
+
+static void put32(unsigned char *p, uint32_t v) { for (int i = 3; i >= 0; i--) { p[i] = v & 0xff; v >>= 8; } }
+static void put64(unsigned char *p, uint64_t v) { for (int i = 7; i >= 0; i--) { p[i] = v & 0xff; v >>= 8; } }
+static uint32_t get32(const unsigned char *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+static uint64_t get64(const unsigned char *p) { return (uint64_t)get32(p) << 32 | get32(p + 4); }
+
+/* Growable byte buffer; bytes [off, len) are pending. */
+struct buf { char *p; size_t off, len, cap; };
+
+static size_t buf_size(const struct buf *b) { return b->len - b->off; }
+
+static void buf_add(struct buf *b, const void *d, size_t n)
+{
+    if (b->off && b->off == b->len) b->off = b->len = 0;
+    if (b->len + n > b->cap) {
+        if (b->off) { memmove(b->p, b->p + b->off, b->len - b->off); b->len -= b->off; b->off = 0; }
+        if (b->len + n > b->cap) {
+            b->cap = (b->len + n) * 2;
+            b->p = xrealloc(b->p, b->cap);
+        }
+    }
+    memcpy(b->p + b->len, d, n);
+    b->len += n;
+}
+
+static void buf_frame(struct buf *b, char type, const void *d, size_t n)
+{
+    unsigned char h[5];
+    h[0] = (unsigned char)type;
+    put32(h + 1, (uint32_t)n);
+    buf_add(b, h, 5);
+    buf_add(b, d, n);
+}
+
+static void buf_free(struct buf *b) { free(b->p); memset(b, 0, sizeof *b); }
+
+static const struct { const char *name; int num; } sigtab[] = {
+    {"HUP", SIGHUP}, {"INT", SIGINT}, {"QUIT", SIGQUIT}, {"ABRT", SIGABRT}, {"KILL", SIGKILL},
+    {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"PIPE", SIGPIPE}, {"ALRM", SIGALRM}, {"TERM", SIGTERM},
+    {"CHLD", SIGCHLD}, {"CONT", SIGCONT}, {"STOP", SIGSTOP}, {"TSTP", SIGTSTP}, {"WINCH", SIGWINCH},
+};
+
+/* Signal name (TERM, SIGTERM) or number to number; -1 if invalid. */
+static int parse_signal(const char *s)
+{
+    char *end;
+    long n = strtol(s, &end, 10);
+    if (*s && !*end) return (n >= 0 && n < NSIG) ? (int)n : -1;
+    if (!strncasecmp(s, "SIG", 3)) s += 3;
+    for (size_t i = 0; i < sizeof sigtab / sizeof sigtab[0]; i++)
+        if (!strcasecmp(s, sigtab[i].name)) return sigtab[i].num;
+    return -1;
+}
+
+static int wait_code(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st); }
+
+/* In a freshly forked child: undo init's signal setup before exec. */
+static void child_reset_signals(void)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);   /* errors for KILL/STOP are fine */
+}
+
+/* ------------------------------------------------------------------ */
+/* PID 1: state                                                         */
+
+enum { ST_NEW, ST_ATTACHED, ST_RESTORE, ST_CLOSING };
+
+struct proc;
+struct client {
+    int fd;                 /* -1 once closed (swept at end of loop iteration) */
+    int state;
+    struct buf in, out;
+    struct proc *p;         /* attached process (ST_ATTACHED) */
+};
+
+struct proc {
+    int id;
+    pid_t pid;
+    char *cmd;              /* argv joined by spaces, for ps */
+    int out, err, in;       /* our ends of the child's pipes, -1 when closed */
+    int fout, ferr;         /* procs/ID/stdout, procs/ID/stderr */
+    struct buf inbuf;       /* stdin bytes not yet written to the child */
+    int in_eof;             /* close the child's stdin once inbuf is empty */
+    int reaped, done, status;
+    int is_main;
+    struct client *cl;      /* attached client or NULL */
+};
+
+static struct proc **g_procs;
+static int g_nprocs, g_next_id = 1;
+static struct client **g_clients;
+static int g_nclients;
+static struct proc *g_main;
+static int g_terminating;          /* got SIGTERM/SIGINT */
+static int g_phase;                /* 0 running, 1 main gone: TERM sent, 2: KILL sent */
+static long long g_deadline;
+static int g_exit_code;
+static int g_console;              /* tee main's output to init's own stdout */
+
+/* restore hooks */
+static int g_gen;
+static char **g_hooks;
+static int g_nhooks, g_hook_idx, g_hook_rerun, g_hooks_active, g_hook_log = -1;
+static pid_t g_hook_pid;
+static long long g_hook_deadline;
+
+static void send_frame(struct client *c, char type, const char *d, size_t n)
+{
+    if (c && c->fd >= 0) buf_frame(&c->out, type, d, n);
+}
+
+static void send_str(struct client *c, char type, const char *s) { send_frame(c, type, s, strlen(s)); }
+
+static void send_exit(struct client *c, int code)
+{
+    char b[16];
+    fmt(b, sizeof b, "%d", code);
+    send_str(c, 'X', b);
+    if (c && c->fd >= 0) c->state = ST_CLOSING;   /* closed once out is flushed */
+}
+
+static void proc_close_stdin(struct proc *p)
+{
+    if (p->in >= 0) close(p->in);
+    p->in = -1;
+    buf_free(&p->inbuf);
+}
+
+/* A process is finished once it has been reaped and both pipes hit EOF:
+ * only then is the exit file written and X sent. */
+static void proc_check_done(struct proc *p)
+{
+    if (p->done || !p->reaped || p->out >= 0 || p->err >= 0) return;
+    p->done = 1;
+    proc_close_stdin(p);
+    char path[PATH_MAX], b[16];
+    int n = fmt(b, sizeof b, "%d\n", p->status);
+    fmt(path, sizeof path, "%s/procs/%d/exit", g_dir, p->id);
+    if (write_file(path, b, (size_t)n) < 0) msg("write %s: %s", path, strerror(errno));
+    close(p->fout); close(p->ferr);
+    p->fout = p->ferr = -1;
+    if (p->cl) { send_exit(p->cl, p->status); p->cl->p = NULL; p->cl = NULL; }
+}
+
+/* Read one chunk from a child's stdout/stderr pipe; file, console, client. */
+static void proc_read(struct proc *p, int is_err)
+{
+    int *fd = is_err ? &p->err : &p->out;
+    char b[CHUNK];
+    ssize_t n = read(*fd, b, sizeof b);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+    if (n <= 0) { close(*fd); *fd = -1; proc_check_done(p); return; }
+    if (write_all(is_err ? p->ferr : p->fout, b, (size_t)n) < 0)
+        msg("write output of %d: %s", p->id, strerror(errno));
+    /* Both of main's streams go to init's stdout, the sandbox console the host keeps as
+     * the sandbox's log; init's own stderr carries only init's and runsc's messages.
+     * Best effort, never blocks (fds are non-blocking). */
+    if (p->is_main && g_console) {
+        if (write(1, b, (size_t)n) < 0) { /* dropped */ }
+    }
+    if (p->cl) send_frame(p->cl, is_err ? 'E' : 'O', b, (size_t)n);
+}
+
+static void proc_write_stdin(struct proc *p)
+{
+    while (p->in >= 0 && buf_size(&p->inbuf)) {
+        ssize_t w = write(p->in, p->inbuf.p + p->inbuf.off, buf_size(&p->inbuf));
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) return;
+            proc_close_stdin(p);   /* EPIPE: the child closed its stdin */
+            return;
+        }
+        p->inbuf.off += (size_t)w;
+    }
+    if (p->in >= 0 && p->in_eof) proc_close_stdin(p);
+}
+
+/* Signal every unfinished process group (optionally sparing one process). */
+static void signal_all(int sig, struct proc *except)
+{
+    for (int i = 0; i < g_nprocs; i++) {
+        struct proc *p = g_procs[i];
+        if (p->done || p == except) continue;
+        if (kill(-p->pid, sig) < 0 && !p->reaped) kill(p->pid, sig);
+    }
+    if (g_hook_pid) kill(-g_hook_pid, sig);
+    /* Inside the sandbox, also catch anything that escaped its group. Never
+     * outside PID 1: kill(-1) there would hit every process of the user. */
+    if (sig == SIGKILL && getpid() == 1) kill(-1, SIGKILL);
+}
+
+/* ------------------------------------------------------------------ */
+/* PID 1: starting processes                                            */
+
+struct child_err { int stage; int err; };
+enum { STAGE_SETUP, STAGE_USER, STAGE_CHDIR, STAGE_EXEC };
+
+/* gid of uid from /etc/passwd (no NSS in a static binary); uid if unknown. */
+static gid_t passwd_gid(uid_t uid)
+{
+    FILE *f = fopen("/etc/passwd", "re");
+    char line[1024];
+    gid_t gid = uid;
+    while (f && fgets(line, sizeof line, f)) {
+        char *fld[4] = {0}, *s = line;
+        for (int i = 0; i < 4 && s; i++) { fld[i] = s; s = strchr(s, ':'); if (s) *s++ = 0; }
+        if (fld[3] && strtoul(fld[2], NULL, 10) == uid) { gid = (gid_t)strtoul(fld[3], NULL, 10); break; }
+    }
+    if (f) fclose(f);
+    return gid;
+}
+
+static int switch_user(const char *spec)
+{
+    char *end;
+    unsigned long uid = strtoul(spec, &end, 10), gid;
+    if (end == spec || (*end && *end != ':')) { errno = EINVAL; return -1; }
+    if (*end == ':') {
+        const char *g = end + 1;
+        gid = strtoul(g, &end, 10);
+        if (end == g || *end) { errno = EINVAL; return -1; }
+    } else {
+        gid = passwd_gid((uid_t)uid);
+    }
+    gid_t gl = (gid_t)gid;
+    if (setgroups(1, &gl) < 0 && errno != EPERM) return -1;
+    if (setgid(gl) < 0 || setuid((uid_t)uid) < 0) return -1;
+    return 0;
+}
+
+/* execvp() with the PATH of envp. Returns only on failure, errno set. */
+static void exec_search(char **argv, char **envp)
+{
+    const char *file = argv[0], *path = DEFAULT_PATH;
+    if (!*file) { errno = ENOENT; return; }
+    if (strchr(file, '/')) { execve(file, argv, envp); return; }
+    for (char **e = envp; *e; e++)
+        if (!strncmp(*e, "PATH=", 5)) path = *e + 5;
+    int eacces = 0;
+    for (const char *s = path;; s++) {
+        const char *colon = strchr(s, ':');
+        size_t len = colon ? (size_t)(colon - s) : strlen(s);
+        char full[PATH_MAX];
+        if (len) fmt(full, sizeof full, "%.*s/%s", (int)len, s, file);
+        else fmt(full, sizeof full, "./%s", file);   /* empty PATH entry: cwd */
+        execve(full, argv, envp);
+        if (errno == EACCES) eacces = 1;
+        else if (errno != ENOENT && errno != ENOTDIR && errno != ELOOP && errno != ENAMETOOLONG) return;
+        if (!colon) break;
+        s = colon;
+    }
+    errno = eacces ? EACCES : ENOENT;
+}
+
+/* init's environment plus the request's K=V entries (request wins). */
+static char **build_env(char **envs, int nenv)
+{
+    int n = 0;
+    while (environ[n]) n++;
+    char **env = xrealloc(NULL, sizeof(char *) * (size_t)(n + nenv + 1));
+    memcpy(env, environ, sizeof(char *) * (size_t)n);
+    for (int i = 0; i < nenv; i++) {
+        const char *eq = strchr(envs[i], '=');
+        size_t klen = eq ? (size_t)(eq - envs[i]) + 1 : strlen(envs[i]);
+        int j;
+        for (j = 0; j < n; j++)
+            if (!strncmp(env[j], envs[i], klen)) break;
+        env[j] = envs[i];
+        if (j == n) n++;
+    }
+    env[n] = NULL;
+    return env;
+}
+
+/*
+ * Start argv as a new process with its own session, output pipes and files.
+ * Returns NULL (errmsg set) if it could not even be forked. If exec (or
+ * chdir/user switching) failed in the child, the proc is returned and errmsg
+ * says why; the child then exits 126/127 and is reaped like any other.
+ */
+static struct proc *start_proc(char **argv, int argc, char **envs, int nenv, const char *cwd,
+                               const char *user, int want_stdin, char *errmsg, size_t errlen)
+{
+    errmsg[0] = 0;
+    int id = g_next_id++;
+    char dir[PATH_MAX], path[PATH_MAX + 16];
+    fmt(dir, sizeof dir, "%s/procs/%d", g_dir, id);
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        fmt(errmsg, errlen, "torpor-init: mkdir %s: %s", dir, strerror(errno));
+        return NULL;
+    }
+    struct buf cl = {0};
+    for (int i = 0; i < argc; i++) buf_add(&cl, argv[i], strlen(argv[i]) + 1);
+    fmt(path, sizeof path, "%s/cmdline", dir);
+    write_file(path, cl.p, cl.len);
+    for (size_t i = 0; i + 1 < cl.len; i++) if (!cl.p[i]) cl.p[i] = ' ';   /* ps form */
+
+    struct proc *p = xrealloc(NULL, sizeof *p);
+    memset(p, 0, sizeof *p);
+    p->id = id;
+    p->cmd = cl.p;
+    p->in = -1;
+    fmt(path, sizeof path, "%s/stdout", dir);
+    p->fout = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    fmt(path, sizeof path, "%s/stderr", dir);
+    p->ferr = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+
+    int po[2], pe[2], pi[2] = {-1, -1}, px[2];
+    if (p->fout < 0 || p->ferr < 0 || pipe2(po, O_CLOEXEC) < 0 || pipe2(pe, O_CLOEXEC) < 0 ||
+        (want_stdin && pipe2(pi, O_CLOEXEC) < 0) || pipe2(px, O_CLOEXEC) < 0) {
+        fmt(errmsg, errlen, "torpor-init: cannot start %s: %s", argv[0], strerror(errno));
+        return NULL;   /* leaks a few fds: out of fds/memory means the sandbox is broken anyway */
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        fmt(errmsg, errlen, "torpor-init: fork: %s", strerror(errno));
+        close(po[0]); close(po[1]); close(pe[0]); close(pe[1]); close(px[0]); close(px[1]);
+        if (pi[0] >= 0) { close(pi[0]); close(pi[1]); }
+        close(p->fout); close(p->ferr); free(p->cmd); free(p);
+        return NULL;
+    }
+    if (pid == 0) {
+        struct child_err ce = {STAGE_SETUP, 0};
+        child_reset_signals();
+        setsid();
+        int in = want_stdin ? pi[0] : open("/dev/null", O_RDONLY);
+        if (in < 0 || dup2(in, 0) < 0 || dup2(po[1], 1) < 0 || dup2(pe[1], 2) < 0) goto fail;
+        ce.stage = STAGE_USER;
+        if (user && *user && switch_user(user) < 0) goto fail;
+        ce.stage = STAGE_CHDIR;
+        if (cwd && *cwd && chdir(cwd) < 0) goto fail;
+        ce.stage = STAGE_EXEC;
+        char **nargv = xrealloc(NULL, sizeof(char *) * (size_t)(argc + 1));
+        memcpy(nargv, argv, sizeof(char *) * (size_t)argc);
+        nargv[argc] = NULL;
+        exec_search(nargv, build_env(envs, nenv));
+    fail:
+        ce.err = errno;
+        if (write(px[1], &ce, sizeof ce) < 0) { /* parent will see EOF */ }
+        _exit(ce.stage == STAGE_EXEC && ce.err == ENOENT ? 127 : 126);
+    }
+    close(po[1]); close(pe[1]); close(px[1]);
+    if (want_stdin) close(pi[0]);
+    p->pid = pid;
+    p->out = po[0];
+    p->err = pe[0];
+    p->in = pi[1];
+    fcntl(p->out, F_SETFL, O_NONBLOCK);
+    fcntl(p->err, F_SETFL, O_NONBLOCK);
+    if (p->in >= 0) fcntl(p->in, F_SETFL, O_NONBLOCK);
+
+    /* The error pipe is close-on-exec: EOF means exec succeeded. */
+    struct child_err ce;
+    if (read_full(px[0], &ce, sizeof ce) == (ssize_t)sizeof ce) {
+        const char *what = ce.stage == STAGE_EXEC ? "exec" : ce.stage == STAGE_CHDIR ? "chdir"
+                           : ce.stage == STAGE_USER ? "user" : "setup";
+        const char *arg = ce.stage == STAGE_EXEC ? argv[0] : ce.stage == STAGE_CHDIR ? cwd
+                          : ce.stage == STAGE_USER ? user : "stdio";
+        fmt(errmsg, errlen, "torpor-init: %s %s: %s", what, arg, strerror(ce.err));
+        write_all(p->ferr, errmsg, strlen(errmsg));
+        write_all(p->ferr, "\n", 1);
+    }
+    close(px[0]);
+    g_procs = xrealloc(g_procs, sizeof(*g_procs) * (size_t)(g_nprocs + 1));
+    g_procs[g_nprocs++] = p;
+    return p;
+}
+
+/* ------------------------------------------------------------------ */
+/* PID 1: restore hooks                                                 */
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static void hook_log(const char *f, ...)
+{
+    char b[1024];
+    va_list ap;
+    va_start(ap, f);
+    int n = vsnprintf(b, sizeof b, f, ap);
+    va_end(ap);
+    if (g_hook_log >= 0 && n > 0) write_all(g_hook_log, b, (size_t)(n < (int)sizeof b ? n : (int)sizeof b - 1));
+}
+
+static void hooks_next(void);
+
+static void hooks_start(void)
+{
+    const char *rd = getenv("TORPOR_RESTORE_DIR");
+    if (!rd || !*rd) rd = DEFAULT_RESTORE_DIR;
+    char path[PATH_MAX];
+    fmt(path, sizeof path, "%s/restore-hooks.log", g_dir);
+    g_hook_log = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    g_nhooks = g_hook_idx = 0;
+    g_hooks_active = 1;
+    DIR *d = opendir(rd);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        struct stat st;
+        if (e->d_name[0] == '.') continue;
+        fmt(path, sizeof path, "%s/%s", rd, e->d_name);
+        if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || access(path, X_OK) < 0) continue;
+        g_hooks = xrealloc(g_hooks, sizeof(char *) * (size_t)(g_nhooks + 1));
+        g_hooks[g_nhooks++] = xstrdup(path);
+    }
+    if (d) closedir(d);
+    qsort(g_hooks, (size_t)g_nhooks, sizeof(char *), cmp_str);
+    hooks_next();
+}
+
+/* Start the next hook, or finish the run and answer the waiting clients. */
+static void hooks_next(void)
+{
+    while (g_hook_idx < g_nhooks) {
+        const char *h = g_hooks[g_hook_idx];
+        hook_log("torpor-init: generation %d: running %s\n", g_gen, h);
+        pid_t pid = fork();
+        if (pid == 0) {
+            child_reset_signals();
+            setsid();
+            int nul = open("/dev/null", O_RDONLY);
+            dup2(nul, 0);
+            dup2(g_hook_log, 1);
+            dup2(g_hook_log, 2);
+            char gen[32];
+            fmt(gen, sizeof gen, "%d", g_gen);
+            setenv("TORPOR_GENERATION", gen, 1);
+            execl(h, h, (char *)NULL);
+            msg("exec %s: %s", h, strerror(errno));
+            _exit(126);
+        }
+        if (pid > 0) { g_hook_pid = pid; g_hook_deadline = now_ms() + HOOK_TIMEOUT_MS; return; }
+        hook_log("torpor-init: fork: %s\n", strerror(errno));
+        g_hook_idx++;
+    }
+    for (int i = 0; i < g_nhooks; i++) free(g_hooks[i]);
+    g_nhooks = 0;
+    if (g_hook_log >= 0) close(g_hook_log);
+    g_hook_log = -1;
+    g_hooks_active = 0;
+    if (g_hook_rerun) { g_hook_rerun = 0; hooks_start(); return; }
+    for (int i = 0; i < g_nclients; i++)
+        if (g_clients[i]->state == ST_RESTORE) send_exit(g_clients[i], 0);
+}
+
+static void hook_reaped(int code)
+{
+    if (code) hook_log("torpor-init: %s exited with status %d\n", g_hooks[g_hook_idx], code);
+    g_hook_pid = 0;
+    g_hook_idx++;
+    hooks_next();
+}
+
+/* ------------------------------------------------------------------ */
+/* PID 1: requests                                                      */
+
+static struct proc *find_proc(const char *id)
+{
+    for (int i = 0; i < g_nprocs; i++) {
+        char b[16];
+        fmt(b, sizeof b, "%d", g_procs[i]->id);
+        if (!strcmp(b, id)) return g_procs[i];
+    }
+    return NULL;
+}
+
+static void req_spawn(struct client *c, char **s, int n)
+{
+    int detach = 0, want_stdin = 0, nenv = 0, i = 1;
+    const char *cwd = NULL, *user = NULL;
+    char **envs = xrealloc(NULL, sizeof(char *) * (size_t)n);
+    for (; i + 1 < n && strcmp(s[i], "--"); i += 2) {
+        if (!strcmp(s[i], "detach")) detach = !strcmp(s[i + 1], "1");
+        else if (!strcmp(s[i], "stdin")) want_stdin = !strcmp(s[i + 1], "1");
+        else if (!strcmp(s[i], "cwd")) cwd = s[i + 1];
+        else if (!strcmp(s[i], "env")) envs[nenv++] = s[i + 1];
+        else if (!strcmp(s[i], "user")) user = s[i + 1];
+    }
+    if (i >= n || strcmp(s[i], "--") || i + 1 >= n) {
+        free(envs);
+        send_str(c, 'F', "torpor-init: bad spawn request (no command)");
+        send_exit(c, 2);
+        return;
+    }
+    char err[PATH_MAX + 256];
+    struct proc *p = start_proc(s + i + 1, n - i - 1, envs, nenv, cwd, user, want_stdin, err, sizeof err);
+    free(envs);
+    if (!p) { send_str(c, 'F', err); send_exit(c, 126); return; }
+    char b[16];
+    fmt(b, sizeof b, "%d", p->id);
+    send_str(c, 'P', b);
+    if (err[0]) send_str(c, 'F', err);
+    if (detach && !err[0]) { send_exit(c, 0); return; }
+    c->state = ST_ATTACHED;   /* exec failures stay attached so X carries 126/127 */
+    c->p = p;
+    p->cl = c;
+}
+
+static void handle_request(struct client *c, char *payload, size_t n)
+{
+    if (!n || payload[n - 1]) { send_str(c, 'F', "torpor-init: malformed request"); send_exit(c, 2); return; }
+    int ns = 0;
+    char **s = xrealloc(NULL, sizeof(char *) * (n + 1));   /* at most one string per byte */
+    for (size_t off = 0; off < n; off += strlen(payload + off) + 1) s[ns++] = payload + off;
+    if (!strcmp(s[0], "ping")) {
+        send_exit(c, 0);
+    } else if (!strcmp(s[0], "ps")) {
+        struct buf out = {0};
+        for (int i = 0; i < g_nprocs; i++) {
+            struct proc *p = g_procs[i];
+            char b[64];
+            if (p->done) fmt(b, sizeof b, "%d %d exited %d ", p->id, (int)p->pid, p->status);
+            else fmt(b, sizeof b, "%d %d running - ", p->id, (int)p->pid);
+            buf_add(&out, b, strlen(b));
+            buf_add(&out, p->cmd, strlen(p->cmd));
+            buf_add(&out, "\n", 1);
+        }
+        if (out.len) send_frame(c, 'O', out.p, out.len);
+        buf_free(&out);
+        send_exit(c, 0);
+    } else if (!strcmp(s[0], "kill") && ns >= 2) {
+        struct proc *p = find_proc(s[1]);
+        int sig = parse_signal(ns >= 3 ? s[2] : "TERM");
+        char e[128];
+        if (!p) {
+            fmt(e, sizeof e, "torpor-init: no such process: %.64s", s[1]);
+            send_str(c, 'F', e); send_exit(c, 1);
+        } else if (sig < 0) {
+            fmt(e, sizeof e, "torpor-init: bad signal: %.64s", s[2]);
+            send_str(c, 'F', e); send_exit(c, 2);
+        } else {
+            if (!p->done && kill(-p->pid, sig) < 0 && !p->reaped) kill(p->pid, sig);
+            send_exit(c, 0);   /* signalling a finished process is a no-op */
+        }
+    } else if (!strcmp(s[0], "restored")) {
+        char path[PATH_MAX], b[16];
+        int len = fmt(b, sizeof b, "%d\n", ++g_gen);
+        fmt(path, sizeof path, "%s/generation", g_dir);
+        write_file(path, b, (size_t)len);
+        c->state = ST_RESTORE;
+        if (g_hooks_active) g_hook_rerun = 1;   /* answered after the rerun */
+        else hooks_start();
+    } else if (!strcmp(s[0], "spawn")) {
+        req_spawn(c, s, ns);
+    } else {
+        send_str(c, 'F', "torpor-init: unknown request");
+        send_exit(c, 2);
+    }
+    free(s);
+}
+
+/* Client went away: the process it was attached to keeps running. */
+static void client_gone(struct client *c)
+{
+    if (c->p) {
+        c->p->cl = NULL;
+        c->p->in_eof = 1;   /* flush what the client sent, then EOF */
+        proc_write_stdin(c->p);
+        c->p = NULL;
+    }
+    close(c->fd);
+    c->fd = -1;
+}
+
+static void client_frame(struct client *c, char type, char *d, size_t n)
+{
+    if (c->state == ST_NEW) {
+        if (type == 'R') handle_request(c, d, n);
+        else client_gone(c);
+        return;
+    }
+    struct proc *p = c->p;
+    if (c->state != ST_ATTACHED || !p) return;
+    if (type == 'I' && p->in >= 0 && !p->in_eof) { buf_add(&p->inbuf, d, n); proc_write_stdin(p); }
+    else if (type == 'i') { p->in_eof = 1; proc_write_stdin(p); }
+    else if (type == 'K' && !p->done) {
+        char b[16];
+        fmt(b, sizeof b, "%.*s", (int)(n < 15 ? n : 15), d);
+        int sig = parse_signal(b);
+        if (sig > 0 && kill(-p->pid, sig) < 0 && !p->reaped) kill(p->pid, sig);
+    }
+}
+
+static void client_read(struct client *c)
+{
+    char b[CHUNK];
+    ssize_t n = read(c->fd, b, sizeof b);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+    if (n <= 0) { client_gone(c); return; }
+    buf_add(&c->in, b, (size_t)n);
+    while (c->fd >= 0 && buf_size(&c->in) >= 5) {
+        unsigned char *h = (unsigned char *)c->in.p + c->in.off;
+        uint32_t len = get32(h + 1);
+        if (len > MAX_FRAME) { client_gone(c); return; }
+        if (buf_size(&c->in) < 5 + (size_t)len) break;
+        c->in.off += 5 + len;
+        client_frame(c, (char)h[0], (char *)h + 5, len);
+    }
+}
+
+static void client_flush(struct client *c)
+{
+    while (c->fd >= 0 && buf_size(&c->out)) {
+        ssize_t w = write(c->fd, c->out.p + c->out.off, buf_size(&c->out));
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN) client_gone(c);   /* e.g. EPIPE: just detach */
+            return;
+        }
+        c->out.off += (size_t)w;
+    }
+    if (c->fd >= 0 && c->state == ST_CLOSING && !buf_size(&c->out)) client_gone(c);
+}
+
+/* ------------------------------------------------------------------ */
+/* PID 1: main loop                                                     */
+
+static void reap(void)
+{
+    int st;
+    pid_t pid;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        int code = wait_code(st);
+        if (pid == g_hook_pid) { hook_reaped(code); continue; }
+        for (int i = 0; i < g_nprocs; i++) {
+            struct proc *p = g_procs[i];
+            if (p->pid != pid || p->reaped) continue;
+            p->reaped = 1;
+            p->status = code;
+            if (p == g_main && g_phase == 0) {
+                /* Docker semantics: the main process decides the sandbox's fate. */
+                g_exit_code = code;
+                g_phase = 1;
+                g_deadline = now_ms() + STOP_GRACE_MS;
+                signal_all(SIGTERM, p);
+            }
+            proc_check_done(p);
+            break;
+        }
+        /* anything else is a reparented orphan: reaping it is all we owe it */
+    }
+}
+
+static int all_reaped(void)
+{
+    for (int i = 0; i < g_nprocs; i++)
+        if (!g_procs[i]->reaped) return 0;
+    return 1;
+}
+
+static void init_exit(void)
+{
+    /* Last drain: whatever is already in the pipes goes to the files. */
+    for (int i = 0; i < g_nprocs; i++) {
+        struct proc *p = g_procs[i];
+        for (int k = 0; k < 1000 && (p->out >= 0 || p->err >= 0); k++) {
+            struct pollfd q[2] = {{p->out, POLLIN, 0}, {p->err, POLLIN, 0}};
+            if (poll(q, 2, 0) <= 0) break;
+            if (q[0].revents) proc_read(p, 0);
+            if (q[1].revents) proc_read(p, 1);
+        }
+        if (p->reaped && !p->done) { if (p->out >= 0) close(p->out); if (p->err >= 0) close(p->err); p->out = p->err = -1; proc_check_done(p); }
+    }
+    for (int i = 0; i < g_nclients; i++) client_flush(g_clients[i]);
+    exit(g_exit_code);
+}
+
+enum { K_SIG, K_LISTEN, K_CLIENT, K_OUT, K_ERR, K_IN };
+
+static int run_init(int argc, char **argv)
+{
+    int cmd = 2;
+    while (cmd < argc && strcmp(argv[cmd], "--")) cmd++;
+    cmd++;   /* first word of CMD, if any */
+
+    char path[PATH_MAX];
+    fmt(path, sizeof path, "%s/procs", g_dir);
+    if (mkdir_p(g_dir, 0755) < 0) { msg("mkdir %s: %s", g_dir, strerror(errno)); return EXIT_CLIENT; }
+    rm_rf(path);   /* a cold start begins with an empty process table */
+    if (mkdir(path, 0755) < 0) { msg("mkdir %s: %s", path, strerror(errno)); return EXIT_CLIENT; }
+    fmt(path, sizeof path, "%s/generation", g_dir);
+    write_file(path, "0\n", 2);
+    if (getpid() != 1) prctl(PR_SET_CHILD_SUBREAPER, 1);   /* outside a sandbox (tests) */
+
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD); sigaddset(&mask, SIGTERM); sigaddset(&mask, SIGINT); sigaddset(&mask, SIGHUP);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sfd < 0) { msg("signalfd: %s", strerror(errno)); return EXIT_CLIENT; }
+
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(g_sock) >= sizeof sa.sun_path) { msg("socket path too long: %s", g_sock); return EXIT_CLIENT; }
+    strcpy(sa.sun_path, g_sock);
+    unlink(g_sock);
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(lfd, 64) < 0) {
+        msg("listen on %s: %s", g_sock, strerror(errno));
+        return EXIT_CLIENT;
+    }
+    chmod(g_sock, 0600);
+
+    if (cmd < argc) {
+        char err[PATH_MAX + 256];
+        g_console = 1;
+        fcntl(1, F_SETFL, fcntl(1, F_GETFL) | O_NONBLOCK);
+        fcntl(2, F_SETFL, fcntl(2, F_GETFL) | O_NONBLOCK);
+        g_main = start_proc(argv + cmd, argc - cmd, NULL, 0, NULL, NULL, 0, err, sizeof err);
+        if (err[0]) msg("%s", err + 13);
+        if (!g_main) return 126;
+        g_main->is_main = 1;
+    }
+
+    struct pollfd *pfd = NULL;
+    struct { int kind; void *ptr; } *tag = NULL;
+    for (;;) {
+        /* exit conditions */
+        if (g_phase > 0 && all_reaped()) init_exit();
+        if (g_terminating && !g_main && all_reaped()) init_exit();
+        long long now = now_ms();
+        if (g_phase == 1 && now >= g_deadline) {
+            signal_all(SIGKILL, NULL);
+            g_phase = 2;
+            g_deadline = now + 1000;
+        } else if (g_phase == 2 && now >= g_deadline) {
+            init_exit();
+        }
+        if (g_hook_pid && now >= g_hook_deadline) {
+            hook_log("torpor-init: %s timed out, killing it\n", g_hooks[g_hook_idx]);
+            kill(-g_hook_pid, SIGKILL);
+            g_hook_deadline = now + 3600000;   /* now just wait for it to be reaped */
+        }
+
+        /* build the poll set */
+        int cap = 2 + g_nclients + 3 * g_nprocs, n = 0;
+        pfd = xrealloc(pfd, sizeof(*pfd) * (size_t)cap);
+        tag = xrealloc(tag, sizeof(*tag) * (size_t)cap);
+#define ADD(fd_, ev_, kind_, ptr_) \
+    (pfd[n] = (struct pollfd){(fd_), (short)(ev_), 0}, tag[n].kind = (kind_), tag[n].ptr = (ptr_), n++)
+        ADD(sfd, POLLIN, K_SIG, NULL);
+        if (!g_terminating && !g_phase) ADD(lfd, POLLIN, K_LISTEN, NULL);
+        for (int i = 0; i < g_nclients; i++) {
+            struct client *c = g_clients[i];
+            int ev = buf_size(&c->out) ? POLLOUT : 0;
+            if (!(c->p && buf_size(&c->p->inbuf) > HIGH_WATER)) ev |= POLLIN;
+            ADD(c->fd, ev, K_CLIENT, c);
+        }
+        for (int i = 0; i < g_nprocs; i++) {
+            struct proc *p = g_procs[i];
+            int slow = p->cl && buf_size(&p->cl->out) > HIGH_WATER;   /* backpressure */
+            if (p->out >= 0 && !slow) ADD(p->out, POLLIN, K_OUT, p);
+            if (p->err >= 0 && !slow) ADD(p->err, POLLIN, K_ERR, p);
+            if (p->in >= 0 && buf_size(&p->inbuf)) ADD(p->in, POLLOUT, K_IN, p);
+        }
+        int timeout = -1;
+        if (g_phase) timeout = (int)(g_deadline > now ? g_deadline - now : 0);
+        if (g_hook_pid) {
+            long long t = g_hook_deadline > now ? g_hook_deadline - now : 0;
+            if (timeout < 0 || t < timeout) timeout = (int)t;
+        }
+        int r = poll(pfd, (nfds_t)n, timeout);
+        if (r < 0 && errno != EINTR) { msg("poll: %s", strerror(errno)); sleep(1); }
+
+        for (int i = 0; r > 0 && i < n; i++) {
+            short re = pfd[i].revents;
+            if (!re) continue;
+            struct proc *p = tag[i].ptr;
+            struct client *c = tag[i].ptr;
+            switch (tag[i].kind) {
+            case K_SIG: {
+                struct signalfd_siginfo si;
+                while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                    if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+                        g_terminating = 1;
+                        signal_all(SIGTERM, NULL);
+                    }
+                }
+                break;
+            }
+            case K_LISTEN: {
+                int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+                if (fd < 0) break;
+                c = xrealloc(NULL, sizeof *c);
+                memset(c, 0, sizeof *c);
+                c->fd = fd;
+                g_clients = xrealloc(g_clients, sizeof(*g_clients) * (size_t)(g_nclients + 1));
+                g_clients[g_nclients++] = c;
+                break;
+            }
+            case K_CLIENT:
+                if (c->fd >= 0 && (re & (POLLIN | POLLHUP | POLLERR))) client_read(c);
+                if (c->fd >= 0 && (re & POLLOUT)) client_flush(c);
+                break;
+            case K_OUT: if (p->out >= 0) proc_read(p, 0); break;
+            case K_ERR: if (p->err >= 0) proc_read(p, 1); break;
+            case K_IN: proc_write_stdin(p); break;
+            }
+        }
+        reap();   /* cheap; also catches SIGCHLDs coalesced with the read above */
+
+        /* flush new output eagerly, then sweep closed clients */
+        int j = 0;
+        for (int i = 0; i < g_nclients; i++) {
+            struct client *c = g_clients[i];
+            client_flush(c);
+            if (c->fd < 0) {
+                buf_free(&c->in); buf_free(&c->out); free(c);
+            } else {
+                g_clients[j++] = c;
+            }
+        }
+        g_nclients = j;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Clients                                                              */
+
+static int connect_init(int wait_ms)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    fmt(sa.sun_path, sizeof sa.sun_path, "%s", g_sock);
+    long long until = now_ms() + wait_ms;
+    for (;;) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) return fd;
+        int e = errno;
+        if (fd >= 0) close(fd);
+        if (now_ms() >= until) {
+            msg("cannot connect to init at %s: %s", g_sock, strerror(e));
+            exit(EXIT_CLIENT);
+        }
+        usleep(20000);
+    }
+}
+
+/*
+ * Send one request and follow the reply until X. With fwd_stdin, our stdin
+ * is forwarded as I/i frames; with fwd_signals, INT/TERM/HUP/QUIT become K
+ * frames. The socket is non-blocking and we always keep reading it, so a
+ * child that is slow to read its stdin cannot deadlock us against init.
+ */
+static int run_client(const char *req, size_t reqlen, int fwd_stdin, int fwd_signals, int detach)
+{
+    int fd = connect_init(0);
+    struct buf out = {0}, in = {0};
+    buf_frame(&out, 'R', req, reqlen);
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    int sfd = -1, stdin_open = fwd_stdin;
+    if (fwd_signals) {
+        sigset_t m;
+        sigemptyset(&m);
+        sigaddset(&m, SIGINT); sigaddset(&m, SIGTERM); sigaddset(&m, SIGHUP); sigaddset(&m, SIGQUIT);
+        sigprocmask(SIG_BLOCK, &m, NULL);
+        sfd = signalfd(-1, &m, SFD_CLOEXEC);
+    }
+    char id[32] = "", b[CHUNK];
+    for (;;) {
+        struct pollfd q[3] = {{fd, POLLIN | (buf_size(&out) ? POLLOUT : 0), 0},
+                              {stdin_open && !buf_size(&out) ? 0 : -1, POLLIN, 0},
+                              {sfd, POLLIN, 0}};
+        if (poll(q, 3, -1) < 0) { if (errno == EINTR) continue; msg("poll: %s", strerror(errno)); return EXIT_CLIENT; }
+        if (q[2].revents) {
+            struct signalfd_siginfo si;
+            if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                int l = fmt(b, sizeof b, "%u", si.ssi_signo);
+                buf_frame(&out, 'K', b, (size_t)l);
+            }
+        }
+        if (q[1].revents) {
+            ssize_t r = read(0, b, sizeof b);
+            if (r > 0) buf_frame(&out, 'I', b, (size_t)r);
+            else if (r == 0 || (errno != EINTR && errno != EAGAIN)) { buf_frame(&out, 'i', "", 0); stdin_open = 0; }
+        }
+        while (buf_size(&out)) {
+            ssize_t w = write(fd, out.p + out.off, buf_size(&out));
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                if (errno == EAGAIN) break;
+                buf_free(&out);   /* init went away; the read side reports it */
+                stdin_open = 0;
+                break;
+            }
+            out.off += (size_t)w;
+        }
+        if (!(q[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        ssize_t r = read(fd, b, sizeof b);
+        if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (r <= 0) { msg("lost connection to init"); return EXIT_CLIENT; }
+        buf_add(&in, b, (size_t)r);
+        while (buf_size(&in) >= 5) {
+            unsigned char *h = (unsigned char *)in.p + in.off;
+            size_t len = get32(h + 1);
+            if (buf_size(&in) < 5 + len) break;
+            in.off += 5 + len;
+            char *d = (char *)h + 5;
+            switch (h[0]) {
+            case 'O': if (write_all(1, d, len) < 0) return 128 + SIGPIPE; break;
+            case 'E': write_all(2, d, len); break;
+            case 'F': write_all(2, d, len); write_all(2, "\n", 1); break;
+            case 'P': fmt(id, sizeof id, "%.*s", (int)(len < 31 ? len : 31), d); break;
+            case 'X': {
+                char s[16];
+                fmt(s, sizeof s, "%.*s", (int)(len < 15 ? len : 15), d);
+                int code = atoi(s);
+                if (detach && code == 0) { write_all(1, id, strlen(id)); write_all(1, "\n", 1); }
+                return code;
+            }
+            }
+        }
+    }
+}
+
+static int usage(void)
+{
+    msg("usage: init {init [-- CMD...] | exec [-d] [-i] [-w DIR] [-e K=V]... [-u UID[:GID]] -- CMD... |"
+        " ps | kill ID [SIG] | logs [-f] ID | get PATH | put DIR | stat PATH | restored | ping}");
+    return 2;
+}
+
+static int cmd_exec(int argc, char **argv)
+{
+    int detach = 0, fwd = 0, i = 2;
+    struct buf req = {0}, opts = {0};
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--")) { i++; break; }
+        if (!strcmp(a, "-d")) detach = 1;
+        else if (!strcmp(a, "-i")) fwd = 1;
+        else if ((!strcmp(a, "-w") || !strcmp(a, "-e") || !strcmp(a, "-u")) && i + 1 < argc) {
+            const char *k = a[1] == 'w' ? "cwd" : a[1] == 'e' ? "env" : "user";
+            buf_add(&opts, k, strlen(k) + 1);
+            buf_add(&opts, argv[i + 1], strlen(argv[i + 1]) + 1);
+            i++;
+        } else if (a[0] == '-') return usage();
+        else break;   /* CMD without a preceding -- */
+    }
+    if (i >= argc) return usage();
+    buf_add(&req, "spawn", 6);
+    buf_add(&req, "detach", 7); buf_add(&req, detach ? "1" : "0", 2);
+    buf_add(&req, "stdin", 6); buf_add(&req, fwd ? "1" : "0", 2);
+    if (opts.len) buf_add(&req, opts.p, opts.len);
+    buf_add(&req, "--", 3);
+    for (; i < argc; i++) buf_add(&req, argv[i], strlen(argv[i]) + 1);
+    return run_client(req.p, req.len, fwd && !detach, !detach, detach);
+}
+
+/* Copy new bytes of fd to out (logs). */
+static void copy_new(int fd, int out)
+{
+    char b[CHUNK];
+    ssize_t n;
+    while (fd >= 0 && ((n = read(fd, b, sizeof b)) > 0 || (n < 0 && errno == EINTR)))
+        if (n > 0 && write_all(out, b, (size_t)n) < 0) exit(128 + SIGPIPE);
+}
+
+static int cmd_logs(int argc, char **argv)
+{
+    int follow = 0, i = 2;
+    if (i < argc && !strcmp(argv[i], "-f")) { follow = 1; i++; }
+    if (i + 1 != argc) return usage();
+    char dir[PATH_MAX], p[PATH_MAX + 16];
+    struct stat st;
+    fmt(dir, sizeof dir, "%s/procs/%s", g_dir, argv[i]);
+    if (strchr(argv[i], '/') || stat(dir, &st) < 0) { msg("no such process: %s", argv[i]); return 1; }
+    fmt(p, sizeof p, "%s/stdout", dir);
+    int fo = open(p, O_RDONLY | O_CLOEXEC);
+    fmt(p, sizeof p, "%s/stderr", dir);
+    int fe = open(p, O_RDONLY | O_CLOEXEC);
+    fmt(p, sizeof p, "%s/exit", dir);
+    for (;;) {
+        /* check exit first: once it exists, all output is already in the files */
+        int exited = access(p, F_OK) == 0;
+        copy_new(fo, 1);
+        copy_new(fe, 2);
+        if (!follow || exited) return 0;
+        usleep(50000);
+    }
+}
+
+/* --- archive stream (get / put) --- */
+
+static void arc_header(char type, uint32_t mode, uint64_t size, const char *path)
+{
+    unsigned char h[17];
+    size_t plen = strlen(path);
+    h[0] = (unsigned char)type;
+    put32(h + 1, mode);
+    put64(h + 5, size);
+    put32(h + 13, (uint32_t)plen);
+    if (write_all(1, h, sizeof h) < 0 || write_all(1, path, plen) < 0) { msg("get: write: %s", strerror(errno)); exit(1); }
+}
+
+static int get_entry(const char *fs, const char *name)
+{
+    struct stat st;
+    int rc = 0;
+    if (lstat(fs, &st) < 0) { msg("get: %s: %s", fs, strerror(errno)); return 1; }
+    if (S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(fs);
+        if (!d) { msg("get: %s: %s", fs, strerror(errno)); return 1; }
+        arc_header('d', st.st_mode & 07777, 0, name);
+        char **names = NULL;
+        int n = 0;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            names = xrealloc(names, sizeof(char *) * (size_t)(n + 1));
+            names[n++] = xstrdup(e->d_name);
+        }
+        closedir(d);
+        qsort(names, (size_t)n, sizeof(char *), cmp_str);
+        for (int i = 0; i < n; i++) {
+            char cfs[PATH_MAX], cname[PATH_MAX];
+            fmt(cfs, sizeof cfs, "%s/%s", fs, names[i]);
+            if (!strcmp(name, ".")) fmt(cname, sizeof cname, "%s", names[i]);
+            else fmt(cname, sizeof cname, "%s/%s", name, names[i]);
+            rc |= get_entry(cfs, cname);
+            free(names[i]);
+        }
+        free(names);
+    } else if (S_ISREG(st.st_mode)) {
+        int fd = open(fs, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) { msg("get: %s: %s", fs, strerror(errno)); return 1; }
+        uint64_t left = (uint64_t)st.st_size;
+        arc_header('f', st.st_mode & 07777, left, name);
+        char b[CHUNK];
+        while (left) {
+            ssize_t r = read(fd, b, left < sizeof b ? left : sizeof b);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) {   /* file shrank (or read error): pad to the promised size */
+                msg("get: %s changed while reading", fs);
+                memset(b, 0, sizeof b);
+                r = (ssize_t)(left < sizeof b ? left : sizeof b);
+                rc = 1;
+            }
+            if (write_all(1, b, (size_t)r) < 0) { msg("get: write: %s", strerror(errno)); exit(1); }
+            left -= (uint64_t)r;
+        }
+        close(fd);
+    } else if (S_ISLNK(st.st_mode)) {
+        char t[PATH_MAX];
+        ssize_t n = readlink(fs, t, sizeof t - 1);
+        if (n < 0) { msg("get: %s: %s", fs, strerror(errno)); return 1; }
+        t[n] = 0;
+        arc_header('l', 0777, (uint64_t)n, name);
+        if (write_all(1, t, (size_t)n) < 0) exit(1);
+    } else {
+        msg("get: skipping %s (not a file, directory or symlink)", fs);
+    }
+    return rc;
+}
+
+static int cmd_get(int argc, char **argv)
+{
+    if (argc != 3) return usage();
+    char path[PATH_MAX];
+    fmt(path, sizeof path, "%s", argv[2]);
+    size_t l = strlen(path);
+    while (l > 1 && path[l - 1] == '/') path[--l] = 0;
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (!*base || !strcmp(base, ".") || !strcmp(base, "..")) base = ".";
+    struct stat st;
+    if (lstat(path, &st) < 0) { msg("get: %s: %s", path, strerror(errno)); return 1; }
+    int rc = get_entry(path, base);
+    arc_header('Z', 0, 0, "");
+    return rc;
+}
+
+static void put_fail(const char *f, const char *arg)
+{
+    char b[PATH_MAX + 128];
+    fmt(b, sizeof b, f, arg);
+    msg("put: %s", b);
+    exit(1);
+}
+
+/* Copy exactly n bytes from stdin to fd (fd < 0: discard). */
+static void put_copy(int fd, uint64_t n)
+{
+    char b[CHUNK];
+    while (n) {
+        ssize_t r = read_full(0, b, n < sizeof b ? n : sizeof b);
+        if (r <= 0) put_fail("truncated archive%s", "");
+        if (fd >= 0 && write_all(fd, b, (size_t)r) < 0) put_fail("write: %s", strerror(errno));
+        n -= (uint64_t)r;
+    }
+}
+
+static int cmd_put(int argc, char **argv)
+{
+    if (argc != 3) return usage();
+    const char *root = argv[2];
+    if (mkdir_p(root, 0755) < 0) put_fail("mkdir %s failed", root);
+    struct { char *path; mode_t mode; } *dirs = NULL;
+    int ndirs = 0;
+    for (;;) {
+        unsigned char h[17];
+        if (read_full(0, h, sizeof h) != (ssize_t)sizeof h) put_fail("truncated archive%s", "");
+        char type = (char)h[0];
+        mode_t mode = get32(h + 1) & 07777;
+        uint64_t size = get64(h + 5);
+        uint32_t plen = get32(h + 13);
+        if (type == 'Z') break;
+        if (plen >= PATH_MAX) put_fail("path too long%s", "");
+        char raw[PATH_MAX], rel[PATH_MAX] = "";
+        if (read_full(0, raw, plen) != (ssize_t)plen) put_fail("truncated archive%s", "");
+        raw[plen] = 0;
+        if (memchr(raw, 0, plen)) put_fail("bad path in archive%s", "");
+        if (raw[0] == '/') put_fail("refusing absolute path %s", raw);
+        /* normalise: drop "." and empty components, refuse "..", and make sure
+         * no existing component below root is a symlink or non-directory */
+        char tmp[PATH_MAX], full[PATH_MAX * 2];
+        fmt(tmp, sizeof tmp, "%s", raw);
+        char *save, *comp = strtok_r(tmp, "/", &save);
+        while (comp) {
+            char *next = strtok_r(NULL, "/", &save);
+            if (!strcmp(comp, "..")) put_fail("refusing path with '..': %s", raw);
+            if (strcmp(comp, ".")) {
+                if (rel[0]) strcat(rel, "/");
+                strcat(rel, comp);
+                if (next) {   /* an intermediate directory */
+                    struct stat st;
+                    fmt(full, sizeof full, "%s/%s", root, rel);
+                    if (lstat(full, &st) < 0) {
+                        if (mkdir(full, 0755) < 0) put_fail("mkdir %s failed", full);
+                    } else if (!S_ISDIR(st.st_mode)) {
+                        put_fail("refusing to write through non-directory %s", full);
+                    }
+                }
+            }
+            comp = next;
+        }
+        if (!rel[0] && type != 'd') put_fail("bad path in archive: %s", raw);
+        fmt(full, sizeof full, "%s/%s", root, rel[0] ? rel : ".");
+        struct stat st;
+        int exists = lstat(full, &st) == 0;
+        if (type == 'd') {
+            if (exists && !S_ISDIR(st.st_mode)) { unlink(full); exists = 0; }
+            if (!exists && mkdir(full, 0700) < 0) put_fail("mkdir %s failed", full);
+            put_copy(-1, size);
+            if (rel[0]) {   /* modes are applied at the end, so read-only dirs can be filled */
+                dirs = xrealloc(dirs, sizeof(*dirs) * (size_t)(ndirs + 1));
+                dirs[ndirs].path = xstrdup(full);
+                dirs[ndirs++].mode = mode;
+            }
+        } else if (type == 'f' || type == 'l') {
+            if (exists && S_ISDIR(st.st_mode)) put_fail("refusing to replace directory %s", full);
+            if (exists) unlink(full);
+            if (type == 'f') {
+                int fd = open(full, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+                if (fd < 0) put_fail("create %s failed", full);
+                put_copy(fd, size);
+                if (fchmod(fd, mode) < 0) msg("put: chmod %s: %s", full, strerror(errno));
+                close(fd);
+            } else {
+                char t[PATH_MAX];
+                if (size >= sizeof t) put_fail("symlink target too long%s", "");
+                if (read_full(0, t, size) != (ssize_t)size) put_fail("truncated archive%s", "");
+                t[size] = 0;
+                if (symlink(t, full) < 0) put_fail("symlink %s failed", full);
+            }
+        } else {
+            put_fail("unknown record type in archive%s", "");
+        }
+    }
+    for (int i = ndirs - 1; i >= 0; i--) {
+        if (chmod(dirs[i].path, dirs[i].mode) < 0) msg("put: chmod %s: %s", dirs[i].path, strerror(errno));
+        free(dirs[i].path);
+    }
+    free(dirs);
+    return 0;
+}
+
+/* `stat PATH`: print the kind of PATH (following symlinks) as one letter: d directory,
+ * f regular file, o anything else. Exit 1 if it does not exist. Used by the host to give
+ * `cp` Docker's semantics (copy into an existing directory, else create/rename). */
+static int cmd_stat(int argc, char **argv)
+{
+    if (argc != 3) return usage();
+    struct stat st;
+    if (stat(argv[2], &st) < 0) { msg("stat: %s: %s", argv[2], strerror(errno)); return 1; }
+    const char *k = S_ISDIR(st.st_mode) ? "d\n" : S_ISREG(st.st_mode) ? "f\n" : "o\n";
+    return write_all(1, k, 2) < 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) return usage();
+    const char *d = getenv("TORPOR_INIT_DIR");
+    fmt(g_dir, sizeof g_dir, "%s", d && *d ? d : DEFAULT_DIR);
+    fmt(g_sock, sizeof g_sock, "%s/ctl.sock", g_dir);
+    signal(SIGPIPE, SIG_IGN);
+    const char *role = argv[1];
+
+    if (!strcmp(role, "init")) return run_init(argc, argv);
+    if (!strcmp(role, "exec")) return cmd_exec(argc, argv);
+    if (!strcmp(role, "logs")) return cmd_logs(argc, argv);
+    if (!strcmp(role, "get")) return cmd_get(argc, argv);
+    if (!strcmp(role, "put")) return cmd_put(argc, argv);
+    if (!strcmp(role, "stat")) return cmd_stat(argc, argv);
+    if (!strcmp(role, "ps") && argc == 2) return run_client("ps", 3, 0, 0, 0);
+    if (!strcmp(role, "restored") && argc == 2) return run_client("restored", 9, 0, 0, 0);
+    if (!strcmp(role, "ping") && argc == 2) {
+        close(connect_init(5000));   /* wait (up to 5 s) for the socket to come up */
+        return run_client("ping", 5, 0, 0, 0);
+    }
+    if (!strcmp(role, "kill") && (argc == 3 || argc == 4)) {
+        struct buf req = {0};
+        buf_add(&req, "kill", 5);
+        buf_add(&req, argv[2], strlen(argv[2]) + 1);
+        const char *sig = argc == 4 ? argv[3] : "TERM";
+        if (parse_signal(sig) < 0) { msg("bad signal: %s", sig); return 2; }
+        buf_add(&req, sig, strlen(sig) + 1);
+        return run_client(req.p, req.len, 0, 0, 0);
+    }
+    return usage();
+}

@@ -1,0 +1,167 @@
+"""The gVisor engine on a real runsc: what survives a checkpoint, exec, files, forks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from torpor.sandbox.engine import SandboxConflict, SandboxError, SandboxSpec
+from torpor.sandbox.gvisor import GVisorEngine
+
+COUNTER = (
+    "import os, time\n"
+    "token = os.urandom(6).hex()\n"
+    "n = 0\n"
+    "while True:\n"
+    "    n += 1\n"
+    "    open('/tmp/c.tmp', 'w').write(f'{token} {n}')\n"
+    "    os.replace('/tmp/c.tmp', '/tmp/c')\n"
+    "    time.sleep(0.02)\n"
+)
+
+
+def read_counter(engine: GVisorEngine, name: str) -> tuple[str, int]:
+    for _ in range(200):
+        try:
+            token, n = engine.read_file(name, "/tmp/c").decode().split()
+            return token, int(n)
+        except (SandboxError, ValueError):
+            time.sleep(0.02)
+    raise AssertionError("counter never appeared")
+
+
+def test_process_memory_survives_checkpoint_and_restore(engine: GVisorEngine, sandbox: str):
+    engine.spawn(sandbox, ["python3", "-c", COUNTER])
+    time.sleep(0.3)
+    token, before = read_counter(engine, sandbox)
+    ck = engine.checkpoint(sandbox, "c1")
+    assert engine.inspect(sandbox).state == "checkpointed"
+    assert ck.size > 0 and ck.seconds > 0
+    with pytest.raises(SandboxConflict, match="not running"):
+        engine.exec(sandbox, ["true"])
+    time.sleep(0.5)  # time passes while it sleeps; the process must not notice a restart
+    engine.start(sandbox, checkpoint=ck.id)
+    token2, after = read_counter(engine, sandbox)
+    assert token2 == token, "a new process was started instead of the old one continuing"
+    assert after >= before
+    time.sleep(0.2)
+    assert read_counter(engine, sandbox)[1] > after, "the restored process is not running"
+    procs = engine.processes(sandbox)
+    assert any("python3" in p["argv"] and p["state"] == "running" for p in procs)
+
+
+def test_overlay_files_survive_and_image_is_untouched(
+    engine: GVisorEngine, sandbox: str, images
+):
+    engine.write_file(sandbox, "/etc/torpor-test.conf", b"hello\n")
+    engine.exec(sandbox, ["sh", "-c", "mkdir -p /work && seq 1 1000 > /work/seq.txt"])
+    ck = engine.checkpoint(sandbox, "files")
+    engine.start(sandbox, checkpoint=ck.id)
+    assert engine.read_file(sandbox, "/etc/torpor-test.conf") == b"hello\n"
+    seq = engine.read_file(sandbox, "/work/seq.txt").decode().split()
+    assert seq[0] == "1" and seq[-1] == "1000"
+    rootfs = images.get("base").rootfs
+    assert not (rootfs / "etc" / "torpor-test.conf").exists()
+    assert not (rootfs / "work").exists()
+
+
+def test_exec_exit_codes_stdin_env_workdir(engine: GVisorEngine, sandbox: str):
+    assert engine.exec(sandbox, ["true"]).exit_code == 0
+    assert engine.exec(sandbox, ["sh", "-c", "exit 7"]).exit_code == 7
+    assert engine.exec(sandbox, ["sh", "-c", "kill -9 $$"]).exit_code == 137
+    res = engine.exec(sandbox, ["no-such-program"])
+    assert res.exit_code == 127 and b"no-such-program" in res.stderr
+    res = engine.exec(sandbox, ["cat"], stdin=b"through stdin\n" * 1000)
+    assert res.stdout == b"through stdin\n" * 1000
+    res = engine.exec(sandbox, ["sh", "-c", 'echo "$FOO $(pwd)"; echo err >&2'],
+                      env=["FOO=bar"], workdir="/tmp")
+    assert res.stdout == b"bar /tmp\n" and res.stderr == b"err\n"
+    res = engine.exec(sandbox, ["id", "-u"], user="nobody")
+    assert res.stdout.strip() == b"65534"
+    with pytest.raises(SandboxError, match="timed out"):
+        engine.exec(sandbox, ["sleep", "30"], timeout=0.5)
+
+
+def test_copy_in_and_out_both_ways(engine: GVisorEngine, sandbox: str, tmp_path: Path):
+    src = tmp_path / "proj"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha")
+    (src / "sub" / "b.bin").write_bytes(bytes(range(256)) * 100)
+    (src / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (src / "run.sh").chmod(0o755)
+    (src / "link").symlink_to("a.txt")
+    engine.copy_in(sandbox, src, "/root")  # existing dir: copied inside it
+    res = engine.exec(sandbox, ["sh", "-c", "cat /root/proj/a.txt; /root/proj/run.sh; "
+                                            "readlink /root/proj/link"])
+    assert res.stdout == b"alphahi\na.txt\n"
+    engine.copy_in(sandbox, src / "a.txt", "/tmp/renamed.txt")  # new path: renamed
+    assert engine.read_file(sandbox, "/tmp/renamed.txt") == b"alpha"
+    out = tmp_path / "back"
+    engine.copy_out(sandbox, "/root/proj", out)
+    assert (out / "sub" / "b.bin").read_bytes() == bytes(range(256)) * 100
+    assert (out / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert (out / "link").is_symlink()
+    with pytest.raises(SandboxError):
+        engine.copy_out(sandbox, "/no/such/file", tmp_path / "x")
+    with pytest.raises(SandboxError, match="no such directory"):
+        engine.copy_in(sandbox, src / "a.txt", "/no/such/dir/x")
+
+
+def test_fork_gives_two_independent_sandboxes(engine: GVisorEngine, sandbox: str):
+    engine.spawn(sandbox, ["python3", "-c", COUNTER])
+    engine.write_file(sandbox, "/root/shared.txt", b"before fork")
+    time.sleep(0.2)
+    ck = engine.checkpoint(sandbox, "forkpoint", leave_running=True)
+    assert engine.inspect(sandbox).state == "running"
+    fork = engine.restore(ck.id, name=f"{sandbox}-fork")
+    try:
+        token_a, _ = read_counter(engine, sandbox)
+        token_b, _ = read_counter(engine, fork.name)
+        assert token_a == token_b  # the same process, now running twice
+        engine.write_file(fork.name, "/root/only-fork.txt", b"x")
+        engine.write_file(sandbox, "/root/shared.txt", b"changed in original")
+        assert engine.exec(sandbox, ["test", "-e", "/root/only-fork.txt"]).exit_code == 1
+        assert engine.read_file(fork.name, "/root/shared.txt") == b"before fork"
+        engine.stop(sandbox)
+        _, n1 = read_counter(engine, fork.name)
+        time.sleep(0.2)
+        assert read_counter(engine, fork.name)[1] > n1  # the fork lives on its own
+    finally:
+        engine.remove(fork.name, force=True)
+
+
+def test_main_process_output_logs_and_exit_code(engine: GVisorEngine):
+    info = engine.run(
+        SandboxSpec(image="base", cmd=["sh", "-c", "echo out-line; echo err-line >&2; exit 3"]),
+        name="t-main-exit",
+    )
+    try:
+        assert engine.wait(info.name) == 3
+        state = engine.inspect(info.name)
+        assert state.state == "exited" and state.exit_code == 3
+        log = engine.console_path(info.name).read_bytes()
+        assert b"out-line" in log and b"err-line" in log
+    finally:
+        engine.remove(info.name, force=True)
+
+
+def test_killed_from_outside_shows_exited(engine: GVisorEngine, sandbox: str):
+    import os
+    import signal
+
+    pid = engine.inspect(sandbox).pid
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 10
+    while time.time() < deadline and engine.inspect(sandbox).state == "running":
+        time.sleep(0.1)
+    info = engine.inspect(sandbox)
+    assert info.state == "exited"
+    assert all(i.name != sandbox for i in engine.list())
+    assert any(i.name == sandbox for i in engine.list(all=True))
+    with pytest.raises(SandboxConflict):
+        engine.checkpoint(sandbox)
+    engine.start(sandbox)  # a fresh start from the image works again
+    assert engine.exec(sandbox, ["true"]).exit_code == 0
