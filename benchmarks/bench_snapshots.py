@@ -131,9 +131,10 @@ def synthetic_image(work: Path, mib: int) -> dict[str, Any]:
     a = work / "vm-0"
     a.mkdir()
     (a / "memory.pages").write_bytes(b"".join(pages))
-    for _ in range(n // 100):  # 1 % of the pages dirtied
+    for _ in range(n // 100):  # 1 % of the pages dirtied: 256 bytes written in each
         p = rnd.randrange(n)
-        pages[p] = rnd.randbytes(PAGE)
+        at = rnd.randrange(0, PAGE - 256)
+        pages[p] = pages[p][:at] + rnd.randbytes(256) + pages[p][at + 256:]
     b = work / "vm-1"
     b.mkdir()
     (b / "memory.pages").write_bytes(b"".join(pages))
@@ -142,7 +143,11 @@ def synthetic_image(work: Path, mib: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ S3
 def start_s3() -> tuple[Any, str]:
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

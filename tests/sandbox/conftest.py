@@ -71,7 +71,7 @@ def sandbox(engine: GVisorEngine) -> Iterator[str]:
 
 @pytest.fixture()
 def cli(torpor_home: Path):  # type: ignore[no-untyped-def]
-    env = dict(os.environ, TORPOR_HOME=str(torpor_home))
+    env = dict(os.environ, TORPOR_HOME=str(torpor_home), TORPOR_IMAGES=str(ImageStore().root))
 
     def run(
         *args: str, input: bytes | None = None, timeout: float = 120
@@ -87,3 +87,8 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture()
+def port() -> int:
+    return free_port()

@@ -46,6 +46,13 @@ def _is_user_error(e: BaseException) -> bool:
     return isinstance(e, OSError) or type(e).__module__.startswith("torpor.")
 
 
+def error_line(e: BaseException) -> None:
+    """Report an error as exactly one line on stderr."""
+    msg = " ".join((str(e) or type(e).__name__).split())
+    sys.stderr.write(f"torpor: error: {msg}\n")
+    sys.stderr.flush()
+
+
 def clean_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -58,8 +65,7 @@ def clean_errors(fn: F) -> F:
         except Exception as e:
             if not _is_user_error(e):
                 raise
-            msg = str(e) or type(e).__name__
-            err.print(f"[red]torpor: error:[/red] {msg}", markup=True, highlight=False)
+            error_line(e)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -293,7 +299,7 @@ def rm(
         except Exception as e:
             if not _is_user_error(e):
                 raise
-            err.print(f"[red]torpor: error:[/red] {e}")
+            error_line(e)
             failed = True
     if failed:
         raise typer.Exit(1)

@@ -72,10 +72,16 @@ def _now() -> str:
 
 
 def _last_line(text: str | bytes) -> str:
+    """The line of a tool's stderr that says what went wrong: for a Go panic (runsc
+    prints a stack trace) the first line, else the last one."""
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
+    if not lines:
+        return ""
+    if any(ln.startswith(("goroutine ", "panic(")) for ln in lines):
+        return lines[0].rstrip(":")[:400]
+    return lines[-1][:400]
 
 
 class GVisorEngine(Engine):
@@ -128,12 +134,18 @@ class GVisorEngine(Engine):
         return self._version
 
     def _global_flags(self, info: SandboxInfo) -> list[str]:
-        return [
+        flags = [
             f"--root={self.runsc_root}",
             f"--platform={self.platform}",
             f"--network={'sandbox' if info.spec.network == 'sandbox' else 'none'}",
             "--overlay2=root:memory",
         ]
+        if info.spec.network == "sandbox":
+            # TCP connections over the sandbox's interface (anything but loopback) cannot
+            # be saved by this gVisor: without this flag one open or TIME_WAIT connection
+            # makes the checkpoint fail *and kills the sandbox*. With it, they are reset.
+            flags.append("--net-disconnect-ok")
+        return flags
 
     def _runsc(
         self,
@@ -386,10 +398,13 @@ class GVisorEngine(Engine):
         # `runsc run|restore` learns it. So runsc runs in the foreground for the sandbox's
         # whole life, detached from us, under a shell that writes its exit code to
         # exit.code. The container's console (init's stdout) goes to console.log.
+        netns: list[str] = []
+        if info.spec.network == "sandbox":
+            netns = network.runsc_prefix(info.id)
         with open(d / "console.log", "ab") as log, open(errfile, "wb") as errlog:
             subprocess.Popen(
                 ["/bin/sh", "-c", '"$@"; echo $? > "$TORPOR_EXIT_FILE"', "torpor-runsc",
-                 self.runsc, *self._global_flags(info), *args],
+                 *netns, self.runsc, *self._global_flags(info), *args],
                 env=dict(os.environ, TORPOR_EXIT_FILE=str(codefile)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

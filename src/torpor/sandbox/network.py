@@ -42,6 +42,26 @@ def netns_path(sid: str) -> Path:
     return Path("/run/netns") / _ns(sid)
 
 
+def runsc_prefix(sid: str) -> list[str]:
+    """The command prefix under which `runsc run|restore` must start for this sandbox.
+
+    This runsc decides that it was given the host's root network namespace when
+    /proc/sys/net/core/rmem_default exists, which on current kernels is true in every
+    namespace, and then refuses to start. So runsc runs in a private mount namespace in
+    which an empty tmpfs hides /proc/sys/net/core (nothing else it does reads there).
+    /proc/sys/net entries are per network namespace, so the mask only holds for the
+    namespace it was mounted from: runsc is started inside the sandbox's namespace
+    (nsenter; `ip netns exec` would also remount /sys and hide the cgroups), which the
+    OCI spec names too.
+    """
+    return [
+        "nsenter", f"--net={netns_path(sid)}",
+        "unshare", "--mount", "--propagation", "private",
+        "/bin/sh", "-c", 'mount -t tmpfs -o size=4k,mode=555 none /proc/sys/net/core && exec "$@"',
+        "torpor-netns",
+    ]  # fmt: skip
+
+
 def peer_netns_path(sid: str) -> Path:
     return Path("/run/netns") / _peer_ns(sid)
 
