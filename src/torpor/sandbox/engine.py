@@ -132,6 +132,7 @@ class SandboxInfo:
     restored_from: str | None = None
     address: str | None = None  # sandbox network address when network == "sandbox"
     pid: int | None = None  # host pid of the sandbox (runsc) process
+    restore_token: str | None = None  # set until init has been told of the last restore
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

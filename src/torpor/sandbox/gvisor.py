@@ -219,8 +219,11 @@ class GVisorEngine(Engine):
             yield
 
     @contextlib.contextmanager
-    def _locked(self, ref: str, *, exclusive: bool = True) -> Iterator[SandboxInfo]:
-        """Find a sandbox and hold its lock; yields its freshly reconciled info."""
+    def _locked(
+        self, ref: str, *, exclusive: bool = True, reconcile: bool = True
+    ) -> Iterator[SandboxInfo]:
+        """Find a sandbox and hold its lock; yields its info, reconciled with runsc unless
+        told not to (process and file operations find out from runsc exec itself)."""
         info = self._find(ref)
         lock_path = self._dir(info.id) / "lock"
         try:
@@ -232,7 +235,7 @@ class GVisorEngine(Engine):
             fresh = self._load(info.id)
             if fresh is None:
                 raise SandboxNotFound(f"no such sandbox: {ref}")
-            yield self._reconcile(fresh)
+            yield self._reconcile(fresh) if reconcile else fresh
 
     def _reconcile(self, info: SandboxInfo) -> SandboxInfo:
         """Make the recorded state truthful: a sandbox killed from outside is 'exited'."""
@@ -381,18 +384,38 @@ class GVisorEngine(Engine):
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _has_runsc_state(self, sid: str) -> bool:
+        # A hint only (runsc's file layout), used to skip a needless `runsc delete`.
+        return any(self.runsc_root.glob(f"{sid}_sandbox:*"))
+
+    def _status_hint(self, sid: str) -> str | None:
+        """The container status runsc last recorded in its state file, read directly:
+        a file read instead of a `runsc state` process. Only used while waiting for a
+        start; `_runsc_state` stays the authority."""
+        for f in self.runsc_root.glob(f"{sid}_sandbox:*.state"):
+            try:
+                return str(json.loads(f.read_bytes()).get("status"))
+            except (OSError, ValueError):
+                return None
+        return None
+
     def _boot(self, info: SandboxInfo, image: Image, *, image_path: Path | None = None) -> None:
         """Start (or restore) the runsc container for info and wait until init answers."""
-        self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
+        if self._has_runsc_state(info.id):
+            self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
         if info.spec.network == "sandbox":
             info.address = network.setup(self.home, info.id)
         bundle = self._write_bundle(info, image)
         d = self._dir(info.id)
-        codefile, errfile = d / "exit.code", d / "runsc.err"
+        codefile, errfile, pidfile = d / "exit.code", d / "runsc.err", d / "runsc.pid"
         codefile.unlink(missing_ok=True)
-        args = ["run", f"--bundle={bundle}", info.id]
+        pidfile.unlink(missing_ok=True)
+        args = ["run", f"--bundle={bundle}", f"--pid-file={pidfile}", info.id]
         if image_path is not None:
-            args = ["restore", f"--bundle={bundle}", f"--image-path={image_path}", info.id]
+            args = [
+                "restore", f"--bundle={bundle}", f"--image-path={image_path}",
+                f"--pid-file={pidfile}", info.id,
+            ]  # fmt: skip
         t0 = time.monotonic()
         # runsc forgets a container's exit code once it stops; only a foreground
         # `runsc run|restore` learns it. So runsc runs in the foreground for the sandbox's
@@ -411,9 +434,14 @@ class GVisorEngine(Engine):
                 stderr=errlog,
                 start_new_session=True,
             )  # fmt: skip
-        delay = 0.002
-        while (state := self._runsc_state(info.id)) != "running":
+        # Wait until runsc records the container as running (a restore writes the pid file
+        # before it has loaded the checkpoint, and may still fail). Polling runsc's state
+        # file costs a file read; asking `runsc state` would start a Go process each time.
+        delay = 0.001
+        state = "running"
+        while not (pidfile.exists() and self._status_hint(info.id) == "running"):
             if codefile.exists():  # runsc already returned
+                state = self._runsc_state(info.id)
                 err = [
                     ln for ln in errfile.read_text(errors="replace").splitlines()
                     if ln.strip() and not ln.startswith("torpor-init:")
@@ -430,28 +458,25 @@ class GVisorEngine(Engine):
                 self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
                 raise SandboxError(f"sandbox {info.name} did not start within 120 s")
             time.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+            delay = min(delay * 1.5, 0.02)
         info.state = "running"
         info.started = _now()
         info.exit_code = None
-        info.pid = self._sandbox_pid(info.id)
+        try:
+            info.pid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            info.pid = None
         self._save(info)
         if state != "running":
             self._reconcile(info)
             return
         if image_path is not None:
-            self._client(info, ["restored"], timeout=60)
+            info.restore_token = secrets.token_hex(8)
+            self._save(info)
         else:
             self._wait_ready(info, deadline=t0 + 30)
         if info.spec.network == "sandbox" and info.spec.ports:
             network.start_proxy(self.home, info.id, info.spec.ports)
-
-    def _sandbox_pid(self, sid: str) -> int | None:
-        proc = self._runsc(None, "state", sid, check=False, timeout=20)
-        try:
-            return int(json.loads(proc.stdout)["pid"])
-        except (ValueError, KeyError, TypeError):
-            return None
 
     def _wait_ready(self, info: SandboxInfo, deadline: float) -> None:
         delay = 0.005
@@ -596,7 +621,7 @@ class GVisorEngine(Engine):
     ) -> list[str]:
         if not argv:
             raise SandboxError("no command given")
-        args = [INIT_PATH, "exec"]
+        args = ["exec"]
         if detach:
             args.append("-d")
         if interactive:
@@ -612,6 +637,25 @@ class GVisorEngine(Engine):
             args += ["-u", f"{uid}:{gid}"]
         return [*args, "--", *argv]
 
+    def _init_cmd(self, info: SandboxInfo, args: Sequence[str]) -> list[str]:
+        """The command line that runs torpor-init's client side in the sandbox.
+
+        After a restore, init must be told (restore generation, hooks) before anything
+        else runs. Rather than pay a `runsc exec` for that alone, the first call after
+        a restore carries the announcement (`--restored TOKEN`); init acts on each token
+        once, so concurrent first calls are harmless."""
+        announce: list[str] = []
+        if info.restore_token:
+            announce = ["--restored", info.restore_token]
+            info.restore_token = None
+            fresh = self._load(info.id)
+            if fresh is not None and fresh.restore_token:
+                fresh.restore_token = None
+                self._save(fresh)
+        return [
+            self.runsc, *self._global_flags(info), "exec", info.id, INIT_PATH, *announce, *args,
+        ]  # fmt: skip
+
     def _client(
         self,
         info: SandboxInfo,
@@ -625,7 +669,7 @@ class GVisorEngine(Engine):
         kw: dict[str, Any] = {"input": input} if input is not None else {}
         try:
             proc = subprocess.run(
-                [self.runsc, *self._global_flags(info), "exec", info.id, INIT_PATH, *args],
+                self._init_cmd(info, args),
                 capture_output=True,
                 timeout=timeout,
                 stdin=None if input is not None else subprocess.DEVNULL,
@@ -655,14 +699,14 @@ class GVisorEngine(Engine):
         user: str | None = None,
         timeout: float | None = None,
     ) -> ExecResult:
-        with self._locked(sandbox, exclusive=False) as info:
+        with self._locked(sandbox, exclusive=False, reconcile=False) as info:
             self._require_running(info)
             image = self._image(info.spec) if user else None
             args = self._client_args(
                 argv, interactive=stdin is not None, detach=False, env=env,
                 workdir=workdir, user=user, image=image,
-            )[1:]  # fmt: skip
-            cmd = [self.runsc, *self._global_flags(info), "exec", info.id, INIT_PATH, *args]
+            )  # fmt: skip
+            cmd = self._init_cmd(info, args)
             proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -700,7 +744,7 @@ class GVisorEngine(Engine):
         workdir: str | None = None,
         user: str | None = None,
     ) -> int:
-        with self._locked(sandbox, exclusive=False) as info:
+        with self._locked(sandbox, exclusive=False, reconcile=False) as info:
             self._require_running(info)
             image = self._image(info.spec) if user else None
             args = self._client_args(
@@ -708,7 +752,7 @@ class GVisorEngine(Engine):
                 workdir=workdir, user=user, image=image,
             )  # fmt: skip
             proc = subprocess.run(
-                [self.runsc, *self._global_flags(info), "exec", info.id, *args],
+                self._init_cmd(info, args),
                 stdin=None if interactive else subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
@@ -730,13 +774,13 @@ class GVisorEngine(Engine):
     ) -> int:
         """Start a background process (a child of init, so it survives checkpoints);
         returns its init process id (see `processes`)."""
-        with self._locked(sandbox, exclusive=False) as info:
+        with self._locked(sandbox, exclusive=False, reconcile=False) as info:
             self._require_running(info)
             image = self._image(info.spec) if user else None
             args = self._client_args(
                 argv, interactive=False, detach=True, env=env,
                 workdir=workdir, user=user, image=image,
-            )[1:]  # fmt: skip
+            )  # fmt: skip
             proc = self._client(info, args, timeout=60)
             try:
                 return int(proc.stdout.decode().strip().splitlines()[-1])
@@ -747,7 +791,7 @@ class GVisorEngine(Engine):
 
     def processes(self, sandbox: str) -> list[dict[str, Any]]:
         """Processes started through init: id, pid, state, exit code, argv."""
-        with self._locked(sandbox, exclusive=False) as info:
+        with self._locked(sandbox, exclusive=False, reconcile=False) as info:
             self._require_running(info)
             out = self._client(info, ["ps"], timeout=30).stdout.decode(errors="replace")
         rows = []
@@ -806,7 +850,7 @@ class GVisorEngine(Engine):
         """Copy a host file or directory into the sandbox, with `docker cp` semantics."""
         if not src.exists() and not src.is_symlink():
             raise SandboxError(f"{src}: no such file or directory")
-        with self._locked(sandbox, exclusive=False) as info:
+        with self._locked(sandbox, exclusive=False, reconcile=False) as info:
             self._require_running(info)
             kind = self._stat(info, dest)
             if kind == "d":
@@ -825,14 +869,14 @@ class GVisorEngine(Engine):
         p = PurePosixPath(path)
         if not p.is_absolute():
             raise SandboxError(f"path must be absolute: {path}")
-        with self._locked(sandbox, exclusive=False) as info:
+        with self._locked(sandbox, exclusive=False, reconcile=False) as info:
             self._require_running(info)
             self._put(
                 info, str(p.parent), lambda f: archive.write_bytes_archive(payload, f, p.name, mode)
             )
 
     def _put(self, info: SandboxInfo, parent: str, writer: Any) -> None:
-        cmd = [self.runsc, *self._global_flags(info), "exec", info.id, INIT_PATH, "put", parent]
+        cmd = self._init_cmd(info, ["put", parent])
         proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -854,7 +898,7 @@ class GVisorEngine(Engine):
         return proc.stdout.decode().strip()[:1] or None
 
     def _get(self, info: SandboxInfo, path: str) -> subprocess.Popen[bytes]:
-        cmd = [self.runsc, *self._global_flags(info), "exec", info.id, INIT_PATH, "get", path]
+        cmd = self._init_cmd(info, ["get", path])
         return subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
@@ -868,7 +912,7 @@ class GVisorEngine(Engine):
 
     def copy_out(self, sandbox: str, src: str, dest: Path) -> None:
         """Copy a sandbox file or directory to the host, with `docker cp` semantics."""
-        with self._locked(sandbox, exclusive=False) as info:
+        with self._locked(sandbox, exclusive=False, reconcile=False) as info:
             self._require_running(info)
             if dest.is_dir():
                 parent, rename = dest, None
@@ -886,7 +930,7 @@ class GVisorEngine(Engine):
             self._finish_get(info, proc, src)
 
     def read_file(self, sandbox: str, path: str) -> bytes:
-        with self._locked(sandbox, exclusive=False) as info:
+        with self._locked(sandbox, exclusive=False, reconcile=False) as info:
             self._require_running(info)
             proc = self._get(info, path)
             assert proc.stdout is not None
@@ -920,6 +964,8 @@ class GVisorEngine(Engine):
                 raise SandboxConflict(
                     f"sandbox {info.name} already has a checkpoint named {ck_name}"
                 )
+            if info.restore_token:  # init has not heard of the last restore yet: tell it now
+                self._client(info, ["ping"], timeout=60)
             staging = self.checkpoints.staging_dir()
             # Connections through torpor's port proxy are external to the sandbox and would
             # block the checkpoint: close them first (clients reconnect after).

@@ -1,0 +1,659 @@
+"""Benchmark of the gVisor sandbox engine: cold start, setup, checkpoint, restore, starts/min.
+
+Implements the benchmark of issue 2 on three reference sandboxes from the `base` image:
+"idle" (nothing started), "dev" (a git repo of 200 files, `python3 -m http.server`, an
+interpreter holding stdlib imports) and "fat" (a process holding 256 MiB, a quarter of it
+random). For each, over --runs runs interleaved round-robin: cold start to first exec,
+cold start + setup, checkpoint time and size against the sandbox's memory use, restore to
+first exec (with a correctness check after every restore); then sandbox starts per minute
+with N = 1, 2, 4, 8 in parallel, as cold starts and as restores of an idle checkpoint.
+
+    .venv/bin/python benchmarks/bench_sandbox.py [--runs 10] [--duration 20] [--quick]
+
+Needs root, runsc and the base image (TORPOR_IMAGES, default /var/lib/torpor/images).
+The engine runs in a private temporary TORPOR_HOME that is removed at the end.
+Writes benchmarks/results/sandbox.json, sandbox.md and sandbox.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from torpor.sandbox.engine import SandboxSpec
+from torpor.sandbox.gvisor import GVisorEngine
+from torpor.sandbox.images import ImageStore
+
+RESULTS = Path(__file__).parent / "results"
+KINDS = ("idle", "dev", "fat")
+FAT_BYTES = 256 << 20
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+_threads: list[threading.Thread] = []  # throughput workers, joined before cleanup
+
+# ------------------------------------------------------------------ sandbox programs
+
+DEV_REPO = r"""
+set -e
+mkdir -p /root/repo/src && cd /root/repo
+git init -q
+i=0
+while [ $i -lt 200 ]; do
+  printf '# Module %d.\n\n\ndef f%d(x):\n    return x * %d + 1\n' $i $i $i > src/mod_$i.py
+  i=$((i + 1))
+done
+git add -A
+git -c user.email=bench@torpor.invalid -c user.name=bench commit -qm initial
+test "$(git ls-files | wc -l)" -eq 200
+"""
+
+DEV_INTERP = r"""
+import asyncio, email, http, json, os, sqlite3, time, unittest, xml
+import email.parser, http.client, json.decoder, sqlite3.dbapi2, xml.etree.ElementTree
+db = sqlite3.connect(":memory:")
+db.execute("create table t (k integer primary key, v text)")
+db.executemany("insert into t values (?, ?)", ((i, str(i) * 8) for i in range(10000)))
+state = {i: json.dumps({"i": i, "s": str(i) * 4}) for i in range(20000)}
+with open("/tmp/interp.tmp", "w") as f:
+    f.write(f"{os.getpid()} {len(state)}\n")
+os.rename("/tmp/interp.tmp", "/tmp/interp.ready")
+while True:
+    time.sleep(3600)
+"""
+
+# Waits inside the sandbox until the server answers and the interpreter is ready.
+DEV_WAIT = r"""
+n=0
+until curl -sf -o /dev/null http://127.0.0.1:8000/src/mod_7.py && [ -s /tmp/interp.ready ]; do
+  n=$((n + 1)); [ $n -gt 600 ] && { echo "dev not ready" >&2; exit 1; }
+  sleep 0.02
+done
+"""
+
+DEV_CHECK = r"""
+set -e
+python3 -c '
+import urllib.request
+body = urllib.request.urlopen("http://127.0.0.1:8000/src/mod_7.py", timeout=10).read()
+assert b"def f7(x)" in body, body[:100]
+'
+kill -0 "$(cut -d" " -f1 /tmp/interp.ready)"
+cd /root/repo
+test -z "$(git status --porcelain)"
+test "$(git rev-list --count HEAD)" -eq 1
+"""
+
+FAT_PROG = r"""
+import hashlib, os, signal, sys, time
+N, REST = int(sys.argv[1]), sys.argv[2]
+Q = N // 4
+buf = bytearray(N)
+buf[:Q] = os.urandom(Q)
+if REST == "pattern":
+    chunk = (b"torpor fat sandbox: a repeated, non-zero page pattern. " * 80)[:4096] * 256
+    for off in range(Q, N, len(chunk)):
+        buf[off:off + len(chunk)] = chunk
+else:  # zeros, touched page by page so that they are committed memory
+    for off in range(Q, N, 4096):
+        buf[off] = 0
+
+def write(path):
+    digest = hashlib.sha256(buf).hexdigest()
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {digest}\n")
+    os.rename(path + ".tmp", path)
+
+signal.signal(signal.SIGUSR1, lambda *_: write("/tmp/fat.check"))
+write("/tmp/fat.sha256")
+while True:
+    time.sleep(3600)
+"""
+
+FAT_WAIT = r"""
+n=0
+until [ -s /tmp/fat.sha256 ]; do
+  n=$((n + 1)); [ $n -gt 3000 ] && { echo "fat not ready" >&2; exit 1; }
+  sleep 0.02
+done
+"""
+
+# After a restore: the same process (pid) must still hold the same bytes.
+FAT_CHECK = r"""
+set -e
+read pid sum < /tmp/fat.sha256
+rm -f /tmp/fat.check
+kill -USR1 "$pid"
+n=0
+until [ -s /tmp/fat.check ]; do
+  n=$((n + 1)); [ $n -gt 3000 ] && { echo "no checksum from $pid" >&2; exit 1; }
+  sleep 0.02
+done
+read pid2 sum2 < /tmp/fat.check
+[ "$pid" = "$pid2" ] && [ "$sum" = "$sum2" ] ||
+  { echo "fat: $pid2 $sum2 != $pid $sum" >&2; exit 1; }
+"""
+
+MEMORY = r"""
+echo "SELF $$"
+cat /proc/meminfo
+grep -H -e '^Name:' -e '^VmRSS:' /proc/[0-9]*/status
+"""
+
+
+class BenchError(Exception):
+    pass
+
+
+def must(res: Any, what: str) -> Any:
+    if res.exit_code != 0:
+        raise BenchError(f"{what} failed ({res.exit_code}): {res.stderr.decode()[-300:]}")
+    return res
+
+
+def setup(engine: GVisorEngine, kind: str, name: str, fat_rest: str) -> None:
+    """Run the sandbox's setup until it is ready (called after the first exec)."""
+    if kind == "dev":
+        must(engine.exec(name, ["sh", "-c", DEV_REPO], timeout=120), "dev repo")
+        engine.spawn(
+            name, ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1",
+                   "--directory", "/root/repo"],
+        )  # fmt: skip
+        engine.spawn(name, ["python3", "-c", DEV_INTERP])
+        must(engine.exec(name, ["sh", "-c", DEV_WAIT], timeout=60), "dev wait")
+    elif kind == "fat":
+        engine.spawn(name, ["python3", "-c", FAT_PROG, str(FAT_BYTES), fat_rest])
+        must(engine.exec(name, ["sh", "-c", FAT_WAIT], timeout=120), "fat wait")
+
+
+def check(engine: GVisorEngine, kind: str, name: str) -> tuple[bool, str]:
+    """Correctness after a restore."""
+    script = {"dev": DEV_CHECK, "fat": FAT_CHECK}.get(kind)
+    if script is None:
+        res = engine.exec(name, ["sh", "-c", "test -d /root && test -s /run/torpor/generation"])
+    else:
+        res = engine.exec(name, ["sh", "-c", script], timeout=120)
+    return res.exit_code == 0, res.stderr.decode(errors="replace").strip()[-200:]
+
+
+def memory_use(engine: GVisorEngine, name: str) -> dict[str, Any]:
+    """MemTotal-MemAvailable and the sum of VmRSS of the sandbox's processes (bytes)."""
+    out = must(engine.exec(name, ["sh", "-c", MEMORY]), "memory").text
+    meminfo: dict[str, int] = {}
+    names: dict[str, str] = {}
+    rss: dict[str, int] = {}
+    self_pid = ""
+    for line in out.splitlines():
+        if line.startswith("SELF "):
+            self_pid = line.split()[1]
+        elif line.startswith("/proc/"):
+            path, _, rest = line.partition(":")
+            pid = path.split("/")[2]
+            key, _, val = rest.partition(":")
+            if key == "Name":
+                names[pid] = val.strip()
+            elif key == "VmRSS":
+                rss[pid] = int(val.split()[0]) * 1024
+        elif ":" in line:
+            key, _, val = line.partition(":")
+            with contextlib.suppress(ValueError, IndexError):
+                meminfo[key] = int(val.split()[0]) * 1024
+    procs = {p: v for p, v in rss.items() if p != self_pid and names.get(p) != "grep"}
+    return {
+        "meminfo_used": meminfo.get("MemTotal", 0) - meminfo.get("MemAvailable", 0),
+        "rss_sum": sum(procs.values()),
+        "processes": {f"{p}:{names.get(p, '?')}": v for p, v in sorted(procs.items())},
+    }
+
+
+# ------------------------------------------------------------------ statistics, machine
+
+
+def pct(xs: list[float], q: float) -> float:
+    """Percentile with linear interpolation between closest ranks (numpy's default)."""
+    s = sorted(xs)
+    if not s:
+        return float("nan")
+    k = (len(s) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    return {
+        "n": len(xs), "median": pct(xs, 0.5), "p95": pct(xs, 0.95),
+        "min": min(xs) if xs else float("nan"), "max": max(xs) if xs else float("nan"),
+    }  # fmt: skip
+
+
+def sh(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "kernel": sh(["uname", "-r"]),
+        "cpu": cpu,
+        "nproc": int(sh(["nproc"]) or 0),
+        "memory": mem,
+        "runsc_version": sh(["runsc", "--version"]).splitlines()[0:1],
+        "runsc_dpkg": sh(["dpkg-query", "-W", "-f=${Version}", "runsc"]),
+        "python": platform.python_version(),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def ms(x: float) -> str:
+    return f"{x * 1000:.0f} ms"
+
+
+def mib(x: float) -> str:
+    return f"{x / 2**20:.1f} MiB"
+
+
+# ------------------------------------------------------------------ measurements
+
+ROW = "{:>4} {:<5} {:>9} {:>10} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>9}  {}"
+
+
+def one_run(engine: GVisorEngine, kind: str, run: int, fat_rest: str) -> dict[str, Any]:
+    name = f"bench-{kind}-{run}"
+    spec = SandboxSpec(image="base")
+    s: dict[str, Any] = {"run": run}
+    try:
+        t0 = time.monotonic()
+        engine.run(spec, name=name)
+        t1 = time.monotonic()
+        must(engine.exec(name, ["true"]), "first exec")
+        t2 = time.monotonic()
+        setup(engine, kind, name, fat_rest)
+        t3 = time.monotonic()
+        s.update(run_s=t1 - t0, cold_first_exec=t2 - t0, cold_setup=t3 - t0)
+        s.update(memory_use(engine, name))
+        t0 = time.monotonic()
+        ck = engine.checkpoint(name, f"r{run}")
+        s.update(checkpoint_wall=time.monotonic() - t0, checkpoint_seconds=ck.seconds,
+                 checkpoint_size=ck.size)  # fmt: skip
+        t0 = time.monotonic()
+        engine.start(name, checkpoint=ck.id)
+        t1 = time.monotonic()
+        must(engine.exec(name, ["true"]), "first exec after restore")
+        t2 = time.monotonic()
+        s.update(restore_start=t1 - t0, restore_first_exec=t2 - t0)
+        t0 = time.monotonic()
+        ok, err = check(engine, kind, name)
+        s.update(check_ok=ok, check_seconds=time.monotonic() - t0)
+        if not ok:
+            s["check_error"] = err
+        # Diagnostic: what verifying the checkpoint's SHA-256s (done on every restore) costs.
+        t0 = time.monotonic()
+        engine.checkpoints.open_dir(ck.id)
+        s["verify_seconds"] = time.monotonic() - t0
+        engine.remove(name, force=True)
+        engine.checkpoints.delete(ck.id)
+    finally:
+        with contextlib.suppress(Exception):
+            engine.remove(name, force=True)
+        for m in engine.list_checkpoints():
+            if m.get("sandbox") == name:
+                with contextlib.suppress(Exception):
+                    engine.checkpoints.delete(m["id"])
+    return s
+
+
+def throughput(
+    engine: GVisorEngine, mode: str, n: int, duration: float, ck_id: str, stop: threading.Event
+) -> dict[str, Any]:
+    """n threads loop start -> exec true -> rm -f for `duration` seconds."""
+    lat: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + duration
+
+    def worker(w: int) -> None:
+        i = 0
+        while time.monotonic() < deadline and not stop.is_set():
+            name = f"tp-{mode}-{n}-{w}-{i}"
+            i += 1
+            t0 = time.monotonic()
+            try:
+                if mode == "cold":
+                    engine.run(SandboxSpec(image="base"), name=name)
+                else:
+                    engine.restore(ck_id, name=name)
+                must(engine.exec(name, ["true"]), "exec")
+                took = time.monotonic() - t0
+                engine.remove(name, force=True)
+                with lock:
+                    lat.append(took)
+            except Exception as e:  # noqa: BLE001 - counted and reported
+                with lock:
+                    errors.append(f"{type(e).__name__}: {e}"[:200])
+                with contextlib.suppress(Exception):
+                    engine.remove(name, force=True)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(n)]
+    _threads.extend(threads)
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.2)
+    elapsed = time.monotonic() - t0
+    return {
+        "mode": mode, "n": n, "duration": duration, "elapsed": elapsed, "starts": len(lat),
+        "starts_per_min": len(lat) / elapsed * 60, "latency": lat,
+        "latency_median": pct(lat, 0.5), "latency_p95": pct(lat, 0.95),
+        "errors": errors,
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------ reports
+
+TARGETS = {
+    "restore_ms": 200, "checkpoint_ms": 150, "starts_per_min": 2000,
+}  # fmt: skip
+
+
+def targets(summ: dict[str, Any], tp: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
+    rows = []
+    dev = summ["dev"]
+    v = dev["restore_first_exec"]["median"]
+    rows.append(("dev restore to first exec, median", "<= 200 ms", ms(v), v <= 0.200))
+    v = dev["checkpoint_seconds"]["median"]
+    rows.append(("dev checkpoint median (runsc, CheckpointInfo.seconds)", "<= 150 ms",
+                 ms(v), v <= 0.150))  # fmt: skip
+    v = dev["checkpoint_wall"]["median"]
+    rows.append(("dev checkpoint median (wall of engine.checkpoint)", "<= 150 ms", ms(v),
+                 v <= 0.150))  # fmt: skip
+    for kind in KINDS:
+        r = summ[kind]["speedup"]
+        rows.append((f"{kind}: restore faster than cold start + setup (medians)",
+                     "ratio > 1", f"{r:.2f}x", r > 1))  # fmt: skip
+    for mode in ("cold", "restore"):
+        got = [t for t in tp if t["mode"] == mode]
+        if got:
+            best = max(got, key=lambda t: t["starts_per_min"])
+            what = "cold starts" if mode == "cold" else "restores of idle checkpoint"
+            rows.append((f"sandbox starts per minute ({what}, best N)", ">= 2,000",
+                         f"{best['starts_per_min']:,.0f} (N={best['n']})",
+                         best["starts_per_min"] >= 2000))  # fmt: skip
+    return rows
+
+
+METRICS = [
+    ("cold_first_exec", "cold start to first exec", ms),
+    ("cold_setup", "cold start + setup until ready", ms),
+    ("checkpoint_seconds", "checkpoint (CheckpointInfo.seconds)", ms),
+    ("checkpoint_wall", "checkpoint (engine.checkpoint wall)", ms),
+    ("checkpoint_size", "checkpoint size", mib),
+    ("meminfo_used", "memory: MemTotal - MemAvailable", mib),
+    ("rss_sum", "memory: sum of VmRSS", mib),
+    ("restore_first_exec", "restore to first exec", ms),
+    ("restore_start", "  of which engine.start(checkpoint=)", ms),
+    ("verify_seconds", "  checkpoint SHA-256 verify (alone)", ms),
+    ("check_seconds", "correctness check after restore", ms),
+]
+
+
+def write_markdown(data: dict[str, Any], path: Path) -> None:
+    m, summ, tp = data["machine"], data["summary"], data["throughput"]
+    lines = [
+        "# Sandbox engine benchmark",
+        "",
+        f"{m['date']}, kernel {m['kernel']}, {m['cpu']}, {m['nproc']} CPUs, {m['memory']}, "
+        f"runsc {m['runsc_dpkg']}, Python {m['python']}; load average at start "
+        f"{m['loadavg_start'][0]:.1f}, at end {data['loadavg_end'][0]:.1f} (shared machine: "
+        "other jobs run on the same 2 cores). Produced by `benchmarks/bench_sandbox.py "
+        f"{' '.join(data['argv'])}` in {data['total_seconds']:.0f} s; {data['runs']} runs per "
+        "sandbox, interleaved round-robin; fat sandbox memory beyond the random quarter: "
+        f"{data['fat_rest']}.",
+        "",
+        "## Targets (issue 2)",
+        "",
+        "| target | wanted | got | |",
+        "|---|---|---|---|",
+    ]
+    for what, want, got, ok in targets(summ, tp):
+        lines.append(f"| {what} | {want} | {got} | {'met' if ok else '**missed**'} |")
+    lines += ["", "## Per sandbox (median / p95)", "",
+              "| metric | " + " | ".join(KINDS) + " |", "|---|" + "---|" * len(KINDS)]
+    for key, label, fmt in METRICS:
+        cells = [f"{fmt(summ[k][key]['median'])} / {fmt(summ[k][key]['p95'])}" for k in KINDS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| checkpoint size / memory used (medians) | " + " | ".join(
+        f"{summ[k]['checkpoint_size']['median'] / max(1, summ[k]['meminfo_used']['median']):.2f}"
+        for k in KINDS) + " |")  # fmt: skip
+    lines.append("| restore speedup: (cold start + setup) / restore, medians | "
+                 + " | ".join(f"{summ[k]['speedup']:.2f}x" for k in KINDS) + " |")
+    lines.append("| correctness checks passed | " + " | ".join(
+        f"{summ[k]['checks_ok']}/{summ[k]['cold_setup']['n']}" for k in KINDS) + " |")
+    lines += ["", "## Sandbox starts per minute, N in parallel", "",
+              "start -> `exec true` -> `rm -f`, looped by N threads for "
+              f"{data['duration']:.0f} s each. 'cold' is `engine.run` of a fresh sandbox, "
+              "'restore' is `engine.restore` of a checkpoint of an idle sandbox (how torpor "
+              "resumes).", "",
+              "| mode | N | starts | starts/min | start+exec median / p95 | errors |",
+              "|---|---|---|---|---|---|"]
+    for t in tp:
+        lines.append(
+            f"| {t['mode']} | {t['n']} | {t['starts']} | {t['starts_per_min']:,.0f} | "
+            f"{ms(t['latency_median'])} / {ms(t['latency_p95'])} | {len(t['errors'])} |"
+        )
+    lines += [
+        "",
+        "Memory use is read inside the sandbox just before the checkpoint. gVisor's "
+        "MemTotal - MemAvailable includes the in-memory root overlay (files the sandbox "
+        "wrote); the VmRSS sum counts the processes only. The checkpoint is written "
+        "with `--compression=none --exclude-committed-zero-pages`. 'restore to first "
+        "exec' includes verifying the checkpoint files' SHA-256 (the diagnostic row shows "
+        "what that costs alone) and the first exec's restore announcement to init.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def write_plot(summ: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    x = list(range(len(KINDS)))
+    w = 0.38
+    for off, key, label, color in (
+        (-w / 2, "restore_first_exec", "restore to first exec", "#2a7ab0"),
+        (w / 2, "cold_setup", "cold start + setup", "#c8553d"),
+    ):
+        med = [summ[k][key]["median"] * 1000 for k in KINDS]
+        p95 = [summ[k][key]["p95"] * 1000 for k in KINDS]
+        bars = ax.bar([i + off for i in x], med, w, label=label, color=color,
+                      yerr=[[0] * len(med), [p - m for p, m in zip(p95, med, strict=True)]],
+                      capsize=4)  # fmt: skip
+        ax.bar_label(bars, labels=[f"{v:.0f}" for v in med], padding=2, fontsize=8)
+    ax.set_xticks(x, KINDS)
+    ax.set_ylabel("ms (median; whisker to p95)")
+    ax.set_title("torpor gVisor sandboxes: restore vs cold start + setup")
+    ax.axhline(200, color="gray", lw=0.8, ls="--")
+    ax.text(len(KINDS) - 0.5, 205, "200 ms target (dev restore)", ha="right", fontsize=7,
+            color="gray")  # fmt: skip
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ main
+
+
+def cleanup(engine: GVisorEngine | None, home: Path) -> None:
+    if engine is not None:
+        for info in engine.list(all=True):
+            with contextlib.suppress(Exception):
+                engine.remove(info.id, force=True)
+        for m in engine.list_checkpoints():
+            with contextlib.suppress(Exception):
+                engine.checkpoints.delete(m["id"])
+        root = str(home / "runsc")
+        for sid in sh(["runsc", f"--root={root}", "list", "-quiet"]).split():
+            sh(["runsc", f"--root={root}", "delete", "-force", sid])
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=10, help="runs per sandbox (default 10)")
+    ap.add_argument("--duration", type=float, default=20.0,
+                    help="seconds per N for starts per minute (default 20)")  # fmt: skip
+    ap.add_argument("--parallel", default="1,2,4,8", help="values of N (default 1,2,4,8)")
+    ap.add_argument("--quick", action="store_true", help="3 runs, 5 s per N (to develop)")
+    ap.add_argument("--fat-rest", choices=("pattern", "zeros"), default="pattern",
+                    help="fat: the 3/4 that is not random (default: a repeated pattern)")
+    ap.add_argument("--no-throughput", action="store_true", help="skip starts per minute")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="output directory")
+    args = ap.parse_args()
+    if args.quick:
+        args.runs = min(args.runs, 3)
+        args.duration = min(args.duration, 5.0)
+    parallel = [int(p) for p in args.parallel.split(",") if p]
+
+    images = ImageStore(Path(os.environ.get("TORPOR_IMAGES", "/var/lib/torpor/images")))
+    images.get("base")  # fail early, with the store's message, if there is no base image
+    home = Path(tempfile.mkdtemp(prefix="torpor-bench-"))
+    engine: GVisorEngine | None = None
+    signal.signal(signal.SIGTERM, _interrupt)
+    stop = threading.Event()
+    started = time.monotonic()
+    data: dict[str, Any] = {"argv": sys.argv[1:], "machine": machine_info(),
+                            "runs": args.runs, "duration": args.duration,
+                            "fat_rest": args.fat_rest}  # fmt: skip
+    try:
+        console.print(f"[bold]torpor sandbox benchmark[/] home={home} runs={args.runs} "
+                      f"load={os.getloadavg()[0]:.2f}")  # fmt: skip
+        engine = GVisorEngine(home, images=images)
+        samples: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+        console.print(ROW.format("run", "kind", "cold", "cold+setup", "ck runsc", "ck wall",
+                                 "ck size", "mem used", "rss sum", "restore", "check",
+                                 "note"), style="bold")  # fmt: skip
+        for run in range(args.runs):
+            order = KINDS[run % 3:] + KINDS[:run % 3]  # rotate who goes first
+            for kind in order:
+                s = one_run(engine, kind, run, args.fat_rest)
+                samples[kind].append(s)
+                console.print(ROW.format(
+                    run, kind, ms(s["cold_first_exec"]), ms(s["cold_setup"]),
+                    ms(s["checkpoint_seconds"]), ms(s["checkpoint_wall"]),
+                    mib(s["checkpoint_size"]), mib(s["meminfo_used"]), mib(s["rss_sum"]),
+                    ms(s["restore_first_exec"]), "ok" if s["check_ok"] else "[red]FAIL[/]",
+                    s.get("check_error", ""),
+                ))  # fmt: skip
+        data["samples"] = samples
+        summ: dict[str, Any] = {}
+        for kind in KINDS:
+            ss = samples[kind]
+            summ[kind] = {key: summary([s[key] for s in ss]) for key, _, _ in METRICS}
+            summ[kind]["run_s"] = summary([s["run_s"] for s in ss])
+            summ[kind]["checks_ok"] = sum(1 for s in ss if s["check_ok"])
+            summ[kind]["speedup"] = (summ[kind]["cold_setup"]["median"]
+                                     / summ[kind]["restore_first_exec"]["median"])
+        data["summary"] = summ
+
+        tp: list[dict[str, Any]] = []
+        if not args.no_throughput:
+            src = "tp-idle-source"
+            engine.run(SandboxSpec(image="base"), name=src)
+            must(engine.exec(src, ["true"]), "exec")
+            ck = engine.checkpoint(src, "idle")
+            console.print(f"\n[bold]starts per minute[/] ({args.duration:.0f} s per N; idle "
+                          f"checkpoint {mib(ck.size)})")  # fmt: skip
+            for n in parallel:
+                for mode in ("cold", "restore"):
+                    t = throughput(engine, mode, n, args.duration, ck.id, stop)
+                    tp.append(t)
+                    console.print(
+                        f"  {mode:<7} N={n}: {t['starts']:>4} starts in {t['elapsed']:5.1f} s "
+                        f"= {t['starts_per_min']:7,.0f}/min; start+exec median "
+                        f"{ms(t['latency_median'])}, p95 {ms(t['latency_p95'])}"
+                        + (f"; [red]{len(t['errors'])} errors[/]: {t['errors'][0]}"
+                           if t["errors"] else "")
+                    )  # fmt: skip
+            engine.remove(src, force=True)
+            engine.checkpoints.delete(ck.id)
+        data["throughput"] = tp
+        data["total_seconds"] = time.monotonic() - started
+        data["loadavg_end"] = os.getloadavg()
+
+        table = Table(title="median / p95 per sandbox")
+        table.add_column("metric")
+        for k in KINDS:
+            table.add_column(k, justify="right")
+        for key, label, fmt in METRICS:
+            table.add_row(label, *(f"{fmt(summ[k][key]['median'])} / "
+                                   f"{fmt(summ[k][key]['p95'])}" for k in KINDS))  # fmt: skip
+        table.add_row("(cold+setup) / restore", *(f"{summ[k]['speedup']:.2f}x" for k in KINDS))
+        table.add_row("checks passed", *(f"{summ[k]['checks_ok']}/{len(samples[k])}"
+                                         for k in KINDS))  # fmt: skip
+        console.print(table)
+        tt = Table(title="targets")
+        for c in ("target", "wanted", "got", ""):
+            tt.add_column(c)
+        for what, want, got, ok in targets(summ, tp):
+            tt.add_row(what, want, got, "[green]met[/]" if ok else "[red]missed[/]")
+        console.print(tt)
+
+        args.results.mkdir(parents=True, exist_ok=True)
+        (args.results / "sandbox.json").write_text(json.dumps(data, indent=1))
+        write_markdown(data, args.results / "sandbox.md")
+        write_plot(summ, args.results / "sandbox.png")
+        console.print(f"wrote {args.results}/sandbox.json, sandbox.md, sandbox.png "
+                      f"({data['total_seconds']:.0f} s)")  # fmt: skip
+        failed = sum(len(s) - summ[k]["checks_ok"] for k, s in samples.items())
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: cleaning up[/]")
+        return 130
+    finally:
+        stop.set()
+        for t in _threads:
+            t.join(120)
+        cleanup(engine, home)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Object backends under the snapshot store: a local directory and S3-compatible storage.
+
+A backend is a flat key -> bytes map with atomic whole-object writes, ranged reads,
+listing by prefix (with modification times) and deletes. It counts its requests and
+bytes so that tests and benchmarks can show what a read really fetched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ObjectMissing, SnapshotError
+
+
+@dataclass
+class BackendStats:
+    """Request and byte counters of one backend (thread-safe updates via `add`)."""
+
+    gets: int = 0
+    range_gets: int = 0
+    puts: int = 0
+    lists: int = 0
+    deletes: int = 0
+    heads: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def reset(self) -> None:
+        with self._lock:
+            for name in ("gets", "range_gets", "puts", "lists", "deletes", "heads",
+                         "bytes_read", "bytes_written"):
+                setattr(self, name, 0)
+
+    @property
+    def requests(self) -> int:
+        return self.gets + self.range_gets + self.puts + self.lists + self.deletes + self.heads
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in (
+            "gets", "range_gets", "puts", "lists", "deletes", "heads",
+            "bytes_read", "bytes_written")} | {"requests": self.requests}
+
+
+class Backend:
+    """Interface of an object backend. Keys use '/' as separator."""
+
+    url: str
+    remote: bool = False
+
+    def __init__(self) -> None:
+        self.stats = BackendStats()
+
+    def put(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def get(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def list(self, prefix: str) -> Iterator[tuple[str, float, int]]:
+        """Yield (key, modification time as epoch seconds, size) for keys under prefix."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+
+class FileBackend(Backend):
+    """Objects as files under a root directory; writes go to a temp file then rename."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = "file://" + str(self.root.resolve())
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"bad object key {key!r}")
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self.stats.add(puts=1, bytes_written=len(data))
+
+    def get(self, key: str) -> bytes:
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        self.stats.add(gets=1, bytes_read=len(data))
+        return data
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as fh:
+                data = os.pread(fh.fileno(), length, offset)
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        self.stats.add(range_gets=1, bytes_read=len(data))
+        return data
+
+    def exists(self, key: str) -> bool:
+        self.stats.add(heads=1)
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> Iterator[tuple[str, float, int]]:
+        self.stats.add(lists=1)
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                full = Path(dirpath) / name
+                try:
+                    st = full.stat()
+                except FileNotFoundError:
+                    continue
+                yield full.relative_to(self.root).as_posix(), st.st_mtime, st.st_size
+
+    def delete(self, key: str) -> None:
+        self.stats.add(deletes=1)
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+
+class S3Backend(Backend):
+    """Objects in an S3 bucket under a prefix, through boto3.
+
+    Endpoint, region and credentials come from the options, else from the usual
+    AWS_* environment variables (AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION,
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE).
+    """
+
+    remote = True
+
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
+                 region: str | None = None, access_key: str | None = None,
+                 secret_key: str | None = None, session_token: str | None = None,
+                 max_pool: int = 16) -> None:
+        super().__init__()
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+            "AWS_ENDPOINT_URL")
+        region = region or os.environ.get("AWS_REGION") or os.environ.get(
+            "AWS_DEFAULT_REGION") or "us-east-1"
+        kwargs: dict[str, Any] = {"region_name": region}
+        if endpoint_url:
+            kwargs["endpoint_url"] = endpoint_url
+        if access_key:
+            kwargs["aws_access_key_id"] = access_key
+            kwargs["aws_secret_access_key"] = secret_key
+            if session_token:
+                kwargs["aws_session_token"] = session_token
+        cfg = Config(max_pool_connections=max_pool, retries={"max_attempts": 5, "mode": "standard"},
+                     s3={"addressing_style": "path"} if endpoint_url else {})
+        self.client = boto3.session.Session().client("s3", config=cfg, **kwargs)
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.endpoint_url = endpoint_url
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @staticmethod
+    def _missing(exc: Exception) -> bool:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        return code in ("NoSuchKey", "404", "NotFound")
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        self.stats.add(puts=1, bytes_written=len(data))
+
+    def get(self, key: str) -> bytes:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            if self._missing(exc):
+                raise ObjectMissing(key) from None
+            raise
+        data = resp["Body"].read()
+        self.stats.add(gets=1, bytes_read=len(data))
+        return data
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key),
+                                          Range=f"bytes={offset}-{offset + length - 1}")
+        except Exception as exc:
+            if self._missing(exc):
+                raise ObjectMissing(key) from None
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code == "InvalidRange":
+                return b""
+            raise
+        data = resp["Body"].read()
+        self.stats.add(range_gets=1, bytes_read=len(data))
+        return data
+
+    def exists(self, key: str) -> bool:
+        self.stats.add(heads=1)
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except Exception as exc:
+            if self._missing(exc):
+                return False
+            raise
+
+    def list(self, prefix: str) -> Iterator[tuple[str, float, int]]:
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            self.stats.add(lists=1)
+            for obj in page.get("Contents", []):
+                yield obj["Key"][strip:], obj["LastModified"].timestamp(), obj["Size"]
+
+    def delete(self, key: str) -> None:
+        self.stats.add(deletes=1)
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def new_object_id() -> str:
+    """A unique, roughly time-ordered id for packs and markers."""
+    return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"
+
+
+def parse_s3_url(url: str) -> tuple[str, str, dict[str, str]]:
+    """Split s3://bucket/prefix?endpoint=...&region=... into bucket, prefix, options."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise SnapshotError(f"not an s3:// url: {url!r}")
+    return parts.netloc, parts.path.strip("/"), dict(parse_qsl(parts.query))

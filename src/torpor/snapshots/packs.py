@@ -1,0 +1,181 @@
+"""Pack objects (many stored chunks back to back) and their index files.
+
+A pack ``packs/<pack>.pack`` is the concatenation of stored chunks. Next to it,
+``packs/<pack>.idx`` lists, for each chunk: id, offset and length in the pack, plain
+length and flags; it is written after the pack, so a pack without an index is
+garbage from an interrupted put. One chunk is read with one ranged GET.
+
+Packs target 4 MiB: a 17.5 MB gVisor checkpoint that compresses to ~4.4 MB becomes
+one or two objects rather than ~4,500 per-page objects (S3 charges and spends a
+round trip per request), while one pack is still small enough to upload in one PUT
+and for GC to rewrite cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import threading
+from collections.abc import Callable
+from typing import NamedTuple
+
+from .backends import Backend, new_object_id
+from .errors import ObjectMissing, SnapshotCorrupt
+
+PACK_TARGET = 4 * 1024 * 1024
+IDX_MAGIC = b"TORPORIDX1\n"
+ENTRY = struct.Struct("<32sQIIB")
+
+
+def pack_key(pack_id: str) -> str:
+    return f"packs/{pack_id}.pack"
+
+
+def idx_key(pack_id: str) -> str:
+    return f"packs/{pack_id}.idx"
+
+
+class Location(NamedTuple):
+    """Where a chunk's stored bytes live."""
+
+    pack: str
+    offset: int
+    length: int
+    plain_len: int
+    flags: int
+
+
+def encode_index(entries: list[tuple[bytes, Location]], key_id: str | None) -> bytes:
+    head = IDX_MAGIC + struct.pack("<16sI", (key_id or "").encode().ljust(16, b"\0"),
+                                   len(entries))
+    body = b"".join(ENTRY.pack(cid, loc.offset, loc.length, loc.plain_len, loc.flags)
+                    for cid, loc in entries)
+    data = head + body
+    return data + hashlib.sha256(data).digest()
+
+
+def decode_index(pack_id: str, data: bytes) -> list[tuple[bytes, Location]]:
+    if len(data) < len(IDX_MAGIC) + 20 + 32 or not data.startswith(IDX_MAGIC):
+        raise SnapshotCorrupt(f"pack index {pack_id} is truncated or not an index")
+    body, digest = data[:-32], data[-32:]
+    if hashlib.sha256(body).digest() != digest:
+        raise SnapshotCorrupt(f"pack index {pack_id} fails its checksum")
+    _key, count = struct.unpack_from("<16sI", body, len(IDX_MAGIC))
+    start = len(IDX_MAGIC) + 20
+    if len(body) != start + count * ENTRY.size:
+        raise SnapshotCorrupt(f"pack index {pack_id} has a bad length")
+    return [(cid, Location(pack_id, off, length, plain, flags))
+            for cid, off, length, plain, flags in ENTRY.iter_unpack(body[start:])]
+
+
+class PackWriter:
+    """Accumulates stored chunks and uploads a pack + index whenever it is full."""
+
+    def __init__(self, backend: Backend, key_id: str | None, target: int = PACK_TARGET,
+                 on_flush: Callable[[str, list[tuple[bytes, Location]]], None] | None = None
+                 ) -> None:
+        self.backend = backend
+        self.key_id = key_id
+        self.target = target
+        self.on_flush = on_flush
+        self._parts: list[bytes] = []
+        self._entries: list[tuple[bytes, Location]] = []
+        self._size = 0
+        self._pack = new_object_id()
+        self.packs_written: list[str] = []
+        self.pending: dict[bytes, Location] = {}
+
+    def add(self, cid: bytes, stored: bytes, plain_len: int, flags: int) -> Location:
+        loc = Location(self._pack, self._size, len(stored), plain_len, flags)
+        self._parts.append(stored)
+        self._entries.append((cid, loc))
+        self.pending[cid] = loc
+        self._size += len(stored)
+        if self._size >= self.target:
+            self.flush()
+        return loc
+
+    def flush(self) -> None:
+        if not self._entries:
+            return
+        self.backend.put(pack_key(self._pack), b"".join(self._parts))
+        self.backend.put(idx_key(self._pack), encode_index(self._entries, self.key_id))
+        self.packs_written.append(self._pack)
+        if self.on_flush:
+            self.on_flush(self._pack, self._entries)
+        self._parts, self._entries, self._size = [], [], 0
+        self._pack = new_object_id()
+
+
+class ChunkIndex:
+    """The store-wide map chunk id -> Location, built from all pack indexes."""
+
+    def __init__(self, backend: Backend,
+                 idx_cache: Callable[[str], bytes | None] | None = None,
+                 idx_cache_put: Callable[[str, bytes], None] | None = None) -> None:
+        self.backend = backend
+        self._packs: dict[str, list[tuple[bytes, Location]]] = {}
+        self._map: dict[bytes, Location] = {}
+        self._lock = threading.Lock()
+        self._idx_cache = idx_cache
+        self._idx_cache_put = idx_cache_put
+        self.refreshed = False
+
+    def add(self, pack_id: str, entries: list[tuple[bytes, Location]]) -> None:
+        with self._lock:
+            self._packs[pack_id] = entries
+            for cid, loc in entries:
+                self._map.setdefault(cid, loc)
+
+    def _drop(self, gone: set[str]) -> None:
+        with self._lock:
+            for pack_id in gone:
+                self._packs.pop(pack_id, None)
+            self._map = {}
+            for entries in self._packs.values():
+                for cid, loc in entries:
+                    self._map.setdefault(cid, loc)
+
+    def refresh(self) -> None:
+        """Load pack indexes not seen yet; forget packs that disappeared."""
+        present = set()
+        for key, _mtime, _size in self.backend.list("packs/"):
+            if key.endswith(".idx"):
+                present.add(key[len("packs/"):-len(".idx")])
+        with self._lock:
+            known = set(self._packs)
+        if known - present:
+            self._drop(known - present)
+        for pack_id in sorted(present - known):
+            self._load(pack_id)
+        self.refreshed = True
+
+    def _load(self, pack_id: str) -> bool:
+        data = self._idx_cache(pack_id) if self._idx_cache else None
+        if data is None:
+            try:
+                data = self.backend.get(idx_key(pack_id))
+            except ObjectMissing:
+                return False
+            if self._idx_cache_put:
+                self._idx_cache_put(pack_id, data)
+        self.add(pack_id, decode_index(pack_id, data))
+        return True
+
+    def ensure(self, pack_ids: list[str]) -> None:
+        """Load the indexes of these packs if not loaded yet (absent ones are skipped)."""
+        with self._lock:
+            todo = [p for p in pack_ids if p not in self._packs]
+        for pack_id in todo:
+            self._load(pack_id)
+
+    def get(self, cid: bytes) -> Location | None:
+        with self._lock:
+            return self._map.get(cid)
+
+    def __contains__(self, cid: bytes) -> bool:
+        with self._lock:
+            return cid in self._map
+
+    def forget_pack(self, pack_id: str) -> None:
+        self._drop({pack_id})
