@@ -120,38 +120,56 @@ def test_checkpoint_restore_and_fork_from_the_cli(cli):
         cli("rm", "-f", "c-ck", "c-ck-fork")
 
 
-def _checkpoint_dir(torpor_home: Path, ck_id: str) -> Path:
-    return torpor_home / "checkpoints" / ck_id
+def test_damaged_corrupt_and_foreign_checkpoints(cli, torpor_home: Path):
+    """The CLI keeps checkpoints in the snapshot store, with a raw hot copy for speed."""
+    from torpor.snapshots import open_store
 
-
-def test_truncated_and_foreign_checkpoints_are_refused(cli, torpor_home: Path):
     assert cli("run", "-d", "--name", "c-bad", "base").returncode == 0
     try:
+        cli("exec", "c-bad", "sh", "-c", "echo kept > /root/state")
         ck_id = cli("checkpoint", "create", "c-bad", "good").stdout.decode().split("\t")[0]
-        d = _checkpoint_dir(torpor_home, ck_id)
-        pages = d / "pages.img"
-        original = pages.read_bytes()
-        pages.write_bytes(original[: len(original) // 2])
-        one_line_error(cli("start", "--checkpoint", ck_id, "c-bad"), "truncated")
-        info = json.loads(cli("inspect", "c-bad").stdout)
-        assert info["state"] == "checkpointed"  # nothing half-made
-        one_line_error(cli("restore", ck_id, "--name", "c-bad-fork"), "truncated")
+        hot = torpor_home / "checkpoint-cache" / ck_id
+        pages = hot / "pages.img"
+
+        # A truncated hot copy is noticed and replaced from the store: nothing is lost.
+        pages.write_bytes(pages.read_bytes()[:100])
+        assert cli("start", "--checkpoint", ck_id, "c-bad").returncode == 0
+        assert cli("exec", "c-bad", "cat", "/root/state").stdout == b"kept\n"
+        assert cli("stop", "c-bad").returncode == 0
+
+        # Damage in the store itself: a clear error, and nothing half-made.
+        packs = sorted((torpor_home / "snapshots" / "packs").glob("*.pack"))
+        assert packs
+        for pack in packs:
+            data = bytearray(pack.read_bytes())
+            for k in range(0, len(data), 997):
+                data[k] ^= 0xFF
+            pack.write_bytes(bytes(data))
+        import shutil
+
+        shutil.rmtree(hot)
+        one_line_error(cli("start", "--checkpoint", ck_id, "c-bad"), "corrupt", ck_id)
+        assert json.loads(cli("inspect", "c-bad").stdout)["state"] == "exited"
+        one_line_error(cli("restore", ck_id, "--name", "c-bad-fork"), "corrupt")
         assert "c-bad-fork" not in names(cli)
 
-        # A file from elsewhere whose checksum matches its metadata: runsc itself refuses.
-        pages.write_bytes(original)
-        (d / "checkpoint.img").write_bytes(os.urandom(4096))
-        meta = json.loads((d / "meta.json").read_text())
+        # A well-formed snapshot whose checkpoint comes from elsewhere: runsc refuses it.
+        store = open_store(f"file://{torpor_home / 'snapshots'}")
+        meta = dict(store.info(ck_id).meta)
+        foreign = torpor_home / "foreign"
+        foreign.mkdir()
+        (foreign / "checkpoint.img").write_bytes(os.urandom(4096))
+        (foreign / "pages.img").write_bytes(b"\0" * 4096)
         import hashlib
 
-        meta["files"]["checkpoint.img"] = {
-            "size": 4096,
-            "sha256": hashlib.sha256((d / "checkpoint.img").read_bytes()).hexdigest(),
+        meta["files"] = {
+            f.name: {"size": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+            for f in foreign.iterdir()
         }
-        (d / "meta.json").write_text(json.dumps(meta))
-        one_line_error(cli("start", "--checkpoint", ck_id, "c-bad"), "cannot restore")
-        info = json.loads(cli("inspect", "c-bad").stdout)
-        assert info["state"] != "running"
+        meta["name"] = "foreign"
+        store.put(foreign, meta=meta, engine="gvisor", snapshot_id="c-bad-foreign-1")
+        one_line_error(cli("start", "--checkpoint", "c-bad-foreign-1", "c-bad"), "cannot restore")
+        assert json.loads(cli("inspect", "c-bad").stdout)["state"] != "running"
         one_line_error(cli("start", "--checkpoint", "no-such-ck", "c-bad"), "no such checkpoint")
         assert cli("start", "c-bad").returncode == 0  # a fresh start still works
     finally:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from torpor.cli import log_cmd
+from torpor.cli import log_cmd, snapshot_cmd
 from torpor.cli.image_cmd import format_table, human_age, image_app, images, pull, rmi
 from torpor.sandbox.engine import PortMapping, SandboxInfo, SandboxSpec, Volume
 
@@ -33,6 +33,7 @@ checkpoint_app = typer.Typer(help="Checkpoint a running sandbox, list and remove
 app.add_typer(checkpoint_app, name="checkpoint")
 app.add_typer(image_app, name="image")
 app.add_typer(log_cmd.app, name="log")
+app.add_typer(snapshot_cmd.app, name="snapshot")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
@@ -80,9 +81,14 @@ def command(typer_app: typer.Typer, name: str | None = None, **kw: Any) -> Calla
 
 
 def engine():  # type: ignore[no-untyped-def]
-    from torpor.sandbox.gvisor import GVisorEngine
+    """The gVisor engine, with its checkpoints kept in the snapshot store
+    (TORPOR_SNAPSHOTS, default file://$TORPOR_HOME/snapshots)."""
+    from torpor.runtime.checkpoints import SnapshotCheckpointStorage
+    from torpor.sandbox.gvisor import GVisorEngine, torpor_home
+    from torpor.snapshots import open_store
 
-    return GVisorEngine()
+    home = torpor_home()
+    return GVisorEngine(home, checkpoints=SnapshotCheckpointStorage(open_store(), home))
 
 
 def _check_format(fmt: str) -> str:

@@ -95,7 +95,10 @@ def ls(store: StoreOpt = None,
     typer.echo(f"{'ID':<26} {'CREATED (UTC)':<19} {'LOGICAL':>10} {'STORED':>10} "
                f"{'NEW':>10}  META")
     for i in infos:
-        meta = " ".join(f"{k}={v}" for k, v in sorted(i.meta.items()))
+        # Scalars only: nested values (file lists, sandbox specs) are for `info`/json.
+        meta = " ".join(
+            f"{k}={v}" for k, v in sorted(i.meta.items()) if not isinstance(v, dict | list)
+        )
         typer.echo(f"{i.id:<26} {_when(i.created):<19} {_human(i.logical_size):>10} "
                    f"{_human(i.stored_bytes):>10} {_human(i.new_bytes):>10}  {meta}")
 
