@@ -574,6 +574,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="torpor-bench-"))
     engine: GVisorEngine | None = None
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with `&`
     stop = threading.Event()
     started = time.monotonic()
     data: dict[str, Any] = {"argv": sys.argv[1:], "machine": machine_info(),

@@ -165,3 +165,40 @@ def test_killed_from_outside_shows_exited(engine: GVisorEngine, sandbox: str):
         engine.checkpoint(sandbox)
     engine.start(sandbox)  # a fresh start from the image works again
     assert engine.exec(sandbox, ["true"]).exit_code == 0
+
+
+def test_run_options_volumes_user_env_workdir_memory(engine: GVisorEngine, tmp_path: Path):
+    from torpor.sandbox.engine import Volume
+
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "in.txt").write_text("from the host")
+    (tmp_path / "rw").mkdir()
+    spec = SandboxSpec(
+        image="base",
+        cmd=["sleep", "1000"],
+        env=["GREETING=hi"],
+        workdir="/tmp",
+        user="nobody",
+        volumes=[
+            Volume(str(tmp_path / "ro"), "/mnt/ro", readonly=True),
+            Volume(str(tmp_path / "rw"), "/mnt/rw"),
+        ],
+        memory=256 << 20,
+    )
+    info = engine.run(spec, name="t-opts")
+    try:
+        res = engine.exec("t-opts", ["sh", "-c", 'echo "$GREETING $(pwd) $(id -un)"'])
+        assert res.stdout == b"hi /tmp nobody\n"
+        # The main process runs as the sandbox's user; init stays root.
+        res = engine.exec("t-opts", ["ps", "-o", "user=", "-p", "2"], user="root")
+        assert res.stdout.strip() == b"nobody"
+        assert engine.read_file("t-opts", "/mnt/ro/in.txt") == b"from the host"
+        res = engine.exec("t-opts", ["sh", "-c", "echo x > /mnt/ro/x"], user="root")
+        assert res.exit_code != 0 and b"Read-only" in res.stderr
+        assert engine.exec("t-opts", ["sh", "-c", "echo w > /mnt/rw/w"], user="root").exit_code == 0
+        assert (tmp_path / "rw" / "w").read_text() == "w\n"
+        meminfo = engine.exec("t-opts", ["cat", "/proc/meminfo"]).text
+        total_kb = int(meminfo.split("MemTotal:")[1].split()[0])
+        assert total_kb == 256 * 1024
+    finally:
+        engine.remove("t-opts", force=True)

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -324,6 +325,8 @@ class GVisorEngine(Engine):
         for e in spec.env:
             k, _, v = e.partition("=")
             env[k] = v
+        # init always runs as root (it needs to set up /run/torpor and switch users); the
+        # sandbox's user applies to the main process and is the default for exec.
         uid, gid = self._user(image, spec.user or image.user)
         mounts: list[dict[str, Any]] = [
             {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -359,15 +362,19 @@ class GVisorEngine(Engine):
             resources["cpu"] = {"quota": int(spec.cpus * 100_000), "period": 100_000}
         if spec.pids:
             resources["pids"] = {"limit": spec.pids}
-        caps = DEFAULT_CAPS if uid == 0 else []
         config = {
             "ociVersion": "1.0.2",
             "process": {
-                "args": [INIT_PATH, "init", *(["--", *cmd] if cmd else [])],
+                "args": [
+                    INIT_PATH, "init", *(["-u", f"{uid}:{gid}"] if uid or gid else []),
+                    *(["--", *cmd] if cmd else []),
+                ],
                 "cwd": spec.workdir or image.workdir or "/",
                 "env": [f"{k}={v}" for k, v in env.items()],
-                "user": {"uid": uid, "gid": gid},
-                "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+                "user": {"uid": 0, "gid": 0},
+                "capabilities": {
+                    k: DEFAULT_CAPS for k in ("bounding", "effective", "permitted")
+                },
                 "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
             },
             "root": {"path": str(image.rootfs), "readonly": False},
@@ -701,6 +708,7 @@ class GVisorEngine(Engine):
     ) -> ExecResult:
         with self._locked(sandbox, exclusive=False, reconcile=False) as info:
             self._require_running(info)
+            user = user or info.spec.user or None
             image = self._image(info.spec) if user else None
             args = self._client_args(
                 argv, interactive=stdin is not None, detach=False, env=env,
@@ -746,22 +754,41 @@ class GVisorEngine(Engine):
     ) -> int:
         with self._locked(sandbox, exclusive=False, reconcile=False) as info:
             self._require_running(info)
+            user = user or info.spec.user or None
             image = self._image(info.spec) if user else None
             args = self._client_args(
                 argv, interactive=interactive, detach=detach, env=env,
                 workdir=workdir, user=user, image=image,
             )  # fmt: skip
-            proc = subprocess.run(
+            # Output goes through pipes that we copy, never our own fds handed to runsc:
+            # gVisor writes a donated regular file at its own offset, so with stdout
+            # redirected to a file it would overwrite what is already there.
+            proc = subprocess.Popen(
                 self._init_cmd(info, args),
                 stdin=None if interactive else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
-            err = proc.stderr or b""
-            if proc.returncode != 0 and not err.startswith(b"torpor-init"):
+            assert proc.stdout is not None and proc.stderr is not None
+            err_head = bytearray()
+
+            def pump(src: BinaryIO, dst: BinaryIO, head: bytearray | None) -> None:
+                while chunk := src.read1(1 << 16):  # type: ignore[attr-defined]
+                    if head is not None and len(head) < 64:
+                        head += chunk[:64]
+                    dst.write(chunk)
+                    dst.flush()
+
+            t = threading.Thread(
+                target=pump, args=(proc.stderr, sys.stderr.buffer, err_head), daemon=True
+            )
+            t.start()
+            pump(proc.stdout, sys.stdout.buffer, None)
+            t.join()
+            code = proc.wait()
+            if code != 0 and not err_head.startswith(b"torpor-init"):
                 self._raise_if_gone(info)
-            sys.stderr.buffer.write(err)
-            sys.stderr.flush()
-            return proc.returncode
+            return code
 
     def spawn(
         self,
@@ -776,6 +803,7 @@ class GVisorEngine(Engine):
         returns its init process id (see `processes`)."""
         with self._locked(sandbox, exclusive=False, reconcile=False) as info:
             self._require_running(info)
+            user = user or info.spec.user or None
             image = self._image(info.spec) if user else None
             args = self._client_args(
                 argv, interactive=False, detach=True, env=env,

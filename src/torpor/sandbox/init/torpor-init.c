@@ -844,7 +844,11 @@ enum { K_SIG, K_LISTEN, K_CLIENT, K_OUT, K_ERR, K_IN };
 static int run_init(int argc, char **argv)
 {
     int cmd = 2;
-    while (cmd < argc && strcmp(argv[cmd], "--")) cmd++;
+    const char *main_user = NULL;   /* -u UID:GID: the main process's user (init stays root) */
+    while (cmd < argc && strcmp(argv[cmd], "--")) {
+        if (!strcmp(argv[cmd], "-u") && cmd + 1 < argc) main_user = argv[++cmd];
+        cmd++;
+    }
     cmd++;   /* first word of CMD, if any */
 
     char path[PATH_MAX];
@@ -879,7 +883,7 @@ static int run_init(int argc, char **argv)
         g_console = 1;
         fcntl(1, F_SETFL, fcntl(1, F_GETFL) | O_NONBLOCK);
         fcntl(2, F_SETFL, fcntl(2, F_GETFL) | O_NONBLOCK);
-        g_main = start_proc(argv + cmd, argc - cmd, NULL, 0, NULL, NULL, 0, err, sizeof err);
+        g_main = start_proc(argv + cmd, argc - cmd, NULL, 0, NULL, main_user, 0, err, sizeof err);
         if (err[0]) msg("%s", err + 13);
         if (!g_main) return 126;
         g_main->is_main = 1;
