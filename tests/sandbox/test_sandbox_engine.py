@@ -80,8 +80,17 @@ def test_exec_exit_codes_stdin_env_workdir(engine: GVisorEngine, sandbox: str):
     assert res.stdout == b"bar /tmp\n" and res.stderr == b"err\n"
     res = engine.exec(sandbox, ["id", "-u"], user="nobody")
     assert res.stdout.strip() == b"65534"
+    t0 = time.monotonic()
     with pytest.raises(SandboxError, match="timed out"):
         engine.exec(sandbox, ["sleep", "30"], timeout=0.5)
+    assert time.monotonic() - t0 < 10, "the timeout did not stop the command"
+    assert not any("sleep 30" in p["argv"] and p["state"] == "running"
+                   for p in engine.processes(sandbox))  # fmt: skip
+    # A command that ignores SIGTERM is killed 5 s later.
+    t0 = time.monotonic()
+    with pytest.raises(SandboxError, match="timed out"):
+        engine.exec(sandbox, ["sh", "-c", "trap '' TERM; sleep 60"], timeout=0.5)
+    assert time.monotonic() - t0 < 15
 
 
 def test_copy_in_and_out_both_ways(engine: GVisorEngine, sandbox: str, tmp_path: Path):
@@ -185,7 +194,7 @@ def test_run_options_volumes_user_env_workdir_memory(engine: GVisorEngine, tmp_p
         ],
         memory=256 << 20,
     )
-    info = engine.run(spec, name="t-opts")
+    engine.run(spec, name="t-opts")
     try:
         res = engine.exec("t-opts", ["sh", "-c", 'echo "$GREETING $(pwd) $(id -un)"'])
         assert res.stdout == b"hi /tmp nobody\n"
@@ -202,3 +211,28 @@ def test_run_options_volumes_user_env_workdir_memory(engine: GVisorEngine, tmp_p
         assert total_kb == 256 * 1024
     finally:
         engine.remove("t-opts", force=True)
+
+
+def test_finished_execs_leave_nothing_in_sandbox_memory(engine: GVisorEngine, sandbox: str):
+    before = engine.exec(sandbox, ["sh", "-c", "ls /run/torpor/procs | wc -l"]).text.strip()
+    for _ in range(3):
+        res = engine.exec(sandbox, ["head", "-c", "3000000", "/dev/zero"])
+        assert len(res.stdout) == 3_000_000
+    size_kb = engine.exec(sandbox, ["du", "-sk", "/run/torpor/procs"]).text.split()[0]
+    assert int(size_kb) < 100, f"exec output kept in the sandbox: {size_kb} KiB"
+    after = engine.exec(sandbox, ["sh", "-c", "ls /run/torpor/procs | wc -l"]).text.strip()
+    assert after == before
+    # A background process keeps its output files.
+    pid = engine.spawn(sandbox, ["sh", "-c", "echo kept; sleep 100"])
+    time.sleep(0.3)
+    assert engine.read_file(sandbox, f"/run/torpor/procs/{pid}/stdout") == b"kept\n"
+
+
+def test_reading_a_directory_as_a_file_fails_fast(engine: GVisorEngine, sandbox: str):
+    engine.exec(sandbox, ["sh", "-c", "mkdir -p /tmp/big && head -c 2000000 /dev/urandom "
+                                      "> /tmp/big/f"])  # fmt: skip
+    t0 = time.monotonic()
+    with pytest.raises(SandboxError, match="not a regular file"):
+        engine.read_file(sandbox, "/tmp/big")
+    assert time.monotonic() - t0 < 10
+    assert engine.exec(sandbox, ["true"]).exit_code == 0

@@ -6,7 +6,6 @@ a non-zero exit code; `exec` exits with the code of the command it ran.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import sys
@@ -19,7 +18,8 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from torpor.cli import log_cmd, snapshot_cmd
+from torpor.cli import log_cmd, session_cmd, snapshot_cmd
+from torpor.cli.errors import clean_errors, error_line, is_user_error
 from torpor.cli.image_cmd import format_table, human_age, image_app, images, pull, rmi
 from torpor.sandbox.engine import PortMapping, SandboxInfo, SandboxSpec, Volume
 
@@ -34,42 +34,12 @@ app.add_typer(checkpoint_app, name="checkpoint")
 app.add_typer(image_app, name="image")
 app.add_typer(log_cmd.app, name="log")
 app.add_typer(snapshot_cmd.app, name="snapshot")
+app.add_typer(session_cmd.app, name="session")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _is_user_error(e: BaseException) -> bool:
-    """torpor's own errors and OS errors are reported as one line; anything else is a bug
-    and keeps its traceback."""
-    return isinstance(e, OSError) or type(e).__module__.startswith("torpor.")
-
-
-def error_line(e: BaseException) -> None:
-    """Report an error as exactly one line on stderr."""
-    msg = " ".join((str(e) or type(e).__name__).split())
-    sys.stderr.write(f"torpor: error: {msg}\n")
-    sys.stderr.flush()
-
-
-def clean_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
-        except Exception as e:
-            if not _is_user_error(e):
-                raise
-            error_line(e)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def command(typer_app: typer.Typer, name: str | None = None, **kw: Any) -> Callable[[F], F]:
@@ -303,7 +273,7 @@ def rm(
             eng.remove(s, force=force)
             print(s)
         except Exception as e:
-            if not _is_user_error(e):
+            if not is_user_error(e):
                 raise
             error_line(e)
             failed = True
@@ -416,6 +386,7 @@ def checkpoint_rm(
 app.command("pull")(clean_errors(pull))
 app.command("images")(clean_errors(images))
 app.command("rmi")(clean_errors(rmi))
+app.command("worker")(clean_errors(session_cmd.worker))
 
 
 @command(app, "doctor")
@@ -442,12 +413,23 @@ def doctor(
 
 @command(app, "demo")
 def demo(
-    image: str = typer.Option("base", "--image", help="Image for the demo sandbox."),
+    model: str = typer.Option(None, "--model", help="A real model (provider:name) instead "
+                              "of the scripted one."),  # fmt: skip
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON report instead."),
+    sandbox_only: bool = typer.Option(False, "--sandbox-only", help="Only the sandbox round "
+                                      "trip (checkpoint, restore, fork), no agent."),  # fmt: skip
 ) -> None:
-    """Show a sandbox sleeping and waking: state in memory survives checkpoint/restore."""
-    from torpor.cli.demo import sandbox_round_trip
+    """A durable agent session end to end: wait points, restore, a killed worker recovered."""
+    if sandbox_only:
+        from torpor.cli.demo import sandbox_round_trip
 
-    sandbox_round_trip(engine(), image, out)
+        sandbox_round_trip(engine(), "base", out)
+        return
+    from torpor.cli.agent_demo import run_demo
+
+    report = run_demo(out, model=model, as_json=as_json)
+    if as_json:
+        _print_json(report)
 
 
 def main() -> None:

@@ -216,6 +216,22 @@ class Engine(abc.ABC):
         """Run a command with this process's stdin/stdout/stderr; returns its exit code."""
 
     @abc.abstractmethod
+    def spawn(
+        self,
+        sandbox: str,
+        argv: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+    ) -> int:
+        """Start a background process that survives checkpoints; returns its id."""
+
+    @abc.abstractmethod
+    def processes(self, sandbox: str) -> list[dict[str, Any]]:
+        """Processes started in the sandbox: id, pid, state, exit, argv."""
+
+    @abc.abstractmethod
     def copy_in(self, sandbox: str, src: Path, dest: str) -> None: ...
 
     @abc.abstractmethod

@@ -22,7 +22,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -426,16 +425,16 @@ class GVisorEngine(Engine):
         t0 = time.monotonic()
         # runsc forgets a container's exit code once it stops; only a foreground
         # `runsc run|restore` learns it. So runsc runs in the foreground for the sandbox's
-        # whole life, detached from us, under a shell that writes its exit code to
-        # exit.code. The container's console (init's stdout) goes to console.log.
+        # whole life, detached from us, supervised by torpor-init's host-side role, which
+        # writes its exit code to exit.code and reaps what runsc leaves behind (see
+        # `supervise` in torpor-init.c). The container's console goes to console.log.
         netns: list[str] = []
         if info.spec.network == "sandbox":
             netns = network.runsc_prefix(info.id)
         with open(d / "console.log", "ab") as log, open(errfile, "wb") as errlog:
             subprocess.Popen(
-                ["/bin/sh", "-c", '"$@"; echo $? > "$TORPOR_EXIT_FILE"', "torpor-runsc",
+                [str(self.init_dir / "init"), "supervise", str(codefile), "--",
                  *netns, self.runsc, *self._global_flags(info), *args],
-                env=dict(os.environ, TORPOR_EXIT_FILE=str(codefile)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=errlog,
@@ -625,10 +624,13 @@ class GVisorEngine(Engine):
         workdir: str | None,
         user: str | None,
         image: Image | None,
+        timeout: float | None = None,
     ) -> list[str]:
         if not argv:
             raise SandboxError("no command given")
         args = ["exec"]
+        if timeout is not None:
+            args += ["-t", f"{timeout:g}"]
         if detach:
             args.append("-d")
         if interactive:
@@ -712,7 +714,7 @@ class GVisorEngine(Engine):
             image = self._image(info.spec) if user else None
             args = self._client_args(
                 argv, interactive=stdin is not None, detach=False, env=env,
-                workdir=workdir, user=user, image=image,
+                workdir=workdir, user=user, image=image, timeout=timeout,
             )  # fmt: skip
             cmd = self._init_cmd(info, args)
             proc = subprocess.Popen(
@@ -721,20 +723,25 @@ class GVisorEngine(Engine):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
+            # The timeout is enforced inside the sandbox by init's client (`exec -t`:
+            # SIGTERM, then SIGKILL 5 s later, exit 124). The host only gives up if the
+            # client itself stops answering, well after that.
             try:
-                out, err = proc.communicate(stdin, timeout=timeout)
+                out, err = proc.communicate(
+                    stdin, timeout=None if timeout is None else timeout + 30
+                )
             except subprocess.TimeoutExpired:
-                # runsc exec forwards the signal to init's client, which passes it on to
-                # the process it started; give it a moment, then drop the client.
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    out, err = proc.communicate(timeout=2)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    out, err = proc.communicate()
+                proc.kill()
+                for pipe in (proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        pipe.close()
+                proc.wait()
                 raise SandboxError(
-                    f"command timed out after {timeout} s in sandbox {info.name}"
+                    f"command in sandbox {info.name} did not stop after its {timeout} s "
+                    "timeout; the client was abandoned"
                 ) from None
+            if timeout is not None and proc.returncode == 124 and b"timed out after" in err:
+                raise SandboxError(f"command timed out after {timeout} s in sandbox {info.name}")
             if proc.returncode != 0 and not err.startswith(b"torpor-init") and (
                 self._runsc_state(info.id) != "running"
             ):
@@ -932,11 +939,27 @@ class GVisorEngine(Engine):
         )
 
     def _finish_get(self, info: SandboxInfo, proc: subprocess.Popen[bytes], path: str) -> None:
-        assert proc.stderr is not None
+        assert proc.stderr is not None and proc.stdout is not None
+        # Stop reading first: if we gave up half way (not a regular file, a bad entry), the
+        # client must not stay blocked on a full pipe while we wait for it.
+        proc.stdout.close()
         err = proc.stderr.read()
         if proc.wait() != 0:
             self._raise_if_gone(info)
             raise SandboxError(f"{info.name}:{path}: {_last_line(err) or 'cannot read'}")
+
+    def _abandon_get(
+        self, info: SandboxInfo, proc: subprocess.Popen[bytes], path: str, why: SandboxError
+    ) -> None:
+        """We stopped reading a `get` stream half way: end the client, then report why
+        (or that the sandbox is gone, if that is what cut the stream short)."""
+        try:
+            self._finish_get(info, proc, path)
+        except SandboxConflict:
+            raise
+        except SandboxError:
+            pass
+        raise SandboxError(f"{info.name}:{path}: {why}") from None
 
     def copy_out(self, sandbox: str, src: str, dest: Path) -> None:
         """Copy a sandbox file or directory to the host, with `docker cp` semantics."""
@@ -952,9 +975,8 @@ class GVisorEngine(Engine):
             assert proc.stdout is not None
             try:
                 archive.extract_archive(proc.stdout, parent, rename_top=rename)
-            except SandboxError:
-                self._finish_get(info, proc, src)
-                raise
+            except SandboxError as e:
+                self._abandon_get(info, proc, src, e)
             self._finish_get(info, proc, src)
 
     def read_file(self, sandbox: str, path: str) -> bytes:
@@ -964,9 +986,8 @@ class GVisorEngine(Engine):
             assert proc.stdout is not None
             try:
                 data = archive.read_single_file(proc.stdout)
-            except SandboxError:
-                self._finish_get(info, proc, path)
-                raise
+            except SandboxError as e:
+                self._abandon_get(info, proc, path, e)
             self._finish_get(info, proc, path)
             return data
 

@@ -253,6 +253,7 @@ struct proc {
     int in_eof;             /* close the child's stdin once inbuf is empty */
     int reaped, done, status;
     int is_main;
+    int forgotten;          /* foreground exec whose client got everything: files removed */
     struct client *cl;      /* attached client or NULL */
 };
 
@@ -310,7 +311,20 @@ static void proc_check_done(struct proc *p)
     if (write_file(path, b, (size_t)n) < 0) msg("write %s: %s", path, strerror(errno));
     close(p->fout); close(p->ferr);
     p->fout = p->ferr = -1;
-    if (p->cl) { send_exit(p->cl, p->status); p->cl->p = NULL; p->cl = NULL; }
+    if (p->cl) {
+        send_exit(p->cl, p->status);
+        p->cl->p = NULL;
+        p->cl = NULL;
+        /* A foreground exec whose client received all of its output and its status
+         * leaves nothing behind: its files would otherwise sit in the sandbox's memory
+         * (and every snapshot) forever. Detached processes, and foreground ones whose
+         * client went away, keep their files. */
+        if (!p->is_main) {
+            fmt(path, sizeof path, "%s/procs/%d", g_dir, p->id);
+            rm_rf(path);
+            p->forgotten = 1;
+        }
+    }
 }
 
 /* Read one chunk from a child's stdout/stderr pipe; file, console, client. */
@@ -680,6 +694,7 @@ static void handle_request(struct client *c, char *payload, size_t n)
         for (int i = 0; i < g_nprocs; i++) {
             struct proc *p = g_procs[i];
             char b[64];
+            if (p->forgotten) continue;
             if (p->done) fmt(b, sizeof b, "%d %d exited %d ", p->id, (int)p->pid, p->status);
             else fmt(b, sizeof b, "%d %d running - ", p->id, (int)p->pid);
             buf_add(&out, b, strlen(b));
@@ -1018,8 +1033,16 @@ static int connect_init(int wait_ms)
  * frames. The socket is non-blocking and we always keep reading it, so a
  * child that is slow to read its stdin cannot deadlock us against init.
  */
+/* `exec -t SECONDS`: after that long the client sends the process SIGTERM, after 5 s more
+ * SIGKILL, and exits 124 (as timeout(1) does) once the process is gone. Enforced here,
+ * inside the sandbox, so the host never has to abandon a client that holds its pipes. */
+static long long g_client_timeout_ms;
+#define KILL_GRACE_MS 5000
+
 static int run_client(const char *req, size_t reqlen, int fwd_stdin, int fwd_signals, int detach)
 {
+    long long deadline = g_client_timeout_ms > 0 ? now_ms() + g_client_timeout_ms : -1;
+    int timeout_phase = 0;   /* 1: TERM sent, 2: KILL sent */
     int fd = connect_init(0);
     struct buf out = {0}, in = {0};
     buf_frame(&out, 'R', req, reqlen);
@@ -1037,7 +1060,21 @@ static int run_client(const char *req, size_t reqlen, int fwd_stdin, int fwd_sig
         struct pollfd q[3] = {{fd, POLLIN | (buf_size(&out) ? POLLOUT : 0), 0},
                               {stdin_open && !buf_size(&out) ? 0 : -1, POLLIN, 0},
                               {sfd, POLLIN, 0}};
-        if (poll(q, 3, -1) < 0) { if (errno == EINTR) continue; msg("poll: %s", strerror(errno)); return EXIT_CLIENT; }
+        int wait = -1;
+        if (deadline >= 0) {
+            long long left = deadline - now_ms();
+            wait = left > 0 ? (int)left : 0;
+        }
+        if (poll(q, 3, wait) < 0) { if (errno == EINTR) continue; msg("poll: %s", strerror(errno)); return EXIT_CLIENT; }
+        if (deadline >= 0 && now_ms() >= deadline) {
+            int sig = timeout_phase == 0 ? SIGTERM : SIGKILL;
+            if (timeout_phase == 0)
+                msg("timed out after %.1f s: sending SIGTERM", g_client_timeout_ms / 1000.0);
+            int l = fmt(b, sizeof b, "%d", sig);
+            buf_frame(&out, 'K', b, (size_t)l);
+            timeout_phase++;
+            deadline = timeout_phase == 1 ? now_ms() + KILL_GRACE_MS : -1;
+        }
         if (q[2].revents) {
             struct signalfd_siginfo si;
             if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
@@ -1082,7 +1119,7 @@ static int run_client(const char *req, size_t reqlen, int fwd_stdin, int fwd_sig
                 fmt(s, sizeof s, "%.*s", (int)(len < 15 ? len : 15), d);
                 int code = atoi(s);
                 if (detach && code == 0) { write_all(1, id, strlen(id)); write_all(1, "\n", 1); }
-                return code;
+                return timeout_phase ? 124 : code;
             }
             }
         }
@@ -1091,7 +1128,7 @@ static int run_client(const char *req, size_t reqlen, int fwd_stdin, int fwd_sig
 
 static int usage(void)
 {
-    msg("usage: init {init [-- CMD...] | exec [-d] [-i] [-w DIR] [-e K=V]... [-u UID[:GID]] -- CMD... |"
+    msg("usage: init {init [-- CMD...] | exec [-d] [-i] [-t SECS] [-w DIR] [-e K=V]... [-u UID[:GID]] -- CMD... |"
         " ps | kill ID [SIG] | logs [-f] ID | get PATH | put DIR | stat PATH | restored | ping}");
     return 2;
 }
@@ -1105,6 +1142,7 @@ static int cmd_exec(int argc, char **argv)
         if (!strcmp(a, "--")) { i++; break; }
         if (!strcmp(a, "-d")) detach = 1;
         else if (!strcmp(a, "-i")) fwd = 1;
+        else if (!strcmp(a, "-t") && i + 1 < argc) g_client_timeout_ms = (long long)(atof(argv[++i]) * 1000);
         else if ((!strcmp(a, "-w") || !strcmp(a, "-e") || !strcmp(a, "-u")) && i + 1 < argc) {
             const char *k = a[1] == 'w' ? "cwd" : a[1] == 'e' ? "env" : "user";
             buf_add(&opts, k, strlen(k) + 1);
@@ -1351,6 +1389,40 @@ static int cmd_put(int argc, char **argv)
     return 0;
 }
 
+/* `supervise EXITFILE -- CMD...` runs on the HOST, not in a sandbox: it is what torpor
+ * starts runsc under. It runs CMD (a foreground `runsc run|restore`) as its child, writes
+ * CMD's exit status to EXITFILE when CMD exits, and as
+ * a child subreaper reaps every process CMD leaves behind before exiting itself. Without
+ * it, runsc's gofer is orphaned to the host's PID 1 when a restored sandbox stops, and
+ * `runsc delete` waits (seen here: 1-2 s) until that PID 1 gets round to reaping it. */
+static int cmd_supervise(int argc, char **argv)
+{
+    if (argc < 5 || strcmp(argv[3], "--")) return usage();
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    pid_t child = fork();
+    if (child < 0) { msg("supervise: fork: %s", strerror(errno)); return 125; }
+    if (child == 0) {
+        execvp(argv[4], argv + 4);
+        msg("supervise: exec %s: %s", argv[4], strerror(errno));
+        _exit(127);
+    }
+    int code = 125, status;
+    for (;;) {
+        pid_t w = waitpid(-1, &status, 0);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            break;   /* ECHILD: nothing left to reap */
+        }
+        if (w != child) continue;
+        code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        char b[16];
+        int n = fmt(b, sizeof b, "%d\n", code);
+        if (write_file(argv[2], b, (size_t)n) < 0)   /* atomic: temp file + rename */
+            msg("supervise: writing %s: %s", argv[2], strerror(errno));
+    }
+    return code;
+}
+
 /* `stat PATH`: print the kind of PATH (following symlinks) as one letter: d directory,
  * f regular file, o anything else. Exit 1 if it does not exist. Used by the host to give
  * `cp` Docker's semantics (copy into an existing directory, else create/rename). */
@@ -1390,6 +1462,7 @@ int main(int argc, char **argv)
     if (!strcmp(role, "get")) return cmd_get(argc, argv);
     if (!strcmp(role, "put")) return cmd_put(argc, argv);
     if (!strcmp(role, "stat")) return cmd_stat(argc, argv);
+    if (!strcmp(role, "supervise")) return cmd_supervise(argc, argv);
     if (!strcmp(role, "ps") && argc == 2) return run_client("ps", 3, 0, 0, 0);
     if (!strcmp(role, "restored") && argc == 2) return run_client("restored", 9, 0, 0, 0);
     if (!strcmp(role, "restored") && argc == 3) {

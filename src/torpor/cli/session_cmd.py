@@ -1,0 +1,214 @@
+"""`torpor session ...` and `torpor worker`: durable agent sessions from the command line.
+
+`send` runs the turn in this process (a worker of its own) and prints its events as they
+happen; with `--no-wait` it only queues the message for a `torpor worker` to pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from typing import Any
+
+import typer
+
+from torpor.cli.errors import clean_errors
+
+app = typer.Typer(help="Durable agent sessions: new, send, ls, show, fork, close.",
+                  no_args_is_help=True)  # fmt: skip
+
+
+def command(name: str):  # type: ignore[no-untyped-def]
+    def deco(fn):  # type: ignore[no-untyped-def]
+        app.command(name)(clean_errors(fn))
+        return fn
+
+    return deco
+
+
+DbOpt = typer.Option(None, "--db", help="Log/state database URL (default: TORPOR_LOG or "
+                     "sqlite:///$TORPOR_HOME/context.db).")  # fmt: skip
+StoreOpt = typer.Option(None, "--store", help="Snapshot store URL (default: TORPOR_SNAPSHOTS "
+                        "or file://$TORPOR_HOME/snapshots).")  # fmt: skip
+FormatOpt = typer.Option("text", "--format", help="Output format: text or json.")
+
+
+def runtime(db: str | None, store: str | None):  # type: ignore[no-untyped-def]
+    from torpor.runtime.core import Runtime
+
+    return Runtime(db=db, store=store)
+
+
+def _json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_event(ev: dict[str, Any]) -> None:
+    """One line per event, on stderr (stdout carries the answer)."""
+    t = ev["type"]
+    if t == "tool_call_started":
+        args = json.dumps(ev.get("arguments"), ensure_ascii=False)
+        line = f"  → {ev['name']} {args[:120]}"
+    elif t == "tool_call_finished":
+        mark = "✗" if ev.get("is_error") else "✓"
+        out = (ev.get("output") or "").strip().replace("\n", " ⏎ ")
+        line = f"    {mark} {ev.get('ms', 0) or 0:.0f} ms  {out[:110]}"
+    elif t == "snapshot":
+        where = "mid-turn snapshot" if ev.get("mid_turn") else "wait point: snapshot"
+        line = f"  ◆ {where} {ev['snapshot']} ({ev['bytes'] / 1e6:.2f} MB new, {ev['ms']:.0f} ms)"
+    elif t == "restored":
+        line = f"  ◆ restored {ev['snapshot']} in {ev['ms']:.0f} ms"
+    elif t == "sandbox_started":
+        line = f"  ◆ fresh sandbox from {ev['image']} in {ev['ms']:.0f} ms"
+    elif t == "retry_scheduled":
+        line = f"  ⟳ model failed ({ev['error']}); retry {ev['attempt']} in {ev['delay']:.1f} s"
+    elif t == "recovered":
+        line = (f"  ⚠ recovered after a dead worker: {ev['lost']} calls lost, "
+                f"{ev['interrupted']} interrupted")  # fmt: skip
+    elif t == "state":
+        line = f"  · {ev['state']}"
+    elif t == "assistant":
+        return
+    else:
+        return
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+@command("new")
+def new(
+    model: str = typer.Option(..., "--model", help="provider:name, e.g. script:turns.jsonl, "
+                              "openai:gpt-4o-mini, anthropic:claude-sonnet-4-5"),  # fmt: skip
+    image: str = typer.Option("base", "--image"),
+    system: str = typer.Option(None, "--system", help="System prompt."),
+    tool: list[str] = typer.Option(None, "--tool", help="Allowed tools (default: all)."),
+    snapshot_every_calls: int = typer.Option(0, help="Also snapshot mid-turn every K calls."),
+    db: str = DbOpt,
+    store: str = StoreOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """Create a session; prints its id."""
+    rt = runtime(db, store)
+    s = rt.create_session(image=image, model=model, system=system, tools=tool or None,
+                          policy={"snapshot_every_calls": snapshot_every_calls})  # fmt: skip
+    if fmt == "json":
+        _json(s.info().to_json())
+    else:
+        print(s.id)
+
+
+@command("send")
+def send(
+    session: str = typer.Argument(...),
+    text: str = typer.Argument(..., help="The user's message ('-' reads stdin)."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Only queue it for a worker."),
+    db: str = DbOpt,
+    store: str = StoreOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """Send a user message and run the turn to its wait point."""
+    if text == "-":
+        text = sys.stdin.read()
+    rt = runtime(db, store)
+    s = rt.get_session(session)
+    if no_wait:
+        print(s.post(text))
+        return
+    outcome = s.send(text, on_event=None if fmt == "json" else print_event)
+    if fmt == "json":
+        _json({k: v for k, v in outcome.__dict__.items()})
+    else:
+        print(outcome.text)
+        if outcome.state == "retrying":
+            sys.stderr.write(f"the model failed; the turn resumes by itself at "
+                             f"{outcome.wake_at:.0f} (run `torpor worker`)\n")  # fmt: skip
+
+
+@command("ls")
+def ls(state: str = typer.Option(None, "--state"), db: str = DbOpt, fmt: str = FormatOpt) -> None:
+    """List sessions."""
+    from torpor.cli.image_cmd import format_table, human_age
+
+    rows = runtime(db, None).sessions(state)
+    if fmt == "json":
+        _json([r.to_json() for r in rows])
+        return
+    from datetime import UTC, datetime
+
+    table = [["SESSION", "STATE", "MODEL", "IMAGE", "SNAPSHOT", "CREATED"]]
+    for r in rows:
+        created = datetime.fromtimestamp(r.created_at, UTC).isoformat()
+        table.append([r.id, r.state, r.model[:40], r.image, r.snapshot or "-",
+                      human_age(created)])  # fmt: skip
+    print(format_table(table))
+
+
+@command("show")
+def show(session: str = typer.Argument(...), db: str = DbOpt, fmt: str = FormatOpt) -> None:
+    """Show a session's record and its log as a timeline."""
+    rt = runtime(db, None)
+    s = rt.get_session(session)
+    entries = s.log()
+    if fmt == "json":
+        _json({"session": s.info().to_json(), "log": [e.to_dict() for e in entries]})
+        return
+    info = s.info()
+    print(f"session {info.id}  state {info.state}  model {info.model}  image {info.image}")
+    for e in entries:
+        if e.kind == "marker":
+            c = dict(e.content) if isinstance(e.content, dict) else {}
+            name = c.pop("marker", "?")
+            c.pop("text", None) if name != "recovery_note" else None
+            detail = " ".join(f"{k}={v}" for k, v in c.items())
+            print(f"{e.seq:>5}  ◆ {name} {detail}"[:200])
+        elif e.kind == "tool_call":
+            print(f"{e.seq:>5}  → {e.tool_name} {e.arguments}"[:200])
+        elif e.kind == "tool_result":
+            text = str(e.content).strip().replace("\n", " ⏎ ")
+            print(f"{e.seq:>5}    ← {text}"[:200])
+        else:
+            print(f"{e.seq:>5}  {e.role}: {e.content}"[:400])
+
+
+@command("fork")
+def fork(
+    session: str = typer.Argument(...),
+    at: str = typer.Option(None, "--at", help="Snapshot id (default: the latest)."),
+    db: str = DbOpt,
+    store: str = StoreOpt,
+) -> None:
+    """Fork a session at one of its snapshots; prints the new session's id."""
+    print(runtime(db, store).get_session(session).fork(at).id)
+
+
+@command("close")
+def close(session: str = typer.Argument(...), db: str = DbOpt) -> None:
+    """Close a session (its log stays; it takes no more messages)."""
+    runtime(db, None).get_session(session).close()
+    print(session)
+
+
+def worker(
+    db: str = DbOpt,
+    store: str = StoreOpt,
+    once: bool = typer.Option(False, "--once", help="Run one session's work, then exit."),
+    session: str = typer.Option(None, "--session", help="Only this session (implies --once)."),
+    lease_ttl: float = typer.Option(15.0, "--lease-ttl", help="Seconds a lease lasts "
+                                    "without a heartbeat."),  # fmt: skip
+) -> None:
+    """Run sessions' turns as they come (messages, due retries, dead workers' turns)."""
+    rt = runtime(db, store)
+    w = rt.worker(lease_ttl=lease_ttl)
+    if session:
+        w.run_session(session, on_event=print_event)
+        return
+    if once:
+        w.run_once(on_event=print_event)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sys.stderr.write(f"worker {w.owner} waiting for work\n")
+    w.serve(stop, on_event=print_event)

@@ -1,0 +1,576 @@
+"""Sessions, workers, leases, wait points, retries and recovery.
+
+A session's state is split in two: the context log (every message, tool call and result,
+plus torpor's markers) and the sandbox, snapshotted whole at every wait point. A worker
+that takes a session (a lease with a fencing epoch from the log) restores the latest
+snapshot, reads the log, runs the agent loop until the model yields to its user, then
+checkpoints the sandbox into the snapshot store and lets go: a waiting session holds no
+process and no memory. Lifecycle:
+
+    created -> running -> waiting -> running ... -> closed
+                  |  \\-> retrying (model failure; durable timer) -> running
+                  \\---> recovering (its worker died; another one restores and goes on)
+
+Every transition is a `state` marker in the log and a row update in torpor_sessions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torpor.agent.loop import LoopHooks, run_turn
+from torpor.agent.models import Model, open_model
+from torpor.agent.tools import ToolRegistry
+from torpor.agent.types import ModelError, ModelTurn, ToolCall, ToolResult
+from torpor.context import Entry, StaleEpoch, open_log
+from torpor.context import default_url as default_log_url
+from torpor.runtime.checkpoints import SnapshotCheckpointStorage
+from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
+from torpor.runtime.workspace import SandboxWorkspace
+from torpor.sandbox.engine import Engine, SandboxError, SandboxSpec
+from torpor.snapshots import open_store
+
+DEFAULT_LEASE_TTL = 15.0
+
+
+class SessionError(Exception):
+    """A request that does not fit the session (busy, closed, no snapshot yet, ...)."""
+
+
+class LeaseLost(Exception):
+    """Another worker took the session (this one was too slow or presumed dead)."""
+
+
+@dataclass
+class Policy:
+    """When to snapshot. Defaults: snapshot at every wait point, none mid-turn."""
+
+    snapshot_every_calls: int = 0  # mid-turn snapshot every K tool calls (0: never)
+    snapshot_every_seconds: float = 0.0  # ... or every T seconds of turn time (0: never)
+    max_attempts: int = 8  # model failures in a row before the turn is given up
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> Policy:
+        known = {k: v for k, v in (d or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TurnOutcome:
+    session: str
+    state: str  # waiting | retrying | closed
+    text: str = ""
+    snapshot: str | None = None
+    snapshot_bytes: int = 0
+    snapshot_ms: float = 0.0
+    restore_ms: float | None = None
+    recovered: bool = False
+    wake_at: float | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+Event = dict[str, Any]
+EventSink = Callable[[Event], None]
+
+
+class _Transcript:
+    """The context log seen through one writer's epoch."""
+
+    def __init__(self, log: Any, session: str, epoch: int) -> None:
+        self.log, self.session, self.epoch = log, session, epoch
+        self._cache: list[Entry] = []
+
+    def entries(self) -> list[Entry]:
+        # This worker is the session's only writer (fenced by its epoch), so reading just
+        # what was appended since the last call keeps the cost of a step independent of
+        # the session's length.
+        after = self._cache[-1].seq if self._cache else 0
+        self._cache.extend(self.log.read(self.session, after=after))
+        return list(self._cache)
+
+    def append(self, entries: list[Entry], key: str | None = None) -> list[int]:
+        return self.log.append(self.session, entries, epoch=self.epoch, idempotency_key=key)
+
+
+class Runtime:
+    """The Python front door: `torpor.Runtime(db=..., store=...)`."""
+
+    def __init__(
+        self,
+        db: str | None = None,
+        store: str | None = None,
+        *,
+        home: Path | None = None,
+        engine: Engine | None = None,
+        tools: ToolRegistry | None = None,
+    ) -> None:
+        self.home = Path(home or os.environ.get("TORPOR_HOME", "/var/lib/torpor"))
+        self.db_url = db or default_log_url()
+        self.log = open_log(self.db_url)
+        self.db = RuntimeDB(self.db_url)
+        self.store_url = store
+        self._store = None
+        self._engine = engine
+        self.tools = tools or ToolRegistry()
+        self._models: dict[str, Model] = {}
+
+    # -- parts, opened when first needed ---------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from torpor.sandbox.gvisor import GVisorEngine
+
+            if self._store is None:
+                self._store = open_store(self.store_url)
+            self._engine = GVisorEngine(
+                self.home, checkpoints=SnapshotCheckpointStorage(self._store, self.home)
+            )
+        return self._engine
+
+    def model(self, spec: str) -> Model:
+        if spec not in self._models:
+            self._models[spec] = open_model(spec)
+        return self._models[spec]
+
+    def close(self) -> None:
+        self.db.close()
+        with contextlib.suppress(Exception):
+            self.log.close()
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def create_session(
+        self,
+        *,
+        image: str = "base",
+        model: str,
+        system: str | None = None,
+        tools: list[str] | None = None,
+        policy: Policy | dict[str, Any] | None = None,
+        id: str | None = None,
+    ) -> Session:
+        sid = id or f"ses-{secrets.token_hex(6)}"
+        for name in tools or []:
+            self.tools.get(name)  # unknown tool names fail now, not mid-turn
+        pol = policy if isinstance(policy, Policy) else Policy.from_json(policy)
+        self.db.create(
+            SessionRow(
+                id=sid, state="created", image=image, model=model, system=system,
+                tools=tools, policy=pol.to_json(), snapshot=None, snapshot_seq=None,
+            )
+        )  # fmt: skip
+        epoch = self.log.acquire(sid)
+        self.log.append(sid, [Entry.marker("state", state="created", image=image, model=model)],
+                        epoch=epoch)  # fmt: skip
+        return Session(self, sid)
+
+    def get_session(self, sid: str) -> Session:
+        self.db.get(sid)
+        return Session(self, sid)
+
+    def sessions(self, state: str | None = None) -> list[SessionRow]:
+        return self.db.list(state)
+
+    def worker(self, **kw: Any) -> Worker:
+        return Worker(self, **kw)
+
+
+class Session:
+    def __init__(self, runtime: Runtime, sid: str) -> None:
+        self.runtime = runtime
+        self.id = sid
+
+    def __repr__(self) -> str:
+        return f"Session({self.id!r})"
+
+    def info(self) -> SessionRow:
+        return self.runtime.db.get(self.id)
+
+    def log(self) -> list[Entry]:
+        return self.runtime.log.read(self.id)
+
+    def post(self, text: str) -> int:
+        """Queue a user message durably (a worker will pick it up); returns its inbox id."""
+        return self.runtime.db.post(self.id, text)
+
+    def send(self, text: str, *, on_event: EventSink | None = None) -> TurnOutcome:
+        """Queue a user message and run the turn in this process until its wait point."""
+        self.post(text)
+        return self.runtime.worker().run_session(self.id, on_event=on_event)
+
+    def resume(self, *, on_event: EventSink | None = None) -> TurnOutcome:
+        """Run whatever work the session has (a due retry, a turn cut short)."""
+        return self.runtime.worker().run_session(self.id, on_event=on_event)
+
+    def fork(self, at: str | None = None, *, id: str | None = None) -> Session:
+        """A new session whose log is this one's up to snapshot `at` (default: the latest)
+        and whose sandbox starts from that snapshot."""
+        rt = self.runtime
+        row = self.info()
+        snap = at or row.snapshot
+        if snap is None:
+            raise SessionError(f"session {self.id} has no snapshot to fork from yet")
+        seq = None
+        for e in self.log():
+            c = e.content if e.kind == "marker" and isinstance(e.content, dict) else {}
+            if c.get("marker") == "snapshot_taken" and c.get("snapshot") == snap:
+                seq = e.seq
+        if seq is None:
+            raise SessionError(f"snapshot {snap} is not one of session {self.id}'s")
+        new = id or f"ses-{secrets.token_hex(6)}"
+        rt.log.fork(self.id, seq, new)
+        rt.db.create(
+            SessionRow(
+                id=new, state="waiting", image=row.image, model=row.model, system=row.system,
+                tools=row.tools, policy=row.policy, snapshot=snap, snapshot_seq=seq,
+                snapshots=[snap], parent=self.id,
+            )
+        )  # fmt: skip
+        epoch = rt.log.acquire(new)
+        rt.log.append(
+            new,
+            [Entry.marker("fork", parent=self.id, snapshot=snap, at_seq=seq,
+                          text=f"it continues from snapshot {snap} (log seq {seq}); "
+                               "the two sessions diverge from here")],
+            epoch=epoch,
+        )  # fmt: skip
+        return Session(rt, new)
+
+    def close(self) -> None:
+        rt = self.runtime
+        row = self.info()
+        if row.lease_owner and (row.lease_until or 0) > time.time():
+            raise SessionError(f"session {self.id} is running a turn; close it when it waits")
+        epoch = rt.log.acquire(self.id)
+        rt.log.append(self.id, [Entry.marker("state", state="closed")], epoch=epoch)
+        rt.db.update(self.id, state="closed", lease_owner=None, lease_until=None, wake_at=None)
+        with contextlib.suppress(Exception):
+            rt.log.close_session(self.id)
+
+
+class Worker:
+    """Runs sessions' turns: takes a lease, restores, loops, snapshots, lets go."""
+
+    def __init__(
+        self, runtime: Runtime, *, owner: str | None = None, lease_ttl: float = DEFAULT_LEASE_TTL
+    ) -> None:
+        self.rt = runtime
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.lease_ttl = lease_ttl
+
+    # -- entry points ------------------------------------------------------------------
+
+    def run_session(self, sid: str, *, on_event: EventSink | None = None) -> TurnOutcome:
+        row = self.rt.db.claim(sid, self.owner, self.lease_ttl)
+        if row is None:
+            current = self.rt.db.get(sid)
+            raise SessionError(
+                f"session {sid} is busy: worker {current.lease_owner} holds it for "
+                f"{max(0.0, (current.lease_until or 0) - time.time()):.1f} s more"
+            )
+        return self._process(row, on_event)
+
+    def run_once(self, *, on_event: EventSink | None = None) -> TurnOutcome | None:
+        """Claim any session with work and run it; None if there was nothing to do."""
+        row = self.rt.db.claim_any(self.owner, self.lease_ttl)
+        return None if row is None else self._process(row, on_event)
+
+    def serve(self, stop: threading.Event, *, poll: float = 0.2,
+              on_event: EventSink | None = None) -> None:  # fmt: skip
+        while not stop.is_set():
+            try:
+                done = self.run_once(on_event=on_event)
+            except (LeaseLost, StaleEpoch):
+                done = None
+            if done is None:
+                stop.wait(poll)
+
+    # -- one claimed session -----------------------------------------------------------
+
+    def _process(self, row: SessionRow, on_event: EventSink | None) -> TurnOutcome:
+        rt, sid = self.rt, row.id
+        events: list[Event] = []
+
+        def emit(kind: str, **data: Any) -> None:
+            ev = {"type": kind, "session": sid, "t": time.time(), **data}
+            events.append(ev)
+            if on_event:
+                on_event(ev)
+
+        epoch = rt.log.acquire(sid)  # fences off any earlier writer of this session
+        tr = _Transcript(rt.log, sid, epoch)
+        stop_beat = threading.Event()
+        lost = threading.Event()
+
+        def beat() -> None:
+            while not stop_beat.wait(self.lease_ttl / 3):
+                if not rt.db.heartbeat(sid, self.owner, self.lease_ttl):
+                    lost.set()
+                    return
+
+        hb = threading.Thread(target=beat, daemon=True)
+        hb.start()
+        recovering = row.state in ("running", "recovering")
+        sandbox = f"s-{sid}"
+        outcome = TurnOutcome(session=sid, state=row.state)
+        due = row.state == "retrying" and (row.wake_at or 0) <= time.time()
+        if not (recovering or due or rt.db.unread(sid)):
+            stop_beat.set()
+            rt.db.update(sid, owner=self.owner, lease_owner=None, lease_until=None)
+            return outcome  # nothing to do: no message, no due retry, no broken turn
+        try:
+            self._set_state(tr, row, "recovering" if recovering else "running", emit)
+            outcome.restore_ms = self._bring_up_sandbox(tr, row, sandbox, emit)
+            ws = SandboxWorkspace(rt.engine, sandbox)
+            policy = Policy.from_json(row.policy)
+            registry = self._registry(row)
+            if recovering:
+                self._recover(tr, row, ws, registry, emit)
+                outcome.recovered = True
+                self._set_state(tr, row, "running", emit)
+            self._take_inbox(tr, sid, emit)
+            model = rt.model(row.model)
+            turn_started = time.monotonic()
+            calls_since_snapshot = 0
+            last_snapshot = time.monotonic()
+
+            def check_lease() -> None:
+                if lost.is_set():
+                    raise LeaseLost(f"worker {self.owner} lost the lease on {sid}")
+
+            def on_tool_start(call: ToolCall) -> None:
+                check_lease()
+                emit("tool_call_started", id=call.id, name=call.name, arguments=call.arguments)
+
+            def on_tool_end(call: ToolCall, result: ToolResult) -> None:
+                nonlocal calls_since_snapshot, last_snapshot
+                emit("tool_call_finished", id=call.id, name=call.name, is_error=result.is_error,
+                     ms=result.meta.get("ms"), output=result.content[:500])  # fmt: skip
+                check_lease()
+                calls_since_snapshot += 1
+                by_calls = policy.snapshot_every_calls and (
+                    calls_since_snapshot >= policy.snapshot_every_calls)
+                by_time = policy.snapshot_every_seconds and (
+                    time.monotonic() - last_snapshot >= policy.snapshot_every_seconds)
+                if by_calls or by_time:
+                    self._snapshot(tr, sandbox, emit, leave_running=True)
+                    calls_since_snapshot, last_snapshot = 0, time.monotonic()
+
+            def on_model_turn(turn: ModelTurn, seconds: float) -> None:
+                check_lease()
+                emit("assistant", text=turn.text, tool_calls=len(turn.tool_calls),
+                     ms=round(seconds * 1000, 1))  # fmt: skip
+
+            hooks = LoopHooks(on_model_turn, on_tool_start, on_tool_end)
+            try:
+                final = run_turn(tr, model, registry, ws, system=row.system, hooks=hooks)
+            except ModelError as e:
+                return self._schedule_retry(tr, row, sandbox, e, emit, outcome, events)
+            outcome.text = final.text
+            emit("turn_finished", seconds=round(time.monotonic() - turn_started, 3))
+            self._wait_point(tr, row, sandbox, emit, outcome)
+            outcome.state = "waiting"
+            outcome.events = events
+            return outcome
+        finally:
+            stop_beat.set()
+
+    # -- pieces ------------------------------------------------------------------------
+
+    def _registry(self, row: SessionRow) -> ToolRegistry:
+        if row.tools is None:
+            return self.rt.tools
+        return ToolRegistry([self.rt.tools.get(n) for n in row.tools])
+
+    def _set_state(self, tr: _Transcript, row: SessionRow, state: str, emit: Callable) -> None:
+        tr.append([Entry.marker("state", state=state, worker=self.owner, epoch=tr.epoch)])
+        if not self.rt.db.update(row.id, owner=self.owner, state=state):
+            raise LeaseLost(f"worker {self.owner} lost the lease on {row.id}")
+        row.state = state
+        emit("state", state=state)
+
+    def _bring_up_sandbox(
+        self, tr: _Transcript, row: SessionRow, name: str, emit: Callable
+    ) -> float | None:
+        """Restore the latest snapshot (falling back to earlier ones), else start fresh.
+        Returns the restore time in ms, or None for a fresh sandbox."""
+        eng = self.rt.engine
+        # A sandbox left by an earlier worker (one that died mid-turn) is in an unknown
+        # state: the session always continues from its last snapshot.
+        with contextlib.suppress(SandboxError):
+            eng.remove(name, force=True)
+        failures = []
+        for snap in [*reversed(row.snapshots)] if row.snapshots else []:
+            t0 = time.monotonic()
+            try:
+                eng.restore(snap, name=name)
+            except SandboxError as e:  # corrupt, missing, or no longer fits this engine
+                failures.append(f"{snap}: {e}")
+                with contextlib.suppress(SandboxError):
+                    eng.remove(name, force=True)
+                continue
+            ms = (time.monotonic() - t0) * 1000
+            tr.append([Entry.marker("session_restored", snapshot=snap, ms=round(ms, 1))])
+            emit("restored", snapshot=snap, ms=round(ms, 1))
+            if failures:
+                self._note_fallback(tr, failures, f"restored the older snapshot {snap}")
+            return ms
+        t0 = time.monotonic()
+        eng.run(SandboxSpec(image=row.image), name=name)
+        ms = (time.monotonic() - t0) * 1000
+        tr.append([Entry.marker("sandbox_started", image=row.image, ms=round(ms, 1))])
+        emit("sandbox_started", image=row.image, ms=round(ms, 1))
+        if failures:
+            self._note_fallback(tr, failures, f"started a fresh sandbox from image {row.image}")
+        return None
+
+    def _note_fallback(self, tr: _Transcript, failures: list[str], what: str) -> None:
+        text = (
+            "The session's latest snapshot could not be restored ("
+            + "; ".join(failures)
+            + f"), so torpor {what}. Files and processes created after that point are gone;"
+            " the conversation log is complete."
+        )
+        tr.append([Entry.marker("recovery_note", text=text, failures=failures)])
+
+    def _take_inbox(self, tr: _Transcript, sid: str, emit: Callable) -> None:
+        for inbox_id, text in self.rt.db.unread(sid):
+            tr.append([Entry.message("user", text)], key=f"inbox-{inbox_id}")
+            self.rt.db.consume([inbox_id])
+            emit("user", text=text)
+
+    def _recover(self, tr: _Transcript, row: SessionRow, ws: SandboxWorkspace,
+                 registry: ToolRegistry, emit: Callable) -> None:  # fmt: skip
+        """A worker died mid-turn. The sandbox is back at the last snapshot: say what
+        happened after it, and re-run interrupted calls only where that is safe."""
+        entries = tr.entries()
+        after = row.snapshot_seq or 0
+        calls = {e.tool_call_id: e for e in entries if e.kind == "tool_call" and e.seq > after}
+        answered = {e.tool_call_id for e in entries if e.kind == "tool_result"}
+        lost = [c for cid, c in calls.items() if cid in answered]
+        interrupted = [c for cid, c in calls.items() if cid not in answered]
+        where = (f"the snapshot {row.snapshot} taken at log seq {after}" if row.snapshot
+                 else "a fresh sandbox (there was no snapshot yet)")  # fmt: skip
+        parts = [f"The worker running this session stopped mid-turn; the sandbox was "
+                 f"restored to {where}."]  # fmt: skip
+        if lost:
+            parts.append("Effects of these tool calls on the sandbox were lost and may need "
+                         "redoing: " + "; ".join(f"{c.tool_name}({c.arguments})" for c in lost))
+        if interrupted:
+            parts.append("These calls were interrupted: " + "; ".join(
+                f"{c.tool_name}({c.arguments})" for c in interrupted))  # fmt: skip
+        tr.append([Entry.marker(
+            "recovery_note", text=" ".join(parts), snapshot=row.snapshot, after_seq=after,
+            lost=[c.tool_call_id for c in lost],
+            interrupted=[c.tool_call_id for c in interrupted],
+        )])  # fmt: skip
+        emit("recovered", lost=len(lost), interrupted=len(interrupted), snapshot=row.snapshot)
+        for c in interrupted:
+            tool_ok = c.tool_name in {s.name for s in registry.specs()}
+            if tool_ok and registry.get(c.tool_name or "").safe_to_rerun:
+                result = registry.run(c.tool_name or "", c.args() or {}, ws)
+                content, meta = result.content, {"is_error": result.is_error, "rerun": True}
+            else:
+                content = (f"[torpor] interrupted by a worker crash: this call may or may not "
+                           f"have run, and the sandbox has since been restored to {where}.")
+                meta = {"is_error": True, "interrupted": True}
+            tr.append([Entry.tool_result(c.tool_call_id or "", content, meta=meta)],
+                      key=f"recover-{c.tool_call_id}")  # fmt: skip
+
+    def _snapshot(self, tr: _Transcript, sandbox: str, emit: Callable, *,
+                  leave_running: bool) -> tuple[str, int, float]:  # fmt: skip
+        eng = self.rt.engine
+        t0 = time.monotonic()
+        ck = eng.checkpoint(sandbox, f"e{tr.epoch}-{secrets.token_hex(2)}",
+                            leave_running=leave_running)  # fmt: skip
+        ms = (time.monotonic() - t0) * 1000
+        seq = self.rt.log.head_seq(tr.session)
+        tr.append([Entry.marker("snapshot_taken", snapshot=ck.id, seq=seq, bytes=ck.size,
+                                ms=round(ms, 1), mid_turn=leave_running)])  # fmt: skip
+        row = self.rt.db.get(tr.session)
+        if not self.rt.db.update(tr.session, owner=self.owner, snapshot=ck.id,
+                                 snapshot_seq=seq, snapshots=[*row.snapshots, ck.id][-16:]):
+            raise LeaseLost(f"worker {self.owner} lost the lease on {tr.session}")  # fmt: skip
+        emit("snapshot", snapshot=ck.id, bytes=ck.size, ms=round(ms, 1), mid_turn=leave_running)
+        return ck.id, ck.size, ms
+
+    def _wait_point(self, tr: _Transcript, row: SessionRow, sandbox: str, emit: Callable,
+                    outcome: TurnOutcome) -> None:  # fmt: skip
+        snap, size, ms = self._snapshot(tr, sandbox, emit, leave_running=False)
+        with contextlib.suppress(SandboxError):
+            self.rt.engine.remove(sandbox, force=True)  # nothing left running: no memory
+        tr.append([Entry.marker("state", state="waiting")])
+        self.rt.db.update(row.id, owner=self.owner, state="waiting", attempt=0, wake_at=None,
+                          error=None, lease_owner=None, lease_until=None)  # fmt: skip
+        emit("state", state="waiting")
+        outcome.snapshot, outcome.snapshot_bytes, outcome.snapshot_ms = snap, size, ms
+
+    def _schedule_retry(self, tr: _Transcript, row: SessionRow, sandbox: str, err: ModelError,
+                        emit: Callable, outcome: TurnOutcome,
+                        events: list[Event]) -> TurnOutcome:  # fmt: skip
+        policy = Policy.from_json(row.policy)
+        attempt = self.rt.db.get(row.id).attempt + 1
+        snap, size, ms = self._snapshot(tr, sandbox, emit, leave_running=False)
+        with contextlib.suppress(SandboxError):
+            self.rt.engine.remove(sandbox, force=True)
+        outcome.snapshot, outcome.snapshot_bytes, outcome.snapshot_ms = snap, size, ms
+        outcome.events = events
+        if not err.retryable or attempt >= policy.max_attempts:
+            why = "not retryable" if not err.retryable else f"failed {attempt} times"
+            tr.append([Entry.marker("model_error", error=str(err), status=err.status,
+                                    attempts=attempt, gave_up=True)])  # fmt: skip
+            tr.append([Entry.marker("state", state="waiting")])
+            self.rt.db.update(row.id, owner=self.owner, state="waiting", attempt=0,
+                              wake_at=None, error=f"model {why}: {err}",
+                              lease_owner=None, lease_until=None)  # fmt: skip
+            emit("model_error", error=str(err), gave_up=True)
+            outcome.state = "waiting"
+            return outcome
+        if err.retry_after is not None:
+            delay = float(err.retry_after)
+        else:
+            delay = min(policy.backoff_max, policy.backoff_base * 2 ** (attempt - 1))
+            delay *= 0.5 + secrets.randbelow(1000) / 1000  # jitter: 50-150 %
+        wake = time.time() + delay
+        tr.append([Entry.marker("retry_scheduled", attempt=attempt, delay=round(delay, 3),
+                                wake_at=wake, error=str(err), status=err.status)])  # fmt: skip
+        self.rt.db.update(row.id, owner=self.owner, state="retrying", attempt=attempt,
+                          wake_at=wake, error=str(err), lease_owner=None,
+                          lease_until=None)  # fmt: skip
+        emit("retry_scheduled", attempt=attempt, delay=round(delay, 3), error=str(err))
+        outcome.state, outcome.wake_at = "retrying", wake
+        return outcome
+
+
+def wait_for(rt: Runtime, sid: str, states: tuple[str, ...] = ("waiting", "closed"),
+             timeout: float = 60.0) -> SessionRow:  # fmt: skip
+    """Poll until a session reaches one of `states` (for callers of background workers)."""
+    deadline = time.time() + timeout
+    while True:
+        row = rt.db.get(sid)
+        if row.state in states and not (row.lease_owner and (row.lease_until or 0) > time.time()):
+            return row
+        if time.time() > deadline:
+            raise TimeoutError(f"session {sid} still {row.state} after {timeout} s")
+        time.sleep(0.05)
+
+
+__all__ = [
+    "LeaseLost", "Policy", "Runtime", "Session", "SessionError", "SessionNotFound",
+    "TurnOutcome", "Worker", "wait_for",
+]

@@ -1,0 +1,324 @@
+"""The runtime's own tables: sessions (state, lease, durable timer, snapshots) and the inbox.
+
+They live in the same database as the context log (SQLite file or PostgreSQL), next to
+its tables. Every change of ownership is one conditional UPDATE, so two workers can never
+both hold a session: with SQLite that is the database's write lock, with PostgreSQL the
+row lock of the UPDATE (claims of "any work" use FOR UPDATE SKIP LOCKED). No other
+coordination is used.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+STATES = ("created", "running", "waiting", "retrying", "recovering", "closed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS torpor_sessions (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    image TEXT NOT NULL,
+    model TEXT NOT NULL,
+    system TEXT,
+    tools TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    snapshot TEXT,
+    snapshot_seq BIGINT,
+    snapshots TEXT NOT NULL,
+    lease_owner TEXT,
+    lease_until DOUBLE PRECISION,
+    wake_at DOUBLE PRECISION,
+    attempt INTEGER NOT NULL,
+    parent TEXT,
+    error TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS torpor_inbox (
+    id {serial} PRIMARY KEY,
+    session TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    consumed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS torpor_inbox_session ON torpor_inbox (session, consumed);
+"""
+
+
+@dataclass
+class SessionRow:
+    id: str
+    state: str
+    image: str
+    model: str
+    system: str | None
+    tools: list[str] | None
+    policy: dict[str, Any]
+    snapshot: str | None
+    snapshot_seq: int | None
+    snapshots: list[str] = field(default_factory=list)
+    lease_owner: str | None = None
+    lease_until: float | None = None
+    wake_at: float | None = None
+    attempt: int = 0
+    parent: str | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+_COLS = (
+    "id, state, image, model, system, tools, policy, snapshot, snapshot_seq, snapshots, "
+    "lease_owner, lease_until, wake_at, attempt, parent, error, created_at, updated_at"
+)
+
+
+def _row(r: tuple[Any, ...]) -> SessionRow:
+    (sid, state, image, model, system, tools, policy, snapshot, snapshot_seq, snapshots,
+     owner, until, wake, attempt, parent, error, created, updated) = r  # fmt: skip
+    return SessionRow(
+        id=sid, state=state, image=image, model=model, system=system,
+        tools=json.loads(tools), policy=json.loads(policy), snapshot=snapshot,
+        snapshot_seq=snapshot_seq, snapshots=json.loads(snapshots), lease_owner=owner,
+        lease_until=until, wake_at=wake, attempt=attempt, parent=parent, error=error,
+        created_at=created, updated_at=updated,
+    )  # fmt: skip
+
+
+class SessionClosedError(Exception):
+    pass
+
+
+class SessionNotFound(KeyError):
+    def __str__(self) -> str:
+        return f"no such session: {self.args[0]}"
+
+
+class RuntimeDB:
+    """SQLite (one machine) or PostgreSQL (many) behind the same few statements."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = urlparse(url)
+        self.kind = "postgres" if parsed.scheme.startswith("postgres") else "sqlite"
+        self._local = threading.local()
+        if self.kind == "sqlite":
+            self.path = Path(unquote(parsed.path))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            from psycopg_pool import ConnectionPool
+
+            self._pool = ConnectionPool(url.split("?")[0], min_size=1, max_size=8, open=True)
+        serial = "INTEGER" if self.kind == "sqlite" else "BIGSERIAL"
+        with self.tx() as cur:
+            for stmt in _SCHEMA.format(serial=serial).split(";"):
+                if stmt.strip():
+                    cur.execute(stmt)
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("%s", "?") if self.kind == "sqlite" else sql
+
+    @contextmanager
+    def tx(self) -> Iterator[Any]:
+        """A write transaction; yields a cursor whose execute() takes %s placeholders."""
+        if self.kind == "sqlite":
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA busy_timeout=30000")
+                self._local.conn = conn
+            cur = _Cursor(conn.cursor(), self._sql)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        else:
+            with self._pool.connection() as conn, conn.transaction():
+                yield _Cursor(conn.cursor(), self._sql)
+
+    def close(self) -> None:
+        if self.kind == "postgres":
+            self._pool.close()
+        else:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+                self._local.conn = None
+
+    # ---------------------------------------------------------------- sessions
+
+    def create(self, row: SessionRow) -> None:
+        now = time.time()
+        with self.tx() as cur:
+            cur.execute(
+                f"INSERT INTO torpor_sessions ({_COLS}) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (row.id, row.state, row.image, row.model, row.system, json.dumps(row.tools),
+                 json.dumps(row.policy), row.snapshot, row.snapshot_seq,
+                 json.dumps(row.snapshots), None, None, None, 0, row.parent, None, now, now),
+            )  # fmt: skip
+
+    def get(self, sid: str) -> SessionRow:
+        with self.tx() as cur:
+            cur.execute(f"SELECT {_COLS} FROM torpor_sessions WHERE id = %s", (sid,))
+            r = cur.fetchone()
+        if r is None:
+            raise SessionNotFound(sid)
+        return _row(r)
+
+    def list(self, state: str | None = None) -> list[SessionRow]:
+        with self.tx() as cur:
+            if state:
+                cur.execute(
+                    f"SELECT {_COLS} FROM torpor_sessions WHERE state = %s ORDER BY created_at",
+                    (state,),
+                )
+            else:
+                cur.execute(f"SELECT {_COLS} FROM torpor_sessions ORDER BY created_at")
+            return [_row(r) for r in cur.fetchall()]
+
+    def update(self, sid: str, *, owner: str | None = None, **values: Any) -> bool:
+        """Set columns; when owner is given, only while that owner holds the lease.
+        Returns False if the row did not match (lease lost)."""
+        for k in ("tools", "policy", "snapshots"):
+            if k in values:
+                values[k] = json.dumps(values[k])
+        values["updated_at"] = time.time()
+        sets = ", ".join(f"{k} = %s" for k in values)
+        sql = f"UPDATE torpor_sessions SET {sets} WHERE id = %s"
+        params: list[Any] = [*values.values(), sid]
+        if owner is not None:
+            sql += " AND lease_owner = %s"
+            params.append(owner)
+        with self.tx() as cur:
+            cur.execute(sql, params)
+            return cur.rowcount == 1
+
+    # ---------------------------------------------------------------- leases, queue
+
+    def claim(self, sid: str, owner: str, ttl: float) -> SessionRow | None:
+        """Take the session's lease if nobody holds a live one."""
+        now = time.time()
+        with self.tx() as cur:
+            cur.execute(
+                "UPDATE torpor_sessions SET lease_owner = %s, lease_until = %s, updated_at = %s "
+                "WHERE id = %s AND state != 'closed' "
+                "AND (lease_owner IS NULL OR lease_until < %s OR lease_owner = %s)",
+                (owner, now + ttl, now, sid, now, owner),
+            )
+            if cur.rowcount != 1:
+                return None
+            cur.execute(f"SELECT {_COLS} FROM torpor_sessions WHERE id = %s", (sid,))
+            return _row(cur.fetchone())
+
+    def claim_any(self, owner: str, ttl: float) -> SessionRow | None:
+        """Claim one session that has work: unread messages, a turn cut short by a dead
+        worker (lease expired while running or recovering), or a retry timer that fired."""
+        now = time.time()
+        lock = " FOR UPDATE SKIP LOCKED" if self.kind == "postgres" else ""
+        with self.tx() as cur:
+            cur.execute(
+                "SELECT id FROM torpor_sessions s WHERE state != 'closed' "
+                "AND (lease_owner IS NULL OR lease_until < %s) "
+                "AND (wake_at IS NULL OR wake_at <= %s) "
+                "AND (state IN ('running', 'recovering', 'retrying') OR EXISTS ("
+                "  SELECT 1 FROM torpor_inbox i WHERE i.session = s.id AND i.consumed = 0)) "
+                f"ORDER BY updated_at LIMIT 1{lock}",
+                (now, now),
+            )
+            r = cur.fetchone()
+            if r is None:
+                return None
+            cur.execute(
+                "UPDATE torpor_sessions SET lease_owner = %s, lease_until = %s, updated_at = %s "
+                "WHERE id = %s",
+                (owner, now + ttl, now, r[0]),
+            )
+            cur.execute(f"SELECT {_COLS} FROM torpor_sessions WHERE id = %s", (r[0],))
+            return _row(cur.fetchone())
+
+    def heartbeat(self, sid: str, owner: str, ttl: float) -> bool:
+        with self.tx() as cur:
+            cur.execute(
+                "UPDATE torpor_sessions SET lease_until = %s WHERE id = %s AND lease_owner = %s",
+                (time.time() + ttl, sid, owner),
+            )
+            return cur.rowcount == 1
+
+    def next_wake(self) -> float | None:
+        """When the earliest retry timer fires (for a worker deciding how long to sleep)."""
+        with self.tx() as cur:
+            cur.execute(
+                "SELECT MIN(wake_at) FROM torpor_sessions WHERE state = 'retrying'"
+            )
+            r = cur.fetchone()
+        return r[0] if r else None
+
+    # ---------------------------------------------------------------- inbox
+
+    def post(self, sid: str, text: str) -> int:
+        with self.tx() as cur:
+            cur.execute("SELECT state FROM torpor_sessions WHERE id = %s", (sid,))
+            r = cur.fetchone()
+            if r is None:
+                raise SessionNotFound(sid)
+            if r[0] == "closed":
+                raise SessionClosedError(f"session {sid} is closed")
+            cur.execute(
+                "INSERT INTO torpor_inbox (session, text, created_at, consumed) "
+                "VALUES (%s, %s, %s, 0) RETURNING id",
+                (sid, text, time.time()),
+            )
+            return int(cur.fetchone()[0])
+
+    def unread(self, sid: str) -> list[tuple[int, str]]:
+        with self.tx() as cur:
+            cur.execute(
+                "SELECT id, text FROM torpor_inbox WHERE session = %s AND consumed = 0 "
+                "ORDER BY id",
+                (sid,),
+            )
+            return [(int(i), t) for i, t in cur.fetchall()]
+
+    def consume(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        with self.tx() as cur:
+            for i in ids:
+                cur.execute("UPDATE torpor_inbox SET consumed = 1 WHERE id = %s", (i,))
+
+
+class _Cursor:
+    def __init__(self, cur: Any, translate: Any) -> None:
+        self._cur = cur
+        self._translate = translate
+
+    def execute(self, sql: str, params: Any = ()) -> None:
+        self._cur.execute(self._translate(sql), params)
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cur.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount

@@ -1,0 +1,216 @@
+"""Durable sessions on a real sandbox: wait points, resume, retries, recovery, forks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from torpor.runtime.core import Runtime, Worker
+from torpor.sandbox.images import ImageStore
+
+COUNTER = (
+    "import os, time\n"
+    "token = os.urandom(4).hex()\n"
+    "n = 0\n"
+    "while True:\n"
+    "    n += 1\n"
+    "    open('/tmp/c.tmp', 'w').write(f'{token} {n}')\n"
+    "    os.replace('/tmp/c.tmp', '/tmp/c')\n"
+    "    time.sleep(0.05)\n"
+)
+
+
+def shell(command: str, **kw: Any) -> dict[str, Any]:
+    return {"name": "shell", "arguments": {"command": command, **kw}}
+
+
+def markers(entries: list[Any], name: str) -> list[dict[str, Any]]:
+    return [
+        e.content
+        for e in entries
+        if e.kind == "marker" and isinstance(e.content, dict) and e.content.get("marker") == name
+    ]
+
+
+def results(entries: list[Any]) -> list[str]:
+    return [str(e.content) for e in entries if e.kind == "tool_result"]
+
+
+def test_background_process_memory_lasts_across_two_wait_points(runtime: Runtime, script):
+    model = script([
+        {"text": "starting", "tool_calls": [
+            {"name": "write_file", "arguments": {"path": "/work/counter.py", "content": COUNTER}},
+            {"name": "start_process", "arguments": {"command": "python3 /work/counter.py"}}]},
+        {"text": "started"},
+        {"text": "reading", "tool_calls": [shell("sleep 0.3; cat /tmp/c")]},
+        {"text": "read"},
+        {"text": "reading again", "tool_calls": [shell("cat /tmp/c")]},
+        {"text": "done"},
+    ])  # fmt: skip
+    s = runtime.create_session(model=model)
+    t1 = s.send("start a counter")
+    assert t1.state == "waiting" and t1.snapshot
+    assert runtime.engine.list() == [] or all(i.name != f"s-{s.id}" for i in runtime.engine.list())
+    t2 = s.send("read it")
+    assert t2.restore_ms is not None
+    t3 = s.send("read it again")
+    values = []
+    for r in results(s.log())[-2:]:
+        for line in r.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                values.append((parts[0], int(parts[1])))
+    assert len(values) == 2, results(s.log())
+    (tok_a, n_a), (tok_b, n_b) = values
+    assert tok_a == tok_b, "the counter process was restarted instead of restored"
+    assert n_b >= n_a
+    assert t3.state == "waiting"
+    snaps = markers(s.log(), "snapshot_taken")
+    assert len(snaps) == 3 and all(m["bytes"] >= 0 and m["ms"] > 0 for m in snaps)
+    assert len(markers(s.log(), "session_restored")) == 2
+    assert runtime.log.verify(s.id)
+
+
+def test_model_429_three_times_then_success(runtime: Runtime, script):
+    model = script([
+        {"error": {"status": 429, "retry_after": 0.2, "times": 3, "message": "slow down"}},
+        {"text": "finally"},
+    ])  # fmt: skip
+    s = runtime.create_session(model=model)
+    outcome = s.send("hello")
+    assert outcome.state == "retrying" and outcome.wake_at
+    w = Worker(runtime)
+    assert w.run_once() is None or True  # not due yet, or due already on a slow machine
+    for _ in range(50):
+        row = s.info()
+        if row.state == "waiting":
+            break
+        time.sleep(0.1)
+        w.run_once()
+    assert s.info().state == "waiting"
+    entries = s.log()
+    assistant = [e for e in entries if e.kind == "message" and e.role == "assistant"]
+    assert [e.content for e in assistant] == ["finally"]  # one answer, not four
+    assert len(markers(entries, "retry_scheduled")) == 3
+    assert runtime.log.verify(s.id)
+
+
+def test_two_workers_racing_for_one_session(runtime: Runtime, script):
+    model = script([{"text": "working", "tool_calls": [shell("sleep 1; echo done")]},
+                    {"text": "finished"}])  # fmt: skip
+    s = runtime.create_session(model=model)
+    s.post("go")
+    outcomes: list[Any] = []
+    errors: list[Exception] = []
+
+    def race() -> None:
+        try:
+            outcomes.append(Worker(runtime).run_once())
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=race) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    done = [o for o in outcomes if o is not None]
+    assert len(done) == 1, outcomes
+    entries = s.log()
+    assert len([e for e in entries if e.kind == "tool_call"]) == 1
+    assert len([e for e in entries if e.kind == "message" and e.role == "user"]) == 1
+    assert runtime.log.verify(s.id)
+
+
+def test_fork_gives_two_sessions_that_diverge(runtime: Runtime, script):
+    model = script([
+        {"text": "writing", "tool_calls": [shell("echo base > /root/f")]},
+        {"text": "written"},
+        {"text": "appending", "tool_calls": [shell("echo more >> /root/f; cat /root/f")]},
+        {"text": "appended"},
+    ])  # fmt: skip
+    s = runtime.create_session(model=model)
+    t1 = s.send("write")
+    child = s.fork(t1.snapshot)
+    s.send("append in the parent")
+    out_child = child.send("append in the child")
+    assert out_child.state == "waiting"
+    assert results(child.log())[-1].strip().endswith("base\nmore")
+    assert results(s.log())[-1].strip().endswith("base\nmore")
+    assert markers(child.log(), "fork")[0]["parent"] == s.id
+    # Each appended once to its own copy: the parent's write never reached the child.
+    assert results(child.log())[-1].count("more") == 1
+    assert child.info().parent == s.id
+
+
+def test_corrupt_snapshot_falls_back_with_a_recovery_note(runtime: Runtime, script, rt_home: Path):
+    model = script([
+        {"text": "a", "tool_calls": [shell("echo one > /root/f")]}, {"text": "one"},
+        {"text": "b", "tool_calls": [shell("echo two >> /root/f")]}, {"text": "two"},
+        {"text": "c", "tool_calls": [shell("cat /root/f")]}, {"text": "three"},
+    ])  # fmt: skip
+    s = runtime.create_session(model=model)
+    s.send("1")
+    t2 = s.send("2")
+    # Damage the latest snapshot: its hot copy and every stored chunk it alone uses.
+    import shutil
+
+    shutil.rmtree(rt_home / "checkpoint-cache" / t2.snapshot, ignore_errors=True)
+    runtime.engine.checkpoints.store.delete(t2.snapshot)  # type: ignore[attr-defined]
+    t3 = s.send("3")
+    assert t3.state == "waiting"
+    notes = markers(s.log(), "recovery_note")
+    assert notes and t2.snapshot in notes[-1]["text"]
+    # The older snapshot came back: the second write is gone, the first is there.
+    assert results(s.log())[-1].strip() == "one" or "one" in results(s.log())[-1]
+    assert "two" not in results(s.log())[-1].split("exit code")[-1]
+
+
+def test_killed_worker_is_recovered_by_another(runtime: Runtime, script, tmp_path: Path):
+    model = script([
+        {"text": "setup", "tool_calls": [shell("echo kept > /root/state")]}, {"text": "ok"},
+        {"text": "long", "tool_calls": [shell("sleep 60; echo late", timeout=120)]},
+        {"text": "recovered", "tool_calls": [shell("cat /root/state")]}, {"text": "done"},
+    ])  # fmt: skip
+    s = runtime.create_session(model=model)
+    s.send("setup")
+    s.post("run the long thing")
+    env = dict(os.environ, TORPOR_HOME=str(runtime.home), TORPOR_LOG=runtime.db_url,
+               TORPOR_SNAPSHOTS=f"file://{runtime.home / 'snapshots'}",
+               TORPOR_IMAGES=str(ImageStore().root))  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torpor.cli.main", "worker", "--session", s.id,
+         "--lease-ttl", "2"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if any(e.kind == "tool_call" and "sleep 60" in (e.arguments or "") for e in s.log()):
+            break
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    acknowledged = [e.seq for e in s.log()]
+    while (s.info().lease_until or 0) > time.time():
+        time.sleep(0.1)
+    outcome = Worker(runtime, lease_ttl=2).run_session(s.id)
+    assert outcome.recovered and outcome.state == "waiting"
+    entries = s.log()
+    assert [e.seq for e in entries][: len(acknowledged)] == acknowledged  # nothing lost
+    note = markers(entries, "recovery_note")[-1]
+    assert note["interrupted"]
+    interrupted = [
+        e for e in entries if e.kind == "tool_result" and (e.meta or {}).get("interrupted")
+    ]
+    assert len(interrupted) == 1
+    assert "kept" in results(entries)[-1]
+    assert runtime.log.verify(s.id)
