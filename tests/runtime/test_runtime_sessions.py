@@ -162,8 +162,10 @@ def test_corrupt_snapshot_falls_back_with_a_recovery_note(runtime: Runtime, scri
     # Damage the latest snapshot: its hot copy and every stored chunk it alone uses.
     import shutil
 
+    storage = runtime.engine.checkpoints
+    storage.flush()  # type: ignore[attr-defined]  # its upload must be done to damage it
     shutil.rmtree(rt_home / "checkpoint-cache" / t2.snapshot, ignore_errors=True)
-    runtime.engine.checkpoints.store.delete(t2.snapshot)  # type: ignore[attr-defined]
+    storage.store.delete(t2.snapshot)  # type: ignore[attr-defined]
     t3 = s.send("3")
     assert t3.state == "waiting"
     notes = markers(s.log(), "recovery_note")

@@ -121,9 +121,9 @@ def run_demo(out: Console, *, model: str | None = None, as_json: bool = False) -
     notes1 = _notes_in(s.log())
     running = [i.name for i in rt.engine.list() if i.name == f"s-{s.id}"]
     say(f"[bold]agent:[/bold] {t1.text}")
-    say(f"[green]wait point:[/green] snapshot {t1.snapshot}: {t1.snapshot_bytes / 1e6:.2f} MB "
-        f"stored, {t1.snapshot_ms:.0f} ms; sandbox running now: {running or 'none'} "
-        "(no process, no memory)")  # fmt: skip
+    say(f"[green]wait point:[/green] snapshot {t1.snapshot}: {t1.snapshot_bytes / 1e6:.1f} MB "
+        f"in {t1.snapshot_ms:.0f} ms (compressed into the store in the background); sandbox "
+        f"running now: {running or 'none'} (no process, no memory)")  # fmt: skip
     report["turns"].append({"snapshot": t1.snapshot, "bytes": t1.snapshot_bytes,
                             "snapshot_ms": t1.snapshot_ms, "notes": notes1})  # fmt: skip
 

@@ -57,7 +57,7 @@ def print_event(ev: dict[str, Any]) -> None:
         line = f"    {mark} {ev.get('ms', 0) or 0:.0f} ms  {out[:110]}"
     elif t == "snapshot":
         where = "mid-turn snapshot" if ev.get("mid_turn") else "wait point: snapshot"
-        line = f"  ◆ {where} {ev['snapshot']} ({ev['bytes'] / 1e6:.2f} MB new, {ev['ms']:.0f} ms)"
+        line = f"  ◆ {where} {ev['snapshot']} ({ev['bytes'] / 1e6:.1f} MB, {ev['ms']:.0f} ms)"
     elif t == "restored":
         line = f"  ◆ restored {ev['snapshot']} in {ev['ms']:.0f} ms"
     elif t == "sandbox_started":

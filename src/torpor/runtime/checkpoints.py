@@ -1,21 +1,35 @@
-"""Sandbox checkpoints kept in the snapshot store.
+"""Sandbox checkpoints kept in the snapshot store, with a local hot copy and background upload.
 
 The sandbox engine only knows a small CheckpointStorage interface and the snapshot store
-knows nothing of sandboxes; this adapter is where they meet. A checkpoint goes into the
-store (content-addressed, compressed, deduplicated, verified, optionally encrypted), and a
-raw copy of recent checkpoints stays in a local hot cache (TORPOR_HOME/checkpoint-cache,
-capped, least recently used out first): runsc reads the whole pages file at restore, so
-restoring from a raw local copy skips decompressing the whole snapshot on the critical
-path. A hot copy is checked against the SHA-256 recorded at checkpoint time before use; a
-damaged or missing one is replaced from the store.
+knows nothing of sandboxes; this adapter is where they meet.
+
+- **Hot copy.** A checkpoint's raw files stay in TORPOR_HOME/checkpoint-cache (capped,
+  least recently used out first). runsc reads the whole pages file at restore, so
+  restoring from a raw local copy skips decompressing the snapshot on the critical path.
+  Each file's size and CRC-32 are recorded (a CRC is 4x cheaper than SHA-256 and catches
+  truncation and corruption; the store's content hashes remain the authority); a damaged
+  copy is dropped and the snapshot fetched from the store.
+- **Background upload.** `put` returns once the raw files are in the hot cache and
+  queues the upload into the snapshot store (compressed, deduplicated, verified,
+  optionally encrypted), so a wait point does not wait for compression. The upload is
+  resumed by the next process that opens the cache if this one dies first, and
+  `flush()` (also run at exit) waits for it. Until it is stored, a checkpoint exists on
+  this machine only: a machine lost in that window loses that snapshot, and the runtime
+  falls back to the previous one (the log is never lost).
 """
 
 from __future__ import annotations
 
-import hashlib
+import atexit
+import json
 import os
+import queue
 import shutil
+import sys
+import threading
+import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +45,113 @@ from torpor.snapshots import (
 
 KIND = "sandbox-checkpoint"
 DEFAULT_HOT_BYTES = 2 << 30
+META = ".torpor-meta.json"  # in a hot copy: the checkpoint's metadata (pending upload)
+STORED = ".stored"  # in a hot copy: it is in the snapshot store
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def _crc(path: Path) -> int:
+    crc = 0
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _describe(d: Path) -> dict[str, dict[str, int]]:
+    return {
+        f.name: {"size": f.stat().st_size, "crc32": _crc(f)}
+        for f in sorted(d.iterdir())
+        if f.is_file() and not f.name.startswith(".")
+    }
 
 
 class SnapshotCheckpointStorage:
     def __init__(
-        self, store: SnapshotStore, home: Path, *, hot_bytes: int = DEFAULT_HOT_BYTES
+        self,
+        store: SnapshotStore,
+        home: Path,
+        *,
+        hot_bytes: int = DEFAULT_HOT_BYTES,
+        background: bool = True,
     ) -> None:
         self.store = store
         self.hot = home / "checkpoint-cache"
         self.hot_bytes = hot_bytes
+        self.background = background
         (self.hot / ".staging").mkdir(parents=True, exist_ok=True)
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._errors: dict[str, str] = {}
+        self._thread: threading.Thread | None = None
+        if background:
+            atexit.register(self.flush)
+            for d in sorted(self.hot.iterdir()):  # uploads an earlier process left undone
+                if (d / META).exists() and not (d / STORED).exists():
+                    self._enqueue(d.name)
+
+    # -- uploads -------------------------------------------------------------------------
+
+    def _enqueue(self, ckpt_id: str) -> None:
+        with self._lock:
+            self._pending.add(ckpt_id)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._uploader, name="torpor-upload", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(ckpt_id)
+
+    def _uploader(self) -> None:
+        while True:
+            try:
+                ckpt_id = self._queue.get(timeout=5)
+            except queue.Empty:
+                with self._lock:
+                    if not self._pending:
+                        self._thread = None
+                        return
+                continue
+            try:
+                self._upload(ckpt_id)
+            except Exception as e:  # noqa: BLE001 - kept for flush() and the next process
+                self._errors[ckpt_id] = str(e)
+                print(f"torpor: uploading checkpoint {ckpt_id} failed: {e}", file=sys.stderr)
+            finally:
+                with self._lock:
+                    self._pending.discard(ckpt_id)
+                    self._idle.notify_all()
+
+    def _upload(self, ckpt_id: str) -> SnapshotInfo | None:
+        d = self.hot / ckpt_id
+        try:
+            meta = json.loads((d / META).read_text())
+        except FileNotFoundError:
+            return None  # deleted meanwhile
+        if self.store.exists(ckpt_id):
+            info = self.store.info(ckpt_id)
+        else:
+            info = self.store.put(
+                d,
+                meta=meta,
+                engine=meta.get("engine"),
+                engine_version=meta.get("engine_version"),
+                image_digest=meta.get("image_digest"),
+                snapshot_id=ckpt_id,
+            )
+        (d / STORED).write_text(json.dumps({"new_bytes": info.new_bytes, "at": time.time()}))
+        return info
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every queued upload is done (or failed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise CheckpointError(f"uploads still running: {sorted(self._pending)}")
+                self._idle.wait(left)
 
     # -- CheckpointStorage ---------------------------------------------------------------
 
@@ -58,49 +161,66 @@ class SnapshotCheckpointStorage:
         return d
 
     def put(self, ckpt_id: str, src_dir: Path, meta: dict[str, Any]) -> int:
-        files = {
-            f.name: {"size": f.stat().st_size, "sha256": _sha256(f)}
-            for f in sorted(src_dir.iterdir())
-            if f.is_file()
-        }
+        files = _describe(src_dir)
         if "checkpoint.img" not in files:
             raise CheckpointError("engine wrote no checkpoint.img")
-        try:
-            info = self.store.put(
-                src_dir,
-                meta=dict(meta, kind=KIND, files=files),
-                engine=meta.get("engine"),
-                engine_version=meta.get("engine_version"),
-                image_digest=meta.get("image_digest"),
-                snapshot_id=ckpt_id,
-            )
-        except SnapshotError as e:
-            shutil.rmtree(src_dir, ignore_errors=True)
-            raise CheckpointError(f"storing checkpoint {ckpt_id} failed: {e}") from None
-        if self.hot_bytes > 0:
-            os.rename(src_dir, self.hot / ckpt_id)
+        meta = dict(meta, kind=KIND, files=files, size=sum(f["size"] for f in files.values()))
+        (src_dir / META).write_text(json.dumps(meta))
+        os.rename(src_dir, self.hot / ckpt_id)
+        if self.background:
+            self._enqueue(ckpt_id)
             self._evict(keep=ckpt_id)
-        else:
-            shutil.rmtree(src_dir, ignore_errors=True)
-        return info.new_bytes
+            return int(meta["size"])
+        try:
+            info = self._upload(ckpt_id)
+        except SnapshotError as e:
+            raise CheckpointError(f"storing checkpoint {ckpt_id} failed: {e}") from None
+        self._evict(keep=ckpt_id)
+        return info.new_bytes if info else 0
 
     def meta(self, ckpt_id: str) -> dict[str, Any]:
         try:
             return self._to_meta(self.store.info(ckpt_id))
         except SnapshotNotFound:
-            raise CheckpointNotFound(f"no such checkpoint: {ckpt_id}") from None
+            pass
         except SnapshotError as e:
             raise CheckpointCorrupt(f"checkpoint {ckpt_id}: {e}") from None
+        local = self._local_meta(ckpt_id)
+        if local is None:
+            raise CheckpointNotFound(f"no such checkpoint: {ckpt_id}")
+        return local
+
+    def _local_meta(self, ckpt_id: str) -> dict[str, Any] | None:
+        if not ckpt_id or "/" in ckpt_id or ckpt_id.startswith("."):
+            return None
+        try:
+            meta = json.loads((self.hot / ckpt_id / META).read_text())
+        except (OSError, ValueError):
+            return None
+        return dict(meta, id=ckpt_id, stored=False)
 
     def list(self) -> list[dict[str, Any]]:
-        return [self._to_meta(i) for i in self.store.list(kind=KIND)]
+        metas = {i.id: self._to_meta(i) for i in self.store.list(kind=KIND)}
+        for d in self.hot.iterdir():
+            if d.name not in metas and not d.name.startswith("."):
+                local = self._local_meta(d.name)
+                if local is not None:
+                    metas[d.name] = local
+        return sorted(metas.values(), key=lambda m: m.get("created", ""))
 
     def delete(self, ckpt_id: str) -> None:
+        found = False
         try:
             self.store.delete(ckpt_id)
+            found = True
         except SnapshotNotFound:
-            raise CheckpointNotFound(f"no such checkpoint: {ckpt_id}") from None
-        shutil.rmtree(self.hot / ckpt_id, ignore_errors=True)
+            pass
+        hot = self.hot / ckpt_id
+        if not ckpt_id.startswith(".") and "/" not in ckpt_id and hot.exists():
+            found = True
+            shutil.rmtree(hot, ignore_errors=True)
+        if not found:
+            raise CheckpointNotFound(f"no such checkpoint: {ckpt_id}")
 
     def open_dir(self, ckpt_id: str) -> tuple[Path, bool]:
         meta = self.meta(ckpt_id)
@@ -110,6 +230,10 @@ class SnapshotCheckpointStorage:
             if self._intact(hot, want):
                 os.utime(hot)  # most recently used
                 return hot, False
+            if not meta.get("stored", True):
+                raise CheckpointCorrupt(
+                    f"checkpoint {ckpt_id} is damaged and was never stored elsewhere"
+                )
             shutil.rmtree(hot, ignore_errors=True)  # damaged: fetch it again
         tmp = self.staging_dir()
         try:
@@ -127,6 +251,8 @@ class SnapshotCheckpointStorage:
             shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointCorrupt(f"checkpoint {ckpt_id}: files differ from the recorded ones")
         if self.hot_bytes > 0 and not hot.exists():
+            (tmp / META).write_text(json.dumps({k: v for k, v in meta.items() if k != "stored"}))
+            (tmp / STORED).write_text("{}")
             os.rename(tmp, hot)
             self._evict(keep=ckpt_id)
             return hot, False
@@ -139,7 +265,9 @@ class SnapshotCheckpointStorage:
         for name, w in want.items():
             f = d / name
             try:
-                if f.stat().st_size != w["size"] or _sha256(f) != w["sha256"]:
+                if f.stat().st_size != w["size"]:
+                    return False
+                if "crc32" in w and _crc(f) != w["crc32"]:
                     return False
             except OSError:
                 return False
@@ -151,6 +279,7 @@ class SnapshotCheckpointStorage:
         m.update(
             id=info.id,
             size=info.logical_size,
+            stored=True,
             stored_bytes=info.stored_bytes,
             new_bytes=info.new_bytes,
             shared_bytes=info.shared_bytes,
@@ -165,11 +294,12 @@ class SnapshotCheckpointStorage:
                 continue
             size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
             total += size
-            entries.append((d.stat().st_mtime, d, size))
-        for _mtime, d, size in sorted(entries):
+            stored = (d / STORED).exists()
+            entries.append((d.stat().st_mtime, d, size, stored))
+        for _mtime, d, size, stored in sorted(entries):
             if total <= self.hot_bytes:
                 break
-            if d.name == keep:
+            if d.name == keep or not stored:  # never drop the only copy of a checkpoint
                 continue
             shutil.rmtree(d, ignore_errors=True)
             total -= size

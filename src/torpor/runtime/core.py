@@ -148,6 +148,10 @@ class Runtime:
         return self._models[spec]
 
     def close(self) -> None:
+        """Wait for checkpoint uploads still running, then close the databases."""
+        flush = getattr(getattr(self._engine, "checkpoints", None), "flush", None)
+        if flush is not None:
+            flush()
         self.db.close()
         with contextlib.suppress(Exception):
             self.log.close()
@@ -163,6 +167,7 @@ class Runtime:
         tools: list[str] | None = None,
         policy: Policy | dict[str, Any] | None = None,
         id: str | None = None,
+        tenant: str | None = None,
     ) -> Session:
         sid = id or f"ses-{secrets.token_hex(6)}"
         for name in tools or []:
@@ -172,6 +177,7 @@ class Runtime:
             SessionRow(
                 id=sid, state="created", image=image, model=model, system=system,
                 tools=tools, policy=pol.to_json(), snapshot=None, snapshot_seq=None,
+                tenant=tenant,
             )
         )  # fmt: skip
         epoch = self.log.acquire(sid)
@@ -183,8 +189,8 @@ class Runtime:
         self.db.get(sid)
         return Session(self, sid)
 
-    def sessions(self, state: str | None = None) -> list[SessionRow]:
-        return self.db.list(state)
+    def sessions(self, state: str | None = None, tenant: str | None = None) -> list[SessionRow]:
+        return self.db.list(state, tenant)
 
     def worker(self, **kw: Any) -> Worker:
         return Worker(self, **kw)
@@ -238,7 +244,7 @@ class Session:
             SessionRow(
                 id=new, state="waiting", image=row.image, model=row.model, system=row.system,
                 tools=row.tools, policy=row.policy, snapshot=snap, snapshot_seq=seq,
-                snapshots=[snap], parent=self.id,
+                snapshots=[snap], parent=self.id, tenant=row.tenant,
             )
         )  # fmt: skip
         epoch = rt.log.acquire(new)

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS torpor_sessions (
     parent TEXT,
     error TEXT,
     created_at DOUBLE PRECISION NOT NULL,
-    updated_at DOUBLE PRECISION NOT NULL
+    updated_at DOUBLE PRECISION NOT NULL,
+    tenant TEXT
 );
 CREATE TABLE IF NOT EXISTS torpor_inbox (
     id {serial} PRIMARY KEY,
@@ -74,6 +75,7 @@ class SessionRow:
     error: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    tenant: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -81,19 +83,19 @@ class SessionRow:
 
 _COLS = (
     "id, state, image, model, system, tools, policy, snapshot, snapshot_seq, snapshots, "
-    "lease_owner, lease_until, wake_at, attempt, parent, error, created_at, updated_at"
+    "lease_owner, lease_until, wake_at, attempt, parent, error, created_at, updated_at, tenant"
 )
 
 
 def _row(r: tuple[Any, ...]) -> SessionRow:
     (sid, state, image, model, system, tools, policy, snapshot, snapshot_seq, snapshots,
-     owner, until, wake, attempt, parent, error, created, updated) = r  # fmt: skip
+     owner, until, wake, attempt, parent, error, created, updated, tenant) = r  # fmt: skip
     return SessionRow(
         id=sid, state=state, image=image, model=model, system=system,
         tools=json.loads(tools), policy=json.loads(policy), snapshot=snapshot,
         snapshot_seq=snapshot_seq, snapshots=json.loads(snapshots), lease_owner=owner,
         lease_until=until, wake_at=wake, attempt=attempt, parent=parent, error=error,
-        created_at=created, updated_at=updated,
+        created_at=created, updated_at=updated, tenant=tenant,
     )  # fmt: skip
 
 
@@ -126,6 +128,17 @@ class RuntimeDB:
             for stmt in _SCHEMA.format(serial=serial).split(";"):
                 if stmt.strip():
                     cur.execute(stmt)
+            self._migrate(cur)
+
+    def _migrate(self, cur: Any) -> None:
+        """Columns added after a database was created (ALTER TABLE ... ADD COLUMN)."""
+        if self.kind == "sqlite":
+            cur.execute("PRAGMA table_info(torpor_sessions)")
+            have = {r[1] for r in cur.fetchall()}
+            if "tenant" not in have:
+                cur.execute("ALTER TABLE torpor_sessions ADD COLUMN tenant TEXT")
+        else:
+            cur.execute("ALTER TABLE torpor_sessions ADD COLUMN IF NOT EXISTS tenant TEXT")
 
     def _sql(self, sql: str) -> str:
         return sql.replace("%s", "?") if self.kind == "sqlite" else sql
@@ -169,10 +182,11 @@ class RuntimeDB:
         with self.tx() as cur:
             cur.execute(
                 f"INSERT INTO torpor_sessions ({_COLS}) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (row.id, row.state, row.image, row.model, row.system, json.dumps(row.tools),
                  json.dumps(row.policy), row.snapshot, row.snapshot_seq,
-                 json.dumps(row.snapshots), None, None, None, 0, row.parent, None, now, now),
+                 json.dumps(row.snapshots), None, None, None, 0, row.parent, None, now, now,
+                 row.tenant),
             )  # fmt: skip
 
     def get(self, sid: str) -> SessionRow:
@@ -183,15 +197,19 @@ class RuntimeDB:
             raise SessionNotFound(sid)
         return _row(r)
 
-    def list(self, state: str | None = None) -> list[SessionRow]:
+    def list(self, state: str | None = None, tenant: str | None = None) -> list[SessionRow]:
+        where, params = [], []
+        if state:
+            where.append("state = %s")
+            params.append(state)
+        if tenant is not None:
+            where.append("tenant = %s")
+            params.append(tenant)
+        sql = f"SELECT {_COLS} FROM torpor_sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         with self.tx() as cur:
-            if state:
-                cur.execute(
-                    f"SELECT {_COLS} FROM torpor_sessions WHERE state = %s ORDER BY created_at",
-                    (state,),
-                )
-            else:
-                cur.execute(f"SELECT {_COLS} FROM torpor_sessions ORDER BY created_at")
+            cur.execute(sql + " ORDER BY created_at", params)
             return [_row(r) for r in cur.fetchall()]
 
     def update(self, sid: str, *, owner: str | None = None, **values: Any) -> bool:

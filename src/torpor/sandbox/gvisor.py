@@ -32,7 +32,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from torpor.sandbox import archive, network
-from torpor.sandbox.checkpoints import CheckpointStorage, LocalCheckpointStorage
+from torpor.sandbox.checkpoints import (
+    CheckpointNotFound,
+    CheckpointStorage,
+    LocalCheckpointStorage,
+)
 from torpor.sandbox.engine import (
     CheckpointError,
     CheckpointInfo,
@@ -998,18 +1002,21 @@ class GVisorEngine(Engine):
     ) -> CheckpointInfo:
         if checkpoint is not None:
             check_name(checkpoint)
-        with self._locked(sandbox) as info:
+        with self._locked(sandbox, reconcile=False) as info:
             if info.state != "running":
                 raise SandboxConflict(
                     f"cannot checkpoint sandbox {info.name}: it is not running "
                     f"(state: {info.state})"
                 )
             ck_name = checkpoint or datetime.now(UTC).strftime("ck-%Y%m%d-%H%M%S")
-            existing = [
-                m for m in self.checkpoints.list()
-                if m.get("sandbox_id") == info.id and m.get("name") == ck_name
-            ]  # fmt: skip
-            if existing:
+            # The id follows from the sandbox and the name, so checking that the name is
+            # free is one lookup, whatever the number of checkpoints.
+            ck_id = f"{info.name}-{ck_name}-{info.id[:6]}"
+            try:
+                self.checkpoints.meta(ck_id)
+            except CheckpointNotFound:
+                pass
+            else:
                 raise SandboxConflict(
                     f"sandbox {info.name} already has a checkpoint named {ck_name}"
                 )
@@ -1038,7 +1045,6 @@ class GVisorEngine(Engine):
                 self._reconcile(info)
                 raise CheckpointError(f"checkpoint of {info.name} failed: {e}") from None
             seconds = time.monotonic() - t0
-            ck_id = f"{info.name}-{ck_name}-{secrets.token_hex(3)}"
             meta = CheckpointInfo(
                 id=ck_id,
                 sandbox=info.name,
@@ -1078,11 +1084,12 @@ class GVisorEngine(Engine):
         return [m for m in metas if m.get("sandbox_id") == info.id]
 
     def _checkpoint_info(self, ref: str, *, sandbox: SandboxInfo | None = None) -> dict[str, Any]:
-        """Find a checkpoint by id, or by name (within `sandbox` when given)."""
+        """Find a checkpoint by id (one lookup), or by name (within `sandbox` when given)."""
+        try:
+            return self.checkpoints.meta(ref)
+        except CheckpointNotFound:
+            pass
         metas = self.checkpoints.list()
-        for m in metas:
-            if m.get("id") == ref:
-                return m
         named = [
             m for m in metas
             if m.get("name") == ref and (sandbox is None or m.get("sandbox_id") == sandbox.id)
@@ -1091,9 +1098,7 @@ class GVisorEngine(Engine):
             return named[0]
         if len(named) > 1:
             raise CheckpointError(f"checkpoint name {ref} is ambiguous: use its id")
-        # A corrupt or unreadable checkpoint still deserves a precise message.
-        self.checkpoints.meta(ref)
-        raise CheckpointError(f"no such checkpoint: {ref}")
+        raise CheckpointNotFound(f"no such checkpoint: {ref}")
 
     def remove_checkpoint(self, sandbox: str | None, checkpoint: str) -> None:
         target = self._find(sandbox) if sandbox else None
