@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 RUNSC_VERSION="0.0~20240729.0-4+b7"
 APT_PACKAGES=(
-  gcc libc6-dev make git zstd iproute2 ca-certificates
+  gcc libc6-dev musl-tools make git zstd iproute2 ca-certificates
   python3 python3-venv python3-dev
   mmdebstrap skopeo umoci docker-registry
   postgresql

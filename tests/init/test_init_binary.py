@@ -23,13 +23,15 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src/torpor/sandbox/init/torpor-init.c"
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+# Built the way torpor ships it: musl when available (see torpor/sandbox/initbin.py).
+CC = shutil.which("musl-gcc") or shutil.which("gcc")
+pytestmark = pytest.mark.skipif(CC is None, reason="needs musl-gcc or gcc")
 
 
 @pytest.fixture(scope="session")
 def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bin") / "torpor-init"
-    cmd = ["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(SRC)]
+    cmd = [str(CC), "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(SRC)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     return out

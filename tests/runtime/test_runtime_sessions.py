@@ -216,3 +216,23 @@ def test_killed_worker_is_recovered_by_another(runtime: Runtime, script, tmp_pat
     assert len(interrupted) == 1
     assert "kept" in results(entries)[-1]
     assert runtime.log.verify(s.id)
+
+
+def test_pool_gives_new_sessions_a_running_sandbox(runtime: Runtime, script):
+    runtime.pool_size = 1
+    pool = runtime.pool("base")
+    deadline = time.time() + 60
+    while not pool._ready() and time.time() < deadline:
+        time.sleep(0.1)
+    assert pool._ready(), "the pool never started a sandbox"
+    model = script([{"text": "hi", "tool_calls": [shell("echo pooled")]}, {"text": "done"}])
+    s = runtime.create_session(model=model)
+    s.send("go")
+    started = markers(s.log(), "sandbox_started")[0]
+    assert started["pooled"] is True
+    assert "pooled" in results(s.log())[-1]
+    while len(pool._ready()) < 1 and time.time() < deadline:  # refilled in the background
+        time.sleep(0.1)
+    assert len(pool._ready()) == 1
+    runtime.close()
+    assert not [i for i in runtime.engine.list() if i.name.startswith("pool-")]

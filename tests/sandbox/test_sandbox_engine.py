@@ -236,3 +236,13 @@ def test_reading_a_directory_as_a_file_fails_fast(engine: GVisorEngine, sandbox:
         engine.read_file(sandbox, "/tmp/big")
     assert time.monotonic() - t0 < 10
     assert engine.exec(sandbox, ["true"]).exit_code == 0
+
+
+def test_execs_do_not_grow_the_checkpoint(engine: GVisorEngine, sandbox: str):
+    # Every exec runs torpor-init's client in the sandbox; a static glibc build of it
+    # left ~80 KB of sandbox memory behind per run on this gVisor (hence musl).
+    before = engine.checkpoint(sandbox, "before", leave_running=True).size
+    for _ in range(40):
+        engine.exec(sandbox, ["true"])
+    after = engine.checkpoint(sandbox, "after", leave_running=True).size
+    assert after - before < 512 * 1024, f"checkpoint grew {after - before} bytes over 40 execs"

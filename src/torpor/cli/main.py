@@ -281,6 +281,12 @@ def rm(
         raise typer.Exit(1)
 
 
+@command(app, "rename")
+def rename(sandbox: str = typer.Argument(...), new_name: str = typer.Argument(...)) -> None:
+    """Rename a sandbox."""
+    engine().rename(sandbox, new_name)
+
+
 @command(app, "inspect")
 def inspect(sandbox: str = typer.Argument(...), fmt: str = FormatOpt) -> None:
     """Show a sandbox's full record as JSON."""

@@ -197,9 +197,12 @@ def worker(
     session: str = typer.Option(None, "--session", help="Only this session (implies --once)."),
     lease_ttl: float = typer.Option(15.0, "--lease-ttl", help="Seconds a lease lasts "
                                     "without a heartbeat."),  # fmt: skip
+    pool: int = typer.Option(1, "--pool", help="Pre-started sandboxes kept per image, so a "
+                             "new session does not wait for a cold start (0: none)."),  # fmt: skip
 ) -> None:
     """Run sessions' turns as they come (messages, due retries, dead workers' turns)."""
     rt = runtime(db, store)
+    rt.pool_size = 0 if (session or once) else pool
     w = rt.worker(lease_ttl=lease_ttl)
     if session:
         w.run_session(session, on_event=print_event)
@@ -211,4 +214,7 @@ def worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     sys.stderr.write(f"worker {w.owner} waiting for work\n")
-    w.serve(stop, on_event=print_event)
+    try:
+        w.serve(stop, on_event=print_event)
+    finally:
+        rt.close()

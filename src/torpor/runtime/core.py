@@ -35,6 +35,7 @@ from torpor.context import Entry, StaleEpoch, open_log
 from torpor.context import default_url as default_log_url
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
+from torpor.runtime.pool import SandboxPool
 from torpor.runtime.workspace import SandboxWorkspace
 from torpor.sandbox.engine import Engine, SandboxError, SandboxSpec
 from torpor.snapshots import open_store
@@ -117,6 +118,7 @@ class Runtime:
         home: Path | None = None,
         engine: Engine | None = None,
         tools: ToolRegistry | None = None,
+        pool_size: int = 0,
     ) -> None:
         self.home = Path(home or os.environ.get("TORPOR_HOME", "/var/lib/torpor"))
         self.db_url = db or default_log_url()
@@ -127,6 +129,15 @@ class Runtime:
         self._engine = engine
         self.tools = tools or ToolRegistry()
         self._models: dict[str, Model] = {}
+        self.pool_size = pool_size
+        self._pools: dict[str, SandboxPool] = {}
+
+    def pool(self, image: str) -> SandboxPool:
+        """The pool of pre-started sandboxes for an image (size `pool_size`; 0: none)."""
+        if image not in self._pools:
+            self._pools[image] = SandboxPool(self.engine, image, self.pool_size)
+            self._pools[image].refill()
+        return self._pools[image]
 
     # -- parts, opened when first needed ---------------------------------------------
 
@@ -147,8 +158,12 @@ class Runtime:
             self._models[spec] = open_model(spec)
         return self._models[spec]
 
-    def close(self) -> None:
-        """Wait for checkpoint uploads still running, then close the databases."""
+    def close(self, *, drain_pools: bool = True) -> None:
+        """Remove pooled sandboxes, wait for checkpoint uploads still running, then close
+        the databases."""
+        if drain_pools:
+            for p in self._pools.values():
+                p.drain()
         flush = getattr(getattr(self._engine, "checkpoints", None), "flush", None)
         if flush is not None:
             flush()
@@ -437,10 +452,13 @@ class Worker:
                 self._note_fallback(tr, failures, f"restored the older snapshot {snap}")
             return ms
         t0 = time.monotonic()
-        eng.run(SandboxSpec(image=row.image), name=name)
+        pooled = self.rt.pool_size > 0 and self.rt.pool(row.image).take(name)
+        if not pooled:
+            eng.run(SandboxSpec(image=row.image), name=name)
         ms = (time.monotonic() - t0) * 1000
-        tr.append([Entry.marker("sandbox_started", image=row.image, ms=round(ms, 1))])
-        emit("sandbox_started", image=row.image, ms=round(ms, 1))
+        tr.append([Entry.marker("sandbox_started", image=row.image, ms=round(ms, 1),
+                                pooled=pooled)])  # fmt: skip
+        emit("sandbox_started", image=row.image, ms=round(ms, 1), pooled=pooled)
         if failures:
             self._note_fallback(tr, failures, f"started a fresh sandbox from image {row.image}")
         return None

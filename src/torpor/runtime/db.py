@@ -137,8 +137,12 @@ class RuntimeDB:
             have = {r[1] for r in cur.fetchall()}
             if "tenant" not in have:
                 cur.execute("ALTER TABLE torpor_sessions ADD COLUMN tenant TEXT")
-        else:
-            cur.execute("ALTER TABLE torpor_sessions ADD COLUMN IF NOT EXISTS tenant TEXT")
+        else:  # look first: ALTER TABLE locks the table even when it changes nothing
+            cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                        "current_schema() AND table_name = 'torpor_sessions' AND "
+                        "column_name = 'tenant'")  # fmt: skip
+            if cur.fetchone() is None:
+                cur.execute("ALTER TABLE torpor_sessions ADD COLUMN IF NOT EXISTS tenant TEXT")
 
     def _sql(self, sql: str) -> str:
         return sql.replace("%s", "?") if self.kind == "sqlite" else sql

@@ -176,7 +176,7 @@ def run_checks(engine_factory: Any, *, build_base: bool = False) -> list[Check]:
             + ("" if pinned else f"; tested build is {PINNED_RUNSC}, the self-test decides"),
         )
     )
-    for tool in ("gcc", "mmdebstrap", "skopeo", "umoci", "ip"):
+    for tool in ("musl-gcc", "mmdebstrap", "skopeo", "umoci", "ip"):
         path = shutil.which(tool)
         checks.append(Check(tool, path is not None, path or "missing: run scripts/setup.sh"))
     try:

@@ -261,6 +261,9 @@ class Engine(abc.ABC):
     def inspect(self, sandbox: str) -> SandboxInfo: ...
 
     @abc.abstractmethod
+    def rename(self, sandbox: str, new_name: str) -> SandboxInfo: ...
+
+    @abc.abstractmethod
     def list(self, *, all: bool = False) -> list[SandboxInfo]: ...
 
     @abc.abstractmethod

@@ -601,6 +601,16 @@ class GVisorEngine(Engine):
         with self._locked(sandbox, exclusive=False) as info:
             return info
 
+    def rename(self, sandbox: str, new_name: str) -> SandboxInfo:
+        """Give a sandbox another name (Docker's `rename`); it keeps running."""
+        check_name(new_name)
+        with self._global_lock(), self._locked(sandbox, reconcile=False) as info:
+            if any(i.name == new_name for i in self._all()):
+                raise SandboxConflict(f"the name {new_name} is already in use by another sandbox")
+            info.name = new_name
+            self._save(info)
+            return info
+
     def list(self, *, all: bool = False) -> list[SandboxInfo]:
         out = []
         for info in self._all():

@@ -1,9 +1,16 @@
 """Builds and locates torpor-init, the static C program that is PID 1 of every sandbox.
 
 The source ships inside the package (sandbox/init/torpor-init.c); the binary is compiled
-once with `gcc -static` into TORPOR_HOME/bin/init-<source hash>/init, and that directory
-is bind-mounted read-only at /.torpor in each sandbox. Keying the directory on the source
-hash means an upgraded torpor never runs a stale init.
+once, statically, into TORPOR_HOME/bin/init-<source hash>-<compiler>/init, and that
+directory is bind-mounted read-only at /.torpor in each sandbox. Keying the directory on
+the source hash means an upgraded torpor never runs a stale init.
+
+It is linked against musl (`musl-gcc`, Debian's musl-tools) rather than glibc: on the
+pinned gVisor, every run of a static glibc binary leaves about 80 KB behind in the
+sandbox's memory (measured: 100 runs of an empty `int main(){}` grew the checkpoint from
+0.8 to 4.8 MB; musl-static and dynamic binaries leave nothing), and torpor runs this
+binary for every exec, file copy and tool call. Without musl-gcc it falls back to
+`gcc -static` and says so.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -32,7 +40,8 @@ def ensure_init_binary(home: Path) -> Path:
     src = init_source()
     digest = hashlib.sha256(src).hexdigest()[:12]
     bindir = home / "bin"
-    target = bindir / f"init-{digest}"
+    flavour = "musl" if shutil.which("musl-gcc") else "glibc"
+    target = bindir / f"init-{digest}-{flavour}"
     if (target / "init").is_file():
         return target
     bindir.mkdir(parents=True, exist_ok=True)
@@ -40,11 +49,18 @@ def ensure_init_binary(home: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "init").is_file():
             return target
-        gcc = shutil.which("gcc")
+        gcc = shutil.which("musl-gcc")
         if gcc is None:
-            raise SandboxError(
-                "gcc is needed to build torpor-init: run scripts/setup.sh "
-                "(or apt-get install gcc libc6-dev)"
+            gcc = shutil.which("gcc")
+            if gcc is None:
+                raise SandboxError(
+                    "musl-gcc (or gcc) is needed to build torpor-init: run scripts/setup.sh "
+                    "(or apt-get install musl-tools)"
+                )
+            print(
+                "torpor: musl-gcc not found (apt-get install musl-tools): building torpor-init "
+                "with glibc, whose static binaries leak sandbox memory on this gVisor",
+                file=sys.stderr,
             )
         tmp = bindir / f".tmp-{digest}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
