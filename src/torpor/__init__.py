@@ -17,6 +17,7 @@ _LAZY = {
     "Session": "torpor.runtime.core",
     "Policy": "torpor.runtime.core",
     "Worker": "torpor.runtime.core",
+    "Client": "torpor.api.client",
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from torpor.cli import log_cmd, session_cmd, snapshot_cmd
+from torpor.cli import log_cmd, serve_cmd, session_cmd, snapshot_cmd, token_cmd
 from torpor.cli.errors import clean_errors, error_line, is_user_error
 from torpor.cli.image_cmd import format_table, human_age, image_app, images, pull, rmi
 from torpor.sandbox.engine import PortMapping, SandboxInfo, SandboxSpec, Volume
@@ -393,6 +393,8 @@ app.command("pull")(clean_errors(pull))
 app.command("images")(clean_errors(images))
 app.command("rmi")(clean_errors(rmi))
 app.command("worker")(clean_errors(session_cmd.worker))
+app.command("serve")(clean_errors(serve_cmd.serve))
+app.add_typer(token_cmd.app, name="token")
 
 
 @command(app, "doctor")

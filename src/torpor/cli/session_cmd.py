@@ -6,6 +6,7 @@ happen; with `--no-wait` it only queues the message for a `torpor worker` to pic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -33,6 +34,35 @@ DbOpt = typer.Option(None, "--db", help="Log/state database URL (default: TORPOR
 StoreOpt = typer.Option(None, "--store", help="Snapshot store URL (default: TORPOR_SNAPSHOTS "
                         "or file://$TORPOR_HOME/snapshots).")  # fmt: skip
 FormatOpt = typer.Option("text", "--format", help="Output format: text or json.")
+ServerOpt = typer.Option(None, "--server", envvar="TORPOR_SERVER", help="URL of a `torpor "
+                         "serve` to use instead of the local database.")  # fmt: skip
+TokenOpt = typer.Option(None, "--token", envvar="TORPOR_TOKEN", help="API token for --server.")
+
+
+def client(server: str, token: str | None):  # type: ignore[no-untyped-def]
+    from torpor.api.client import Client
+
+    return Client(server, token)
+
+
+def _row(d: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from torpor.runtime.db import SessionRow
+
+    return SessionRow(**{k: v for k, v in d.items() if k in SessionRow.__dataclass_fields__})
+
+
+def _remote_event(ev: Any) -> None:
+    """Print a server-sent event the way print_event prints a local worker's."""
+    d = {"type": ev.type, **ev.data}
+    if ev.type == "tool_call_started":
+        with contextlib.suppress(TypeError, ValueError):
+            d["arguments"] = json.loads(d.get("arguments") or "null")
+    elif ev.type == "recovery":
+        d.update(type="recovered", lost=len(d.get("lost") or []),
+                 interrupted=len(d.get("interrupted") or []))  # fmt: skip
+    elif ev.type == "marker" and d.get("marker") == "sandbox_started":
+        d["type"] = "sandbox_started"
+    print_event(d)
 
 
 def runtime(db: str | None, store: str | None):  # type: ignore[no-untyped-def]
@@ -88,8 +118,16 @@ def new(
     db: str = DbOpt,
     store: str = StoreOpt,
     fmt: str = FormatOpt,
+    server: str = ServerOpt,
+    token: str = TokenOpt,
 ) -> None:
     """Create a session; prints its id."""
+    if server:
+        info = client(server, token).request("POST", "/v1/sessions", json={
+            "model": model, "image": image, "system": system, "tools": tool or None,
+            "policy": {"snapshot_every_calls": snapshot_every_calls}})  # fmt: skip
+        _json(info) if fmt == "json" else print(info["id"])
+        return
     rt = runtime(db, store)
     s = rt.create_session(image=image, model=model, system=system, tools=tool or None,
                           policy={"snapshot_every_calls": snapshot_every_calls})  # fmt: skip
@@ -107,10 +145,23 @@ def send(
     db: str = DbOpt,
     store: str = StoreOpt,
     fmt: str = FormatOpt,
+    server: str = ServerOpt,
+    token: str = TokenOpt,
 ) -> None:
     """Send a user message and run the turn to its wait point."""
     if text == "-":
         text = sys.stdin.read()
+    if server:
+        rs = client(server, token).get_session(session)
+        if no_wait:
+            print(rs.post(text))
+            return
+        out = rs.send(text, on_event=None if fmt == "json" else _remote_event)
+        if fmt == "json":
+            _json({**out.__dict__, "events": [e.__dict__ for e in out.events]})
+        else:
+            print(out.text)
+        return
     rt = runtime(db, store)
     s = rt.get_session(session)
     if no_wait:
@@ -127,11 +178,15 @@ def send(
 
 
 @command("ls")
-def ls(state: str = typer.Option(None, "--state"), db: str = DbOpt, fmt: str = FormatOpt) -> None:
+def ls(state: str = typer.Option(None, "--state"), db: str = DbOpt, fmt: str = FormatOpt,
+       server: str = ServerOpt, token: str = TokenOpt) -> None:  # fmt: skip
     """List sessions."""
     from torpor.cli.image_cmd import format_table, human_age
 
-    rows = runtime(db, None).sessions(state)
+    if server:
+        rows = [_row(d) for d in client(server, token).sessions(state)]
+    else:
+        rows = runtime(db, None).sessions(state)
     if fmt == "json":
         _json([r.to_json() for r in rows])
         return
@@ -146,15 +201,20 @@ def ls(state: str = typer.Option(None, "--state"), db: str = DbOpt, fmt: str = F
 
 
 @command("show")
-def show(session: str = typer.Argument(...), db: str = DbOpt, fmt: str = FormatOpt) -> None:
+def show(session: str = typer.Argument(...), db: str = DbOpt, fmt: str = FormatOpt,
+         server: str = ServerOpt, token: str = TokenOpt) -> None:  # fmt: skip
     """Show a session's record and its log as a timeline."""
-    rt = runtime(db, None)
-    s = rt.get_session(session)
-    entries = s.log()
+    if server:
+        from torpor.context import Entry
+
+        rs = client(server, token).get_session(session)
+        info, entries = _row(rs.info()), [Entry(**d) for d in rs.log()]
+    else:
+        s = runtime(db, None).get_session(session)
+        info, entries = s.info(), s.log()
     if fmt == "json":
-        _json({"session": s.info().to_json(), "log": [e.to_dict() for e in entries]})
+        _json({"session": info.to_json(), "log": [e.to_dict() for e in entries]})
         return
-    info = s.info()
     print(f"session {info.id}  state {info.state}  model {info.model}  image {info.image}")
     for e in entries:
         if e.kind == "marker":
@@ -178,15 +238,24 @@ def fork(
     at: str = typer.Option(None, "--at", help="Snapshot id (default: the latest)."),
     db: str = DbOpt,
     store: str = StoreOpt,
+    server: str = ServerOpt,
+    token: str = TokenOpt,
 ) -> None:
     """Fork a session at one of its snapshots; prints the new session's id."""
+    if server:
+        print(client(server, token).get_session(session).fork(at).id)
+        return
     print(runtime(db, store).get_session(session).fork(at).id)
 
 
 @command("close")
-def close(session: str = typer.Argument(...), db: str = DbOpt) -> None:
+def close(session: str = typer.Argument(...), db: str = DbOpt, server: str = ServerOpt,
+          token: str = TokenOpt) -> None:  # fmt: skip
     """Close a session (its log stays; it takes no more messages)."""
-    runtime(db, None).get_session(session).close()
+    if server:
+        client(server, token).get_session(session).close()
+    else:
+        runtime(db, None).get_session(session).close()
     print(session)
 
 

@@ -1,0 +1,86 @@
+"""Prometheus metrics of one API server: sessions by state, turn latency, snapshot and
+restore latency (from the snapshot_taken / session_restored markers its workers write),
+stored bytes, HTTP requests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from torpor.runtime.db import STATES
+
+_MS_BUCKETS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+_S_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class _StateCollector(Collector):
+    """Read at scrape time (cached a few seconds): sessions by state and stored bytes."""
+
+    def __init__(self, runtime: Any, ttl: float = 5.0) -> None:
+        self.rt = runtime
+        self.ttl = ttl
+        self._at = 0.0
+        self._cache: tuple[dict[str, int], int] = ({}, 0)
+
+    def _read(self) -> tuple[dict[str, int], int]:
+        if time.monotonic() - self._at < self.ttl:
+            return self._cache
+        by_state = dict.fromkeys(STATES, 0)
+        log_bytes = 0
+        with self.rt.db.tx() as cur:
+            cur.execute("SELECT state, COUNT(*) FROM torpor_sessions GROUP BY state")
+            for state, n in cur.fetchall():
+                by_state[state] = int(n)
+        for info in self.rt.log.sessions():
+            log_bytes += int(info.bytes or 0)
+        self._cache = (by_state, log_bytes)
+        self._at = time.monotonic()
+        return self._cache
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        by_state, log_bytes = self._read()
+        g = GaugeMetricFamily("torpor_sessions", "Sessions by state", labels=["state"])
+        for state, n in sorted(by_state.items()):
+            g.add_metric([state], n)
+        yield g
+        yield GaugeMetricFamily("torpor_log_stored_bytes", "Bytes stored by context logs",
+                                value=log_bytes)
+
+
+class Metrics:
+    def __init__(self, runtime: Any) -> None:
+        self.registry = CollectorRegistry()
+        self.turn_seconds = Histogram(
+            "torpor_turn_seconds", "Turn latency: first model call to the model's answer",
+            buckets=_S_BUCKETS, registry=self.registry)  # fmt: skip
+        self.snapshot_ms = Histogram(
+            "torpor_snapshot_ms", "Snapshot (checkpoint) time in ms, from snapshot_taken",
+            buckets=_MS_BUCKETS, registry=self.registry)  # fmt: skip
+        self.restore_ms = Histogram(
+            "torpor_restore_ms", "Restore time in ms, from session_restored",
+            buckets=_MS_BUCKETS, registry=self.registry)  # fmt: skip
+        self.snapshot_bytes = Counter(
+            "torpor_snapshot_stored_bytes", "New bytes stored by snapshots taken here",
+            registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "torpor_http_requests", "HTTP requests by status class",
+            ["status"], registry=self.registry)  # fmt: skip
+        self.sse_events = Counter(
+            "torpor_sse_events", "Server-sent events delivered", registry=self.registry)
+        self.registry.register(_StateCollector(runtime))
+
+    def on_event(self, ev: dict[str, Any]) -> None:
+        """A worker's event (each mirrors a marker it just appended)."""
+        t = ev.get("type")
+        if t == "turn_finished" and ev.get("seconds") is not None:
+            self.turn_seconds.observe(float(ev["seconds"]))
+        elif t == "snapshot":
+            self.snapshot_ms.observe(float(ev.get("ms") or 0))
+            self.snapshot_bytes.inc(max(0, int(ev.get("bytes") or 0)))
+        elif t == "restored":
+            self.restore_ms.observe(float(ev.get("ms") or 0))

@@ -1,0 +1,196 @@
+"""API tokens and idempotency keys: two small tables next to the runtime's own.
+
+A token is shown once when it is made (`tpk_<id>_<secret>`); only its SHA-256 is stored.
+Each token belongs to one tenant and carries scopes: `drive` (sessions, messages, events,
+log, snapshots), `exec` (commands and file reads in a session's sandbox) and `admin`
+(metrics, and every tenant's sessions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from torpor.runtime.db import RuntimeDB
+
+SCOPES = ("drive", "exec", "admin")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS torpor_tokens (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    note TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    revoked_at DOUBLE PRECISION
+);
+CREATE TABLE IF NOT EXISTS torpor_idempotency (
+    session TEXT NOT NULL,
+    key TEXT NOT NULL,
+    turn BIGINT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (session, key)
+);
+"""
+
+
+class TokenError(Exception):
+    """A token request that cannot be done (unknown scope, unknown token id)."""
+
+
+@dataclass
+class Principal:
+    """Who is asking: a tenant with scopes (tenant None with auth off: sees everything)."""
+
+    tenant: str | None
+    scopes: frozenset[str] = field(default_factory=lambda: frozenset(SCOPES))
+    token_id: str | None = None
+
+    @property
+    def all_tenants(self) -> bool:
+        return self.tenant is None or "admin" in self.scopes
+
+
+@dataclass
+class TokenInfo:
+    id: str
+    tenant: str
+    scopes: list[str]
+    note: str | None
+    created_at: float
+    revoked_at: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenStore:
+    """Tokens and idempotency keys in the runtime's database (SQLite or PostgreSQL)."""
+
+    def __init__(self, db: RuntimeDB) -> None:
+        self.db = db
+        with db.tx() as cur:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    cur.execute(stmt)
+
+    # -- tokens ------------------------------------------------------------------------
+
+    def create(self, tenant: str, scopes: list[str] | None = None,
+               note: str | None = None) -> tuple[str, TokenInfo]:  # fmt: skip
+        """Make a token; returns (the token text, shown only now, and its record)."""
+        scopes = sorted(set(scopes or ["drive"]))
+        bad = [s for s in scopes if s not in SCOPES]
+        if bad:
+            raise TokenError(f"unknown scope {bad[0]!r} (scopes: {', '.join(SCOPES)})")
+        if not tenant or len(tenant) > 200:
+            raise TokenError("a token needs a tenant name (1-200 characters)")
+        tid = secrets.token_hex(4)
+        token = f"tpk_{tid}_{secrets.token_urlsafe(24)}"
+        now = time.time()
+        with self.db.tx() as cur:
+            cur.execute(
+                "INSERT INTO torpor_tokens (id, tenant, scopes, hash, note, created_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (tid, tenant, json.dumps(scopes), _hash(token), note, now),
+            )
+        return token, TokenInfo(tid, tenant, scopes, note, now, None)
+
+    def list(self, include_revoked: bool = False) -> list[TokenInfo]:
+        sql = "SELECT id, tenant, scopes, note, created_at, revoked_at FROM torpor_tokens"
+        if not include_revoked:
+            sql += " WHERE revoked_at IS NULL"
+        with self.db.tx() as cur:
+            cur.execute(sql + " ORDER BY created_at")
+            rows = cur.fetchall()
+        return [TokenInfo(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5]) for r in rows]
+
+    def revoke(self, tid: str) -> None:
+        with self.db.tx() as cur:
+            cur.execute(
+                "UPDATE torpor_tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
+                (time.time(), tid),
+            )
+            if cur.rowcount != 1:
+                raise TokenError(f"no such live token: {tid}")
+
+    def any(self) -> bool:
+        with self.db.tx() as cur:
+            cur.execute("SELECT 1 FROM torpor_tokens WHERE revoked_at IS NULL LIMIT 1")
+            return cur.fetchone() is not None
+
+    def check(self, token: str) -> Principal | None:
+        """The principal of a live token, or None."""
+        parts = token.split("_")
+        if len(parts) < 3 or parts[0] != "tpk":
+            return None
+        with self.db.tx() as cur:
+            cur.execute(
+                "SELECT tenant, scopes, hash FROM torpor_tokens "
+                "WHERE id = %s AND revoked_at IS NULL",
+                (parts[1],),
+            )
+            r = cur.fetchone()
+        if r is None or not hmac.compare_digest(r[2], _hash(token)):
+            return None
+        return Principal(tenant=r[0], scopes=frozenset(json.loads(r[1])), token_id=parts[1])
+
+    # -- idempotency keys --------------------------------------------------------------
+
+    def turn_for(self, session: str, key: str) -> int | None:
+        with self.db.tx() as cur:
+            cur.execute(
+                "SELECT turn FROM torpor_idempotency WHERE session = %s AND key = %s",
+                (session, key),
+            )
+            r = cur.fetchone()
+        return None if r is None else int(r[0])
+
+    def remember(self, session: str, key: str, turn: int) -> int:
+        """Record key -> turn; if another request recorded the key first, returns its turn."""
+        try:
+            with self.db.tx() as cur:
+                cur.execute(
+                    "INSERT INTO torpor_idempotency (session, key, turn, created_at) "
+                    "VALUES (%s, %s, %s, %s)",
+                    (session, key, turn, time.time()),
+                )
+            return turn
+        except Exception:
+            earlier = self.turn_for(session, key)
+            if earlier is None:
+                raise
+            return earlier
+
+    # -- per-tenant counts (limits) ----------------------------------------------------
+
+    def open_sessions(self, tenant: str | None) -> int:
+        with self.db.tx() as cur:
+            cur.execute(
+                "SELECT COUNT(*) FROM torpor_sessions WHERE state != 'closed' AND "
+                + ("tenant IS NULL" if tenant is None else "tenant = %s"),
+                () if tenant is None else (tenant,),
+            )
+            return int(cur.fetchone()[0])
+
+    def busy_sessions(self, tenant: str | None) -> int:
+        """Sessions of the tenant with a turn queued, running, recovering or retrying."""
+        with self.db.tx() as cur:
+            cur.execute(
+                "SELECT COUNT(*) FROM torpor_sessions s WHERE state != 'closed' AND "
+                + ("s.tenant IS NULL" if tenant is None else "s.tenant = %s")
+                + " AND (state IN ('running', 'recovering', 'retrying') OR EXISTS ("
+                "  SELECT 1 FROM torpor_inbox i WHERE i.session = s.id AND i.consumed = 0))",
+                () if tenant is None else (tenant,),
+            )
+            return int(cur.fetchone()[0])

@@ -1,0 +1,142 @@
+"""Fixtures for API tests: a real gVisor engine, a Runtime on a temp SQLite DB, and the
+real app served by uvicorn on a free loopback port (or driven in-process where a socket
+is not the point)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from torpor.api.app import Limits, create_app
+from torpor.api.tokens import TokenStore
+from torpor.runtime.checkpoints import SnapshotCheckpointStorage
+from torpor.runtime.core import Runtime
+from torpor.sandbox.gvisor import GVisorEngine
+from torpor.sandbox.images import ImageStore
+from torpor.snapshots import open_store
+
+
+@pytest.fixture(scope="session")
+def api_home() -> Iterator[Path]:
+    home = Path(tempfile.mkdtemp(prefix="torpor-api-home-"))
+    yield home
+    for d in (home / "sandboxes").glob("*") if (home / "sandboxes").exists() else []:
+        subprocess.run(["runsc", f"--root={home / 'runsc'}", "delete", "-force", d.name],
+                       capture_output=True)  # fmt: skip
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def api_engine(api_home: Path) -> GVisorEngine:
+    images = ImageStore()
+    images.build_base()
+    store = open_store(f"file://{api_home / 'snapshots'}")
+    return GVisorEngine(api_home, images=images,
+                        checkpoints=SnapshotCheckpointStorage(store, api_home))  # fmt: skip
+
+
+def make_runtime(home: Path, engine: GVisorEngine, db: Path) -> Runtime:
+    return Runtime(db=f"sqlite:///{db}", store=f"file://{home / 'snapshots'}", home=home,
+                   engine=engine)  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    runtime: Runtime
+    tokens: TokenStore
+    db: Path
+
+    def token(self, tenant: str, *scopes: str) -> str:
+        return self.tokens.create(tenant, list(scopes) or ["drive"])[0]
+
+    def http(self, token: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))  # fmt: skip
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.time() + 20
+    while not server.started:
+        assert time.time() < deadline and t.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(60)
+
+
+@pytest.fixture(scope="session")
+def server(api_home: Path, api_engine: GVisorEngine) -> Iterator[Server]:
+    """One real server for the module's tests (tenants keep them apart), 2 worker threads."""
+    db = api_home / "api.db"
+    rt = make_runtime(api_home, api_engine, db)
+    app = create_app(rt, auth=True, workers=2, limits=Limits(turns_per_tenant=4))
+    with serve(app) as url:
+        yield Server(url, rt, app.state.tokens, db)
+    for row in rt.sessions():
+        with contextlib.suppress(Exception):
+            api_engine.remove(f"s-{row.id}", force=True)
+    rt.close()
+
+
+@pytest.fixture()
+def script(tmp_path: Path) -> Callable[[list[dict[str, Any]]], str]:
+    """Write a scripted model file (a new one per call: a Runtime caches models by spec)."""
+    n = [0]
+
+    def make(turns: list[dict[str, Any]]) -> str:
+        n[0] += 1
+        path = tmp_path / f"turns-{n[0]}.jsonl"
+        path.write_text("".join(json.dumps(t) + "\n" for t in turns))
+        return f"script:{path}"
+
+    return make
+
+
+def shell(command: str) -> dict[str, Any]:
+    return {"name": "shell", "arguments": {"command": command}}
+
+
+def read_sse(resp: httpx.Response, stop: Callable[[dict[str, Any]], bool],
+             out: list[dict[str, Any]]) -> None:  # fmt: skip
+    """Collect events ({id, event, data}) from a streaming response until stop(event)."""
+    cur: dict[str, Any] = {}
+    for line in resp.iter_lines():
+        if line == "":
+            if "data" in cur:
+                cur["data"] = json.loads(cur["data"])
+                out.append(cur)
+                if stop(cur):
+                    return
+            cur = {}
+        elif not line.startswith(":"):
+            k, _, v = line.partition(": ")
+            cur[k] = int(v) if k == "id" else v

@@ -1,0 +1,169 @@
+"""Turns over HTTP on a real server and sandbox: SSE events live and resumable, the
+Python client, forks, snapshots, logs, sandbox access, metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from tests.api.conftest import Server, read_sse, shell
+from torpor.api.client import Client
+
+
+def is_wait(ev: dict[str, Any]) -> bool:
+    return ev["event"] == "state" and ev["data"].get("state") == "waiting"
+
+
+def test_turn_over_http_with_live_events_and_resume(server: Server, script):
+    tok = server.token("t-turn", "drive", "exec")
+    model = script([
+        {"text": "writing",
+         "tool_calls": [shell("mkdir -p /work; echo hello > /work/a.txt; cat /work/a.txt")]},
+        {"text": "done writing"},
+    ])  # fmt: skip
+    with server.http(tok) as h:
+        s = h.post("/v1/sessions", json={"model": model}).json()
+        sid = s["id"]
+        assert s["tenant"] == "t-turn" and s["state"] == "created"
+        got: list[dict[str, Any]] = []
+        opened = threading.Event()
+
+        def listen() -> None:
+            with httpx.stream("GET", f"{server.url}/v1/sessions/{sid}/events",
+                              headers={"Authorization": f"Bearer {tok}"},
+                              timeout=httpx.Timeout(10, read=60)) as r:  # fmt: skip
+                assert r.status_code == 200
+                assert r.headers["content-type"].startswith("text/event-stream")
+                opened.set()
+                read_sse(r, is_wait, got)
+
+        t = threading.Thread(target=listen)
+        t.start()
+        assert opened.wait(10)
+        t0 = time.time()
+        r = h.post(f"/v1/sessions/{sid}/messages", json={"text": "write a file"})
+        assert r.status_code == 202, r.text
+        assert time.time() - t0 < 2, "the post waited for the turn"
+        turn = r.json()["turn"]
+        assert isinstance(turn, int)
+        t.join(90)
+        assert not t.is_alive()
+        kinds = [e["event"] for e in got]
+        for k in ("user", "tool_call_started", "tool_call_finished", "assistant", "snapshot"):
+            assert k in kinds, kinds
+        ids = [e["id"] for e in got]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        fin = next(e for e in got if e["event"] == "tool_call_finished")["data"]
+        assert "hello" in fin["output"] and fin["is_error"] is False
+        snap = next(e for e in got if e["event"] == "snapshot")["data"]
+        assert snap["bytes"] >= 0 and snap["ms"] > 0 and snap["snapshot"]
+        assert got[0]["data"]["seq"] == ids[0]
+
+        # reconnect in the middle with Last-Event-ID: exactly the rest arrives
+        cut = ids[len(ids) // 2]
+        rest: list[dict[str, Any]] = []
+        with httpx.stream("GET", f"{server.url}/v1/sessions/{sid}/events?until=wait",
+                          headers={"Authorization": f"Bearer {tok}", "Last-Event-ID": str(cut)},
+                          timeout=30) as r:  # fmt: skip
+            read_sse(r, is_wait, rest)
+        assert [e["id"] for e in rest] == [i for i in ids if i > cut]
+        assert [e["data"] for e in rest] == [e["data"] for e in got if e["id"] > cut]
+
+        # the whole stream from 0 equals the log
+        log = h.get(f"/v1/sessions/{sid}/log", params={"limit": 500}).json()["entries"]
+        full: list[dict[str, Any]] = []
+        with httpx.stream("GET", f"{server.url}/v1/sessions/{sid}/events?until=wait",
+                          headers={"Authorization": f"Bearer {tok}"}, timeout=30) as r:
+            read_sse(r, is_wait, full)
+        assert [e["id"] for e in full] == [e["seq"] for e in log][: len(full)]
+        assert full[0]["event"] == "state" and full[0]["data"]["state"] == "created"
+
+        # snapshots, export, paged log
+        snaps = h.get(f"/v1/sessions/{sid}/snapshots").json()["snapshots"]
+        assert len(snaps) == 1 and snaps[0]["snapshot"] == snap["snapshot"]
+        oa = h.get(f"/v1/sessions/{sid}/log/export", params={"format": "openai"}).json()
+        roles = [m["role"] for m in oa["messages"]]
+        assert roles[:2] == ["user", "assistant"] and "tool" in roles
+        an = h.get(f"/v1/sessions/{sid}/log/export", params={"format": "anthropic"}).json()
+        assert an["format"] == "anthropic" and an["messages"][0]["role"] == "user"
+        page1 = h.get(f"/v1/sessions/{sid}/log", params={"limit": 2}).json()
+        assert len(page1["entries"]) == 2 and page1["next_after"] == page1["entries"][-1]["seq"]
+        page2 = h.get(f"/v1/sessions/{sid}/log",
+                      params={"after": page1["next_after"], "limit": 2}).json()  # fmt: skip
+        assert page2["entries"][0]["seq"] == page1["next_after"] + 1
+
+        # sandbox access: the file the agent wrote, in a throwaway restore
+        ex = h.post(f"/v1/sessions/{sid}/sandbox/exec", json={"argv": ["cat", "/work/a.txt"]})
+        assert ex.status_code == 200, ex.text
+        assert ex.json()["stdout"] == "hello\n" and ex.json()["exit_code"] == 0
+        f = h.get(f"/v1/sessions/{sid}/sandbox/file", params={"path": "/work/a.txt"}).json()
+        assert f["content"] == "hello\n" and f["encoding"] == "utf-8"
+
+        # metrics see the snapshot (admin scope)
+        admin = server.token("t-turn", "admin")
+        m = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {admin}"})
+        assert m.status_code == 200
+        assert "torpor_snapshot_ms_count" in m.text and 'torpor_sessions{state="waiting"}' in m.text
+        assert h.get("/metrics").status_code == 403
+
+
+def test_python_client_send_fork_close(server: Server, script):
+    tok = server.token("t-client")
+    model = script([
+        {"text": "starting", "tool_calls": [shell("mkdir -p /work; echo 41 > /work/n")]},
+        {"text": "first done"},
+        {"text": "reading", "tool_calls": [shell("cat /work/n")]},
+        {"text": "second done"},
+    ])  # fmt: skip
+    with Client(server.url, tok) as c:
+        s = c.create_session(model=model, system="be brief")
+        seen: list[str] = []
+        out = s.send("start", on_event=lambda ev: seen.append(ev.type))
+        assert out.state == "waiting" and out.text == "first done"
+        assert out.snapshot and out.snapshot_ms > 0 and out.restore_ms is None
+        assert "tool_call_started" in seen and "snapshot" in seen
+        out2 = s.send("read")
+        assert out2.text == "second done" and out2.restore_ms is not None
+        results = [e["content"] for e in s.log() if e["kind"] == "tool_result"]
+        assert results[-1].strip().endswith("41")
+        assert [x["id"] for x in c.sessions()] == [s.id]
+        child = s.fork(out.snapshot)
+        info = child.info()
+        assert info["parent"] == s.id and info["tenant"] == "t-client"
+        assert info["snapshot"] == out.snapshot
+        assert len(c.sessions()) == 2
+        s.close()
+        assert s.info()["state"] == "closed"
+        # an event stream on a closed session ends by itself
+        evs = list(s.events(after=0))
+        assert evs[-1].type == "state" and evs[-1].data["state"] == "closed"
+        assert [x["id"] for x in c.sessions(state="closed")] == [s.id]
+
+
+def test_exec_reaches_the_live_sandbox_while_a_turn_runs(server: Server, script):
+    tok = server.token("t-live", "drive", "exec")
+    model = script([
+        {"text": "working", "tool_calls": [shell("echo live > /tmp/live; sleep 4")]},
+        {"text": "done"},
+    ])  # fmt: skip
+    with server.http(tok) as h:
+        sid = h.post("/v1/sessions", json={"model": model}).json()["id"]
+        h.post(f"/v1/sessions/{sid}/messages", json={"text": "go"})
+        deadline = time.time() + 30
+        while True:  # until the tool call has started (its entry is in the log)
+            log = h.get(f"/v1/sessions/{sid}/log", params={"limit": 500}).json()["entries"]
+            if any(e["kind"] == "tool_call" for e in log):
+                break
+            assert time.time() < deadline
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert h.get(f"/v1/sessions/{sid}").json()["busy"] is True
+        r = h.post(f"/v1/sessions/{sid}/sandbox/exec", json={"argv": ["cat", "/tmp/live"]})
+        assert r.status_code == 200 and r.json()["stdout"] == "live\n", r.text
+        # closing while the turn runs is refused
+        assert h.post(f"/v1/sessions/{sid}/close").status_code == 409
+        end = list(Client(server.url, tok).get_session(sid).events(after=0, until="wait"))
+        assert end[-1].type == "state" and end[-1].data["state"] == "waiting"
