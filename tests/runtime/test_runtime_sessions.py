@@ -236,3 +236,17 @@ def test_pool_gives_new_sessions_a_running_sandbox(runtime: Runtime, script):
     assert len(pool._ready()) == 1
     runtime.close()
     assert not [i for i in runtime.engine.list() if i.name.startswith("pool-")]
+
+
+def test_streaming_and_async_send(runtime: Runtime, script):
+    import asyncio
+
+    model = script([{"text": "a", "tool_calls": [shell("echo streamed")]}, {"text": "one"},
+                    {"text": "two"}])  # fmt: skip
+    s = runtime.create_session(model=model)
+    kinds = [ev["type"] for ev in s.stream("go")]
+    assert kinds[-1] == "outcome"
+    assert "tool_call_started" in kinds and "snapshot" in kinds
+    assert kinds.index("tool_call_started") < kinds.index("snapshot")
+    outcome = asyncio.run(s.asend("again"))
+    assert outcome.text == "two" and outcome.state == "waiting"

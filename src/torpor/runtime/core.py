@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,33 @@ class Session:
         """Queue a user message and run the turn in this process until its wait point."""
         self.post(text)
         return self.runtime.worker().run_session(self.id, on_event=on_event)
+
+    async def asend(self, text: str, *, on_event: EventSink | None = None) -> TurnOutcome:
+        """`send` for asyncio code: the turn runs in a thread, the event loop stays free."""
+        import asyncio
+
+        return await asyncio.to_thread(self.send, text, on_event=on_event)
+
+    def stream(self, text: str) -> Iterator[Event]:
+        """`send` as a generator of events (tool calls, snapshot, state, ...) as they
+        happen; the last one is {"type": "outcome", "outcome": TurnOutcome}."""
+        q: queue.Queue[Event | BaseException] = queue.Queue()
+
+        def run() -> None:
+            try:
+                outcome = self.send(text, on_event=q.put)
+                q.put({"type": "outcome", "session": self.id, "outcome": outcome})
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                q.put(e)
+
+        threading.Thread(target=run, name=f"torpor-turn-{self.id}", daemon=True).start()
+        while True:
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.get("type") == "outcome":
+                return
 
     def resume(self, *, on_event: EventSink | None = None) -> TurnOutcome:
         """Run whatever work the session has (a due retry, a turn cut short)."""
