@@ -53,8 +53,9 @@ def command(typer_app: typer.Typer, name: str | None = None, **kw: Any) -> Calla
 def engine():  # type: ignore[no-untyped-def]
     """The gVisor engine, with its checkpoints kept in the snapshot store
     (TORPOR_SNAPSHOTS, default file://$TORPOR_HOME/snapshots)."""
+    from torpor.home import torpor_home
     from torpor.runtime.checkpoints import SnapshotCheckpointStorage
-    from torpor.sandbox.gvisor import GVisorEngine, torpor_home
+    from torpor.sandbox.gvisor import GVisorEngine
     from torpor.snapshots import open_store
 
     home = torpor_home()

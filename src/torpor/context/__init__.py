@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlparse, urlunparse
 
+from torpor.home import torpor_home
+
 from .blobs import BlobStore, FileBlobStore, open_blobs
 from .convert import from_anthropic, from_openai, to_anthropic, to_openai
 from .entry import (
@@ -40,8 +42,7 @@ def default_url() -> str:
     """$TORPOR_LOG, else sqlite:///$TORPOR_HOME/context.db (TORPOR_HOME: /var/lib/torpor)."""
     if os.environ.get("TORPOR_LOG"):
         return os.environ["TORPOR_LOG"]
-    home = os.environ.get("TORPOR_HOME", "/var/lib/torpor")
-    return f"sqlite:///{Path(home) / 'context.db'}"
+    return f"sqlite:///{torpor_home() / 'context.db'}"
 
 
 def open_log(url: str | None = None, *, blobs: str | BlobStore | None = None,
@@ -75,8 +76,7 @@ def open_log(url: str | None = None, *, blobs: str | BlobStore | None = None,
     if parsed.scheme in ("postgresql", "postgres"):
         store = open_blobs(blobs) if isinstance(blobs, str) else blobs
         if store is None:
-            home = os.environ.get("TORPOR_HOME", "/var/lib/torpor")
-            store = FileBlobStore(Path(home) / "blobs")
+            store = FileBlobStore(torpor_home() / "blobs")
         from .postgres import PostgresLog
 
         return PostgresLog(url, blobs=store, blob_threshold=blob_threshold,

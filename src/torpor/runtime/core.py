@@ -34,6 +34,7 @@ from torpor.agent.tools import ToolRegistry
 from torpor.agent.types import ModelError, ModelTurn, ToolCall, ToolResult
 from torpor.context import Entry, StaleEpoch, open_log
 from torpor.context import default_url as default_log_url
+from torpor.home import torpor_home
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool
@@ -121,7 +122,7 @@ class Runtime:
         tools: ToolRegistry | None = None,
         pool_size: int = 0,
     ) -> None:
-        self.home = Path(home or os.environ.get("TORPOR_HOME", "/var/lib/torpor"))
+        self.home = Path(home) if home else torpor_home()
         self.db_url = db or default_log_url()
         self.log = open_log(self.db_url)
         self.db = RuntimeDB(self.db_url)

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from torpor.home import torpor_home
 from torpor.sandbox import archive, network
 from torpor.sandbox.checkpoints import (
     CheckpointNotFound,
@@ -65,10 +66,6 @@ DEFAULT_CAPS = [
     "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 ]  # fmt: skip
-
-
-def torpor_home() -> Path:
-    return Path(os.environ.get("TORPOR_HOME", "/var/lib/torpor"))
 
 
 def _now() -> str:

@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from torpor.home import torpor_home
+
 __all__ = [
     "BASE_IMAGE",
     "Image",
@@ -407,7 +409,7 @@ def _layout_image(layout: Path, tag: str) -> tuple[str, dict[str, Any]]:
 def default_root() -> Path:
     if os.environ.get("TORPOR_IMAGES"):
         return Path(os.environ["TORPOR_IMAGES"])
-    return Path(os.environ.get("TORPOR_HOME") or "/var/lib/torpor") / "images"
+    return torpor_home() / "images"
 
 
 class ImageStore:

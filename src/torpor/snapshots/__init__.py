@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from torpor.home import torpor_home
+
 from .backends import Backend, FileBackend, S3Backend, parse_s3_url
 from .cache import ChunkCache
 from .codec import load_key
@@ -26,8 +28,6 @@ __all__ = [
 DEFAULT_CACHE_BYTES = 2 << 30
 
 
-def torpor_home() -> Path:
-    return Path(os.environ.get("TORPOR_HOME") or "/var/lib/torpor")
 
 
 def default_store_url() -> str:
