@@ -11,7 +11,7 @@ APT_PACKAGES=(
   gcc libc6-dev musl-tools make git zstd iproute2 ca-certificates
   python3 python3-venv python3-dev
   mmdebstrap skopeo umoci docker-registry
-  postgresql
+  postgresql chromium
 )
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
