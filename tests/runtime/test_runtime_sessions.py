@@ -250,3 +250,45 @@ def test_streaming_and_async_send(runtime: Runtime, script):
     assert kinds.index("tool_call_started") < kinds.index("snapshot")
     outcome = asyncio.run(s.asend("again"))
     assert outcome.text == "two" and outcome.state == "waiting"
+
+
+def _fake_llm_class():  # the fake OpenAI/Anthropic server of tests/agent, loaded by path
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "agent" / "fakellm.py"
+    spec = importlib.util.spec_from_file_location("torpor_test_fakellm", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod.FakeLLM
+
+
+def test_retry_timer_survives_a_restart_of_every_process(runtime: Runtime):
+    fake = _fake_llm_class()().start()
+    try:
+        fake.error(429, headers={"retry-after": "1"})
+        fake.reply(text="answered after the outage")
+        s = runtime.create_session(model="openai:fake-model")
+        s.post("hello")
+        env = dict(os.environ, TORPOR_HOME=str(runtime.home), TORPOR_LOG=runtime.db_url,
+                   TORPOR_SNAPSHOTS=f"file://{runtime.home / 'snapshots'}",
+                   TORPOR_IMAGES=str(ImageStore().root), OPENAI_BASE_URL=fake.openai_url,
+                   OPENAI_API_KEY="test")  # fmt: skip
+        worker = [sys.executable, "-m", "torpor.cli.main", "worker"]
+        # Process 1 takes the turn; the model answers 429; it schedules a retry and exits.
+        subprocess.run([*worker, "--session", s.id], env=env, timeout=120, check=True,
+                       capture_output=True)  # fmt: skip
+        row = s.info()
+        assert row.state == "retrying" and row.wake_at
+        assert markers(s.log(), "retry_scheduled")[0]["delay"] == 1.0
+        # Nothing of process 1 is left. Once the timer is due, a new process finishes it.
+        time.sleep(max(0.0, row.wake_at - time.time()) + 0.1)
+        subprocess.run([*worker, "--once"], env=env, timeout=120, check=True,
+                       capture_output=True)  # fmt: skip
+        assert s.info().state == "waiting"
+        answers = [e.content for e in s.log() if e.kind == "message" and e.role == "assistant"]
+        assert answers == ["answered after the outage"]
+        assert len(fake.bodies("/v1/chat/completions")) == 2
+    finally:
+        fake.stop()
