@@ -48,10 +48,10 @@ def runtime(rt_home: Path, rt_engine: GVisorEngine, tmp_path: Path) -> Iterator[
         engine=rt_engine,
     )
     yield rt
+    rt.close()
     for row in rt.sessions():
         with contextlib.suppress(Exception):
             rt_engine.remove(f"s-{row.id}", force=True)
-    rt.close()
 
 
 @pytest.fixture()

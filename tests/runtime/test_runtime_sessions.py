@@ -292,3 +292,50 @@ def test_retry_timer_survives_a_restart_of_every_process(runtime: Runtime):
         assert len(fake.bodies("/v1/chat/completions")) == 2
     finally:
         fake.stop()
+
+
+def test_keep_warm_skips_the_restore_then_snapshots(runtime: Runtime, script):
+    model = script([
+        {"text": "a", "tool_calls": [shell("echo one > /root/f")]}, {"text": "one"},
+        {"text": "b", "tool_calls": [shell("echo two >> /root/f; cat /root/f")]}, {"text": "two"},
+        {"text": "c", "tool_calls": [shell("cat /root/f")]}, {"text": "three"},
+    ])  # fmt: skip
+    s = runtime.create_session(model=model, policy={"warm_seconds": 2.0})
+    t1 = s.send("1")
+    assert t1.state == "waiting" and t1.snapshot is None  # no snapshot yet: kept warm
+    assert any(i.name == f"s-{s.id}" and i.state == "running" for i in runtime.engine.list())
+    t2 = s.send("2")  # within the warm window: no restore at all
+    assert t2.restore_ms == 0.0
+    assert markers(s.log(), "sandbox_warm") and not markers(s.log(), "session_restored")
+    deadline = time.time() + 15
+    while not markers(s.log(), "snapshot_taken") and time.time() < deadline:
+        time.sleep(0.1)
+    assert markers(s.log(), "snapshot_taken"), "the warm sandbox was never snapshotted"
+    assert all(i.name != f"s-{s.id}" for i in runtime.engine.list())
+    row = s.info()
+    assert row.state == "waiting" and row.wake_at is None and row.lease_owner is None
+    s.send("3")
+    assert markers(s.log(), "session_restored")
+    assert "one\ntwo" in results(s.log())[-1]
+
+
+def test_a_warm_sandbox_lost_with_its_worker_is_recovered(runtime: Runtime, script):
+    model = script([
+        {"text": "a", "tool_calls": [shell("echo kept > /root/f")]}, {"text": "one"},
+        {"text": "b", "tool_calls": [shell("echo lost >> /root/f")]}, {"text": "two"},
+        {"text": "c", "tool_calls": [shell("cat /root/f")]}, {"text": "three"},
+    ])  # fmt: skip
+    s = runtime.create_session(model=model)
+    s.send("1")  # a normal wait point: snapshot with "kept"
+    runtime.db.update(s.id, policy={"warm_seconds": 60.0})
+    warm_worker = Worker(runtime)
+    s.post("2")
+    warm_worker.run_session(s.id)  # its sandbox now also holds "lost", unsnapshotted
+    warm_worker._warm.clear()  # that worker is gone: nobody will snapshot it
+    runtime.db.update(s.id, lease_until=time.time() - 1)  # ... and its lease ran out
+    s.post("3")
+    outcome = Worker(runtime).run_once()
+    assert outcome is not None and outcome.recovered
+    note = markers(s.log(), "recovery_note")[-1]
+    assert "warm" in note["text"] and note["lost"]
+    assert results(s.log())[-1].strip().endswith("kept")  # back at the last snapshot

@@ -167,7 +167,10 @@ def send(
     if no_wait:
         print(s.post(text))
         return
-    outcome = s.send(text, on_event=None if fmt == "json" else print_event)
+    try:
+        outcome = s.send(text, on_event=None if fmt == "json" else print_event)
+    finally:
+        rt.close()  # this process ends here: a sandbox kept warm is snapshotted now
     if fmt == "json":
         _json({k: v for k, v in outcome.__dict__.items()})
     else:

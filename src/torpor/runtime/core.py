@@ -62,6 +62,10 @@ class Policy:
     max_attempts: int = 8  # model failures in a row before the turn is given up
     backoff_base: float = 1.0
     backoff_max: float = 300.0
+    # Keep the sandbox running this long after a wait point, so that a quick reply does
+    # not pay for a restore; it is snapshotted when the time is up (0: snapshot at once).
+    # Only a worker that stays up (torpor worker / serve / a Runtime kept open) keeps it.
+    warm_seconds: float = 0.0
 
     @classmethod
     def from_json(cls, d: dict[str, Any] | None) -> Policy:
@@ -133,6 +137,7 @@ class Runtime:
         self._models: dict[str, Model] = {}
         self.pool_size = pool_size
         self._pools: dict[str, SandboxPool] = {}
+        self._default_worker: Worker | None = None
 
     def pool(self, image: str) -> SandboxPool:
         """The pool of pre-started sandboxes for an image (size `pool_size`; 0: none)."""
@@ -163,6 +168,8 @@ class Runtime:
     def close(self, *, drain_pools: bool = True) -> None:
         """Remove pooled sandboxes, wait for checkpoint uploads still running, then close
         the databases."""
+        if self._default_worker is not None:
+            self._default_worker.cool_all()  # warm sandboxes are snapshotted, not lost
         if drain_pools:
             for p in self._pools.values():
                 p.drain()
@@ -210,7 +217,13 @@ class Runtime:
         return self.db.list(state, tenant)
 
     def worker(self, **kw: Any) -> Worker:
-        return Worker(self, **kw)
+        """A worker of this runtime; without arguments, the runtime's own (one lease
+        owner for every `send` made through it, which keep-warm sandboxes need)."""
+        if kw:
+            return Worker(self, **kw)
+        if self._default_worker is None:
+            self._default_worker = Worker(self)
+        return self._default_worker
 
 
 class Session:
@@ -322,6 +335,56 @@ class Worker:
         self.rt = runtime
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.lease_ttl = lease_ttl
+        self._mu = threading.Lock()
+        self._session_locks: dict[str, threading.Lock] = {}
+        self._warm: dict[str, float] = {}  # session -> when its warm sandbox is snapshotted
+        self._janitor: threading.Thread | None = None
+
+    def _lock_for(self, sid: str) -> threading.Lock:
+        with self._mu:
+            return self._session_locks.setdefault(sid, threading.Lock())
+
+    # -- keep-warm sandboxes -------------------------------------------------------------
+
+    def _keep_warm(self, sid: str, until: float) -> None:
+        with self._mu:
+            self._warm[sid] = until
+            if self._janitor is None:
+                self._janitor = threading.Thread(
+                    target=self._janitor_loop, name="torpor-warm", daemon=True
+                )
+                self._janitor.start()
+
+    def _janitor_loop(self) -> None:
+        while True:
+            time.sleep(0.2)
+            with self._mu:
+                due = [sid for sid, until in self._warm.items() if until <= time.time()]
+            for sid in due:
+                with contextlib.suppress(Exception):
+                    self.cool(sid)
+
+    def cool(self, sid: str) -> None:
+        """Snapshot a session's warm sandbox now (its wait point, deferred)."""
+        with self._lock_for(sid):
+            with self._mu:
+                if self._warm.pop(sid, None) is None:
+                    return
+            row = self.rt.db.claim(sid, self.owner, self.lease_ttl)
+            if row is None or row.state != "waiting" or row.wake_at is None:
+                return
+            tr = _Transcript(self.rt.log, sid, self.rt.log.acquire(sid))
+            try:
+                self._wait_point(tr, row, f"s-{sid}", lambda *a, **k: None,
+                                 TurnOutcome(session=sid, state="waiting"))  # fmt: skip
+            except SandboxError:
+                # The sandbox is gone (removed or crashed): let go, and leave the session
+                # marked warm so that its next turn recovers from the last snapshot.
+                self.rt.db.update(sid, owner=self.owner, lease_owner=None, lease_until=None)
+
+    def cool_all(self) -> None:
+        for sid in list(self._warm):
+            self.cool(sid)
 
     # -- entry points ------------------------------------------------------------------
 
@@ -353,6 +416,16 @@ class Worker:
     # -- one claimed session -----------------------------------------------------------
 
     def _process(self, row: SessionRow, on_event: EventSink | None) -> TurnOutcome:
+        with self._lock_for(row.id):
+            with self._mu:
+                warm_here = self._warm.pop(row.id, None) is not None
+            # Re-read under the lock: a janitor may have snapshotted it meanwhile.
+            fresh = self.rt.db.get(row.id)
+            return self._process_locked(fresh, on_event, warm_here)
+
+    def _process_locked(
+        self, row: SessionRow, on_event: EventSink | None, warm_here: bool
+    ) -> TurnOutcome:
         rt, sid = self.rt, row.id
         events: list[Event] = []
 
@@ -375,22 +448,32 @@ class Worker:
 
         hb = threading.Thread(target=beat, daemon=True)
         hb.start()
-        recovering = row.state in ("running", "recovering")
+        # A waiting session with a timer is a warm one: kept running by this worker, or
+        # left behind by a worker that stopped before snapshotting it (its last turn's
+        # effects on the sandbox are then lost, and the session recovers).
+        warm = row.state == "waiting" and row.wake_at is not None
+        warm_here = warm and warm_here and row.lease_owner == self.owner
+        warm_lost = warm and not warm_here
+        recovering = row.state in ("running", "recovering") or warm_lost
         sandbox = f"s-{sid}"
         outcome = TurnOutcome(session=sid, state=row.state)
         due = row.state == "retrying" and (row.wake_at or 0) <= time.time()
         if not (recovering or due or rt.db.unread(sid)):
             stop_beat.set()
-            rt.db.update(sid, owner=self.owner, lease_owner=None, lease_until=None)
+            if warm_here:  # nothing new: it stays warm, with its lease
+                self._keep_warm(sid, row.wake_at or time.time())
+            else:
+                rt.db.update(sid, owner=self.owner, lease_owner=None, lease_until=None)
             return outcome  # nothing to do: no message, no due retry, no broken turn
         try:
             self._set_state(tr, row, "recovering" if recovering else "running", emit)
-            outcome.restore_ms = self._bring_up_sandbox(tr, row, sandbox, emit)
+            outcome.restore_ms = self._bring_up_sandbox(tr, row, sandbox, emit,
+                                                        reuse=warm_here)  # fmt: skip
             ws = SandboxWorkspace(rt.engine, sandbox)
             policy = Policy.from_json(row.policy)
             registry = self._registry(row)
             if recovering:
-                self._recover(tr, row, ws, registry, emit)
+                self._recover(tr, row, ws, registry, emit, warm_lost=warm_lost)
                 outcome.recovered = True
                 self._set_state(tr, row, "running", emit)
             self._take_inbox(tr, sid, emit)
@@ -433,7 +516,10 @@ class Worker:
                 return self._schedule_retry(tr, row, sandbox, e, emit, outcome, events)
             outcome.text = final.text
             emit("turn_finished", seconds=round(time.monotonic() - turn_started, 3))
-            self._wait_point(tr, row, sandbox, emit, outcome)
+            if policy.warm_seconds > 0:
+                self._go_warm(tr, row, emit, policy.warm_seconds)
+            else:
+                self._wait_point(tr, row, sandbox, emit, outcome)
             outcome.state = "waiting"
             outcome.events = events
             return outcome
@@ -455,11 +541,17 @@ class Worker:
         emit("state", state=state)
 
     def _bring_up_sandbox(
-        self, tr: _Transcript, row: SessionRow, name: str, emit: Callable
+        self, tr: _Transcript, row: SessionRow, name: str, emit: Callable, *, reuse: bool = False
     ) -> float | None:
         """Restore the latest snapshot (falling back to earlier ones), else start fresh.
         Returns the restore time in ms, or None for a fresh sandbox."""
         eng = self.rt.engine
+        if reuse:  # kept warm by this worker since the last turn
+            with contextlib.suppress(SandboxError):
+                if eng.inspect(name).state == "running":
+                    tr.append([Entry.marker("sandbox_warm", sandbox=name)])
+                    emit("warm", sandbox=name)
+                    return 0.0
         # A sandbox left by an earlier worker (one that died mid-turn) is in an unknown
         # state: the session always continues from its last snapshot.
         with contextlib.suppress(SandboxError):
@@ -508,7 +600,8 @@ class Worker:
             emit("user", text=text)
 
     def _recover(self, tr: _Transcript, row: SessionRow, ws: SandboxWorkspace,
-                 registry: ToolRegistry, emit: Callable) -> None:  # fmt: skip
+                 registry: ToolRegistry, emit: Callable, *,
+                 warm_lost: bool = False) -> None:  # fmt: skip
         """A worker died mid-turn. The sandbox is back at the last snapshot: say what
         happened after it, and re-run interrupted calls only where that is safe."""
         entries = tr.entries()
@@ -519,7 +612,9 @@ class Worker:
         interrupted = [c for cid, c in calls.items() if cid not in answered]
         where = (f"the snapshot {row.snapshot} taken at log seq {after}" if row.snapshot
                  else "a fresh sandbox (there was no snapshot yet)")  # fmt: skip
-        parts = [f"The worker running this session stopped mid-turn; the sandbox was "
+        who = ("keeping this session's sandbox warm after its last turn" if warm_lost
+               else "running this session")  # fmt: skip
+        parts = [f"The worker {who} stopped before snapshotting it; the sandbox was "
                  f"restored to {where}."]  # fmt: skip
         if lost:
             parts.append("Effects of these tool calls on the sandbox were lost and may need "
@@ -561,6 +656,16 @@ class Worker:
             raise LeaseLost(f"worker {self.owner} lost the lease on {tr.session}")  # fmt: skip
         emit("snapshot", snapshot=ck.id, bytes=ck.size, ms=round(ms, 1), mid_turn=leave_running)
         return ck.id, ck.size, ms
+
+    def _go_warm(self, tr: _Transcript, row: SessionRow, emit: Callable, seconds: float) -> None:
+        """A deferred wait point: the sandbox keeps running (and this worker keeps the
+        lease) for `seconds`; then the janitor snapshots it. wake_at marks it warm."""
+        until = time.time() + seconds
+        tr.append([Entry.marker("state", state="waiting", warm_until=round(until, 3))])
+        self.rt.db.update(row.id, owner=self.owner, state="waiting", attempt=0, wake_at=until,
+                          error=None, lease_until=until + self.lease_ttl)  # fmt: skip
+        self._keep_warm(row.id, until)
+        emit("state", state="waiting", warm_until=until)
 
     def _wait_point(self, tr: _Transcript, row: SessionRow, sandbox: str, emit: Callable,
                     outcome: TurnOutcome) -> None:  # fmt: skip

@@ -258,12 +258,14 @@ class RuntimeDB:
         with self.tx() as cur:
             cur.execute(
                 "SELECT id FROM torpor_sessions s WHERE state != 'closed' "
-                "AND (lease_owner IS NULL OR lease_until < %s) "
-                "AND (wake_at IS NULL OR wake_at <= %s) "
+                "AND (lease_owner IS NULL OR lease_until < %s OR lease_owner = %s) "
+                # wake_at is a retry's timer; on a waiting session it only says when a
+                # warm sandbox gets snapshotted, and does not hold the session back.
+                "AND (wake_at IS NULL OR wake_at <= %s OR state = 'waiting') "
                 "AND (state IN ('running', 'recovering', 'retrying') OR EXISTS ("
                 "  SELECT 1 FROM torpor_inbox i WHERE i.session = s.id AND i.consumed = 0)) "
                 f"ORDER BY updated_at LIMIT 1{lock}",
-                (now, now),
+                (now, owner, now),
             )
             r = cur.fetchone()
             if r is None:
