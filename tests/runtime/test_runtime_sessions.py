@@ -339,3 +339,13 @@ def test_a_warm_sandbox_lost_with_its_worker_is_recovered(runtime: Runtime, scri
     note = markers(s.log(), "recovery_note")[-1]
     assert "warm" in note["text"] and note["lost"]
     assert results(s.log())[-1].strip().endswith("kept")  # back at the last snapshot
+
+
+def test_closing_a_warm_session_snapshots_it_first(runtime: Runtime, script):
+    model = script([{"text": "a", "tool_calls": [shell("echo x > /root/f")]}, {"text": "one"}])
+    s = runtime.create_session(model=model, policy={"warm_seconds": 60.0})
+    s.send("1")
+    s.close()
+    assert s.info().state == "closed"
+    assert markers(s.log(), "snapshot_taken")
+    assert all(i.name != f"s-{s.id}" for i in runtime.engine.list())

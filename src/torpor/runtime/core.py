@@ -316,6 +316,7 @@ class Session:
 
     def close(self) -> None:
         rt = self.runtime
+        rt.worker().cool(self.id)  # a sandbox this runtime keeps warm is snapshotted first
         row = self.info()
         if row.lease_owner and (row.lease_until or 0) > time.time():
             raise SessionError(f"session {self.id} is running a turn; close it when it waits")
