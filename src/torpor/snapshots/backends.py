@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +22,9 @@ from .errors import ObjectMissing, SnapshotError
 
 
 @dataclass
-class BackendStats:
-    """Request and byte counters of one backend (thread-safe updates via `add`)."""
+class Counters:
+    """Integer counters updated from several threads; subclasses declare the fields."""
 
-    gets: int = 0
-    range_gets: int = 0
-    puts: int = 0
-    lists: int = 0
-    deletes: int = 0
-    heads: int = 0
-    bytes_read: int = 0
-    bytes_written: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -42,9 +34,23 @@ class BackendStats:
 
     def reset(self) -> None:
         with self._lock:
-            for name in ("gets", "range_gets", "puts", "lists", "deletes", "heads",
-                         "bytes_read", "bytes_written"):
-                setattr(self, name, 0)
+            for f in fields(self):
+                if f.name != "_lock":
+                    setattr(self, f.name, 0)
+
+
+@dataclass
+class BackendStats(Counters):
+    """Request and byte counters of one backend."""
+
+    gets: int = 0
+    range_gets: int = 0
+    puts: int = 0
+    lists: int = 0
+    deletes: int = 0
+    heads: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
 
     @property
     def requests(self) -> int:

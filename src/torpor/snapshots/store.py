@@ -34,11 +34,11 @@ import time
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .backends import Backend, new_object_id
+from .backends import Backend, Counters, new_object_id
 from .cache import ChunkCache
 from .chunking import boundaries, chunk_kind
 from .codec import Codec
@@ -83,7 +83,7 @@ CACHE_HEAD = struct.Struct("<BI")  # cached chunk: flags, plain length, stored b
 
 
 @dataclass
-class ReadStats:
+class ReadStats(Counters):
     """What reads cost: chunks fetched from the backend or cache, and decoded."""
 
     chunks_fetched: int = 0
@@ -91,17 +91,6 @@ class ReadStats:
     chunks_decoded: int = 0
     bytes_fetched: int = 0
     fetch_requests: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for name, value in counts.items():
-                setattr(self, name, getattr(self, name) + value)
-
-    def reset(self) -> None:
-        with self._lock:
-            self.chunks_fetched = self.chunks_from_cache = self.chunks_decoded = 0
-            self.bytes_fetched = self.fetch_requests = 0
 
 
 @dataclass
