@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,30 +20,19 @@ import uvicorn
 
 from torpor.api.app import Limits, create_app
 from torpor.api.tokens import TokenStore
-from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.core import Runtime
 from torpor.sandbox.gvisor import GVisorEngine
-from torpor.sandbox.images import ImageStore
-from torpor.snapshots import open_store
 
 
 @pytest.fixture(scope="session")
-def api_home() -> Iterator[Path]:
-    home = Path(tempfile.mkdtemp(prefix="torpor-api-home-"))
-    yield home
-    for d in (home / "sandboxes").glob("*") if (home / "sandboxes").exists() else []:
-        subprocess.run(["runsc", f"--root={home / 'runsc'}", "delete", "-force", d.name],
-                       capture_output=True)  # fmt: skip
-    shutil.rmtree(home, ignore_errors=True)
+def api_home(rt_home: Path) -> Path:
+    """The API tests share the runtime tests' engine home (tests/conftest.py)."""
+    return rt_home
 
 
 @pytest.fixture(scope="session")
-def api_engine(api_home: Path) -> GVisorEngine:
-    images = ImageStore()
-    images.build_base()
-    store = open_store(f"file://{api_home / 'snapshots'}")
-    return GVisorEngine(api_home, images=images,
-                        checkpoints=SnapshotCheckpointStorage(store, api_home))  # fmt: skip
+def api_engine(rt_engine: GVisorEngine) -> GVisorEngine:
+    return rt_engine
 
 
 def make_runtime(home: Path, engine: GVisorEngine, db: Path) -> Runtime:
