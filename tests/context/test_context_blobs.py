@@ -4,33 +4,16 @@ standalone server on a loopback port), both behind a real SQLite log."""
 from __future__ import annotations
 
 import os
-import socket
-import time
-from collections.abc import Iterator
 
 import pytest
 
 from torpor.context import BlobMissing, Entry, open_blobs, open_log
 from torpor.context.blobs import FileBlobStore
-from torpor.context.pgtemp import free_port
 
 
 @pytest.fixture(scope="module")
-def s3_server() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+def s3_server(s3_endpoint: str) -> str:
+    return s3_endpoint  # the shared S3 server (tests/conftest.py)
 
 
 @pytest.fixture

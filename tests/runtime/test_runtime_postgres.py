@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -58,27 +57,11 @@ def pg() -> Iterator[TempCluster]:
 
 
 @pytest.fixture(scope="session")
-def s3() -> Iterator[str]:
-    """moto's S3 server on a free loopback port; AWS_* set for this process and children."""
-    import logging
-
+def s3(s3_endpoint: str) -> Iterator[str]:
+    """The shared S3 server (tests/conftest.py); AWS_* set for this process and children."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    url = s3_endpoint
     with pytest.MonkeyPatch.context() as mp:
         for k, v in {**S3_ENV, "AWS_ENDPOINT_URL": url}.items():
             mp.setenv(k, v)
@@ -86,7 +69,6 @@ def s3() -> Iterator[str]:
             mp.delenv(k, raising=False)
         boto3.client("s3").create_bucket(Bucket="torpor-rt")
         yield url
-    server.stop()
 
 
 @pytest.fixture()

@@ -51,6 +51,16 @@ class Model(ABC):
 
     name: str
     context_window: int
+    extra_body: dict[str, Any] | None = None
+
+    def _call_options(self, timeout: float | None) -> dict[str, Any]:
+        """Per-call SDK options shared by the providers: timeout and extra body fields."""
+        kw: dict[str, Any] = {}
+        if timeout is not None:
+            kw["timeout"] = timeout
+        if self.extra_body:
+            kw["extra_body"] = self.extra_body
+        return kw
 
     @abstractmethod
     def complete(self, system: str | None, entries: list[Entry], tools: list[ToolSpec], *,
@@ -260,11 +270,7 @@ class OpenAIModel(Model):
     def complete(self, system: str | None, entries: list[Entry], tools: list[ToolSpec], *,
                  timeout: float | None = None) -> ModelTurn:
         body = self.request(system, entries, tools)
-        kw: dict[str, Any] = {}
-        if timeout is not None:
-            kw["timeout"] = timeout
-        if self.extra_body:
-            kw["extra_body"] = self.extra_body
+        kw = self._call_options(timeout)
         try:
             resp = self._client.chat.completions.create(**body, **kw)
         except self._sdk.OpenAIError as exc:
@@ -362,11 +368,7 @@ class AnthropicModel(Model):
     def complete(self, system: str | None, entries: list[Entry], tools: list[ToolSpec], *,
                  timeout: float | None = None) -> ModelTurn:
         body = self.request(system, entries, tools)
-        kw: dict[str, Any] = {}
-        if timeout is not None:
-            kw["timeout"] = timeout
-        if self.extra_body:
-            kw["extra_body"] = self.extra_body
+        kw = self._call_options(timeout)
         try:
             resp = self._client.messages.create(**body, **kw)
         except self._sdk.AnthropicError as exc:
