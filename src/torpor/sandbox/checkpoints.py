@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+from torpor.files import fsync_dir
 from torpor.sandbox.engine import CheckpointError
 
 
@@ -54,13 +55,6 @@ def _sha256(path: Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalCheckpointStorage:
@@ -111,7 +105,7 @@ class LocalCheckpointStorage:
             shutil.move(src_dir, staged)
             src_dir = staged
         os.rename(src_dir, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return size
 
     def meta(self, ckpt_id: str) -> dict[str, Any]:
