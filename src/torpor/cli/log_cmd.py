@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from torpor.cli.output import human_bytes
 from torpor.context import ContextError, ContextLog, Entry, default_url, open_log, to_anthropic
 from torpor.context import to_openai as _to_openai
 
@@ -42,15 +43,6 @@ def _open(url: str | None) -> ContextLog:
         raise typer.Exit(2) from None
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def _text_of(content: Any) -> str:
     if content is None:
         return ""
@@ -73,7 +65,7 @@ def _clip(text: str, limit: int = TRUNCATE) -> str:
     size = len(text.encode())
     if size <= limit:
         return text
-    return text[:limit] + f"… [truncated, {_human(size)} in all]"
+    return text[:limit] + f"… [truncated, {human_bytes(size)} in all]"
 
 
 def _line(e: Entry) -> str:
@@ -167,7 +159,7 @@ def list_sessions(prefix: Annotated[str | None, typer.Option(help="Only ids star
         state = "closed" if s.closed_at else "open"
         if s.parent:
             state += f", fork of {s.parent}@{s.fork_seq}"
-        typer.echo(f"{s.id:<32} {s.head_seq:>8} {_human(s.bytes):>10} {s.epoch:>6}  {state}")
+        typer.echo(f"{s.id:<32} {s.head_seq:>8} {human_bytes(s.bytes):>10} {s.epoch:>6}  {state}")
 
 
 def _parse_date(value: str) -> str:
@@ -234,7 +226,7 @@ def prune(closed_before: Annotated[str, typer.Option(
         for sid in order:
             lg.delete_session(sid)
         total = sum(candidates[s].bytes for s in prunable)
-        typer.echo(f"pruned {len(prunable)} sessions ({_human(total)}) into {path}")
+        typer.echo(f"pruned {len(prunable)} sessions ({human_bytes(total)}) into {path}")
         for sid in kept:
             typer.echo(f"kept {sid}: forks still share its entries", err=True)
     finally:

@@ -21,6 +21,7 @@ from rich.console import Console
 from torpor.cli import log_cmd, serve_cmd, session_cmd, snapshot_cmd, token_cmd
 from torpor.cli.errors import clean_errors, error_line, is_user_error
 from torpor.cli.image_cmd import format_table, human_age, image_app, images, pull, rmi
+from torpor.cli.output import human_bytes
 from torpor.sandbox.engine import PortMapping, SandboxInfo, SandboxSpec, Volume
 
 app = typer.Typer(
@@ -77,14 +78,6 @@ def parse_size(text: str) -> int:
         raise typer.BadParameter(f"invalid size {text!r}: use e.g. 512m or 2g")
     mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
     return int(float(m.group(1)) * mult)
-
-
-def human_bytes(n: int | float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def _print_json(data: Any) -> None:

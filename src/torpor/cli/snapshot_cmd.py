@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from torpor.cli.output import human_bytes
 from torpor.snapshots import SnapshotError, SnapshotStore, default_store_url, open_store
 
 app = typer.Typer(help="Manage the snapshot store: ls, info, verify, rm, prune, gc, export.",
@@ -43,15 +44,6 @@ def _fail(exc: BaseException, code: int = 1) -> typer.Exit:
     msg = str(exc) or type(exc).__name__
     typer.echo(f"error: {msg}", err=True)
     return typer.Exit(code)
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def _when(ts: float) -> str:
@@ -99,8 +91,8 @@ def ls(store: StoreOpt = None,
         meta = " ".join(
             f"{k}={v}" for k, v in sorted(i.meta.items()) if not isinstance(v, dict | list)
         )
-        typer.echo(f"{i.id:<26} {_when(i.created):<19} {_human(i.logical_size):>10} "
-                   f"{_human(i.stored_bytes):>10} {_human(i.new_bytes):>10}  {meta}")
+        typer.echo(f"{i.id:<26} {_when(i.created):<19} {human_bytes(i.logical_size):>10} "
+                   f"{human_bytes(i.stored_bytes):>10} {human_bytes(i.new_bytes):>10}  {meta}")
 
 
 @app.command("info")
@@ -121,15 +113,15 @@ def info(snapshot_id: Annotated[str, typer.Argument(metavar="ID")], store: Store
     for k in ("engine", "engine_version", "image_digest", "parent", "key_id"):
         if d[k]:
             typer.echo(f"{k + ':':<15}{d[k]}")
-    typer.echo(f"logical size:  {_human(i.logical_size)} ({i.logical_size} bytes)")
-    typer.echo(f"stored:        {_human(i.stored_bytes)} ({i.stored_bytes} bytes), "
-               f"new {_human(i.new_bytes)}, shared {_human(i.shared_bytes)} "
+    typer.echo(f"logical size:  {human_bytes(i.logical_size)} ({i.logical_size} bytes)")
+    typer.echo(f"stored:        {human_bytes(i.stored_bytes)} ({i.stored_bytes} bytes), "
+               f"new {human_bytes(i.new_bytes)}, shared {human_bytes(i.shared_bytes)} "
                f"({100 * i.shared_fraction:.1f} %)")
     typer.echo(f"chunks:        {i.chunk_count} ({i.unique_chunks} distinct)")
     typer.echo(f"put took:      {i.seconds:.3f} s")
     typer.echo("files:")
     for name, size in i.files.items():
-        typer.echo(f"  {name}  {_human(size)}")
+        typer.echo(f"  {name}  {human_bytes(size)}")
     if i.meta:
         typer.echo("meta:")
         for k, v in sorted(i.meta.items()):
@@ -199,7 +191,7 @@ def gc(store: StoreOpt = None,
         typer.echo(json.dumps(res.as_dict()))
     else:
         typer.echo(f"deleted {res.deleted_packs} pack(s), rewrote {res.repacked_packs}, "
-                   f"freed {_human(res.deleted_bytes)}; kept {res.kept_packs} pack(s) "
+                   f"freed {human_bytes(res.deleted_bytes)}; kept {res.kept_packs} pack(s) "
                    f"holding {res.live_chunks} live chunk(s) in {res.seconds:.2f} s")
     if res.aborted:
         typer.echo(f"error: gc aborted: {res.aborted}", err=True)
@@ -228,4 +220,4 @@ def export(snapshot_id: Annotated[str, typer.Argument(metavar="ID")],
         typer.echo(json.dumps({"id": snapshot_id, "name": name, "out": str(path),
                                "bytes": size}))
     else:
-        typer.echo(f"{path} ({_human(size)}, zstd seekable)")
+        typer.echo(f"{path} ({human_bytes(size)}, zstd seekable)")
