@@ -56,7 +56,7 @@ def test_background_process_memory_lasts_across_two_wait_points(runtime: Runtime
     s = runtime.create_session(model=model)
     t1 = s.send("start a counter")
     assert t1.state == "waiting" and t1.snapshot
-    assert runtime.engine.list() == [] or all(i.name != f"s-{s.id}" for i in runtime.engine.list())
+    assert all(i.name != f"s-{s.id}" for i in runtime.engine.list())  # no sandbox while waiting
     t2 = s.send("read it")
     assert t2.restore_ms is not None
     t3 = s.send("read it again")
@@ -86,7 +86,6 @@ def test_model_429_three_times_then_success(runtime: Runtime, script):
     outcome = s.send("hello")
     assert outcome.state == "retrying" and outcome.wake_at
     w = Worker(runtime)
-    assert w.run_once() is None or True  # not due yet, or due already on a slow machine
     for _ in range(50):
         row = s.info()
         if row.state == "waiting":
@@ -171,8 +170,7 @@ def test_corrupt_snapshot_falls_back_with_a_recovery_note(runtime: Runtime, scri
     notes = markers(s.log(), "recovery_note")
     assert notes and t2.snapshot in notes[-1]["text"]
     # The older snapshot came back: the second write is gone, the first is there.
-    assert results(s.log())[-1].strip() == "one" or "one" in results(s.log())[-1]
-    assert "two" not in results(s.log())[-1].split("exit code")[-1]
+    assert results(s.log())[-1].split("stdout:")[-1].split() == ["one"]
 
 
 def test_killed_worker_is_recovered_by_another(runtime: Runtime, script, tmp_path: Path):
