@@ -71,8 +71,9 @@ class Init:
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *main: str, ping: bool = True) -> Init:
-        argv = [self.binary, "init", *(["--", *main] if main else [])]
+    def start(self, *main: str, ping: bool = True, host: Path | None = None) -> Init:
+        opts = ["-H", str(host)] if host else []
+        argv = [self.binary, "init", *opts, *(["--", *main] if main else [])]
         self.proc = subprocess.Popen(
             argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
@@ -652,3 +653,69 @@ def test_client_errors(binary: Path, root: Path) -> None:
     assert res.returncode == 125 and b"cannot connect" in res.stderr
     res = subprocess.run([str(binary), "bogus"], env=env, capture_output=True)
     assert res.returncode == 2 and b"usage" in res.stderr
+
+
+# ------------------------------------------------------------- host channel
+
+
+def test_host_channel_prepare_then_restored_or_resumed(binary: Path, root: Path) -> None:
+    """The host talks to init through DIR/init.sock; `prepare` closes it for a checkpoint,
+    and a new token in DIR/token brings it back: "restored ..." after the restore hooks
+    have run (and the generation was bumped), "resumed ..." without either."""
+    host = root / "host"
+    host.mkdir()
+    sock = host / "init.sock"
+    it = Init(binary, root).start(host=host, ping=False)
+    try:
+
+        def remote(*args: str) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(
+                [str(binary), "--connect", str(sock), *args],
+                env=it.env, capture_output=True, timeout=30,
+            )  # fmt: skip
+
+        assert remote("ping").returncode == 0
+        res = remote("exec", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+        assert (res.returncode, res.stdout, res.stderr) == (3, b"out\n", b"err\n")
+        assert it.run("ping").returncode == 0  # the in-sandbox socket still works
+
+        (host / "token").write_text("restored first\n")
+        assert remote("prepare").returncode == 0
+        assert not sock.exists(), "init must drop its host socket before a checkpoint"
+        assert it.run("ping").returncode == 0  # ... but not its own
+
+        # A restore hook that takes a while: no host call may overtake it.
+        it.restore_dir.mkdir()
+        hook = it.restore_dir / "10-slow"
+        hook.write_text(f"#!/bin/sh\nsleep 0.4\necho ran > {root / 'hook-ran'}\n")
+        hook.chmod(0o755)
+        waiting = subprocess.Popen(
+            [str(binary), "--connect", str(sock), "exec", "--", "cat",
+             str(it.dir / "generation"), str(root / "hook-ran")],
+            env=it.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        time.sleep(0.3)
+        assert waiting.poll() is None, "a client got through while init was prepared"
+        (host / "token").write_text("restored second\n")
+        out, err = waiting.communicate(timeout=15)
+        assert waiting.returncode == 0, err
+        assert out == b"1\nran\n"
+
+        assert remote("prepare").returncode == 0
+        (host / "token").write_text("resumed third\n")
+        res = remote("exec", "--", "cat", str(it.dir / "generation"))
+        assert res.stdout == b"1\n", "a checkpoint that kept running is not a restore"
+    finally:
+        it.stop()
+
+
+def test_host_client_gives_up_when_the_sandbox_is_gone(binary: Path, root: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [str(binary), "--connect", str(root / "init.sock"), "--alive", str(gone.pid), "ping"],
+        capture_output=True, timeout=30,
+    )  # fmt: skip
+    assert res.returncode == 125 and b"not running" in res.stderr
+    assert time.monotonic() - t0 < 2, "it waited for a socket that cannot come"

@@ -127,7 +127,9 @@ def test_damaged_corrupt_and_foreign_checkpoints(cli, torpor_home: Path):
     assert cli("run", "-d", "--name", "c-bad", "base").returncode == 0
     try:
         cli("exec", "c-bad", "sh", "-c", "echo kept > /root/state")
-        ck_id = cli("checkpoint", "create", "c-bad", "good").stdout.decode().split("\t")[0]
+        ckp = cli("checkpoint", "create", "c-bad", "good")
+        assert ckp.returncode == 0, ckp.stderr
+        ck_id = ckp.stdout.decode().split("\t")[0]
         hot = torpor_home / "checkpoint-cache" / ck_id
         pages = hot / "pages.img"
 

@@ -239,10 +239,60 @@ def test_reading_a_directory_as_a_file_fails_fast(engine: GVisorEngine, sandbox:
 
 
 def test_execs_do_not_grow_the_checkpoint(engine: GVisorEngine, sandbox: str):
-    # Every exec runs torpor-init's client in the sandbox; a static glibc build of it
-    # left ~80 KB of sandbox memory behind per run on this gVisor (hence musl).
+    # Every exec starts a process under torpor-init (and, without the host channel, runs
+    # init's client in the sandbox); a static glibc build left ~80 KB of sandbox memory
+    # behind per run on this gVisor (hence musl).
     before = engine.checkpoint(sandbox, "before", leave_running=True).size
     for _ in range(40):
         engine.exec(sandbox, ["true"])
     after = engine.checkpoint(sandbox, "after", leave_running=True).size
     assert after - before < 512 * 1024, f"checkpoint grew {after - before} bytes over 40 execs"
+
+
+def test_host_channel_and_checkpoints_made_without_it(engine: GVisorEngine, images):
+    """New sandboxes talk to init over the host channel, which a checkpoint closes and a
+    restore (or a checkpoint that keeps running) reopens; a checkpoint taken without the
+    channel (older torpor, TORPOR_HOST_CHANNEL=0) still restores, through `runsc exec`."""
+    info = engine.run(SandboxSpec(image="base"))
+    try:
+        assert info.channel
+        ctl = engine.home / "sandboxes" / info.id / "ctl"
+        assert (ctl / "init.sock").exists()
+        engine.exec(info.name, ["sh", "-c", "echo kept > /tmp/kept"])
+        engine.checkpoint(info.name, "lr", leave_running=True)
+        res = engine.exec(info.name, ["cat", "/run/torpor/generation"])
+        assert res.stdout == b"0\n", "a checkpoint that kept running is not a restore"
+        ck = engine.checkpoint(info.name, "c")
+        assert not (ctl / "init.sock").exists()
+        fork = engine.restore(ck.id)
+        res = engine.exec(fork.name, ["cat", "/tmp/kept", "/run/torpor/generation"])
+        assert res.stdout == b"kept\n1\n"
+        engine.remove(fork.name, force=True)
+    finally:
+        engine.remove(info.name, force=True)
+
+    legacy = GVisorEngine(engine.home, images=images, self_test=False, host_channel=False)
+    old = legacy.run(SandboxSpec(image="base"))
+    try:
+        assert not old.channel
+        legacy.exec(old.name, ["sh", "-c", "echo old > /tmp/kept"])
+        ck = legacy.checkpoint(old.name, "old")
+        restored = engine.restore(ck.id)
+        assert not restored.channel
+        res = engine.exec(restored.name, ["cat", "/tmp/kept", "/run/torpor/generation"])
+        assert res.stdout == b"old\n1\n"
+        engine.remove(restored.name, force=True)
+    finally:
+        legacy.remove(old.name, force=True)
+
+
+def test_checkpoint_caller_dying_after_prepare_does_not_strand_the_sandbox(
+    engine: GVisorEngine, sandbox: str
+):
+    # A caller that asked init to prepare and died before checkpointing leaves init with
+    # no host socket; the next call notices, tells init to listen again, and goes on.
+    info = engine.inspect(sandbox)
+    engine._client(info, ["prepare"], timeout=30)
+    t0 = time.monotonic()
+    assert engine.exec(sandbox, ["echo", "back"]).stdout == b"back\n"
+    assert time.monotonic() - t0 < 15

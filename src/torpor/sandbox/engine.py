@@ -133,6 +133,8 @@ class SandboxInfo:
     address: str | None = None  # sandbox network address when network == "sandbox"
     pid: int | None = None  # host pid of the sandbox (runsc) process
     restore_token: str | None = None  # set until init has been told of the last restore
+    channel: bool = False  # init listens on the host channel (see GVisorEngine)
+    last_checkpoint: str | None = None  # latest checkpoint of this run that kept it running
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

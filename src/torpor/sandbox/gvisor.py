@@ -5,12 +5,20 @@ Each sandbox is an OCI bundle whose root is an image's rootfs under an in-memory
 part of its checkpoint, and the image is never modified. Its first process is torpor-init
 (see docs/sandbox-init.md); every process torpor starts is a child of it, because on the
 pinned runsc build processes started by `runsc exec` do not survive checkpoint/restore.
-`runsc exec /.torpor/init ...` is only the short-lived client of init's control socket.
+The host talks to init through the host channel: init also listens on a Unix socket in
+a per-sandbox host directory bind-mounted at /.torpor-ctl (`--host-uds=create`), and the
+host runs the same static binary as a client (`init --connect SOCKET VERB ...`), a ~1 ms
+process instead of a `runsc exec` (~50 ms of Go start-up). gVisor cannot checkpoint a
+socket bound on a host file, so a checkpoint first asks init to `prepare` (close it), and
+the host writes a token file that tells init when it was restored (or kept running) so it
+listens again; docs/sandbox-init.md has the protocol. Sandboxes restored from checkpoints
+made before the channel existed keep using `runsc exec /.torpor/init ...` as the client.
 
 State lives under TORPOR_HOME (default /var/lib/torpor):
   runsc/                 runsc's own state (--root)
   sandboxes/ID/          sandbox.json (what `ps`/`inspect` show), bundle/config.json,
-                         console.log (the main process's output), lock
+                         console.log (the main process's output), lock,
+                         ctl/ (the host channel: init.sock, token)
   checkpoints/           the checkpoint storage (until the snapshot store replaces it)
 """
 
@@ -54,6 +62,7 @@ from torpor.sandbox.images import Image, ImageError, ImageStore
 from torpor.sandbox.initbin import INIT_MOUNT, INIT_PATH, ensure_init_binary
 
 PLATFORMS = ("systrap", "ptrace", "kvm")
+CHANNEL_MOUNT = "/.torpor-ctl"  # where a sandbox sees its host-channel directory
 PINNED_RUNSC = "0.0~20240729.0-4+b7"
 RUNSC_INSTALL_HINT = (
     "runsc (gVisor) is not installed: run scripts/setup.sh, or on Debian 13 "
@@ -97,8 +106,14 @@ class GVisorEngine(Engine):
         checkpoints: CheckpointStorage | None = None,
         runsc: str | None = None,
         self_test: bool = True,
+        host_channel: bool | None = None,
     ) -> None:
         self.home = home or torpor_home()
+        # New sandboxes get the host channel unless told otherwise (TORPOR_HOST_CHANNEL=0):
+        # the way back to one `runsc exec` per call, should a gVisor lack --host-uds.
+        if host_channel is None:
+            host_channel = os.environ.get("TORPOR_HOST_CHANNEL", "1") != "0"
+        self.host_channel = host_channel
         self.platform = platform or os.environ.get("TORPOR_PLATFORM", "systrap")
         if self.platform not in PLATFORMS:
             raise SandboxError(f"unknown platform {self.platform!r}: use one of {PLATFORMS}")
@@ -113,6 +128,8 @@ class GVisorEngine(Engine):
             d.mkdir(parents=True, exist_ok=True)
         self._init_dir: Path | None = None
         self._version: str | None = None
+        self._cleanups: dict[str, threading.Thread] = {}
+        self._cleanups_lock = threading.Lock()
         if self_test:
             from torpor.sandbox.doctor import require_working_runsc
 
@@ -141,6 +158,9 @@ class GVisorEngine(Engine):
             f"--network={'sandbox' if info.spec.network == 'sandbox' else 'none'}",
             "--overlay2=root:memory",
         ]
+        if info.channel:
+            # init binds its host-channel socket in a host directory (CHANNEL_MOUNT)
+            flags.append("--host-uds=create")
         if info.spec.network == "sandbox":
             # TCP connections over the sandbox's interface (anything but loopback) cannot
             # be saved by this gVisor: without this flag one open or TIME_WAIT connection
@@ -180,6 +200,19 @@ class GVisorEngine(Engine):
 
     def _dir(self, sid: str) -> Path:
         return self.sandboxes_dir / sid
+
+    def _channel_dir(self, info: SandboxInfo) -> Path:
+        return self._dir(info.id) / "ctl"
+
+    def _channel_token(self, info: SandboxInfo, kind: str) -> None:
+        """Tell a prepared init (see `prepare`) that it was restored or kept running.
+        Written by rename, so a link planted in the directory by the sandbox is replaced,
+        never followed."""
+        d = self._channel_dir(info)
+        d.mkdir(mode=0o700, exist_ok=True)
+        tmp = d / f".token-{os.getpid()}-{threading.get_ident()}"
+        tmp.write_text(f"{kind} {secrets.token_hex(8)}\n")
+        os.replace(tmp, d / "token")
 
     def _save(self, info: SandboxInfo) -> None:
         d = self._dir(info.id)
@@ -278,6 +311,25 @@ class GVisorEngine(Engine):
         if info.spec.network == "sandbox":
             network.teardown(self.home, info.id)
 
+    def _after_stop_later(self, info: SandboxInfo) -> None:
+        """_after_stop off the caller's path: after a checkpoint that stopped the sandbox,
+        the snapshot is safe and what is left (waiting for runsc to exit, `runsc delete`,
+        30-100 ms here) only frees resources. Whatever boots or discards the sandbox in
+        this process waits for it first (_settle); the thread is not a daemon, so a CLI
+        process finishes it before it exits."""
+        t = threading.Thread(
+            target=self._after_stop, args=(info,), name=f"torpor-cleanup-{info.id}"
+        )
+        with self._cleanups_lock:
+            self._cleanups[info.id] = t
+        t.start()
+
+    def _settle(self, sid: str) -> None:
+        with self._cleanups_lock:
+            t = self._cleanups.pop(sid, None)
+        if t is not None:
+            t.join()
+
     # ------------------------------------------------------------------ bundles
 
     def _image(self, spec: SandboxSpec) -> Image:
@@ -339,6 +391,17 @@ class GVisorEngine(Engine):
                 "options": ["rbind", "ro"],
             },
         ]
+        if info.channel:
+            ctl = self._channel_dir(info)
+            ctl.mkdir(mode=0o700, exist_ok=True)
+            mounts.append(
+                {
+                    "destination": CHANNEL_MOUNT,
+                    "type": "bind",
+                    "source": str(ctl),
+                    "options": ["rbind", "rw"],
+                }
+            )
         for v in spec.volumes:
             mounts.append(
                 {
@@ -367,6 +430,7 @@ class GVisorEngine(Engine):
             "process": {
                 "args": [
                     INIT_PATH, "init", *(["-u", f"{uid}:{gid}"] if uid or gid else []),
+                    *(["-H", CHANNEL_MOUNT] if info.channel else []),
                     *(["--", *cmd] if cmd else []),
                 ],
                 "cwd": spec.workdir or image.workdir or "/",
@@ -408,10 +472,17 @@ class GVisorEngine(Engine):
 
     def _boot(self, info: SandboxInfo, image: Image, *, image_path: Path | None = None) -> None:
         """Start (or restore) the runsc container for info and wait until init answers."""
+        self._settle(info.id)
         if self._has_runsc_state(info.id):
             self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
         if info.spec.network == "sandbox":
             info.address = network.setup(self.home, info.id)
+        if image_path is None:
+            info.channel = self.host_channel  # a restore keeps its checkpoint's choice
+        if info.channel:
+            (self._channel_dir(info) / "init.sock").unlink(missing_ok=True)
+            if image_path is not None:  # the restored init sees a new token: it was restored
+                self._channel_token(info, "restored")
         bundle = self._write_bundle(info, image)
         d = self._dir(info.id)
         codefile, errfile, pidfile = d / "exit.code", d / "runsc.err", d / "runsc.pid"
@@ -469,6 +540,7 @@ class GVisorEngine(Engine):
         info.state = "running"
         info.started = _now()
         info.exit_code = None
+        info.last_checkpoint = None
         try:
             info.pid = int(pidfile.read_text())
         except (OSError, ValueError):
@@ -478,8 +550,9 @@ class GVisorEngine(Engine):
             self._reconcile(info)
             return
         if image_path is not None:
-            info.restore_token = secrets.token_hex(8)
-            self._save(info)
+            if not info.channel:  # without the channel the first call announces the restore
+                info.restore_token = secrets.token_hex(8)
+                self._save(info)
         else:
             self._wait_ready(info, deadline=t0 + 30)
         if info.spec.network == "sandbox" and info.spec.ports:
@@ -488,9 +561,14 @@ class GVisorEngine(Engine):
     def _wait_ready(self, info: SandboxInfo, deadline: float) -> None:
         delay = 0.005
         while True:
-            proc = self._runsc(
-                info, "exec", info.id, INIT_PATH, "ping", check=False, timeout=20
-            )
+            if info.channel:
+                proc = subprocess.run(
+                    self._init_cmd(info, ["ping"]), capture_output=True, timeout=20
+                )
+            else:
+                proc = self._runsc(
+                    info, "exec", info.id, INIT_PATH, "ping", check=False, timeout=20
+                )
             if proc.returncode == 0:
                 return
             if self._runsc_state(info.id) != "running":
@@ -540,7 +618,9 @@ class GVisorEngine(Engine):
         return info
 
     def _discard(self, info: SandboxInfo) -> None:
-        self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
+        self._settle(info.id)
+        if self._has_runsc_state(info.id):
+            self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
         if info.spec.network == "sandbox":
             network.teardown(self.home, info.id)
         shutil.rmtree(self._dir(info.id), ignore_errors=True)
@@ -663,7 +743,14 @@ class GVisorEngine(Engine):
         After a restore, init must be told (restore generation, hooks) before anything
         else runs. Rather than pay a `runsc exec` for that alone, the first call after
         a restore carries the announcement (`--restored TOKEN`); init acts on each token
-        once, so concurrent first calls are harmless."""
+        once, so concurrent first calls are harmless.
+
+        With the host channel, the client runs on the host (init itself notices a restore
+        through the channel's token file)."""
+        if info.channel:
+            sock = self._channel_dir(info) / "init.sock"
+            alive = ["--alive", str(info.pid)] if info.pid else []
+            return [str(self.init_dir / "init"), "--connect", str(sock), *alive, *args]
         announce: list[str] = []
         if info.restore_token:
             announce = ["--restored", info.restore_token]
@@ -697,11 +784,24 @@ class GVisorEngine(Engine):
             )
         except subprocess.TimeoutExpired:
             raise SandboxError(f"{args[0]} in sandbox {info.name} timed out") from None
+        if self._unstuck(info, proc.returncode, proc.stderr):
+            return self._client(info, args, input=input, timeout=timeout, check=check)
         if check and proc.returncode != 0:
             self._raise_if_gone(info)
             msg = _last_line(proc.stderr) or f"exit status {proc.returncode}"
             raise SandboxError(f"{args[0]} in sandbox {info.name} failed: {msg}")
         return proc
+
+    def _unstuck(self, info: SandboxInfo, code: int, err: bytes) -> bool:
+        """After a client could not reach init through the host channel: if the sandbox
+        runs, init was left prepared by a checkpoint that never happened (its caller died
+        in between). Tell it to listen again; True means: try once more."""
+        if not (info.channel and code == 125 and b"cannot connect to init" in err):
+            return False
+        if self._runsc_state(info.id) != "running":
+            return False
+        self._channel_token(info, "resumed")
+        return True
 
     def _raise_if_gone(self, info: SandboxInfo) -> None:
         if self._runsc_state(info.id) != "running":
@@ -727,33 +827,37 @@ class GVisorEngine(Engine):
                 argv, interactive=stdin is not None, detach=False, env=env,
                 workdir=workdir, user=user, image=image, timeout=timeout,
             )  # fmt: skip
-            cmd = self._init_cmd(info, args)
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            # The timeout is enforced inside the sandbox by init's client (`exec -t`:
-            # SIGTERM, then SIGKILL 5 s later, exit 124). The host only gives up if the
-            # client itself stops answering, well after that.
-            try:
-                out, err = proc.communicate(
-                    stdin, timeout=None if timeout is None else timeout + 30
+            for _attempt in range(2):
+                proc = subprocess.Popen(
+                    self._init_cmd(info, args),
+                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
                 )
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                for pipe in (proc.stdout, proc.stderr):
-                    if pipe is not None:
-                        pipe.close()
-                proc.wait()
-                raise SandboxError(
-                    f"command in sandbox {info.name} did not stop after its {timeout} s "
-                    "timeout; the client was abandoned"
-                ) from None
+                # The timeout is enforced by init's client (`exec -t`: SIGTERM, then
+                # SIGKILL 5 s later, exit 124). The host only gives up if the client
+                # itself stops answering, well after that.
+                try:
+                    out, err = proc.communicate(
+                        stdin, timeout=None if timeout is None else timeout + 30
+                    )
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    for pipe in (proc.stdout, proc.stderr):
+                        if pipe is not None:
+                            pipe.close()
+                    proc.wait()
+                    raise SandboxError(
+                        f"command in sandbox {info.name} did not stop after its {timeout} s "
+                        "timeout; the client was abandoned"
+                    ) from None
+                if not self._unstuck(info, proc.returncode, err):
+                    break
             if timeout is not None and proc.returncode == 124 and b"timed out after" in err:
                 raise SandboxError(f"command timed out after {timeout} s in sandbox {info.name}")
-            if proc.returncode != 0 and not err.startswith(b"torpor-init") and (
+            # 125: init's client could not reach init (or lost it): has the sandbox died?
+            client_failed = proc.returncode == 125 or not err.startswith(b"torpor-init")
+            if proc.returncode != 0 and client_failed and (
                 self._runsc_state(info.id) != "running"
             ):
                 self._raise_if_gone(info)
@@ -1029,6 +1133,8 @@ class GVisorEngine(Engine):
                 )
             if info.restore_token:  # init has not heard of the last restore yet: tell it now
                 self._client(info, ["ping"], timeout=60)
+            if info.channel:  # init closes its host socket, which gVisor cannot save
+                self._client(info, ["prepare"], timeout=60)
             staging = self.checkpoints.staging_dir()
             # Connections through torpor's port proxy are external to the sandbox and would
             # block the checkpoint: close them first (clients reconnect after).
@@ -1047,8 +1153,11 @@ class GVisorEngine(Engine):
                 )
             except SandboxError as e:
                 shutil.rmtree(staging, ignore_errors=True)
-                if self._runsc_state(info.id) == "running" and info.spec.ports:
-                    network.start_proxy(self.home, info.id, info.spec.ports)
+                if self._runsc_state(info.id) == "running":
+                    if info.channel:
+                        self._channel_token(info, "resumed")
+                    if info.spec.ports:
+                        network.start_proxy(self.home, info.id, info.spec.ports)
                 self._reconcile(info)
                 raise CheckpointError(f"checkpoint of {info.name} failed: {e}") from None
             seconds = time.monotonic() - t0
@@ -1065,9 +1174,17 @@ class GVisorEngine(Engine):
                 leave_running=leave_running,
                 name=ck_name,
             ).to_json()
-            meta.update(sandbox_id=info.id, platform=self.platform)
+            # The checkpoint this memory came from: the store encodes changed pages as
+            # deltas against it (see docs/snapshots.md).
+            parent = info.last_checkpoint or info.restored_from
+            meta.update(sandbox_id=info.id, platform=self.platform, channel=info.channel,
+                        parent=parent)  # fmt: skip
             size = self.checkpoints.put(ck_id, staging, meta)
             if leave_running:
+                info.last_checkpoint = ck_id
+                self._save(info)
+                if info.channel:
+                    self._channel_token(info, "resumed")
                 if self._runsc_state(info.id) != "running":
                     raise CheckpointError(
                         f"checkpoint {ck_id} was saved but sandbox {info.name} did not keep "
@@ -1079,8 +1196,8 @@ class GVisorEngine(Engine):
                 info.state = "checkpointed"
                 info.exit_code = None
                 info.pid = None
-                self._after_stop(info)
                 self._save(info)
+                self._after_stop_later(info)
             return CheckpointInfo.from_json({**meta, "size": size})
 
     def list_checkpoints(self, sandbox: str | None = None) -> list[dict[str, Any]]:
@@ -1123,6 +1240,7 @@ class GVisorEngine(Engine):
         path, temporary = self.checkpoints.open_dir(ck["id"])
         try:
             info.restored_from = ck["id"]
+            info.channel = bool(ck.get("channel"))
             self._boot(info, image, image_path=path)
         finally:
             if temporary:

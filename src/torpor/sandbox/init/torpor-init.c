@@ -45,7 +45,10 @@
 #define EXIT_CLIENT 125         /* client-side failure (cannot reach init, ...) */
 
 static char g_dir[PATH_MAX];    /* TORPOR_INIT_DIR */
-static char g_sock[PATH_MAX];   /* g_dir/ctl.sock */
+static char g_sock[PATH_MAX];   /* g_dir/ctl.sock (a client's target: --connect moves it) */
+static int g_remote;            /* client run on the host through the host channel */
+static pid_t g_alive;           /* --alive PID: the sandbox's host process; stop waiting once it is gone */
+#define SELF_PATH "/.torpor/init"   /* where the host mounts this binary in a sandbox */
 extern char **environ;
 
 /* ------------------------------------------------------------------ */
@@ -241,6 +244,7 @@ struct client {
     int state;
     struct buf in, out;
     struct proc *p;         /* attached process (ST_ATTACHED) */
+    int host;               /* connected through the host channel */
 };
 
 struct proc {
@@ -268,6 +272,22 @@ static long long g_deadline;
 static int g_exit_code;
 static char g_restore_token[64];    /* token of the last announced restore (if any) */
 static int g_console;              /* tee main's output to init's own stdout */
+
+/* The host channel (`init init -H DIR`): a second listening socket, DIR/init.sock, on a
+ * directory the host bind-mounts, so the host talks to init directly instead of starting a
+ * `runsc exec` client (~50 ms of Go start-up) for every call. gVisor cannot save a socket
+ * bound on a host file, so the host asks init to `prepare` before a checkpoint: init
+ * closes that socket and its host connections, remembers DIR/token, and from then on
+ * checks DIR/token every PREPARED_POLL_MS. The host writes a new token before it restores
+ * the checkpoint ("restored ID": announce the restore, as `restored ID` does, then listen
+ * again once the hooks are done) or when the sandbox kept running ("resumed ID": listen
+ * again). */
+#define PREPARED_POLL_MS 2
+static char g_host_sock[PATH_MAX], g_host_token[PATH_MAX];
+static int g_hfd = -1;             /* host listener, -1 when closed */
+static int g_prepared;             /* host channel closed for a checkpoint: watch the token */
+static int g_relisten;             /* listen again once the restore hooks are done */
+static char g_prep_token[128];
 
 /* restore hooks */
 static int g_gen;
@@ -465,7 +485,8 @@ static char **build_env(char **envs, int nenv)
  * says why; the child then exits 126/127 and is reaped like any other.
  */
 static struct proc *start_proc(char **argv, int argc, char **envs, int nenv, const char *cwd,
-                               const char *user, int want_stdin, char *errmsg, size_t errlen)
+                               const char *user, int want_stdin, int nofile, char *errmsg,
+                               size_t errlen)
 {
     errmsg[0] = 0;
     int id = g_next_id++;
@@ -486,10 +507,12 @@ static struct proc *start_proc(char **argv, int argc, char **envs, int nenv, con
     p->id = id;
     p->cmd = cl.p;
     p->in = -1;
+    /* nofile: the output is only streamed to the client (file transfers through the host
+     * channel), so it does not sit in the sandbox's memory meanwhile. */
     fmt(path, sizeof path, "%s/stdout", dir);
-    p->fout = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    p->fout = open(nofile ? "/dev/null" : path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
     fmt(path, sizeof path, "%s/stderr", dir);
-    p->ferr = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    p->ferr = open(nofile ? "/dev/null" : path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
 
     int po[2], pe[2], pi[2] = {-1, -1}, px[2];
     if (p->fout < 0 || p->ferr < 0 || pipe2(po, O_CLOEXEC) < 0 || pipe2(pe, O_CLOEXEC) < 0 ||
@@ -651,12 +674,13 @@ static struct proc *find_proc(const char *id)
 
 static void req_spawn(struct client *c, char **s, int n)
 {
-    int detach = 0, want_stdin = 0, nenv = 0, i = 1;
+    int detach = 0, want_stdin = 0, nofile = 0, nenv = 0, i = 1;
     const char *cwd = NULL, *user = NULL;
     char **envs = xrealloc(NULL, sizeof(char *) * (size_t)n);
     for (; i + 1 < n && strcmp(s[i], "--"); i += 2) {
         if (!strcmp(s[i], "detach")) detach = !strcmp(s[i + 1], "1");
         else if (!strcmp(s[i], "stdin")) want_stdin = !strcmp(s[i + 1], "1");
+        else if (!strcmp(s[i], "nofile")) nofile = !strcmp(s[i + 1], "1");
         else if (!strcmp(s[i], "cwd")) cwd = s[i + 1];
         else if (!strcmp(s[i], "env")) envs[nenv++] = s[i + 1];
         else if (!strcmp(s[i], "user")) user = s[i + 1];
@@ -668,7 +692,8 @@ static void req_spawn(struct client *c, char **s, int n)
         return;
     }
     char err[PATH_MAX + 256];
-    struct proc *p = start_proc(s + i + 1, n - i - 1, envs, nenv, cwd, user, want_stdin, err, sizeof err);
+    struct proc *p = start_proc(s + i + 1, n - i - 1, envs, nenv, cwd, user, want_stdin,
+                                nofile && !detach, err, sizeof err);
     free(envs);
     if (!p) { send_str(c, 'F', err); send_exit(c, 126); return; }
     char b[16];
@@ -679,6 +704,72 @@ static void req_spawn(struct client *c, char **s, int n)
     c->state = ST_ATTACHED;   /* exec failures stay attached so X carries 126/127 */
     c->p = p;
     p->cl = c;
+}
+
+static void client_gone(struct client *c);
+
+/* A restore happened: bump the generation and run the hooks (clients in ST_RESTORE are
+ * answered when they are done). token: the host's id for this restore, if any. */
+static void announce_restore(const char *token)
+{
+    char path[PATH_MAX], b[16];
+    if (token) fmt(g_restore_token, sizeof g_restore_token, "%s", token);
+    int len = fmt(b, sizeof b, "%d\n", ++g_gen);
+    fmt(path, sizeof path, "%s/generation", g_dir);
+    write_file(path, b, (size_t)len);
+    if (g_hooks_active) g_hook_rerun = 1;
+    else hooks_start();
+}
+
+static int host_listen(void)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(g_host_sock) >= sizeof sa.sun_path) { msg("socket path too long: %s", g_host_sock); return -1; }
+    strcpy(sa.sun_path, g_host_sock);
+    unlink(g_host_sock);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 64) < 0) {
+        msg("listen on %s: %s", g_host_sock, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    chmod(g_host_sock, 0600);
+    g_hfd = fd;
+    return 0;
+}
+
+static void read_token(char *dst, size_t n)
+{
+    int fd = open(g_host_token, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    ssize_t r = fd >= 0 ? read(fd, dst, n - 1) : 0;
+    if (fd >= 0) close(fd);
+    dst[r > 0 ? r : 0] = 0;
+}
+
+static void host_close(void)
+{
+    if (g_hfd >= 0) close(g_hfd);
+    g_hfd = -1;
+    unlink(g_host_sock);
+    read_token(g_prep_token, sizeof g_prep_token);
+    g_prepared = 1;
+}
+
+/* While prepared: has the host written a new token? */
+static void host_check_token(void)
+{
+    char t[sizeof g_prep_token];
+    read_token(t, sizeof t);
+    if (!strcmp(t, g_prep_token)) return;
+    g_prepared = 0;
+    char *nl = strchr(t, '\n');
+    if (nl) *nl = 0;
+    if (!strncmp(t, "restored ", 9)) {
+        if (strcmp(t + 9, g_restore_token)) announce_restore(t + 9);
+        g_relisten = 1;   /* after the hooks, so no call overtakes them */
+    } else {
+        host_listen();    /* "resumed": the checkpoint is done and we kept running */
+    }
 }
 
 static void handle_request(struct client *c, char *payload, size_t n)
@@ -721,14 +812,19 @@ static void handle_request(struct client *c, char *payload, size_t n)
     } else if (!strcmp(s[0], "restored") && ns >= 2 && !strcmp(s[1], g_restore_token)) {
         send_exit(c, 0);   /* this restore was announced already */
     } else if (!strcmp(s[0], "restored")) {
-        char path[PATH_MAX], b[16];
-        if (ns >= 2) fmt(g_restore_token, sizeof g_restore_token, "%s", s[1]);
-        int len = fmt(b, sizeof b, "%d\n", ++g_gen);
-        fmt(path, sizeof path, "%s/generation", g_dir);
-        write_file(path, b, (size_t)len);
-        c->state = ST_RESTORE;
-        if (g_hooks_active) g_hook_rerun = 1;   /* answered after the rerun */
-        else hooks_start();
+        c->state = ST_RESTORE;   /* answered once the hooks are done */
+        announce_restore(ns >= 2 ? s[1] : NULL);
+    } else if (!strcmp(s[0], "prepare")) {
+        if (!c->host) {
+            send_str(c, 'F', "torpor-init: prepare is for the host channel");
+            send_exit(c, 2);
+        } else {
+            host_close();
+            send_exit(c, 0);   /* closed once the X is flushed; the host waits for that */
+            for (int i = 0; i < g_nclients; i++)
+                if (g_clients[i] != c && g_clients[i]->host && g_clients[i]->fd >= 0)
+                    client_gone(g_clients[i]);
+        }
     } else if (!strcmp(s[0], "spawn")) {
         req_spawn(c, s, ns);
     } else {
@@ -854,7 +950,7 @@ static void init_exit(void)
     exit(g_exit_code);
 }
 
-enum { K_SIG, K_LISTEN, K_CLIENT, K_OUT, K_ERR, K_IN };
+enum { K_SIG, K_LISTEN, K_HLISTEN, K_CLIENT, K_OUT, K_ERR, K_IN };
 
 static int run_init(int argc, char **argv)
 {
@@ -862,6 +958,10 @@ static int run_init(int argc, char **argv)
     const char *main_user = NULL;   /* -u UID:GID: the main process's user (init stays root) */
     while (cmd < argc && strcmp(argv[cmd], "--")) {
         if (!strcmp(argv[cmd], "-u") && cmd + 1 < argc) main_user = argv[++cmd];
+        else if (!strcmp(argv[cmd], "-H") && cmd + 1 < argc) {
+            fmt(g_host_sock, sizeof g_host_sock, "%s/init.sock", argv[++cmd]);
+            fmt(g_host_token, sizeof g_host_token, "%s/token", argv[cmd]);
+        }
         cmd++;
     }
     cmd++;   /* first word of CMD, if any */
@@ -892,13 +992,14 @@ static int run_init(int argc, char **argv)
         return EXIT_CLIENT;
     }
     chmod(g_sock, 0600);
+    if (g_host_sock[0] && host_listen() < 0) return EXIT_CLIENT;
 
     if (cmd < argc) {
         char err[PATH_MAX + 256];
         g_console = 1;
         fcntl(1, F_SETFL, fcntl(1, F_GETFL) | O_NONBLOCK);
         fcntl(2, F_SETFL, fcntl(2, F_GETFL) | O_NONBLOCK);
-        g_main = start_proc(argv + cmd, argc - cmd, NULL, 0, NULL, main_user, 0, err, sizeof err);
+        g_main = start_proc(argv + cmd, argc - cmd, NULL, 0, NULL, main_user, 0, 0, err, sizeof err);
         if (err[0]) msg("%s", err + 13);
         if (!g_main) return 126;
         g_main->is_main = 1;
@@ -925,13 +1026,15 @@ static int run_init(int argc, char **argv)
         }
 
         /* build the poll set */
-        int cap = 2 + g_nclients + 3 * g_nprocs, n = 0;
+        int cap = 3 + g_nclients + 3 * g_nprocs, n = 0;
         pfd = xrealloc(pfd, sizeof(*pfd) * (size_t)cap);
         tag = xrealloc(tag, sizeof(*tag) * (size_t)cap);
 #define ADD(fd_, ev_, kind_, ptr_) \
     (pfd[n] = (struct pollfd){(fd_), (short)(ev_), 0}, tag[n].kind = (kind_), tag[n].ptr = (ptr_), n++)
         ADD(sfd, POLLIN, K_SIG, NULL);
         if (!g_terminating && !g_phase) ADD(lfd, POLLIN, K_LISTEN, NULL);
+        if (g_relisten && !g_hooks_active) { g_relisten = 0; host_listen(); }
+        if (!g_terminating && !g_phase && g_hfd >= 0) ADD(g_hfd, POLLIN, K_HLISTEN, NULL);
         for (int i = 0; i < g_nclients; i++) {
             struct client *c = g_clients[i];
             int ev = buf_size(&c->out) ? POLLOUT : 0;
@@ -951,6 +1054,7 @@ static int run_init(int argc, char **argv)
             long long t = g_hook_deadline > now ? g_hook_deadline - now : 0;
             if (timeout < 0 || t < timeout) timeout = (int)t;
         }
+        if (g_prepared && (timeout < 0 || timeout > PREPARED_POLL_MS)) timeout = PREPARED_POLL_MS;
         int r = poll(pfd, (nfds_t)n, timeout);
         if (r < 0 && errno != EINTR) { msg("poll: %s", strerror(errno)); sleep(1); }
 
@@ -970,12 +1074,16 @@ static int run_init(int argc, char **argv)
                 }
                 break;
             }
-            case K_LISTEN: {
-                int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+            case K_LISTEN:
+            case K_HLISTEN: {
+                if (tag[i].kind == K_HLISTEN && g_hfd < 0) break;   /* closed meanwhile */
+                int fd = accept4(tag[i].kind == K_HLISTEN ? g_hfd : lfd, NULL, NULL,
+                                 SOCK_CLOEXEC | SOCK_NONBLOCK);
                 if (fd < 0) break;
                 c = xrealloc(NULL, sizeof *c);
                 memset(c, 0, sizeof *c);
                 c->fd = fd;
+                c->host = tag[i].kind == K_HLISTEN;
                 g_clients = xrealloc(g_clients, sizeof(*g_clients) * (size_t)(g_nclients + 1));
                 g_clients[g_nclients++] = c;
                 break;
@@ -990,6 +1098,7 @@ static int run_init(int argc, char **argv)
             }
         }
         reap();   /* cheap; also catches SIGCHLDs coalesced with the read above */
+        if (g_prepared) host_check_token();
 
         /* flush new output eagerly, then sweep closed clients */
         int j = 0;
@@ -1014,16 +1123,30 @@ static int connect_init(int wait_ms)
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     fmt(sa.sun_path, sizeof sa.sun_path, "%s", g_sock);
     long long until = now_ms() + wait_ms;
+    useconds_t pause = 500;   /* just after a restore the socket is a few ms away */
     for (;;) {
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) return fd;
-        int e = errno;
+        struct stat st;
+        int fd = -1, e = ENOTSOCK;
+        /* Through the host channel the socket lives in a directory the sandbox can write:
+         * connect only to a socket, never through a symlink it may have planted. */
+        if (!g_remote || (lstat(g_sock, &st) == 0 && S_ISSOCK(st.st_mode))) {
+            fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) return fd;
+            e = errno;
+        } else if (g_remote && lstat(g_sock, &st) < 0) {
+            e = errno;
+        }
         if (fd >= 0) close(fd);
+        if (g_alive > 0 && kill(g_alive, 0) < 0 && errno == ESRCH) {
+            msg("cannot connect to init: the sandbox is not running");
+            exit(EXIT_CLIENT);
+        }
         if (now_ms() >= until) {
             msg("cannot connect to init at %s: %s", g_sock, strerror(e));
             exit(EXIT_CLIENT);
         }
-        usleep(20000);
+        usleep(pause);
+        if (pause < 20000) pause *= 2;
     }
 }
 
@@ -1037,6 +1160,7 @@ static int connect_init(int wait_ms)
  * SIGKILL, and exits 124 (as timeout(1) does) once the process is gone. Enforced here,
  * inside the sandbox, so the host never has to abandon a client that holds its pipes. */
 static long long g_client_timeout_ms;
+static int g_wait_eof;
 #define KILL_GRACE_MS 5000
 
 static int run_client(const char *req, size_t reqlen, int fwd_stdin, int fwd_signals, int detach)
@@ -1119,11 +1243,31 @@ static int run_client(const char *req, size_t reqlen, int fwd_stdin, int fwd_sig
                 fmt(s, sizeof s, "%.*s", (int)(len < 15 ? len : 15), d);
                 int code = atoi(s);
                 if (detach && code == 0) { write_all(1, id, strlen(id)); write_all(1, "\n", 1); }
+                if (g_wait_eof) {   /* prepare: return once init has closed its end */
+                    struct pollfd e = {fd, POLLIN, 0};
+                    while (poll(&e, 1, 5000) > 0 && read(fd, b, sizeof b) > 0) { }
+                }
                 return timeout_phase ? 124 : code;
             }
             }
         }
     }
+}
+
+/* On the host (--connect), roles that work on the sandbox's files run inside the
+ * sandbox as children of init (this same binary at SELF_PATH), their output streamed
+ * back and not kept in files. */
+static int remote_role(int argc, char **argv, int fwd_stdin)
+{
+    struct buf req = {0};
+    buf_add(&req, "spawn", 6);
+    buf_add(&req, "detach", 7); buf_add(&req, "0", 2);
+    buf_add(&req, "stdin", 6); buf_add(&req, fwd_stdin ? "1" : "0", 2);
+    buf_add(&req, "nofile", 7); buf_add(&req, "1", 2);
+    buf_add(&req, "--", 3);
+    buf_add(&req, SELF_PATH, sizeof SELF_PATH);
+    for (int i = 1; i < argc; i++) buf_add(&req, argv[i], strlen(argv[i]) + 1);
+    return run_client(req.p, req.len, fwd_stdin, 1, 0);
 }
 
 static int usage(void)
@@ -1442,6 +1586,27 @@ int main(int argc, char **argv)
     fmt(g_dir, sizeof g_dir, "%s", d && *d ? d : DEFAULT_DIR);
     fmt(g_sock, sizeof g_sock, "%s/ctl.sock", g_dir);
     signal(SIGPIPE, SIG_IGN);
+    /* `--connect SOCKET ROLE...`: a client on the host, through the host channel. */
+    int connect_wait = 0;
+    if (argc > 3 && !strcmp(argv[1], "--connect")) {
+        /* connect relative to the socket's directory: sun_path holds only 108 bytes */
+        char *slash = strrchr(argv[2], '/');
+        if (slash && slash != argv[2]) {
+            *slash = 0;
+            if (chdir(argv[2]) < 0) { msg("cannot connect to init: %s: %s", argv[2], strerror(errno)); return EXIT_CLIENT; }
+            *slash = '/';
+        }
+        fmt(g_sock, sizeof g_sock, "%s", slash ? slash + 1 : argv[2]);
+        g_remote = 1;
+        connect_wait = 10000;   /* a restored init listens again within a few ms */
+        argv += 2;
+        argc -= 2;
+        if (argc > 3 && !strcmp(argv[1], "--alive")) {
+            g_alive = (pid_t)atoi(argv[2]);
+            argv += 2;
+            argc -= 2;
+        }
+    }
     /* `--restored TOKEN VERB...`: announce a restore (at most once per token), then
      * run VERB. The host folds the announcement into its first call after a restore
      * instead of paying for a separate `runsc exec`. */
@@ -1455,6 +1620,14 @@ int main(int argc, char **argv)
         argc -= 2;
     }
     const char *role = argv[1];
+    if (g_remote) {
+        close(connect_init(connect_wait));   /* wait for the socket once, here */
+        if (!strcmp(role, "logs") || !strcmp(role, "get") || !strcmp(role, "stat"))
+            return remote_role(argc, argv, 0);
+        if (!strcmp(role, "put")) return remote_role(argc, argv, 1);
+        if (!strcmp(role, "prepare") && argc == 2) { g_wait_eof = 1; return run_client("prepare", 8, 0, 0, 0); }
+        if (!strcmp(role, "init") || !strcmp(role, "supervise")) return usage();
+    }
 
     if (!strcmp(role, "init")) return run_init(argc, argv);
     if (!strcmp(role, "exec")) return cmd_exec(argc, argv);
