@@ -101,8 +101,16 @@ def gvisor_checkpoints(work: Path) -> list[dict[str, Any]]:
                 flate = work / f"{name}-flate-{step}"
                 flate.mkdir()
                 live = engine.inspect(info.name)
-                engine._runsc(live, "checkpoint", f"--image-path={flate}", "--leave-running",
-                              live.id, timeout=600)
+                # A direct `runsc checkpoint` must close init's host channel first, as the
+                # engine's own checkpoint does (gVisor cannot save that socket).
+                if live.channel:
+                    engine._client(live, ["prepare"], timeout=60)
+                try:
+                    engine._runsc(live, "checkpoint", f"--image-path={flate}",
+                                  "--leave-running", live.id, timeout=600)
+                finally:
+                    if live.channel:
+                        engine._channel_token(live, "resumed")
                 sets["none"].append(dst)
                 sets["flate"].append(flate)
             out.append({"name": name, **sets})
@@ -173,17 +181,26 @@ def measure(ds: dict[str, Any], work: Path, s3: bool) -> dict[str, Any]:
     pages_b = b / pages_a.name
     res["page_share_4k"] = block_share(pages_a, pages_b, 4096)
     res["page_share_64k"] = block_share(pages_a, pages_b, 65536)
-    for page_chunks in (True, False):
-        root = work / f"st-{ds['name'][:8]}-{page_chunks}".replace(" ", "_")
-        st = open_store(str(root), page_chunks=page_chunks, use_key_env=False)
+    configs = (("page_dedup", {"page_chunks": True}),
+               ("page_dedup_no_delta", {"page_chunks": True, "deltas": False}),
+               ("cdc_only", {"page_chunks": False}))
+    for key, opts in configs:
+        root = work / f"st-{ds['name'][:8]}-{key}".replace(" ", "_")
+        st = open_store(str(root), use_key_env=False, **opts)
         t = time.perf_counter()
         i1 = st.put(a)
         put_s = time.perf_counter() - t
+        t = time.perf_counter()
         i2 = st.put(b, parent=i1.id)
-        key = "page_dedup" if page_chunks else "cdc_only"
+        put2_s = time.perf_counter() - t
+        doc = st.info(i2.id).as_dict()
         res[key] = {"stored_first": i1.stored_bytes, "new_second": i2.new_bytes,
-                    "new_second_pct_of_first": 100 * i2.new_bytes / i1.stored_bytes}
-        if page_chunks:
+                    "new_second_pct_of_first": 100 * i2.new_bytes / i1.stored_bytes,
+                    "stored_second": i2.stored_bytes, "put_second_s": put2_s,
+                    "new_second_by_file": new_bytes_by_file(st, i2.id),
+                    "delta_chunks_second": st._info_doc(i2.id).get("new_delta_chunks", 0),
+                    "chunks_second": doc["unique_chunks"]}
+        if key == "page_dedup":
             res["put_mb_s_file"] = raw / put_s / 1e6
             t = time.perf_counter()
             st.get(i2.id, work / "restored")
@@ -229,6 +246,24 @@ def measure(ds: dict[str, Any], work: Path, s3: bool) -> dict[str, Any]:
     return res
 
 
+def new_bytes_by_file(st: Any, sid: str) -> dict[str, int]:
+    """Stored bytes of the chunks a put added, by the file that first used each."""
+    from torpor.snapshots.packs import decode_index, idx_key
+
+    doc = st._info_doc(sid)
+    added: dict[bytes, int] = {}
+    for pack in doc["packs"]:
+        for cid, loc in decode_index(pack, st.backend.get(idx_key(pack))):
+            added[cid] = loc.length
+    out: dict[str, int] = {}
+    for ft in st._manifest(sid).files:
+        n = 0
+        for cid in ft.ids:
+            n += added.pop(cid, 0)
+        out[ft.name] = n
+    return out
+
+
 def random_read(url: str, sid: str, name: str, tag: str) -> dict[str, Any]:
     """Cold store object: time to first byte of a 4 KiB read, then 1 % of pages at random."""
     t = time.perf_counter()
@@ -258,21 +293,37 @@ def render(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
              f"start {env['load']:.1f} (shared machine). Produced by "
              "`benchmarks/bench_snapshots.py`. Sizes in MB (10^6 bytes).", "",
              "## Size and dedup", "",
-             "| data | raw | whole-file zstd -3 | stored (ours) | 2nd: new bytes, page dedup "
-             "| 2nd: new bytes, CDC only | 2nd with gVisor flate: raw / new bytes "
+             "Second checkpoint of the same sandbox after a small change, stored with its "
+             "first as parent: new bytes with page chunks and page deltas (the default), "
+             "with page chunks only, and with content-defined chunks only.", "",
+             "| data | raw | whole-file zstd -3 | stored (ours) | 2nd: new bytes "
+             "| 2nd: new bytes, no page deltas | 2nd: new bytes, CDC only "
+             "| 2nd with gVisor flate: raw / new bytes "
              "| 4 KiB pages shared | 64 KiB blocks shared |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        pd, cd = r["page_dedup"], r["cdc_only"]
+        pd, nd, cd = r["page_dedup"], r["page_dedup_no_delta"], r["cdc_only"]
         fl = r.get("flate")
         flate = (f"{mb(fl['raw_first'])} / {mb(fl['new_second'])} "
                  f"({fl['new_second_pct_of_first']:.0f} %)") if fl else "n/a"
         lines.append(
             f"| {r['name']} | {mb(r['raw_bytes'])} | {mb(r['whole_file_zstd3'])} "
-            f"| {mb(pd['stored_first'])} | {mb(pd['new_second'])} "
-            f"({pd['new_second_pct_of_first']:.1f} %) | {mb(cd['new_second'])} "
+            f"| {mb(pd['stored_first'])} | **{mb(pd['new_second'])} "
+            f"({pd['new_second_pct_of_first']:.1f} %)** | {mb(nd['new_second'])} "
+            f"({nd['new_second_pct_of_first']:.1f} %) | {mb(cd['new_second'])} "
             f"({cd['new_second_pct_of_first']:.1f} %) | {flate} "
             f"| {100 * r['page_share_4k']:.1f} % | {100 * r['page_share_64k']:.1f} % |")
+    lines += ["", "Where the second checkpoint's new bytes go (KB = 10^3 bytes), with and "
+              "without page deltas:", "",
+              "| data | file | new bytes | same, no page deltas | new chunks stored as deltas |",
+              "|---|---|---|---|---|"]
+    for r in results:
+        pd, nd = r["page_dedup"], r["page_dedup_no_delta"]
+        for name, n in pd["new_second_by_file"].items():
+            lines.append(f"| {r['name']} | {name} | {n / 1e3:.1f} KB "
+                         f"| {nd['new_second_by_file'].get(name, 0) / 1e3:.1f} KB "
+                         + (f"| {pd['delta_chunks_second']} |"
+                            if name.endswith(("pages.img", ".pages")) else "| |"))
     lines += ["", "## Throughput and random reads", "",
               "| data | put file | get file | put S3 | get S3 cold | get S3 warm cache "
               "| TTFB file | TTFB S3 | 1 % read: fetched (of stored), file | same, S3 |",

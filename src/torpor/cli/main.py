@@ -344,11 +344,15 @@ def checkpoint_create(
 ) -> None:
     """Checkpoint a running sandbox: every process, its memory, and its files."""
     _check_format(fmt)
-    ck = engine().checkpoint(sandbox, checkpoint, leave_running=leave_running)
+    eng = engine()
+    ck = eng.checkpoint(sandbox, checkpoint, leave_running=leave_running)
     if fmt == "json":
         _print_json(ck.to_json())
     else:
-        print(f"{ck.id}\t{human_bytes(ck.size)}\t{ck.seconds * 1000:.0f} ms")
+        print(f"{ck.id}\t{human_bytes(ck.size)}\t{ck.seconds * 1000:.0f} ms", flush=True)
+    flush = getattr(eng.checkpoints, "flush", None)
+    if flush is not None:  # the compressed copy is stored before the command returns
+        flush()
 
 
 @command(checkpoint_app, "ls")

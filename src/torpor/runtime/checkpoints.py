@@ -138,6 +138,7 @@ class SnapshotCheckpointStorage:
                 engine=meta.get("engine"),
                 engine_version=meta.get("engine_version"),
                 image_digest=meta.get("image_digest"),
+                parent=meta.get("parent"),  # pages that changed since: stored as deltas
                 snapshot_id=ckpt_id,
             )
         (d / STORED).write_text(json.dumps({"new_bytes": info.new_bytes, "at": time.time()}))

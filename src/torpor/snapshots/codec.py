@@ -5,6 +5,13 @@ by HMAC-SHA256 under a key derived from it (so chunk names reveal nothing across
 tenants and dedup works within one key only). Its stored form is a zstd frame (or the
 plain bytes when zstd does not shrink them), then, with a key, ``nonce || AES-GCM
 ciphertext+tag`` with the chunk id as associated data.
+
+A *delta* chunk (flag ``FLAG_DELTA``) is a zstd frame compressed with the plain bytes
+of another chunk, its *base*, as a raw prefix (``ZstdDict(base, is_raw=True).as_prefix``).
+It is used for a memory page that differs from the parent snapshot's page in a few
+bytes. Its id is still the hash of its own plain bytes and it is verified against it
+after decoding; the base is always a full (non-delta) chunk, so decoding a chunk
+needs at most one other chunk.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from .errors import SnapshotCorrupt, SnapshotError
 
 FLAG_ZSTD = 1
 FLAG_AES = 2
+FLAG_DELTA = 4
 ZSTD_LEVEL = 3
 NONCE = 12
 
@@ -108,10 +116,27 @@ class Codec:
             flags |= FLAG_AES
         return body, flags
 
+    def encode_delta(self, cid: bytes, data: bytes | memoryview, base: bytes
+                     ) -> tuple[bytes, int]:
+        """Stored bytes and flags of a chunk compressed against `base` (a full chunk's
+        plain bytes) as a zstd prefix; the caller keeps it only if it is smaller."""
+        body = pyzstd.compress(data, self.level,
+                               zstd_dict=pyzstd.ZstdDict(base, is_raw=True).as_prefix)
+        flags = FLAG_ZSTD | FLAG_DELTA
+        if self.key:
+            nonce = os.urandom(NONCE)
+            body = nonce + AESGCM(self.key).encrypt(nonce, body, cid)
+            flags |= FLAG_AES
+        return body, flags
+
     def decode(self, cid: bytes, stored: bytes, flags: int, plain_len: int,
-               snapshot_id: str | None = None) -> bytes:
-        """Plain bytes of a stored chunk, verified against its id."""
+               snapshot_id: str | None = None, base: bytes | None = None) -> bytes:
+        """Plain bytes of a stored chunk, verified against its id.
+
+        A delta chunk needs `base`, the plain bytes of its (verified) base chunk."""
         hexid = cid.hex()
+        if flags & FLAG_DELTA and (base is None or not flags & FLAG_ZSTD):
+            raise SnapshotCorrupt("delta chunk without its base", snapshot_id, hexid)
         body = stored
         if flags & FLAG_AES:
             if not self.key:
@@ -123,7 +148,12 @@ class Codec:
                                       snapshot_id, hexid) from None
         if flags & FLAG_ZSTD:
             try:
-                body = pyzstd.decompress(body)
+                if flags & FLAG_DELTA:
+                    assert base is not None
+                    body = pyzstd.decompress(
+                        body, zstd_dict=pyzstd.ZstdDict(base, is_raw=True).as_prefix)
+                else:
+                    body = pyzstd.decompress(body)
             except pyzstd.ZstdError as exc:
                 raise SnapshotCorrupt(f"zstd frame does not decode: {exc}",
                                       snapshot_id, hexid) from None

@@ -7,7 +7,10 @@ A snapshot's manifest is two JSON documents:
   seek table and a checksum of itself. It is written last: a snapshot exists once
   (and only once) this object exists.
 * ``snapshots/<id>.table.zst`` — zstd-compressed JSON: for each file, the ordered
-  chunk list ``[[offset, length, chunk-id-hex], ...]``. This is the seek table. It
+  chunk list ``[[offset, length, chunk-id-hex], ...]``; a delta chunk's entry has a
+  fourth element, the id of its base chunk, so that GC keeps the base alive (a
+  snapshot that has delta chunks has format ``torpor-snapshot/2``, which older
+  readers refuse with "unknown manifest format"). This is the seek table. It
   also names the packs that held the snapshot's chunks when it was written, so a
   reader loads only those pack indexes (a GC repack since then is found by a full
   index refresh on a miss).
@@ -26,6 +29,8 @@ import pyzstd
 from .errors import SnapshotCorrupt
 
 FORMAT = "torpor-snapshot/1"
+FORMAT_DELTA = "torpor-snapshot/2"  # the seek table names delta bases
+FORMATS = (FORMAT, FORMAT_DELTA)
 WELL_KNOWN = ("engine", "engine_version", "image_digest", "parent")
 
 
@@ -56,7 +61,7 @@ def unseal(snapshot_id: str, data: bytes) -> dict[str, Any]:
         raise SnapshotCorrupt("manifest is not valid JSON with a checksum", snapshot_id) from None
     if claimed != "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest():
         raise SnapshotCorrupt("manifest checksum mismatch", snapshot_id)
-    if doc.get("format") != FORMAT:
+    if doc.get("format") not in FORMATS:
         raise SnapshotCorrupt(f"unknown manifest format {doc.get('format')!r}", snapshot_id)
     doc["checksum"] = claimed
     return doc
@@ -140,6 +145,8 @@ class FileTable:
         self.offsets = [c[0] for c in chunks]
         self.lengths = [c[1] for c in chunks]
         self.ids = [bytes.fromhex(c[2]) for c in chunks]
+        # delta chunk id -> its base chunk id, as recorded at put time
+        self.bases = {bytes.fromhex(c[2]): bytes.fromhex(c[3]) for c in chunks if len(c) > 3}
 
     def covering(self, offset: int, length: int) -> range:
         """Indexes of the chunks that cover [offset, offset+length)."""

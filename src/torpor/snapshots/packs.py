@@ -5,6 +5,10 @@ A pack ``packs/<pack>.pack`` is the concatenation of stored chunks. Next to it,
 length and flags; it is written after the pack, so a pack without an index is
 garbage from an interrupted put. One chunk is read with one ranged GET.
 
+Index format 2 (``TORPORIDX2``, written only when a pack holds delta chunks) adds,
+after the entries, one ``(entry number, base chunk id)`` record per delta chunk;
+format 1 indexes (no deltas) are still written and read as before.
+
 Packs target 4 MiB: a 17.5 MB gVisor checkpoint that compresses to ~4.4 MB becomes
 one or two objects rather than ~4,500 per-page objects (S3 charges and spends a
 round trip per request), while one pack is still small enough to upload in one PUT
@@ -24,7 +28,9 @@ from .errors import ObjectMissing, SnapshotCorrupt
 
 PACK_TARGET = 4 * 1024 * 1024
 IDX_MAGIC = b"TORPORIDX1\n"
+IDX_MAGIC2 = b"TORPORIDX2\n"
 ENTRY = struct.Struct("<32sQIIB")
+DELTA_ENTRY = struct.Struct("<I32s")  # entry number, base chunk id
 
 
 def pack_key(pack_id: str) -> str:
@@ -43,29 +49,48 @@ class Location(NamedTuple):
     length: int
     plain_len: int
     flags: int
+    base: bytes | None = None  # id of the base chunk of a delta chunk
 
 
 def encode_index(entries: list[tuple[bytes, Location]], key_id: str | None) -> bytes:
-    head = IDX_MAGIC + struct.pack("<16sI", (key_id or "").encode().ljust(16, b"\0"),
-                                   len(entries))
+    kid = (key_id or "").encode().ljust(16, b"\0")
+    deltas = [(n, loc.base) for n, (_cid, loc) in enumerate(entries) if loc.base]
+    if deltas:
+        head = IDX_MAGIC2 + struct.pack("<16sII", kid, len(entries), len(deltas))
+    else:
+        head = IDX_MAGIC + struct.pack("<16sI", kid, len(entries))
     body = b"".join(ENTRY.pack(cid, loc.offset, loc.length, loc.plain_len, loc.flags)
                     for cid, loc in entries)
-    data = head + body
+    tail = b"".join(DELTA_ENTRY.pack(n, base) for n, base in deltas)
+    data = head + body + tail
     return data + hashlib.sha256(data).digest()
 
 
 def decode_index(pack_id: str, data: bytes) -> list[tuple[bytes, Location]]:
-    if len(data) < len(IDX_MAGIC) + 20 + 32 or not data.startswith(IDX_MAGIC):
+    v2 = data.startswith(IDX_MAGIC2)
+    if len(data) < len(IDX_MAGIC) + 20 + 32 or not (v2 or data.startswith(IDX_MAGIC)):
         raise SnapshotCorrupt(f"pack index {pack_id} is truncated or not an index")
     body, digest = data[:-32], data[-32:]
     if hashlib.sha256(body).digest() != digest:
         raise SnapshotCorrupt(f"pack index {pack_id} fails its checksum")
-    _key, count = struct.unpack_from("<16sI", body, len(IDX_MAGIC))
-    start = len(IDX_MAGIC) + 20
-    if len(body) != start + count * ENTRY.size:
+    ndelta = 0
+    if v2:
+        _key, count, ndelta = struct.unpack_from("<16sII", body, len(IDX_MAGIC2))
+        start = len(IDX_MAGIC2) + 24
+    else:
+        _key, count = struct.unpack_from("<16sI", body, len(IDX_MAGIC))
+        start = len(IDX_MAGIC) + 20
+    end = start + count * ENTRY.size
+    if len(body) != end + ndelta * DELTA_ENTRY.size:
         raise SnapshotCorrupt(f"pack index {pack_id} has a bad length")
-    return [(cid, Location(pack_id, off, length, plain, flags))
-            for cid, off, length, plain, flags in ENTRY.iter_unpack(body[start:])]
+    out = [(cid, Location(pack_id, off, length, plain, flags))
+           for cid, off, length, plain, flags in ENTRY.iter_unpack(body[start:end])]
+    for n, base in DELTA_ENTRY.iter_unpack(body[end:]):
+        if n >= count:
+            raise SnapshotCorrupt(f"pack index {pack_id} has a bad delta entry")
+        cid, loc = out[n]
+        out[n] = (cid, loc._replace(base=base))
+    return out
 
 
 class PackWriter:
@@ -85,8 +110,9 @@ class PackWriter:
         self.packs_written: list[str] = []
         self.pending: dict[bytes, Location] = {}
 
-    def add(self, cid: bytes, stored: bytes, plain_len: int, flags: int) -> Location:
-        loc = Location(self._pack, self._size, len(stored), plain_len, flags)
+    def add(self, cid: bytes, stored: bytes, plain_len: int, flags: int,
+            base: bytes | None = None) -> Location:
+        loc = Location(self._pack, self._size, len(stored), plain_len, flags, base)
         self._parts.append(stored)
         self._entries.append((cid, loc))
         self.pending[cid] = loc
@@ -121,11 +147,18 @@ class ChunkIndex:
         self._idx_cache_put = idx_cache_put
         self.refreshed = False
 
+    def _put(self, cid: bytes, loc: Location) -> None:
+        """Map cid to loc unless it has a location already; a full copy of a chunk
+        replaces a delta copy (so a delta base always resolves to a full chunk)."""
+        have = self._map.get(cid)
+        if have is None or (have.base is not None and loc.base is None):
+            self._map[cid] = loc
+
     def add(self, pack_id: str, entries: list[tuple[bytes, Location]]) -> None:
         with self._lock:
             self._packs[pack_id] = entries
             for cid, loc in entries:
-                self._map.setdefault(cid, loc)
+                self._put(cid, loc)
 
     def _drop(self, gone: set[str]) -> None:
         with self._lock:
@@ -134,7 +167,7 @@ class ChunkIndex:
             self._map = {}
             for entries in self._packs.values():
                 for cid, loc in entries:
-                    self._map.setdefault(cid, loc)
+                    self._put(cid, loc)
 
     def refresh(self) -> None:
         """Load pack indexes not seen yet; forget packs that disappeared."""

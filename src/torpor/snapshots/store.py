@@ -5,7 +5,8 @@ Layout of a store (same keys on both backends)::
     snapshots/<id>.json        summary manifest, checksummed; written last (commit point)
     snapshots/<id>.table.zst   seek table: per file, ordered [offset, length, chunk id]
     packs/<pack>.pack          stored chunks back to back (~4 MiB)
-    packs/<pack>.idx           chunk id -> offset, length, plain length, flags
+    packs/<pack>.idx           chunk id -> offset, length, plain length, flags, base
+                               (a delta chunk's base: see codec.py and _DeltaPlanner)
     locks/put-<n>.json         a put in progress (GC waits for it)
     locks/gc-<n>.json          a GC in progress (puts then do not reuse older chunks)
 
@@ -17,6 +18,8 @@ marker, (b) looks for gc markers, and only when it sees none (c) reuses chunks
 already in the store. Either GC sees the put's marker and waits for its manifest, or
 the put sees the GC and writes all its chunks into new packs, which are not
 candidates. Chunks written after a GC started are therefore never collected.
+The base of a delta chunk is reused like any deduplicated chunk, and the seek
+table names it, so GC counts it as referenced.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any, TypeVar
 from .backends import Backend, Counters, new_object_id
 from .cache import ChunkCache
 from .chunking import boundaries, chunk_kind
-from .codec import Codec
+from .codec import FLAG_DELTA, Codec
 from .errors import (
     ObjectMissing,
     SnapshotCorrupt,
@@ -51,6 +54,7 @@ from .errors import (
 )
 from .manifest import (
     FORMAT,
+    FORMAT_DELTA,
     WELL_KNOWN,
     FileTable,
     Manifest,
@@ -63,6 +67,7 @@ from .manifest import (
     unseal,
 )
 from .packs import (
+    DELTA_ENTRY,
     PACK_TARGET,
     ChunkIndex,
     Location,
@@ -79,7 +84,58 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SEGMENT = 256          # chunks hashed/compressed per worker task during put
 MAX_RUN = 8 << 20      # largest coalesced ranged read
 GROUP_BYTES = 8 << 20  # plain bytes per parallel task during get
-CACHE_HEAD = struct.Struct("<BI")  # cached chunk: flags, plain length, stored bytes
+CACHE_HEAD = struct.Struct("<BI")  # cached chunk: flags, plain length, [base id,] stored
+WINDOW = 4096          # chunks planned (and delta bases fetched) at a time during put
+ANCHOR_REACH = 16      # pages searched each way for an unchanged neighbour (delta bases)
+
+
+def _cache_entry(loc: Location, stored: bytes) -> bytes:
+    """A chunk's local-cache record: flags, plain length, the base id of a delta, bytes."""
+    return CACHE_HEAD.pack(loc.flags, loc.plain_len) + (loc.base or b"") + stored
+
+
+class _DeltaPlanner:
+    """Candidate delta bases for the new pages of a page file, from the parent's same file.
+
+    A page that changed is compared with the parent's page (1) at the same offset and
+    (2) at the offset implied by the nearest unchanged page before and after it (a
+    page found exactly once in the parent): gVisor's pages file holds only allocated
+    memory, so an allocation or a free between two checkpoints shifts everything
+    after it. The base is always a full chunk: a parent page stored as a delta is
+    replaced by its own base, so decoding any chunk needs at most one other chunk.
+    """
+
+    def __init__(self, parent: FileTable, cids: list[bytes], index: ChunkIndex) -> None:
+        self.pids = parent.ids
+        seen: dict[bytes, int] = {}
+        for i, cid in enumerate(self.pids):
+            seen[cid] = -1 if cid in seen else i
+        self.ppos = {cid: i for cid, i in seen.items() if i >= 0}
+        self.cids = cids
+        self.index = index
+
+    def bases(self, i: int) -> list[bytes]:
+        pos = [i]
+        for step in (-1, 1):
+            k = i + step
+            while 0 <= k < len(self.cids) and abs(k - i) <= ANCHOR_REACH:
+                p = self.ppos.get(self.cids[k])
+                if p is not None:
+                    pos.append(p + i - k)
+                    break
+                k += step
+        out: list[bytes] = []
+        for p in dict.fromkeys(pos):
+            if not 0 <= p < len(self.pids):
+                continue
+            base = self.pids[p]
+            loc = self.index.get(base)
+            if loc is not None and loc.base is not None:
+                base = loc.base
+                loc = self.index.get(base)
+            if loc is not None and loc.base is None and base not in out:
+                out.append(base)
+        return out
 
 
 @dataclass
@@ -149,6 +205,131 @@ def _collect_files(path: Path) -> tuple[list[tuple[str, Path]], bool]:
     return files, False
 
 
+class _PutJob:
+    """The chunks of one put: which are new, how each new one is stored, where."""
+
+    def __init__(self, store: SnapshotStore, reuse: bool,
+                 parent_pages: dict[str, tuple[str, FileTable]]) -> None:
+        self.store = store
+        self.codec = store.codec
+        self.reuse = reuse
+        self.parent_pages = parent_pages
+        self.cache = store.cache if store.backend.remote else None
+        self.writer = PackWriter(store.backend, self.codec.key_id, store.pack_target,
+                                 store.index.add)
+        self.written: dict[bytes, Location] = {}
+        self.unique: dict[bytes, int] = {}       # chunk -> stored length
+        self.locs: dict[bytes, Location] = {}
+        self.bases_of: dict[bytes, bytes] = {}   # delta chunk -> its base
+        self.new_bytes = 0
+        self.new_deltas = 0
+        self.chunk_count = 0
+
+    def known(self, cid: bytes) -> Location | None:
+        """Where the store already holds a usable copy of a chunk (None: store it)."""
+        loc = self.written.get(cid)
+        if loc is None and self.reuse:
+            index = self.store.index
+            loc = index.get(cid)
+            if loc is not None and loc.base is not None:
+                bloc = index.get(loc.base)
+                if bloc is None or bloc.base is not None:
+                    return None  # a delta whose base is gone: store it anew
+        return loc
+
+    def _use(self, cid: bytes, loc: Location) -> None:
+        self.unique[cid] = loc.length
+        self.locs[cid] = loc
+        if loc.base is not None:
+            self.bases_of[cid] = loc.base
+
+    def add_file(self, name: str, fpath: Path, size: int, kind: str) -> list[list[Any]]:
+        """Store a file's new chunks; returns its seek-table entries."""
+        entries: list[tuple[int, int, bytes]] = []
+        if size:
+            with open(fpath, "rb") as fh, \
+                    mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                self._add_chunks(mm, name, kind, entries)
+        chunks: list[list[Any]] = []
+        for off, ln, cid in entries:
+            base = self.bases_of.get(cid)
+            chunks.append([off, ln, cid.hex()] if base is None
+                          else [off, ln, cid.hex(), base.hex()])
+        return chunks
+
+    def _add_chunks(self, mm: mmap.mmap, name: str, kind: str,
+                    entries: list[tuple[int, int, bytes]]) -> None:
+        store, codec = self.store, self.codec
+        bounds = boundaries(mm, kind)
+
+        def hash_seg(seg: list[tuple[int, int]]) -> list[bytes]:
+            return [codec.chunk_id(mm[off:off + ln]) for off, ln in seg]
+
+        segs = [bounds[i:i + SEGMENT] for i in range(0, len(bounds), SEGMENT)]
+        cids = [c for res in store._bounded_map(hash_seg, segs) for c in res]
+        pfile = self.parent_pages.get(name) if kind == "page" else None
+        planner = _DeltaPlanner(pfile[1], cids, store.index) if pfile else None
+        planned: set[bytes] = set()
+        for w0 in range(0, len(bounds), WINDOW):
+            todo: list[int] = []
+            for i in range(w0, min(w0 + WINDOW, len(bounds))):
+                cid = cids[i]
+                self.chunk_count += 1
+                entries.append((bounds[i][0], bounds[i][1], cid))
+                if cid in self.unique or cid in planned:
+                    continue
+                loc = self.known(cid)
+                if loc is None:
+                    planned.add(cid)
+                    todo.append(i)
+                else:
+                    self._use(cid, loc)
+            if not todo:
+                continue
+            cands: dict[int, list[bytes]] = {}
+            base_plain: dict[bytes, bytes] = {}
+            if planner is not None and pfile is not None:
+                cands = {i: planner.bases(i) for i in todo}
+                need = list(dict.fromkeys(b for bs in cands.values() for b in bs))
+                if need:
+                    try:
+                        base_plain = store._fetch(pfile[0], codec, need)
+                    except SnapshotError:
+                        base_plain = {}  # a damaged parent: no deltas for these pages
+
+            def encode(items: list[int], cands: dict[int, list[bytes]] = cands,
+                       base_plain: dict[bytes, bytes] = base_plain
+                       ) -> list[tuple[bytes, int, bytes | None]]:
+                out = []
+                for i in items:
+                    off, ln = bounds[i]
+                    piece = mm[off:off + ln]
+                    stored, flags = codec.encode(cids[i], piece)
+                    best: tuple[bytes, int, bytes | None] = (stored, flags, None)
+                    for b in cands.get(i, ()):
+                        if b in base_plain:
+                            d, dflags = codec.encode_delta(cids[i], piece, base_plain[b])
+                            # a delta costs an index record more, and a base to read
+                            if len(d) + DELTA_ENTRY.size < len(best[0]):
+                                best = (d, dflags, b)
+                    out.append(best)
+                return out
+
+            tsegs = [todo[k:k + SEGMENT] for k in range(0, len(todo), SEGMENT)]
+            for tseg, res in zip(tsegs, store._bounded_map(encode, tsegs), strict=True):
+                for i, (stored, flags, base) in zip(tseg, res, strict=True):
+                    cid = cids[i]
+                    loc = self.known(cid)  # stored meanwhile by another put of this store?
+                    if loc is None:
+                        loc = self.writer.add(cid, stored, bounds[i][1], flags, base)
+                        self.written[cid] = loc
+                        self.new_bytes += loc.length
+                        self.new_deltas += base is not None
+                        if self.cache is not None:
+                            self.cache.put(cid.hex(), _cache_entry(loc, stored))
+                    self._use(cid, loc)
+
+
 class SnapshotReader:
     """Random access to one file of a stored snapshot; fetches only covering chunks."""
 
@@ -212,8 +393,9 @@ class SnapshotStore:
     def __init__(self, backend: Backend, *, key: bytes | None = None,
                  cache: ChunkCache | None = None, page_chunks: bool = True,
                  pack_target: int = PACK_TARGET, workers: int | None = None,
-                 stale_after: float = 3600.0, level: int = 3) -> None:
+                 stale_after: float = 3600.0, level: int = 3, deltas: bool = True) -> None:
         self.backend = backend
+        self.deltas = deltas
         self.codec = Codec(key, level)
         self.cache = cache
         self.page_chunks = page_chunks
@@ -248,7 +430,17 @@ class SnapshotStore:
         ex = self._executor()
         pending: deque[Future[R]] = deque()
         for item in items:
-            pending.append(ex.submit(fn, item))
+            try:
+                pending.append(ex.submit(fn, item))
+            except RuntimeError:
+                # The interpreter is shutting down (concurrent.futures refuses new work
+                # before atexit handlers run): an upload flushed at exit finishes serially.
+                done: Future[R] = Future()
+                try:
+                    done.set_result(fn(item))
+                except BaseException as e:  # noqa: BLE001 - re-raised by result() below
+                    done.set_exception(e)
+                pending.append(done)
             if len(pending) >= 2 * self.workers:
                 yield pending.popleft().result()
         while pending:
@@ -323,84 +515,45 @@ class SnapshotStore:
             reuse = not self._markers("gc")
             if reuse:
                 self.index.refresh()
-            written: dict[bytes, Location] = {}
-
-            def on_flush(pack_id: str, entries: list[tuple[bytes, Location]]) -> None:
-                self.index.add(pack_id, entries)
-
-            writer = PackWriter(self.backend, self.codec.key_id, self.pack_target, on_flush)
+            job = _PutJob(self, reuse,
+                          self._delta_parent(well["parent"])
+                          if reuse and self.deltas and well["parent"] else {})
             table: list[dict[str, Any]] = []
-            unique: dict[bytes, int] = {}
-            locs: dict[bytes, Location] = {}
-            new_bytes = 0
-            chunk_count = 0
             logical = 0
-            codec = self.codec
-            cache = self.cache if self.backend.remote else None
-
-            def known(cid: bytes) -> Location | None:
-                loc = written.get(cid)
-                if loc is None and reuse:
-                    loc = self.index.get(cid)
-                return loc
-
             for name, fpath in files:
-                kind = chunk_kind(name, self.page_chunks)
                 size = fpath.stat().st_size
                 logical += size
-                chunks: list[list[Any]] = []
-                if size:
-                    with open(fpath, "rb") as fh, \
-                            mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                        bounds = boundaries(mm, kind)
-
-                        def work(seg: list[tuple[int, int]], mm: mmap.mmap = mm
-                                 ) -> list[tuple[bytes, tuple[bytes, int] | None]]:
-                            out = []
-                            for off, ln in seg:
-                                piece = mm[off:off + ln]
-                                cid = codec.chunk_id(piece)
-                                out.append((cid, None if known(cid) or cid in unique
-                                            else codec.encode(cid, piece)))
-                            return out
-
-                        segs = [bounds[i:i + SEGMENT] for i in range(0, len(bounds), SEGMENT)]
-                        results = self._bounded_map(work, segs)
-                        for seg, res in zip(segs, results, strict=True):
-                            for (off, ln), (cid, enc) in zip(seg, res, strict=True):
-                                chunk_count += 1
-                                chunks.append([off, ln, cid.hex()])
-                                if cid in unique:
-                                    continue
-                                loc = known(cid)
-                                if loc is None:
-                                    if enc is None:  # raced with an index update
-                                        enc = codec.encode(cid, mm[off:off + ln])
-                                    stored, flags = enc
-                                    loc = writer.add(cid, stored, ln, flags)
-                                    written[cid] = loc
-                                    new_bytes += loc.length
-                                    if cache is not None:
-                                        cache.put(cid.hex(),
-                                                  CACHE_HEAD.pack(flags, ln) + stored)
-                                unique[cid] = loc.length
-                                locs[cid] = loc
+                kind = chunk_kind(name, self.page_chunks)
+                chunks = job.add_file(name, fpath, size, kind)
                 table.append({"name": name, "size": size, "chunker": kind,
                               "mode": fpath.stat().st_mode & 0o7777, "chunks": chunks})
-            writer.flush()
-            packs = sorted({loc.pack for loc in locs.values()})
+            job.writer.flush()
+            base_lens: dict[bytes, int] = {}
+            pack_set = {loc.pack for loc in job.locs.values()}
+            for base in set(job.bases_of.values()):
+                bloc = self.index.get(base)
+                if bloc is None:  # bases are chosen among located chunks, so: a bug
+                    raise SnapshotError(f"delta base {base.hex()} vanished during put")
+                pack_set.add(bloc.pack)
+                if base not in job.unique:
+                    base_lens[base] = bloc.length
+            packs = sorted(pack_set)
             tbytes = encode_table(table, packs)
             tdigest = "sha256:" + hashlib.sha256(tbytes).hexdigest()
             self.backend.put(table_key(sid), tbytes)
-            stored_bytes = sum(unique.values())
+            stored_bytes = sum(job.unique.values()) + sum(base_lens.values())
+            codec = self.codec
             doc = {
-                "format": FORMAT, "id": sid, "created": time.time(),
+                "format": FORMAT_DELTA if job.bases_of else FORMAT, "id": sid,
+                "created": time.time(),
                 **well, "key_id": codec.key_id, "hash": codec.hash_name,
-                "compression": f"zstd-{codec.level}/chunk",
-                "logical_size": logical, "stored_bytes": stored_bytes, "new_bytes": new_bytes,
-                "shared_bytes": stored_bytes - new_bytes, "chunk_count": chunk_count,
-                "unique_chunks": len(unique), "single_file": single,
-                "packs": writer.packs_written, "table": tdigest,
+                "compression": f"zstd-{codec.level}/chunk" + ("+delta" if job.bases_of else ""),
+                "logical_size": logical, "stored_bytes": stored_bytes,
+                "new_bytes": job.new_bytes, "shared_bytes": stored_bytes - job.new_bytes,
+                "chunk_count": job.chunk_count, "unique_chunks": len(job.unique),
+                "single_file": single, "delta_chunks": len(job.bases_of),
+                "new_delta_chunks": job.new_deltas, "base_chunks": len(base_lens),
+                "packs": job.writer.packs_written, "table": tdigest,
                 "files": [{"name": f["name"], "size": f["size"], "chunker": f["chunker"],
                            "mode": f["mode"], "chunks": len(f["chunks"])} for f in table],
                 "meta": meta, "seconds": round(time.perf_counter() - t0, 6),
@@ -414,6 +567,19 @@ class SnapshotStore:
             with contextlib.suppress(Exception):  # a stale marker only delays GC
                 self.backend.delete(marker)
         return SnapshotInfo.from_doc(unseal(sid, data))
+
+    def _delta_parent(self, parent: str) -> dict[str, tuple[str, FileTable]]:
+        """The parent's page files (name -> (parent id, seek table)) to take delta
+        bases from; empty if the parent is gone, unreadable or under another key."""
+        try:
+            manifest = self._manifest(parent)
+        except (SnapshotError, ValueError):
+            return {}
+        if manifest.key_id != self.codec.key_id:
+            return {}
+        kinds = {f["name"]: f.get("chunker") for f in manifest.doc["files"]}
+        return {ft.name: (manifest.id, ft) for ft in manifest.files
+                if kinds.get(ft.name) == "page"}
 
     # --------------------------------------------------------------- manifests
     def _info_doc(self, snapshot_id: str, check: bool = True) -> dict[str, Any]:
@@ -501,10 +667,15 @@ class SnapshotStore:
         return out
 
     def _fetch(self, snapshot_id: str, codec: Codec, cids: list[bytes],
-               _retry: bool = True) -> dict[bytes, bytes]:
-        """Plain bytes of chunks, verified. Reads cache first, coalesces ranged reads."""
+               _retry: bool = True, _bases: bool = False) -> dict[bytes, bytes]:
+        """Plain bytes of chunks, verified. Reads cache first, coalesces ranged reads.
+
+        Delta chunks are decoded after their bases are fetched (one more round, for
+        all of them at once); a base must be a full chunk (`_bases`)."""
         out: dict[bytes, bytes] = {}
         todo = []
+        # delta chunks waiting for their base: cid, stored, flags, plain len, base, cached
+        deltas: list[tuple[bytes, bytes, int, int, bytes, bool]] = []
         use_cache = self.cache is not None and self.backend.remote
         for cid in cids:
             if use_cache:
@@ -512,16 +683,50 @@ class SnapshotStore:
                 entry = self.cache.get(cid.hex())
                 if entry is not None and len(entry) >= CACHE_HEAD.size:
                     flags, plain_len = CACHE_HEAD.unpack_from(entry)
+                    body = entry[CACHE_HEAD.size:]
+                    if flags & FLAG_DELTA and len(body) > 32:
+                        self.stats.add(chunks_from_cache=1)
+                        deltas.append((cid, body[32:], flags, plain_len, body[:32], True))
+                        continue
                     try:
-                        out[cid] = codec.decode(cid, entry[CACHE_HEAD.size:], flags, plain_len,
-                                                snapshot_id)
+                        out[cid] = codec.decode(cid, body, flags, plain_len, snapshot_id)
                         self.stats.add(chunks_from_cache=1, chunks_decoded=1)
                         continue
                     except SnapshotCorrupt:
                         self.cache.discard(cid.hex())
             todo.append(cid)
-        if not todo:
-            return out
+        if todo:
+            self._fetch_stored(snapshot_id, codec, todo, out, deltas, _retry)
+        if deltas:
+            if _bases:
+                cid = deltas[0][0]
+                raise SnapshotCorrupt("a delta chunk's base is itself a delta chunk",
+                                      snapshot_id, cid.hex())
+            need = list(dict.fromkeys(d[4] for d in deltas))
+            have = {b: out[b] for b in need if b in out}
+            have.update(self._fetch(snapshot_id, codec, [b for b in need if b not in have],
+                                    _bases=True))
+            for cid, stored, flags, plain_len, base, cached in deltas:
+                try:
+                    out[cid] = codec.decode(cid, stored, flags, plain_len, snapshot_id,
+                                            have[base])
+                except SnapshotCorrupt:
+                    if not cached:
+                        raise
+                    assert self.cache is not None
+                    self.cache.discard(cid.hex())  # a bad cache entry: fetch it again
+                    out.update(self._fetch(snapshot_id, codec, [cid], _bases=_bases))
+                    continue
+                self.stats.add(chunks_decoded=1)
+        return out
+
+    def _fetch_stored(self, snapshot_id: str, codec: Codec, todo: list[bytes],
+                      out: dict[bytes, bytes],
+                      deltas: list[tuple[bytes, bytes, int, int, bytes, bool]],
+                      _retry: bool) -> None:
+        """Fetch chunks from their packs: full ones decoded into `out`, delta ones
+        appended to `deltas` (decoded by the caller once their bases are in)."""
+        use_cache = self.cache is not None and self.backend.remote
         locs = self._locate(snapshot_id, todo)
         by_pack: dict[str, list[tuple[bytes, Location]]] = defaultdict(list)
         for cid in todo:
@@ -539,38 +744,48 @@ class SnapshotStore:
             if run:
                 runs.append((pack, run))
 
-        def fetch_run(r: tuple[str, list[tuple[bytes, Location]]]) -> dict[bytes, bytes]:
+        def fetch_run(r: tuple[str, list[tuple[bytes, Location]]]
+                      ) -> tuple[dict[bytes, bytes],
+                                 list[tuple[bytes, bytes, int, int, bytes, bool]]]:
             pack, items = r
             start = items[0][1].offset
             end = items[-1][1].offset + items[-1][1].length
             data = self.backend.get_range(pack_key(pack), start, end - start)
             self.stats.add(fetch_requests=1, bytes_fetched=len(data), chunks_fetched=len(items))
             got = {}
+            pend = []
             for cid, loc in items:
                 stored = data[loc.offset - start:loc.offset - start + loc.length]
                 if len(stored) != loc.length:
                     raise SnapshotCorrupt(f"pack {pack} is truncated", snapshot_id, cid.hex())
-                got[cid] = codec.decode(cid, stored, loc.flags, loc.plain_len, snapshot_id)
-                self.stats.add(chunks_decoded=1)
+                if loc.base is not None or loc.flags & FLAG_DELTA:
+                    if loc.base is None or not loc.flags & FLAG_DELTA:
+                        raise SnapshotCorrupt(f"pack index {pack} has a delta entry without "
+                                              "a base (or a base without the delta flag)",
+                                              snapshot_id, cid.hex())
+                    pend.append((cid, stored, loc.flags, loc.plain_len, loc.base, False))
+                else:
+                    got[cid] = codec.decode(cid, stored, loc.flags, loc.plain_len, snapshot_id)
+                    self.stats.add(chunks_decoded=1)
                 if use_cache:
                     assert self.cache is not None
-                    self.cache.put(cid.hex(), CACHE_HEAD.pack(loc.flags, loc.plain_len) + stored)
-            return got
+                    self.cache.put(cid.hex(), _cache_entry(loc, stored))
+            return got, pend
 
         try:
             if len(runs) == 1 or threading.current_thread().name.startswith("torpor-snap"):
-                for r in runs:
-                    out.update(fetch_run(r))
+                results = [fetch_run(r) for r in runs]
             else:
-                for got in self._executor().map(fetch_run, runs):
-                    out.update(got)
+                results = list(self._executor().map(fetch_run, runs))
         except ObjectMissing as exc:
             if not _retry:
                 raise SnapshotCorrupt(f"object {exc} is missing", snapshot_id) from None
             self.index.refresh()  # a GC may have repacked; look again once
-            out.update(self._fetch(snapshot_id, codec, [c for c in todo if c not in out],
-                                   _retry=False))
-        return out
+            self._fetch_stored(snapshot_id, codec, todo, out, deltas, _retry=False)
+            return
+        for got, pend in results:
+            out.update(got)
+            deltas.extend(pend)
 
     # -------------------------------------------------------------------- get
     def get(self, snapshot_id: str, dest_path: str | os.PathLike[str]) -> Path:
@@ -776,25 +991,33 @@ class SnapshotStore:
                     return res
                 for ft in m.files:
                     live.update(ft.ids)
-            res.live_chunks = len(live)
+                    live.update(ft.bases.values())  # delta bases are needed to read
             idset = set(ids)
             for tkey in cand_tables:
                 sid = tkey[len("snapshots/"):-len(".table.zst")]
                 if sid not in idset and not self.backend.exists(info_key(sid)):
                     self.backend.delete(tkey)
                     res.deleted_other += 1
+            indexes: dict[str, list[tuple[bytes, Location]] | None] = {}
             for pid, size in sorted(cand_packs.items()):
                 try:
-                    entries = decode_index(pid, self.backend.get(idx_key(pid)))
+                    indexes[pid] = decode_index(pid, self.backend.get(idx_key(pid)))
                 except ObjectMissing:
                     if pid in with_idx:
                         continue  # deleted meanwhile by another gc
                     self.backend.delete(pack_key(pid))  # orphan of an interrupted put
                     res.deleted_packs += 1
                     res.deleted_bytes += size
-                    continue
                 except SnapshotCorrupt:
-                    res.kept_packs += 1
+                    indexes[pid] = None
+            # a delta copy of a live chunk keeps its base, whichever copy a reader finds
+            live.update(loc.base for entries in indexes.values() if entries
+                        for c, loc in entries if loc.base is not None and c in live)
+            res.live_chunks = len(live)
+            for pid, entries in indexes.items():
+                size = cand_packs[pid]
+                if entries is None:
+                    res.kept_packs += 1  # an unreadable index: keep the pack
                     continue
                 keep = [(c, loc) for c, loc in entries if c in live]
                 total = sum(loc.length for _c, loc in entries) or 1
@@ -825,7 +1048,7 @@ class SnapshotStore:
         for cid, loc in keep:
             piece = data[loc.offset:loc.offset + loc.length]
             parts.append(piece)
-            entries.append((cid, Location(new, off, loc.length, loc.plain_len, loc.flags)))
+            entries.append((cid, loc._replace(pack=new, offset=off)))
             off += loc.length
         self.backend.put(pack_key(new), b"".join(parts))
         self.backend.put(idx_key(new), encode_index(entries, self.codec.key_id))
