@@ -536,7 +536,7 @@ class GVisorEngine(Engine):
                 self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
                 raise SandboxError(f"sandbox {info.name} did not start within 120 s")
             time.sleep(delay)
-            delay = min(delay * 1.5, 0.02)
+            delay = min(delay * 1.5, 0.004)
         info.state = "running"
         info.started = _now()
         info.exit_code = None
