@@ -311,6 +311,9 @@ def one_round(rt: Runtime, sid: str, text: str, timers: Timers, home: Path) -> d
     meta = rt.engine.checkpoints.meta(out.snapshot)  # type: ignore[attr-defined]
     row["stored_logical_bytes"] = meta.get("size", 0)
     row["stored_bytes"] = meta.get("stored_bytes", 0)
+    # What the snapshot added to the store (after compression, dedup and page deltas
+    # against the snapshot it was restored from); the event's `bytes` is its raw size.
+    row["snapshot_new_bytes"] = meta.get("new_bytes", row["snapshot_new_bytes"])
     results = [e for e in s.log() if e.kind == "tool_result"]
     row["check_ok"] = bool(results) and not (results[-1].meta or {}).get("is_error") and (
         "exit code 0" in str(results[-1].content) or str(results[-1].content).strip() == "")
