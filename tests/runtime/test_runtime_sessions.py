@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from torpor.runtime.core import Runtime, Worker
+from torpor.sandbox.checkpoints import CheckpointNotFound
 from torpor.sandbox.images import ImageStore
 
 COUNTER = (
@@ -347,3 +350,26 @@ def test_closing_a_warm_session_snapshots_it_first(runtime: Runtime, script):
     assert s.info().state == "closed"
     assert markers(s.log(), "snapshot_taken")
     assert all(i.name != f"s-{s.id}" for i in runtime.engine.list())
+
+
+def test_keep_snapshots_prunes_old_ones_but_not_a_forks(runtime: Runtime, script):
+    turns: list[dict[str, Any]] = []
+    for i in range(4):
+        turns += [{"text": f"t{i}", "tool_calls": [shell(f"echo {i} >> /root/f")]},
+                  {"text": f"done {i}"}]  # fmt: skip
+    turns += [{"text": "check", "tool_calls": [shell("cat /root/f")]}, {"text": "ok"}]
+    s = runtime.create_session(model=script(turns), policy={"keep_snapshots": 2})
+    snaps = [s.send(str(i)).snapshot for i in range(2)]
+    fork = s.fork(at=snaps[0])  # made before it would be pruned: it must survive
+    snaps += [s.send(str(i)).snapshot for i in range(2, 4)]
+    storage = runtime.engine.checkpoints
+    storage.flush()  # type: ignore[attr-defined]
+    assert s.info().snapshots == snaps[-2:]
+    with pytest.raises(CheckpointNotFound):
+        storage.meta(snaps[1])  # fell out of the newest two, and no fork needs it
+    storage.meta(snaps[0])  # the fork starts from it
+    storage.meta(snaps[3])
+    last = s.send("check")
+    assert last.state == "waiting"
+    assert results(s.log())[-1].split("stdout:")[-1].split() == ["0", "1", "2", "3"]
+    assert fork.info().snapshot == snaps[0]

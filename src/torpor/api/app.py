@@ -75,6 +75,8 @@ class PolicyIn(_Body):
     max_attempts: int = Field(8, ge=1, le=1000)
     backoff_base: float = Field(1.0, ge=0, le=3600)
     backoff_max: float = Field(300.0, ge=0, le=86_400)
+    keep_snapshots: int = Field(0, ge=0, le=1_000_000,
+                                description="Keep only the newest N snapshots (0: all).")
 
 
 class SessionIn(_Body):

@@ -115,6 +115,9 @@ def new(
     system: str = typer.Option(None, "--system", help="System prompt."),
     tool: list[str] = typer.Option(None, "--tool", help="Allowed tools (default: all)."),
     snapshot_every_calls: int = typer.Option(0, help="Also snapshot mid-turn every K calls."),
+    keep_snapshots: int = typer.Option(
+        0, help="Keep only the session's newest N snapshots (0: all)."
+    ),
     db: str = DbOpt,
     store: str = StoreOpt,
     fmt: str = FormatOpt,
@@ -125,12 +128,14 @@ def new(
     if server:
         info = client(server, token).request("POST", "/v1/sessions", json={
             "model": model, "image": image, "system": system, "tools": tool or None,
-            "policy": {"snapshot_every_calls": snapshot_every_calls}})  # fmt: skip
+            "policy": {"snapshot_every_calls": snapshot_every_calls,
+                       "keep_snapshots": keep_snapshots}})  # fmt: skip
         _json(info) if fmt == "json" else print(info["id"])
         return
     rt = runtime(db, store)
     s = rt.create_session(image=image, model=model, system=system, tools=tool or None,
-                          policy={"snapshot_every_calls": snapshot_every_calls})  # fmt: skip
+                          policy={"snapshot_every_calls": snapshot_every_calls,
+                                  "keep_snapshots": keep_snapshots})  # fmt: skip
     if fmt == "json":
         _json(s.info().to_json())
     else:

@@ -217,6 +217,9 @@ class SnapshotCheckpointStorage:
         return sorted(metas.values(), key=lambda m: m.get("created", ""))
 
     def delete(self, ckpt_id: str) -> None:
+        with self._lock:  # an upload in flight would store it again after the delete
+            while ckpt_id in self._pending:
+                self._idle.wait()
         found = False
         try:
             self.store.delete(ckpt_id)

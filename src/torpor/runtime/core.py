@@ -39,7 +39,7 @@ from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool
 from torpor.runtime.workspace import SandboxWorkspace
-from torpor.sandbox.engine import Engine, SandboxError, SandboxSpec
+from torpor.sandbox.engine import CheckpointError, Engine, SandboxError, SandboxSpec
 from torpor.snapshots import open_store
 
 DEFAULT_LEASE_TTL = 15.0
@@ -66,6 +66,10 @@ class Policy:
     # not pay for a restore; it is snapshotted when the time is up (0: snapshot at once).
     # Only a worker that stays up (torpor worker / serve / a Runtime kept open) keeps it.
     warm_seconds: float = 0.0
+    # Keep only the newest N snapshots of the session (0: all of them). Older ones are
+    # deleted from the store as new ones are taken, unless a fork still needs them; their
+    # chunks are reclaimed by `torpor snapshot gc`.
+    keep_snapshots: int = 0
 
     @classmethod
     def from_json(cls, d: dict[str, Any] | None) -> Policy:
@@ -652,11 +656,23 @@ class Worker:
         tr.append([Entry.marker("snapshot_taken", snapshot=ck.id, seq=seq, bytes=ck.size,
                                 ms=round(ms, 1), mid_turn=leave_running)])  # fmt: skip
         row = self.rt.db.get(tr.session)
+        keep = Policy.from_json(row.policy).keep_snapshots
+        snaps = [*row.snapshots, ck.id]
+        kept = snaps[-keep:] if keep > 0 else snaps[-16:]
         if not self.rt.db.update(tr.session, owner=self.owner, snapshot=ck.id,
-                                 snapshot_seq=seq, snapshots=[*row.snapshots, ck.id][-16:]):
+                                 snapshot_seq=seq, snapshots=kept):
             raise LeaseLost(f"worker {self.owner} lost the lease on {tr.session}")  # fmt: skip
+        for old in snaps[: -keep] if keep > 0 else []:
+            self._drop_snapshot(tr.session, old)
         emit("snapshot", snapshot=ck.id, bytes=ck.size, ms=round(ms, 1), mid_turn=leave_running)
         return ck.id, ck.size, ms
+
+    def _drop_snapshot(self, session: str, snapshot: str) -> None:
+        """Policy.keep_snapshots: delete a snapshot that fell out of the kept ones."""
+        if self.rt.db.snapshot_in_use(snapshot, besides=session):
+            return  # a fork starts from it
+        with contextlib.suppress(CheckpointError):
+            self.rt.engine.remove_checkpoint(None, snapshot)
 
     def _go_warm(self, tr: _Transcript, row: SessionRow, emit: Callable, seconds: float) -> None:
         """A deferred wait point: the sandbox keeps running (and this worker keeps the

@@ -233,6 +233,17 @@ class RuntimeDB:
             cur.execute(sql, params)
             return cur.rowcount == 1
 
+    def snapshot_in_use(self, snapshot: str, *, besides: str) -> bool:
+        """Does a session other than `besides` (a fork, say) still name this snapshot?"""
+        like = "%" + json.dumps(snapshot) + "%"
+        with self.tx() as cur:
+            cur.execute(
+                "SELECT 1 FROM torpor_sessions WHERE id <> %s AND (snapshot = %s OR "
+                "snapshots LIKE %s) LIMIT 1",
+                (besides, snapshot, like),
+            )
+            return cur.fetchone() is not None
+
     # ---------------------------------------------------------------- leases, queue
 
     def claim(self, sid: str, owner: str, ttl: float) -> SessionRow | None:

@@ -276,3 +276,7 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def restore(self, checkpoint: str, *, name: str | None = None) -> SandboxInfo:
         """Start a new, independent sandbox from a checkpoint (a fork)."""
+
+    @abc.abstractmethod
+    def remove_checkpoint(self, sandbox: str | None, checkpoint: str) -> None:
+        """Delete a checkpoint (by id, or by name within `sandbox`)."""
