@@ -16,13 +16,23 @@ Both then run the same probe call (the interpreter's counter and a sha256 listin
 /work) to check whether replay reproduced the state. Also recorded: torpor's log bytes +
 snapshot store bytes vs a per-step journal holding every model call's full input, the
 snapshot cost per wait point, the snapshot policy's effect on work lost to a crash, and
-(optionally) LangGraph's SQLite checkpointer on the same conversation.
+(optionally) context-only peers on the same conversations: LangGraph with its SQLite and
+PostgreSQL checkpointers, and DBOS on PostgreSQL (headline_peers.py, in a separate venv,
+against a throwaway PostgreSQL cluster).
 
     .venv/bin/python benchmarks/bench_headline.py [--quick]
+    .venv/bin/python benchmarks/bench_headline.py --peers-only [--convs FILE]
 
 Needs root, runsc and the base image (TORPOR_IMAGES, default /var/lib/torpor/images).
 Runs in a private temporary TORPOR_HOME, removed at the end. Writes
 benchmarks/results/headline.json, headline.md, headline_resume.png, headline_bytes.png.
+
+--peers-only builds each session (the same scripted workload through the same Runtime and
+sandbox, turn by turn to its last wait point) only to get its conversation and torpor's log
+bytes, skips the resumes, replays and the rest, runs the peers and writes
+benchmarks/results/headline_peers.json and headline_peers.md. --convs FILE keeps those
+conversations: read from FILE if it exists (then no sandbox, root or runsc is needed),
+else written to it.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import json
 import os
 import platform
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -49,7 +60,8 @@ import headline_workload as wl  # noqa: E402
 from torpor.agent.loop import model_view  # noqa: E402
 from torpor.agent.models import Model, open_model  # noqa: E402
 from torpor.agent.tools import ToolRegistry  # noqa: E402
-from torpor.context import to_openai  # noqa: E402
+from torpor.context import from_openai, open_log, to_openai  # noqa: E402
+from torpor.context.pgtemp import TempCluster, server_bindir  # noqa: E402
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage  # noqa: E402
 from torpor.runtime.core import Policy, Runtime  # noqa: E402
 from torpor.runtime.workspace import SandboxWorkspace  # noqa: E402
@@ -80,6 +92,15 @@ def pct(xs: list[float], p: float) -> float:
 
 def dir_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) if d.exists() else 0
+
+
+def log_db_bytes(d: Path) -> int:
+    """torpor's SQLite database in d as stored once its WAL is checkpointed (page_count x
+    page_size; the WAL file itself is transient) plus its blob files."""
+    with contextlib.closing(sqlite3.connect(d / "torpor.db")) as c:
+        pages = c.execute("PRAGMA page_count").fetchone()[0]
+        size = c.execute("PRAGMA page_size").fetchone()[0]
+    return int(pages * size) + dir_bytes(d / "torpor.db.blobs")
 
 
 class BenchRuntime(Runtime):
@@ -242,6 +263,30 @@ class Bench:
         rt.engine.checkpoints.flush()  # type: ignore[attr-defined]
         return {"session": s, "script": script, "outs": outs, "build_s": build_s}
 
+    def conversation(self, calls: int, payload: str) -> dict[str, Any]:
+        """Only build the session: its conversation and torpor's log bytes (--peers-only)."""
+        tag = f"c{calls}-{payload}"
+        rt, d = self.runtime(tag)
+        try:
+            log(f"{tag}: building the session ({calls} tool calls)")
+            b = self.build(rt, d, calls, payload == "1mb")
+            s = b["session"]
+            upto = s.info().snapshot_seq
+            entries = [e for e in rt.log.read(s.id) if e.seq <= upto]
+            log_entries, log_bytes = rt.log.size(s.id)
+            store_bytes = dir_bytes(d / "snapshots")
+            conv = {"calls": sum(1 for e in entries if e.kind == "tool_call"),
+                    "payload": payload, "steps": conversation_steps(rt, s.id, upto),
+                    "torpor": {"log": log_bytes, "log_entries": log_entries,
+                               "log_on_disk": dir_bytes(d) - store_bytes
+                               - dir_bytes(d / "turns.jsonl"), "log_db": log_db_bytes(d),
+                               **context_read(rt, s.id), "build_s": b["build_s"]}}
+            log(f"{tag}: built in {b['build_s']:.1f} s: {conv['calls']} calls, "
+                f"{len(conv['steps'])} steps, log {log_bytes / 1e6:.2f} MB")
+            return conv
+        finally:
+            self.cleanup(rt)
+
     def run_config(self, calls: int, payload: str) -> dict[str, Any]:
         a = self.args
         big = payload == "1mb"
@@ -266,6 +311,7 @@ class Bench:
             with contextlib.suppress(Exception):
                 latest_stored = open_store(rt.store_url).info(snap).stored_bytes
             log_disk = dir_bytes(d) - store_bytes - dir_bytes(d / "turns.jsonl")
+            log_db = log_db_bytes(d)  # now: the resumes below add forks to the database
             series = journal_series(entries, self.reg)
             if calls <= 20:  # check the fast journal sum against full serialisations
                 direct = journal_direct(entries, self.reg)
@@ -273,6 +319,7 @@ class Bench:
             journal = sum(x for _, x in series)
             self.convs[tag] = {"calls": tool_calls, "payload": payload,
                                "steps": conversation_steps(rt, s.id, upto)}
+            context = context_read(rt, s.id)
             log(f"{tag}: built in {b['build_s']:.1f} s: {tool_calls} calls ({errors} errors), "
                 f"{len(snaps)} wait points; log {log_bytes / 1e6:.2f} MB, store "
                 f"{store_bytes / 1e6:.1f} MB, journal {journal / 1e6:.2f} MB")
@@ -324,6 +371,7 @@ class Bench:
                 },
                 "bytes": {
                     "log": log_bytes, "log_entries": log_entries, "log_on_disk": log_disk,
+                    "log_db": log_db,
                     "snapshot_store": store_bytes,
                     "snapshot_store_per_wait_point": store_bytes / max(1, len(snaps)),
                     "latest_snapshot_raw": snaps[-1]["bytes"] if snaps else 0,
@@ -333,6 +381,7 @@ class Bench:
                     "journal": journal, "journal_steps": len(series),
                     "journal_series": series,
                 },
+                "context_read": context,
             }
         finally:
             self.cleanup(rt)
@@ -422,53 +471,149 @@ def exec_growth(home: Path, images: ImageStore, counts: list[int]) -> list[dict[
 # ------------------------------------------------------------------------------- peers
 
 PEERS_VENV = Path(tempfile.gettempdir()) / "torpor-bench-peers-venv"
+PEERS_PACKAGES = ["langgraph", "langgraph-checkpoint-sqlite", "langgraph-checkpoint-postgres",
+                  "psycopg[binary]", "dbos"]
+PEERS_PROBE = ("import langgraph.checkpoint.sqlite, langgraph.checkpoint.postgres, psycopg, "
+               "dbos")
 
 
 def peers_python() -> tuple[Path | None, str]:
-    """A separate venv with langgraph + its SQLite checkpointer (never torpor's own deps)."""
+    """A separate venv with langgraph + its SQLite and PostgreSQL checkpointers, psycopg and
+    dbos (never torpor's own deps); reused when it already imports them all."""
     py = PEERS_VENV / "bin" / "python"
-    probe = [str(py), "-c", "import langgraph.checkpoint.sqlite"]
+    probe = [str(py), "-c", PEERS_PROBE]
     if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return py, "reused"
     t0 = time.monotonic()
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True,
-                       capture_output=True, timeout=60)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "langgraph",
-                        "langgraph-checkpoint-sqlite"], check=True, capture_output=True,
-                       timeout=120)
+        if not py.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True,
+                           capture_output=True, timeout=60)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *PEERS_PACKAGES], check=True,
+                       capture_output=True, timeout=300)
+        subprocess.run(probe, check=True, capture_output=True, timeout=60)
     except (subprocess.SubprocessError, OSError) as e:
-        return None, f"pip install langgraph failed or took over 2 minutes: {e}"
+        return None, f"pip install of the peers failed or took over 5 minutes: {e}"
     return py, f"installed in {time.monotonic() - t0:.0f} s"
 
 
 def run_peers(conversations: dict[str, dict[str, Any]], work: Path) -> dict[str, Any]:
+    """headline_peers.py on the conversations, in the peers venv, with a throwaway
+    PostgreSQL cluster for the PostgreSQL checkpointer and DBOS (skipped without one)."""
     py, how = peers_python()
     if py is None:
         return {"skipped": how}
-    # LangGraph rewrites the whole message list at every checkpoint: 1 MB outputs past
-    # 100 calls would need hundreds of GB of SQLite.
-    left_out = sorted(k for k, c in conversations.items()
-                      if c["payload"] == "1mb" and c["calls"] > 100)
-    conversations = {k: c for k, c in conversations.items() if k not in left_out}
     inp = work / "peer-input.json"
-    inp.write_text(json.dumps(conversations))
+    inp.write_text(json.dumps({k: {x: c[x] for x in ("calls", "payload", "steps")}
+                               for k, c in conversations.items()}))
     out = work / "peer-output.json"
     script = Path(__file__).parent / "headline_peers.py"
-    proc = subprocess.run([str(py), str(script), str(inp), str(out), str(work / "peers")],
-                          capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
+    cmd = [str(py), str(script), str(inp), str(out), str(work / "peers")]
+    cluster, pg_note = None, None
+    if server_bindir() is None:
+        pg_note = "no PostgreSQL server binaries under /usr/lib/postgresql"
+    else:
+        try:
+            cluster = TempCluster()
+            cluster.__enter__()
+            cmd += ["--pg", cluster.url()]
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            cluster, pg_note = None, f"PostgreSQL cluster did not start: {e}"
+    torpor_pg: dict[str, Any] = {}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=4 * 3600)
+        if cluster is not None:
+            for tag, c in conversations.items():
+                torpor_pg[tag] = {**torpor_on_postgres(c["steps"], cluster, work),
+                                  "calls": c["calls"], "payload": c["payload"]}
+                log(f"torpor log on PostgreSQL {tag}: {torpor_pg[tag]['bytes'] / 1e6:.2f} MB, "
+                    f"read {torpor_pg[tag]['read_median_s'] * 1000:.1f} ms")
+    finally:
+        if cluster is not None:
+            cluster.__exit__(None, None, None)
+    if proc.returncode != 0 and not out.exists():
         return {"skipped": f"peer run failed: {proc.stderr[-2000:]}"}
     res = json.loads(out.read_text())
+    res["torpor_postgres"] = torpor_pg
+    if proc.returncode != 0:
+        res["error"] = proc.stderr[-2000:]
     res["venv"] = how
-    res["left_out"] = left_out
+    if pg_note:
+        res["postgres_skipped"] = pg_note
     return res
 
 
+def torpor_on_postgres(steps: list[list[dict[str, Any]]], cluster: TempCluster,
+                       work: Path) -> dict[str, Any]:
+    """torpor's context log on the peers' PostgreSQL, fed the same conversation one model
+    step per append (from_openai: messages, tool calls, tool results; no runtime markers):
+    bytes (tables + indexes + TOAST, plus blob files for payloads over 64 KiB) and the
+    context read, as for the peers."""
+    import psycopg
+
+    url = cluster.url(cluster.create_db())
+    blobs = work / f"torpor-pg-blobs-{len(steps)}"
+
+    def size() -> int:
+        with psycopg.connect(url) as c:
+            row = c.execute(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'm')").fetchone()
+        return int(row[0]) if row else 0
+
+    lg = open_log(url, blobs=str(blobs))
+    try:
+        empty = size()
+        epoch = lg.acquire("session")
+        t0 = time.monotonic()
+        for step in steps:
+            lg.append("session", from_openai(step), epoch=epoch)
+        feed = time.monotonic() - t0
+        entries, logical = lg.size("session")
+    finally:
+        lg.close()
+    stored = size() + dir_bytes(blobs)
+    times, n = [], 0
+    for _ in range(5):
+        t0 = time.monotonic()
+        lg = open_log(url, blobs=str(blobs))
+        try:
+            n = len(to_openai(model_view(lg.read("session"))))
+        finally:
+            lg.close()
+        times.append(time.monotonic() - t0)
+    shutil.rmtree(blobs, ignore_errors=True)
+    return {"steps": len(steps), "entries": entries, "log": logical, "bytes": stored,
+            "bytes_empty_schema": empty, "feed_s": feed,
+            "read_median_s": statistics.median(times), "read_samples_s": times,
+            "messages_restored": n}
+
+
+def context_read(rt: Runtime, sid: str) -> dict[str, Any]:
+    """torpor's context-only resume: open the log afresh, read the session, build what the
+    model is sent (large payloads loaded); median of 5."""
+    times = []
+    n = 0
+    for _ in range(5):
+        t0 = time.monotonic()
+        lg = open_log(rt.db_url)
+        try:
+            n = len(to_openai(model_view(lg.read(sid))))
+        finally:
+            lg.close()
+        times.append(time.monotonic() - t0)
+    return {"read_median_s": statistics.median(times), "read_samples_s": times,
+            "messages": n}
+
+
 def conversation_steps(rt: Runtime, sid: str, upto: int) -> list[list[dict[str, Any]]]:
-    """The session's OpenAI messages, cut into steps: what each model call added."""
-    entries = [e for e in rt.log.read(sid) if e.seq <= upto]
-    msgs = to_openai(model_view(entries))
+    """The session's OpenAI messages, cut into steps: what each model call added. The
+    whole conversation as it happened, markers left out: a compaction (the 1 MB sessions
+    past about 500 calls pass the model window) cuts what the model is sent, not what a
+    peer journaling each step would have stored."""
+    entries = [e for e in rt.log.read(sid) if e.seq <= upto and e.kind != "marker"]
+    msgs = to_openai(entries)
     steps: list[list[dict[str, Any]]] = [[{"role": "system", "content": SYSTEM}]]
     for m in msgs:
         if m.get("role") == "assistant" and steps[-1]:
@@ -486,7 +631,9 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    runsc = subprocess.run(["runsc", "--version"], capture_output=True, text=True).stdout
+    runsc = ""
+    if shutil.which("runsc"):
+        runsc = subprocess.run(["runsc", "--version"], capture_output=True, text=True).stdout
     return {
         "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
         "runsc": runsc.splitlines()[0] if runsc else "?",
@@ -590,6 +737,154 @@ def analyse(res: dict[str, Any]) -> dict[str, Any]:
 
 def mb(n: float) -> str:
     return f"{n / 1e6:.2f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+def ms(s: float | None) -> str:
+    return "-" if s is None else f"{s * 1000:.1f} ms" if s < 10 else f"{s:.1f} s"
+
+
+def peers_md(peers: dict[str, Any], torpor: dict[tuple[int, str], dict[str, Any]]) -> list[str]:
+    """The peers' tables; torpor maps (tool calls, payload) to its log's "log" bytes,
+    "log_on_disk" bytes and "read_median_s" (context read) for the same conversation."""
+    if not peers:
+        return ["Not run (--no-peers)."]
+    if "skipped" in peers:
+        return [f"Skipped: {peers['skipped']}"]
+    sq, pg, db, tp = (peers.get(k) or {} for k in ("sqlite", "postgres", "dbos",
+                                                    "torpor_postgres"))
+    keys = sorted({(p["calls"], p["payload"]) for d in (sq, pg, db) for p in d.values()}
+                  | set(torpor), key=lambda k: (k[1], k[0]))
+
+    def by(d: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
+        return {(p["calls"], p["payload"]): p for p in d.values()}
+
+    sq, pg, db, tp = by(sq), by(pg), by(db), by(tp)
+    L = [f"Peers: LangGraph {peers.get('langgraph', '?')} with langgraph-checkpoint-sqlite "
+         f"{peers.get('checkpoint_sqlite', '?')}"
+         + (f" and langgraph-checkpoint-postgres {peers['checkpoint_postgres']}; DBOS "
+            f"{peers['dbos_version']}; psycopg {peers['psycopg']}; PostgreSQL "
+            f"{peers['postgresql']} (a throwaway local cluster, default settings)"
+            if peers.get("dbos_version") else "")
+         + f" (venv {peers.get('venv')}). Each is fed the same conversation as torpor, one "
+         "model step at a time (`benchmarks/headline_peers.py`). **They store context only, "
+         "no sandbox state**: compare them with torpor's log, not with its snapshots (a "
+         "resume from any of them still leaves the sandbox to be rebuilt, by replay).", "",
+         "| tool calls | payload | torpor log: logical / SQLite / context read | torpor log "
+         "on PostgreSQL: bytes / context read | LangGraph + SQLite: bytes / resume | "
+         "LangGraph + PostgreSQL: bytes / resume | DBOS on PostgreSQL: bytes / recovery (of "
+         "which replay) |",
+         "|---:|---|---|---|---|---|---|"]
+    for k in keys:
+        t = torpor.get(k, {})
+        disk = t.get("log_db", t.get("log_on_disk"))
+        cells = [f"{mb(t['log'])} / {mb(disk) if disk else '-'} / "
+                 f"{ms(t.get('read_median_s'))}" if "log" in t else "-"]
+        cells += [f"{mb(d[k]['bytes'])} / {ms(d[k][r])}" if k in d else "-"
+                  for d, r in ((tp, "read_median_s"), (sq, "resume_median_s"),
+                               (pg, "resume_median_s"))]
+        cells.append(f"{mb(db[k]['bytes'])} / {ms(db[k]['recovery_median_s'])} "
+                     f"({ms(db[k]['replay_median_s'])})" if k in db else "-")
+        L.append(f"| {k[0]} | {k[1]} | " + " | ".join(cells) + " |")
+    L += ["", "torpor log = the logical bytes of the session's context log (what the runtime "
+          "wrote, markers included); SQLite = its database file once the WAL is checkpointed "
+          "(page count x page size; it also holds the runtime's own small tables) plus blob "
+          "files for payloads over 64 KiB. torpor log on PostgreSQL = torpor's context log "
+          "(`open_log(postgresql://...)`) in a database of its own on the same cluster as the "
+          "peers, fed the same conversation one append per model step (`from_openai`: "
+          "messages, tool calls, results; no runtime markers), same accounting as the peers "
+          "plus its blob files. Context read = open the log afresh, read the session and "
+          "build what the model is sent (large payloads loaded), median of 5; a snapshot "
+          "resume does this plus the sandbox restore. Where the runtime compacted the session "
+          "(1 MB outputs past about 500 calls), the runtime's log read loads only the summary "
+          "and what follows it; the log on PostgreSQL, fed without markers, loads everything, "
+          "as the peers do. LangGraph resume = a fresh "
+          "connection, a compiled graph and `get_state` of the thread, median of 5. "
+          "PostgreSQL bytes = tables + indexes + TOAST of the schema in a database of its "
+          "own, the empty schema included (see below); values over 2 KB are TOAST-compressed "
+          "(pglz), so they can be below the uncompressed payload."]
+    if tp:
+        L += ["", "### torpor's context log on the same PostgreSQL", "",
+              "| tool calls | payload | steps | log entries | stored | of which empty schema | "
+              "torpor log (runtime, logical) | feed | context read median |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for k in sorted(tp, key=lambda k: (k[1], k[0])):
+            p = tp[k]
+            L.append(f"| {k[0]} | {k[1]} | {p['steps']} | {p['entries']} | {mb(p['bytes'])} | "
+                     f"{mb(p['bytes_empty_schema'])} | {mb(torpor.get(k, {}).get('log', 0))} | "
+                     f"{p['feed_s']:.1f} s | {ms(p['read_median_s'])} |")
+    if sq:
+        L += ["", "### LangGraph + SQLite checkpointer", "",
+              "| tool calls | payload | steps | checkpoints | SQLite file | torpor log | "
+              "feed | resume median |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for k in sorted(sq, key=lambda k: (k[1], k[0])):
+            p = sq[k]
+            L.append(f"| {k[0]} | {k[1]} | {p['steps']} | {p['checkpoints']} | "
+                     f"{mb(p['bytes'])} | {mb(torpor.get(k, {}).get('log', 0))} | "
+                     f"{p['feed_s']:.1f} s | {ms(p['resume_median_s'])} |")
+    if pg:
+        L += ["", "### LangGraph + PostgreSQL checkpointer (PostgresSaver)", "",
+              "| tool calls | payload | steps | checkpoints | stored | of which empty schema | "
+              "checkpoint payload, uncompressed | torpor log | feed | resume median |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for k in sorted(pg, key=lambda k: (k[1], k[0])):
+            p = pg[k]
+            L.append(f"| {k[0]} | {k[1]} | {p['steps']} | {p['checkpoints']} | "
+                     f"{mb(p['bytes'])} | {mb(p['bytes_empty_schema'])} | "
+                     f"{mb(p['payload_bytes'])} | {mb(torpor.get(k, {}).get('log', 0))} | "
+                     f"{p['feed_s']:.1f} s | {ms(p['resume_median_s'])} |")
+    if db:
+        L += ["", "### DBOS on PostgreSQL", "",
+              "| tool calls | payload | steps | step outputs recorded | stored | of which empty "
+              "schema | step outputs, as stored before TOAST | torpor log | feed | recovery "
+              "median | launch / dispatch / replay |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for k in sorted(db, key=lambda k: (k[1], k[0])):
+            p = db[k]
+            L.append(f"| {k[0]} | {k[1]} | {p['steps']} | {p['steps_recorded']} | "
+                     f"{mb(p['bytes'])} | {mb(p['bytes_empty_schema'])} | "
+                     f"{mb(p['payload_bytes'])} | {mb(torpor.get(k, {}).get('log', 0))} | "
+                     f"{p['feed_s']:.1f} s | {ms(p['recovery_median_s'])} | "
+                     f"{ms(p['launch_median_s'])} / {ms(p['dispatch_median_s'])} / "
+                     f"{ms(p['replay_median_s'])} |")
+        L += ["", "The session is one DBOS workflow; each model step is a `@DBOS.step` returning "
+              "the messages it added (assistant message + tool results), so the step outputs "
+              "journal the conversation; then the workflow waits in `DBOS.recv` (a wait "
+              "point) and the process is killed (`os._exit`, no shutdown): the workflow stays "
+              "PENDING. Recovery = a fresh process running `DBOS(config)` + `DBOS.launch()`, "
+              "timed until the recovered workflow has replayed its last recorded step (every "
+              "step output read back from the database, none re-executed; the messages "
+              "checked against the fed ones), interpreter start-up and imports excluded. "
+              "Launch = DBOS() + launch(); dispatch = launch to the workflow running again: "
+              "DBOS re-enqueues a recovered workflow on its internal queue, whose worker "
+              "first polls after its 1 s polling interval, so this part is a constant; "
+              "replay = the workflow re-reading its steps' outputs, one database round trip "
+              "per step. DBOS's default serializer stores each output as base64 of a pickle "
+              "(4/3 of the pickle's bytes)."]
+    series = [(name, d[max(d, key=lambda k: (k[1] == "small", k[0]))])
+              for name, d in (("LangGraph + SQLite", sq), ("LangGraph + PostgreSQL", pg),
+                              ("DBOS", db)) if d]
+    if series:
+        longest = series[0][1]
+        L += ["", f"Growth along the longest conversation with {longest['payload']} outputs "
+              f"({longest['calls']} tool calls), sampled while feeding: bytes stored after n "
+              "model steps.", "",
+              "| steps | " + " | ".join(n for n, _ in series) + " |",
+              "|---:|" + "---:|" * len(series)]
+        cols = [dict(map(tuple, p.get("series") or [])) for _, p in series]
+        for n in sorted({n for c in cols for n in c}):
+            L.append(f"| {n} | " + " | ".join(mb(c[n]) if n in c else "-" for c in cols)
+                     + " |")
+    left = (peers.get("left_out") or {})
+    left = left.get("langgraph", []) if isinstance(left, dict) else left
+    if left:
+        L += ["", f"Left out for LangGraph: {', '.join(left)}: it rewrites the whole message "
+              "list at each checkpoint, so 1 MB outputs past 100 calls would need hundreds of "
+              "GB. DBOS stores each step's output once and gets every conversation."]
+    if peers.get("postgres_skipped"):
+        L += ["", f"PostgreSQL checkpointer and DBOS: not run ({peers['postgres_skipped']})."]
+    if peers.get("error"):
+        L += ["", f"The peer run stopped early: `{peers['error'][-300:]}`"]
+    return L
 
 
 def write_md(res: dict[str, Any], path: Path) -> None:
@@ -727,31 +1022,10 @@ def write_md(res: dict[str, Any], path: Path) -> None:
                      f"{p['lost_mean']:.1f} / {p['lost_max']} |")
         L += ["", "A \"delayed for short waits\" policy is not measured: the runtime has no "
               "keep-warm wait policy yet (every wait point snapshots at once)."]
-    peers = res.get("peers") or {}
     L += ["", "## Peers (context only)", ""]
-    if not peers:
-        L.append("Not run (--no-peers).")
-    elif "skipped" in peers:
-        L.append(f"Skipped: {peers['skipped']}")
-    else:
-        L += [f"LangGraph {peers.get('langgraph', '?')} with its SQLite checkpointer "
-              f"({peers.get('venv')}), fed the same conversation one model step per "
-              "`invoke`. It stores context only (no sandbox): compare with torpor's log "
-              "column, not with its snapshots.", "",
-              "| tool calls | payload | steps | checkpoints | LangGraph SQLite bytes | torpor "
-              "log | resume (get_state, fresh connection) median |",
-              "|---:|---|---:|---:|---:|---:|---:|"]
-        logs = {f"c{c['calls']}-{c['payload']}": c["bytes"]["log"] for c in res["configs"]}
-        for key, p in sorted(peers.get("sqlite", {}).items(),
-                             key=lambda kv: (kv[1]["payload"], kv[1]["calls"])):
-            L.append(f"| {p['calls']} | {p['payload']} | {p['steps']} | {p['checkpoints']} | "
-                     f"{mb(p['bytes'])} | {mb(logs.get(key, 0))} | "
-                     f"{p['resume_median_s'] * 1000:.1f} ms |")
-        if peers.get("left_out"):
-            L.append(f"\nLeft out: {', '.join(peers['left_out'])} (LangGraph rewrites the "
-                     "whole message list at each checkpoint; 1 MB outputs past 100 calls "
-                     "would need hundreds of GB).")
-        L += ["", "PostgreSQL checkpointer and DBOS: not measured (time box)."]
+    torpor = {(c["calls"], c["payload"]): {**c.get("context_read", {}), **c["bytes"]}
+              for c in res["configs"]}
+    L += peers_md(res.get("peers") or {}, torpor)
     L += ["", "![resume latency](headline_resume.png)", "",
           "![stored bytes](headline_bytes.png)", ""]
     path.write_text("\n".join(L))
@@ -827,6 +1101,85 @@ def plot(res: dict[str, Any]) -> None:
     plt.close(fig)
 
 
+# -------------------------------------------------------------------------- peers only
+
+def write_peers_md(res: dict[str, Any], path: Path) -> None:
+    m = res["machine"]
+    torpor = {(c["calls"], c["payload"]): c["torpor"] for c in res["conversations"].values()}
+    L = ["# Headline peers: context-only durability on the headline's conversations", "",
+         f"Machine: {m['cpu']}, {m['cores']} cores, kernel {m['kernel']}, Python "
+         f"{m['python']}; {m['date']}; load average at start "
+         f"{', '.join(f'{x:.2f}' for x in m['loadavg_start'])}, at end "
+         f"{', '.join(f'{x:.2f}' for x in m['loadavg_end'])} (shared machine: absolute times "
+         "are noisy).", "",
+         f"Command: `{res['command']}` ({res['wall_s'] / 60:.1f} min). Conversations: "
+         f"{res['conversations_source']}. They are those of the headline benchmark "
+         "(`headline_workload.py`): each session run through torpor's Runtime on gVisor to "
+         "its last wait point, then cut into model steps (what each model call added: the "
+         "assistant message and its tool results). The resume and replay measurements of the "
+         "headline are not repeated here (see headline.md).", "",
+         "| tool calls | payload | model steps | messages | messages the model is sent at "
+         "resume | torpor log entries | session build |", "|---:|---|---:|---:|---:|---:|---:|"]
+    for c in sorted(res["conversations"].values(), key=lambda c: (c["payload"], c["calls"])):
+        t = c["torpor"]
+        L.append(f"| {c['calls']} | {c['payload']} | {c['steps']} | {c['messages']} | "
+                 f"{t.get('messages', '-')} | {t['log_entries']} | {t['build_s']:.0f} s |")
+    L += ["", "Messages = the whole conversation, system prompt included, as fed to the peers. "
+          "The model is sent fewer where torpor compacted the session (the 1 MB outputs past "
+          "about 500 calls overflow the model window): a summary, then what follows it."]
+    L += ["", "## Peers (context only)", "", *peers_md(res["peers"], torpor), ""]
+    path.write_text("\n".join(L))
+
+
+def peers_only(args: argparse.Namespace, calls: list[int], payloads: list[str]) -> int:
+    """Build the sessions only (or read their conversations from --convs), run the peers,
+    write results/headline_peers.json and .md."""
+    started = time.monotonic()
+    convs_file = Path(args.convs) if args.convs else None
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="torpor-bench-peers-"))
+    try:
+        info = machine()
+        if convs_file and convs_file.exists():
+            convs = json.loads(convs_file.read_text())
+            source = f"read from {convs_file} (saved by an earlier --peers-only --convs run)"
+        else:
+            if os.geteuid() != 0:
+                print("needs root (runsc) to build the sessions; or give --convs FILE",
+                      file=sys.stderr)
+                return 2
+            images = ImageStore()
+            images.build_base()
+            wheels = wl.prepare_wheels(home / "wheels")
+            bench = Bench(args, home, images, wheels)
+            convs = {f"c{n}-{p}": bench.conversation(n, p) for p in payloads for n in calls}
+            source = "built in this run"
+            if convs_file:
+                convs_file.write_text(json.dumps(convs))
+                source += f", saved to {convs_file}"
+        log("peers: LangGraph (SQLite, PostgreSQL) and DBOS on the same conversations")
+        peers = run_peers(convs, home)
+        info["loadavg_end"] = list(os.getloadavg())
+        res = {"command": " ".join(["benchmarks/bench_headline.py", *sys.argv[1:]]),
+               "machine": info, "conversations_source": source,
+               "conversations": {k: {"calls": c["calls"], "payload": c["payload"],
+                                     "steps": len(c["steps"]),
+                                     "messages": sum(len(x) for x in c["steps"]),
+                                     "torpor": c["torpor"]}
+                                 for k, c in convs.items()},
+               "peers": peers, "wall_s": time.monotonic() - started}
+        (RESULTS / "headline_peers.json").write_text(json.dumps(res, indent=1))
+        write_peers_md(res, RESULTS / "headline_peers.md")
+        log(f"done in {res['wall_s'] / 60:.1f} min: {RESULTS / 'headline_peers.md'}")
+        print((RESULTS / "headline_peers.md").read_text())
+    finally:
+        for d in (home / "sandboxes").glob("*") if (home / "sandboxes").exists() else []:
+            subprocess.run(["runsc", f"--root={home / 'runsc'}", "delete", "-force", d.name],
+                           capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
 # -------------------------------------------------------------------------------- main
 
 def main() -> int:
@@ -839,6 +1192,12 @@ def main() -> int:
     ap.add_argument("--policy-calls", type=int, help="calls in the policy experiment run")
     ap.add_argument("--no-policy", action="store_true")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--peers-only", action="store_true",
+                    help="only build the sessions and run the peers on their conversations; "
+                    "writes results/headline_peers.json and .md")
+    ap.add_argument("--convs", metavar="FILE",
+                    help="with --peers-only: read the conversations from FILE if it exists, "
+                    "else save them there")
     args = ap.parse_args()
     calls = [int(x) for x in (args.calls or ("10,100" if args.quick else "10,100,1000"))
              .split(",")]
@@ -846,6 +1205,8 @@ def main() -> int:
     args.replay_repeats = args.replay_repeats or (2 if args.quick else 3)
     args.policy_calls = args.policy_calls or (49 if args.quick else 209)
     payloads = args.payloads.split(",")
+    if args.peers_only:
+        return peers_only(args, calls, payloads)
     if os.geteuid() != 0:
         print("needs root (runsc)", file=sys.stderr)
         return 2
@@ -868,7 +1229,7 @@ def main() -> int:
                 res["configs"].append(cfg)
                 (RESULTS / "headline.json").write_text(json.dumps(res, indent=1))
         if not args.no_peers:
-            log("peers: LangGraph + SQLite checkpointer on the same conversations")
+            log("peers: LangGraph (SQLite, PostgreSQL) and DBOS on the same conversations")
             res["peers"] = run_peers(bench.convs, home)
         res["exec_growth"] = exec_growth(home, images, [0, 200] if args.quick else [0, 250, 500])
         if not args.no_policy:
