@@ -771,8 +771,10 @@ class GVisorEngine(Engine):
         input: bytes | None = None,
         timeout: float | None = None,
         check: bool = True,
+        retry: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run torpor-init's client side inside the sandbox."""
+        """Run torpor-init's client side (on the host through the channel, or inside the
+        sandbox with `runsc exec`)."""
         kw: dict[str, Any] = {"input": input} if input is not None else {}
         try:
             proc = subprocess.run(
@@ -784,8 +786,9 @@ class GVisorEngine(Engine):
             )
         except subprocess.TimeoutExpired:
             raise SandboxError(f"{args[0]} in sandbox {info.name} timed out") from None
-        if self._unstuck(info, proc.returncode, proc.stderr):
-            return self._client(info, args, input=input, timeout=timeout, check=check)
+        if retry and self._unstuck(info, proc.returncode, proc.stderr):
+            return self._client(info, args, input=input, timeout=timeout, check=check,
+                                retry=False)  # fmt: skip
         if check and proc.returncode != 0:
             self._raise_if_gone(info)
             msg = _last_line(proc.stderr) or f"exit status {proc.returncode}"

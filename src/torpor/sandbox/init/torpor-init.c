@@ -6,11 +6,13 @@
  * this program. `init init` is the long-lived PID 1: it listens on a Unix
  * socket, starts processes on request, stores their output in files, streams
  * it to the client that asked, and reaps every zombie. All other roles
- * (exec, ps, kill, logs, get, put, restored, ping) are short-lived clients run
- * with `runsc exec /.torpor/init ROLE ...`.
+ * (exec, ps, kill, logs, get, put, restored, ping) are short-lived clients: run
+ * on the host as `init --connect SOCKET ROLE ...` through the host channel (see
+ * below), or inside the sandbox with `runsc exec /.torpor/init ROLE ...`.
+ * `supervise` runs on the host too: it is what runsc runs under.
  *
  * The contract (argv, wire protocol, file layout) is docs/sandbox-init.md.
- * Build: gcc -static -O2 -Wall -Wextra -o torpor-init torpor-init.c
+ * Build: musl-gcc -static -O2 -Wall -Wextra -o torpor-init torpor-init.c
  */
 #define _GNU_SOURCE
 #include <dirent.h>
