@@ -43,3 +43,37 @@ def test_hot_copy_checksums_are_taken_off_the_wait_point_and_catch_damage(tmp_pa
             import shutil
 
             shutil.rmtree(path, ignore_errors=True)
+
+
+def test_an_upload_left_at_exit_is_finished_with_its_page_deltas(tmp_path: Path):
+    # The process ends right after a checkpoint (as `torpor demo` and one-shot CLI commands
+    # do): the background upload, which reads the parent's pages for deltas, must still
+    # complete at interpreter exit, when concurrent.futures no longer takes new work.
+    import subprocess
+    import sys
+
+    script = f"""
+import os
+from pathlib import Path
+from torpor.runtime.checkpoints import SnapshotCheckpointStorage
+from torpor.snapshots import open_store
+home = Path({str(tmp_path / 'home')!r})
+storage = SnapshotCheckpointStorage(open_store("file://{tmp_path / 'store'}"), home)
+pages = bytearray(os.urandom(4096 * 1024))
+for n, parent in ((1, None), (2, "ck-1")):
+    d = storage.staging_dir() / "ck"
+    d.mkdir()
+    (d / "checkpoint.img").write_bytes(os.urandom(3000))
+    for page in range(0, 1024, 16):  # one byte of every 16th page changes each time
+        pages[4096 * page + 7] ^= 0xFF
+    (d / "pages.img").write_bytes(bytes(pages))
+    storage.put(f"ck-{{n}}", d, {{"engine": "gvisor", "parent": parent}})
+    if n == 1:
+        storage.flush()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "failed" not in proc.stderr, proc.stderr
+    store = open_store(f"file://{tmp_path / 'store'}")
+    second = store.info("ck-2")
+    assert second.new_bytes < 64 * 4096 // 4  # 64 changed pages, stored as small deltas

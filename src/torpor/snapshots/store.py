@@ -425,6 +425,19 @@ class SnapshotStore:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="torpor-snap")
             return self._pool
 
+    def _pmap(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
+        """Executor.map into a list; serially once the interpreter is shutting down
+        (concurrent.futures refuses new work before atexit handlers, such as the
+        checkpoint storage's final flush, have run)."""
+        ex = self._executor()
+        futures: list[Future[R]] = []
+        try:
+            for item in items:
+                futures.append(ex.submit(fn, item))
+        except RuntimeError:
+            return [f.result() for f in futures] + [fn(i) for i in items[len(futures):]]
+        return [f.result() for f in futures]
+
     def _bounded_map(self, fn: Callable[[T], R], items: list[T]) -> Iterator[R]:
         """Like Executor.map, in order, with at most 2 tasks per worker in flight."""
         ex = self._executor()
@@ -776,7 +789,7 @@ class SnapshotStore:
             if len(runs) == 1 or threading.current_thread().name.startswith("torpor-snap"):
                 results = [fetch_run(r) for r in runs]
             else:
-                results = list(self._executor().map(fetch_run, runs))
+                results = self._pmap(fetch_run, runs)
         except ObjectMissing as exc:
             if not _retry:
                 raise SnapshotCorrupt(f"object {exc} is missing", snapshot_id) from None
@@ -844,7 +857,7 @@ class SnapshotStore:
                 for g in groups:
                     restore(g)
             else:
-                list(self._executor().map(restore, groups))
+                self._pmap(restore, groups)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -864,8 +877,7 @@ class SnapshotStore:
         ids = list(dict.fromkeys(cid for ft in manifest.files for cid in ft.ids))
         step = 2048
         groups = [ids[i:i + step] for i in range(0, len(ids), step)]
-        for _ in self._executor().map(lambda g: self._fetch(manifest.id, codec, g), groups):
-            pass
+        self._pmap(lambda g: self._fetch(manifest.id, codec, g), groups)
         return len(ids)
 
     # ------------------------------------------------------------------- open
