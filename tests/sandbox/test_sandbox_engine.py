@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from torpor.sandbox.engine import SandboxConflict, SandboxError, SandboxSpec
+from torpor.sandbox.engine import SandboxConflict, SandboxError, SandboxNotFound, SandboxSpec
 from torpor.sandbox.gvisor import GVisorEngine
 
 COUNTER = (
@@ -296,3 +296,27 @@ def test_checkpoint_caller_dying_after_prepare_does_not_strand_the_sandbox(
     t0 = time.monotonic()
     assert engine.exec(sandbox, ["echo", "back"]).stdout == b"back\n"
     assert time.monotonic() - t0 < 15
+
+
+def test_sandboxes_are_found_without_reading_every_record(engine: GVisorEngine, sandbox: str,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    # By name or id, a sandbox is found through its own record (and the names index), so
+    # an exec costs the same with 5 or 500 sandboxes on the machine.
+    info = engine.inspect(sandbox)
+
+    def every_record() -> None:
+        raise AssertionError("read every sandbox record")
+
+    monkeypatch.setattr(engine, "_all", every_record)
+    assert engine.inspect(sandbox).id == info.id
+    assert engine.inspect(info.id).name == sandbox
+    assert engine.exec(sandbox, ["true"]).exit_code == 0
+    monkeypatch.undo()
+    renamed = f"{sandbox}-x"
+    engine.rename(sandbox, renamed)
+    monkeypatch.setattr(engine, "_all", every_record)
+    assert engine.exec(renamed, ["true"]).exit_code == 0
+    monkeypatch.undo()
+    with pytest.raises(SandboxNotFound):
+        engine.inspect(sandbox)  # the old name is gone from the index too
+    engine.rename(renamed, sandbox)

@@ -16,6 +16,7 @@ made before the channel existed keep using `runsc exec /.torpor/init ...` as the
 
 State lives under TORPOR_HOME (default /var/lib/torpor):
   runsc/                 runsc's own state (--root)
+  names/NAME             the id of the sandbox called NAME (an index; sandbox.json rules)
   sandboxes/ID/          sandbox.json (what `ps`/`inspect` show), bundle/config.json,
                          console.log (the main process's output), lock,
                          ctl/ (the host channel: init.sock, token)
@@ -28,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -62,6 +64,7 @@ from torpor.sandbox.images import Image, ImageError, ImageStore
 from torpor.sandbox.initbin import INIT_MOUNT, INIT_PATH, ensure_init_binary
 
 PLATFORMS = ("systrap", "ptrace", "kvm")
+_ID_RE = re.compile(r"[0-9a-f]{12}")
 CHANNEL_MOUNT = "/.torpor-ctl"  # where a sandbox sees its host-channel directory
 PINNED_RUNSC = "0.0~20240729.0-4+b7"
 RUNSC_INSTALL_HINT = (
@@ -236,7 +239,38 @@ class GVisorEngine(Engine):
                 out.append(info)
         return out
 
+    def _index_name(self, info: SandboxInfo, old_name: str | None = None) -> None:
+        """names/NAME holds the sandbox's id, so finding it by name is one file read.
+        Written (and removed) under the global lock, by rename; only a hint: _find checks
+        it against sandbox.json and falls back to reading every record."""
+        d = self.home / "names"
+        d.mkdir(exist_ok=True)
+        if old_name is not None:
+            self._unindex_name(old_name, info.id)
+        tmp = d / f".{info.name}.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(info.id)
+        os.replace(tmp, d / info.name)
+
+    def _unindex_name(self, name: str, sid: str) -> None:
+        path = self.home / "names" / name
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == sid:
+                path.unlink()
+
     def _find(self, ref: str) -> SandboxInfo:
+        # The common cases in one or two file reads: an exact id, or an indexed name.
+        if _ID_RE.fullmatch(ref):
+            info = self._load(ref)
+            if info is not None:
+                return info
+        if "/" not in ref and not ref.startswith("."):
+            try:
+                sid = (self.home / "names" / ref).read_text().strip()
+            except OSError:
+                sid = ""
+            info = self._load(sid) if _ID_RE.fullmatch(sid) else None
+            if info is not None and info.name == ref:
+                return info
         everything = self._all()
         for info in everything:
             if ref in (info.name, info.id):
@@ -615,6 +649,7 @@ class GVisorEngine(Engine):
         )
         self._dir(sid).mkdir(parents=True)
         self._save(info)
+        self._index_name(info)
         return info
 
     def _discard(self, info: SandboxInfo) -> None:
@@ -624,6 +659,7 @@ class GVisorEngine(Engine):
         if info.spec.network == "sandbox":
             network.teardown(self.home, info.id)
         shutil.rmtree(self._dir(info.id), ignore_errors=True)
+        self._unindex_name(info.name, info.id)
 
     def stop(self, sandbox: str, *, timeout: float = 10.0) -> SandboxInfo:
         with self._locked(sandbox) as info:
@@ -684,8 +720,10 @@ class GVisorEngine(Engine):
         with self._global_lock(), self._locked(sandbox, reconcile=False) as info:
             if any(i.name == new_name for i in self._all()):
                 raise SandboxConflict(f"the name {new_name} is already in use by another sandbox")
+            old = info.name
             info.name = new_name
             self._save(info)
+            self._index_name(info, old_name=old)
             return info
 
     def list(self, *, all: bool = False) -> list[SandboxInfo]:
