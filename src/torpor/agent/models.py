@@ -53,6 +53,28 @@ class Model(ABC):
     context_window: int
     extra_body: dict[str, Any] | None = None
 
+    def _configure(self, provider: str, model: str, *, context_window: int | None,
+                   max_tokens: int | None, temperature: float | None,
+                   extra_body: dict[str, Any] | None, timeout: float | None) -> None:
+        """The settings the SDK-backed providers share."""
+        self.model = model
+        self.name = f"{provider}:{model}"
+        self.context_window = context_window or DEFAULT_CONTEXT_WINDOW[provider]
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.extra_body = dict(extra_body or {})
+        self.timeout = timeout
+
+    @staticmethod
+    def _client_options(api_key: str | None, base_url: str | None,
+                        timeout: float | None) -> dict[str, Any]:
+        """SDK client options: retries are torpor's (durable timers), not the SDK's."""
+        kw: dict[str, Any] = {"max_retries": 0}
+        for k, v in (("api_key", api_key), ("base_url", base_url), ("timeout", timeout)):
+            if v is not None:
+                kw[k] = v
+        return kw
+
     def _call_options(self, timeout: float | None) -> dict[str, Any]:
         """Per-call SDK options shared by the providers: timeout and extra body fields."""
         kw: dict[str, Any] = {}
@@ -221,13 +243,8 @@ class OpenAIModel(Model):
                  extra_body: dict[str, Any] | None = None) -> None:
         import openai
 
-        self.model = model
-        self.name = f"openai:{model}"
-        self.context_window = context_window or DEFAULT_CONTEXT_WINDOW["openai"]
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.extra_body = dict(extra_body or {})
-        self.timeout = timeout
+        self._configure("openai", model, context_window=context_window, max_tokens=max_tokens,
+                        temperature=temperature, extra_body=extra_body, timeout=timeout)
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
         if api_key is None:
@@ -236,13 +253,8 @@ class OpenAIModel(Model):
                                  "api_key=), or pass base_url= for a local server")
             api_key = "not-needed"  # vLLM, Ollama, llama.cpp ignore it
         self.base_url = base_url
-        kw: dict[str, Any] = {"api_key": api_key, "max_retries": 0}
-        if base_url is not None:
-            kw["base_url"] = base_url
-        if timeout is not None:
-            kw["timeout"] = timeout
         self._sdk = openai
-        self._client = openai.OpenAI(**kw)
+        self._client = openai.OpenAI(**self._client_options(api_key, base_url, timeout))
 
     def request(self, system: str | None, entries: list[Entry],
                 tools: list[ToolSpec]) -> dict[str, Any]:
@@ -311,28 +323,17 @@ class AnthropicModel(Model):
                  extra_body: dict[str, Any] | None = None) -> None:
         import anthropic
 
-        self.model = model
-        self.name = f"anthropic:{model}"
-        self.context_window = context_window or DEFAULT_CONTEXT_WINDOW["anthropic"]
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.extra_body = dict(extra_body or {})
-        self.timeout = timeout
+        self._configure("anthropic", model, context_window=context_window,
+                        max_tokens=max_tokens, temperature=temperature, extra_body=extra_body,
+                        timeout=timeout)
         base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
         if api_key is None and base_url is not None and not os.environ.get(
                 "ANTHROPIC_AUTH_TOKEN"):
             api_key = "not-needed"  # a local or proxy server
         self.base_url = base_url
-        kw: dict[str, Any] = {"max_retries": 0}
-        if api_key is not None:
-            kw["api_key"] = api_key
-        if base_url is not None:
-            kw["base_url"] = base_url
-        if timeout is not None:
-            kw["timeout"] = timeout
         self._sdk = anthropic
-        self._client = anthropic.Anthropic(**kw)
+        self._client = anthropic.Anthropic(**self._client_options(api_key, base_url, timeout))
 
     def request(self, system: str | None, entries: list[Entry],
                 tools: list[ToolSpec]) -> dict[str, Any]:
