@@ -320,3 +320,15 @@ def test_sandboxes_are_found_without_reading_every_record(engine: GVisorEngine, 
     with pytest.raises(SandboxNotFound):
         engine.inspect(sandbox)  # the old name is gone from the index too
     engine.rename(renamed, sandbox)
+
+
+def test_exec_in_a_sandbox_killed_from_outside_says_so_at_once(engine: GVisorEngine,
+                                                               sandbox: str):
+    import os
+    import signal
+
+    os.kill(engine.inspect(sandbox).pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(SandboxConflict, match="not running"):
+        engine.exec(sandbox, ["true"])  # its record still says running: exec finds out
+    assert time.monotonic() - t0 < 5, "it waited for an init that cannot answer"

@@ -844,6 +844,13 @@ class GVisorEngine(Engine):
         self._channel_token(info, "resumed")
         return True
 
+    @staticmethod
+    def _maybe_gone(code: int, err: bytes) -> bool:
+        """After a failed command: could the sandbox itself have died? Not when init's
+        client reported the command's own failure; yes when it exited 125 (it could not
+        reach init, or lost it) or when runsc (not init) complained."""
+        return code != 0 and (code == 125 or not err.startswith(b"torpor-init"))
+
     def _raise_if_gone(self, info: SandboxInfo) -> None:
         if self._runsc_state(info.id) != "running":
             self._reconcile(info)
@@ -896,11 +903,7 @@ class GVisorEngine(Engine):
                     break
             if timeout is not None and proc.returncode == 124 and b"timed out after" in err:
                 raise SandboxError(f"command timed out after {timeout} s in sandbox {info.name}")
-            # 125: init's client could not reach init (or lost it): has the sandbox died?
-            client_failed = proc.returncode == 125 or not err.startswith(b"torpor-init")
-            if proc.returncode != 0 and client_failed and (
-                self._runsc_state(info.id) != "running"
-            ):
+            if self._maybe_gone(proc.returncode, err):
                 self._raise_if_gone(info)
             return ExecResult(proc.returncode, out, err)
 
@@ -949,7 +952,7 @@ class GVisorEngine(Engine):
             pump(proc.stdout, sys.stdout.buffer, None)
             t.join()
             code = proc.wait()
-            if code != 0 and not err_head.startswith(b"torpor-init"):
+            if self._maybe_gone(code, bytes(err_head)):
                 self._raise_if_gone(info)
             return code
 
