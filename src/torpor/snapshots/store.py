@@ -425,35 +425,29 @@ class SnapshotStore:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="torpor-snap")
             return self._pool
 
-    def _pmap(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
-        """Executor.map into a list; serially once the interpreter is shutting down
-        (concurrent.futures refuses new work before atexit handlers, such as the
-        checkpoint storage's final flush, have run)."""
-        ex = self._executor()
-        futures: list[Future[R]] = []
+    def _submit(self, fn: Callable[[T], R], item: T) -> Future[R]:
+        """Executor.submit; once the interpreter is shutting down (concurrent.futures
+        refuses new work before atexit handlers, such as the checkpoint storage's final
+        flush, have run) the call runs here and now instead."""
         try:
-            for item in items:
-                futures.append(ex.submit(fn, item))
+            return self._executor().submit(fn, item)
         except RuntimeError:
-            return [f.result() for f in futures] + [fn(i) for i in items[len(futures):]]
-        return [f.result() for f in futures]
+            done: Future[R] = Future()
+            try:
+                done.set_result(fn(item))
+            except BaseException as e:  # noqa: BLE001 - re-raised by result()
+                done.set_exception(e)
+            return done
+
+    def _pmap(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
+        """Executor.map into a list (see _submit)."""
+        return [f.result() for f in [self._submit(fn, item) for item in items]]
 
     def _bounded_map(self, fn: Callable[[T], R], items: list[T]) -> Iterator[R]:
         """Like Executor.map, in order, with at most 2 tasks per worker in flight."""
-        ex = self._executor()
         pending: deque[Future[R]] = deque()
         for item in items:
-            try:
-                pending.append(ex.submit(fn, item))
-            except RuntimeError:
-                # The interpreter is shutting down (concurrent.futures refuses new work
-                # before atexit handlers run): an upload flushed at exit finishes serially.
-                done: Future[R] = Future()
-                try:
-                    done.set_result(fn(item))
-                except BaseException as e:  # noqa: BLE001 - re-raised by result() below
-                    done.set_exception(e)
-                pending.append(done)
+            pending.append(self._submit(fn, item))
             if len(pending) >= 2 * self.workers:
                 yield pending.popleft().result()
         while pending:
