@@ -49,6 +49,7 @@
 static char g_dir[PATH_MAX];    /* TORPOR_INIT_DIR */
 static char g_sock[PATH_MAX];   /* g_dir/ctl.sock (a client's target: --connect moves it) */
 static int g_remote;            /* client run on the host through the host channel */
+static int g_prefd = -1;        /* a connection made ahead (the host waits for the socket once) */
 static pid_t g_alive;           /* --alive PID: the sandbox's host process; stop waiting once it is gone */
 #define SELF_PATH "/.torpor/init"   /* where the host mounts this binary in a sandbox */
 extern char **environ;
@@ -1169,7 +1170,8 @@ static int run_client(const char *req, size_t reqlen, int fwd_stdin, int fwd_sig
 {
     long long deadline = g_client_timeout_ms > 0 ? now_ms() + g_client_timeout_ms : -1;
     int timeout_phase = 0;   /* 1: TERM sent, 2: KILL sent */
-    int fd = connect_init(0);
+    int fd = g_prefd >= 0 ? g_prefd : connect_init(0);
+    g_prefd = -1;
     struct buf out = {0}, in = {0};
     buf_frame(&out, 'R', req, reqlen);
     fcntl(fd, F_SETFL, O_NONBLOCK);
@@ -1623,7 +1625,7 @@ int main(int argc, char **argv)
     }
     const char *role = argv[1];
     if (g_remote) {
-        close(connect_init(connect_wait));   /* wait for the socket once, here */
+        g_prefd = connect_init(connect_wait);   /* wait for the socket once; run_client uses it */
         if (!strcmp(role, "logs") || !strcmp(role, "get") || !strcmp(role, "stat"))
             return remote_role(argc, argv, 0);
         if (!strcmp(role, "put")) return remote_role(argc, argv, 1);
@@ -1647,7 +1649,7 @@ int main(int argc, char **argv)
         return run_client(req.p, req.len, 0, 0, 0);
     }
     if (!strcmp(role, "ping") && argc == 2) {
-        close(connect_init(5000));   /* wait (up to 5 s) for the socket to come up */
+        if (g_prefd < 0) close(connect_init(5000));   /* wait (up to 5 s) for the socket */
         return run_client("ping", 5, 0, 0, 0);
     }
     if (!strcmp(role, "kill") && (argc == 3 || argc == 4)) {
