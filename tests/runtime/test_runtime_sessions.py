@@ -375,3 +375,23 @@ def test_keep_snapshots_prunes_old_ones_but_not_a_forks(runtime: Runtime, script
     assert last.state == "waiting"
     assert results(s.log())[-1].split("stdout:")[-1].split() == ["0", "1", "2", "3"]
     assert fork.info().snapshot == snaps[0]
+
+
+def test_a_standby_sandbox_takes_the_resume(runtime: Runtime, script):
+    runtime.standby_size = 1
+    model = script([
+        {"text": "a", "tool_calls": [shell("echo one > /root/f")]}, {"text": "one"},
+        {"text": "b", "tool_calls": [shell("cat /root/f")]}, {"text": "two"},
+    ])  # fmt: skip
+    s = runtime.create_session(model=model)
+    s.send("1")  # the wait point asks for a standby to be set up in the background
+    deadline = time.time() + 30
+    while not [i for i in runtime.engine.list(all=True) if i.state == "standby"]:
+        assert time.time() < deadline, "no standby was set up"
+        time.sleep(0.05)
+    t2 = s.send("2")
+    restored = markers(s.log(), "session_restored")
+    assert restored and restored[-1]["standby"] is True
+    assert t2.restore_ms and "one" in results(s.log())[-1]
+    runtime.close()  # drains: no standby left behind
+    assert not [i for i in runtime.engine.list(all=True) if i.state == "standby"]

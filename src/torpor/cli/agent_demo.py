@@ -93,10 +93,19 @@ def _notes_in(outcome_entries: list[Any]) -> dict[str, Any] | None:
 
 
 def run_demo(out: Console, *, model: str | None = None, as_json: bool = False) -> dict[str, Any]:
-    from torpor.cli.session_cmd import print_event
-    from torpor.runtime.core import Runtime, Worker
+    from torpor.runtime.core import Runtime
 
-    rt = Runtime()
+    rt = Runtime(standby=1)  # a standby sandbox, set up while the session waits
+    try:
+        return _run_demo(rt, out, model=model, as_json=as_json)
+    finally:
+        rt.close()  # removes the standby, finishes background uploads
+
+
+def _run_demo(rt: Any, out: Console, *, model: str | None, as_json: bool) -> dict[str, Any]:
+    from torpor.cli.session_cmd import print_event
+    from torpor.runtime.core import Worker
+
     report: dict[str, Any] = {"turns": []}
     say = (lambda *a, **k: None) if as_json else out.print
     if model is None:

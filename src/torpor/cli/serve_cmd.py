@@ -40,6 +40,8 @@ def serve(
     max_body: int = typer.Option(1 << 20, "--max-body", help="Request body limit, bytes."),
     sessions_per_tenant: int = typer.Option(1000, "--sessions-per-tenant"),
     turns_per_tenant: int = typer.Option(8, "--turns-per-tenant"),
+    standby: int = typer.Option(1, "--standby", help="Standby sandboxes kept per image for "
+                                "resuming sessions (~50 MiB each; 0: none)."),  # fmt: skip
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs)."""
     import uvicorn
@@ -48,7 +50,7 @@ def serve(
     from torpor.api.tokens import TokenStore
     from torpor.runtime.core import Runtime
 
-    rt = Runtime(db=db, store=store)
+    rt = Runtime(db=db, store=store, standby=standby if workers > 0 else 0)
     has_tokens = TokenStore(rt.db).any()
     if not is_loopback(host) and not has_tokens:
         raise ServeError(

@@ -37,7 +37,7 @@ from torpor.context import default_url as default_log_url
 from torpor.home import torpor_home
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
-from torpor.runtime.pool import SandboxPool
+from torpor.runtime.pool import SandboxPool, StandbyPool
 from torpor.runtime.workspace import SandboxWorkspace
 from torpor.sandbox.engine import CheckpointError, Engine, SandboxError, SandboxSpec
 from torpor.snapshots import open_store
@@ -129,6 +129,7 @@ class Runtime:
         engine: Engine | None = None,
         tools: ToolRegistry | None = None,
         pool_size: int = 0,
+        standby: int = 0,
     ) -> None:
         self.home = Path(home) if home else torpor_home()
         self.db_url = db or default_log_url()
@@ -141,6 +142,8 @@ class Runtime:
         self._models: dict[str, Model] = {}
         self.pool_size = pool_size
         self._pools: dict[str, SandboxPool] = {}
+        self.standby_size = standby
+        self._standbys: dict[str, StandbyPool] = {}
         self._default_worker: Worker | None = None
 
     def pool(self, image: str) -> SandboxPool:
@@ -149,6 +152,13 @@ class Runtime:
             self._pools[image] = SandboxPool(self.engine, image, self.pool_size)
             self._pools[image].refill()
         return self._pools[image]
+
+    def standbys(self, image: str) -> StandbyPool:
+        """Standby sandboxes kept for resuming sessions of an image (`standby`; 0: none)."""
+        if image not in self._standbys:
+            self._standbys[image] = StandbyPool(self.engine, image, self.standby_size)
+            self._standbys[image].refill()
+        return self._standbys[image]
 
     # -- parts, opened when first needed ---------------------------------------------
 
@@ -175,7 +185,7 @@ class Runtime:
         if self._default_worker is not None:
             self._default_worker.cool_all()  # warm sandboxes are snapshotted, not lost
         if drain_pools:
-            for p in self._pools.values():
+            for p in [*self._pools.values(), *self._standbys.values()]:
                 p.drain()
         flush = getattr(getattr(self._engine, "checkpoints", None), "flush", None)
         if flush is not None:
@@ -562,18 +572,21 @@ class Worker:
         with contextlib.suppress(SandboxError):
             eng.remove(name, force=True)
         failures = []
+        if self.rt.standby_size > 0:
+            self.rt.standbys(row.image)  # the first time: set one up for the next resume
         for snap in [*reversed(row.snapshots)] if row.snapshots else []:
             t0 = time.monotonic()
             try:
-                eng.restore(snap, name=name)
+                info = eng.restore(snap, name=name)
             except SandboxError as e:  # corrupt, missing, or no longer fits this engine
                 failures.append(f"{snap}: {e}")
                 with contextlib.suppress(SandboxError):
                     eng.remove(name, force=True)
                 continue
             ms = (time.monotonic() - t0) * 1000
-            tr.append([Entry.marker("session_restored", snapshot=snap, ms=round(ms, 1))])
-            emit("restored", snapshot=snap, ms=round(ms, 1))
+            tr.append([Entry.marker("session_restored", snapshot=snap, ms=round(ms, 1),
+                                    standby=info.from_standby)])  # fmt: skip
+            emit("restored", snapshot=snap, ms=round(ms, 1), standby=info.from_standby)
             if failures:
                 self._note_fallback(tr, failures, f"restored the older snapshot {snap}")
             return ms
@@ -693,6 +706,8 @@ class Worker:
         self.rt.db.update(row.id, owner=self.owner, state="waiting", attempt=0, wake_at=None,
                           error=None, lease_owner=None, lease_until=None)  # fmt: skip
         emit("state", state="waiting")
+        if self.rt.standby_size > 0:  # ready for when this session (or another) resumes
+            self.rt.standbys(row.image).refill()
         outcome.snapshot, outcome.snapshot_bytes, outcome.snapshot_ms = snap, size, ms
 
     def _schedule_retry(self, tr: _Transcript, row: SessionRow, sandbox: str, err: ModelError,

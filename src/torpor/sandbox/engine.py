@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 NetworkMode = Literal["none", "sandbox"]
-SandboxState = Literal["created", "running", "exited", "checkpointed"]
+SandboxState = Literal["created", "running", "exited", "checkpointed", "standby"]
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
@@ -135,6 +135,7 @@ class SandboxInfo:
     restore_token: str | None = None  # set until init has been told of the last restore
     channel: bool = False  # init listens on the host channel (see GVisorEngine)
     last_checkpoint: str | None = None  # latest checkpoint of this run that kept it running
+    from_standby: bool = False  # this run was restored into a standby (Engine.standby)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -280,3 +281,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def remove_checkpoint(self, sandbox: str | None, checkpoint: str) -> None:
         """Delete a checkpoint (by id, or by name within `sandbox`)."""
+
+    def standby(self, spec: SandboxSpec, count: int = 1) -> list[SandboxInfo]:
+        """Keep `count` standby sandboxes for `spec`: set up ahead of time but not started
+        (state "standby"), so that `restore` of a checkpoint taken with the same spec
+        loads it into one instead of starting a sandbox first. Creates the missing ones,
+        removes the extra ones (count 0 removes all) and returns those kept. Engines
+        without standbys restore the usual way and keep none."""
+        return []
