@@ -157,11 +157,12 @@ def resume_by_snapshot(session: Any, probe_msg: str) -> dict[str, Any]:
     out = session.send(probe_msg, on_event=events.append)
     t_end = time.time()
     first = next((e["t"] for e in events if e["type"] == "tool_call_started"), None)
-    restored = next((e["ms"] for e in events if e["type"] == "restored"), None)
+    restored = next((e for e in events if e["type"] == "restored"), {})
     result = [e for e in session.log() if e.kind == "tool_result"][-1]
     return {
         "latency_s": None if first is None else first - t0,
-        "restore_ms": restored,
+        "restore_ms": restored.get("ms"),
+        "standby": bool(restored.get("standby")),
         "turn_s": t_end - t0,
         "probe": str(result.content),
         "snapshot_ms": out.snapshot_ms,
@@ -333,6 +334,19 @@ class Bench:
                 log(f"{tag}: snapshot resume {r + 1}/{a.repeats}: "
                     f"{res['latency_s'] * 1000:.0f} ms (restore {res['restore_ms']} ms)")
             rt.engine.checkpoints.flush()  # type: ignore[attr-defined]
+            # -- snapshot road into a standby (what a worker with --standby keeps ready;
+            # set up here off the clock)
+            sb_runs = []
+            for r in range(a.repeats if a.standby else 0):
+                rt.engine.standby(SandboxSpec(image="base"), 1)
+                res = resume_by_snapshot(s.fork(snap), "Check the state, please.")
+                rt.engine.checkpoints.flush()  # type: ignore[attr-defined]
+                sb_runs.append(res)
+                log(f"{tag}: snapshot resume into a standby {r + 1}/{a.repeats}: "
+                    f"{res['latency_s'] * 1000:.0f} ms (restore {res['restore_ms']} ms, "
+                    f"standby: {res['standby']})")
+                if not res["standby"]:
+                    raise RuntimeError(f"{tag}: the resume did not use the standby")
             # -- replay road
             n_replay = a.replay_repeats if calls < 1000 else max(1, a.replay_repeats - 1)
             replay_runs = []
@@ -359,6 +373,12 @@ class Bench:
                     "errors": replay_runs[0]["errors"],
                     "results_differing_from_log": replay_runs[0]["results_differing_from_log"],
                 },
+                "snapshot_standby": {
+                    "median_s": statistics.median(x["latency_s"] for x in sb_runs),
+                    "p95_s": pct([x["latency_s"] for x in sb_runs], 0.95),
+                    "samples_s": [x["latency_s"] for x in sb_runs],
+                    "restore_ms": [x["restore_ms"] for x in sb_runs],
+                } if sb_runs else None,
                 "speedup": statistics.median(rl) / statistics.median(sl),
                 "state_snapshot_vs_snapshot": same_snap,
                 "state_snapshot_vs_replay": vs_replay,
@@ -772,6 +792,12 @@ def analyse(res: dict[str, Any]) -> dict[str, Any]:
             goals["calls_for_1000"] = big_n
             goals["snapshot_1000_within_1.5x_of_10"] = ratio <= 1.5
             goals["ratio_1000_to_10"] = ratio
+            sb10, sbn = by[10].get("snapshot_standby"), by[big_n].get("snapshot_standby")
+            if sb10 and sbn:
+                goals["standby_ratio_1000_to_10"] = sbn["median_s"] / sb10["median_s"]
+        if 100 in by and by[100].get("snapshot_standby"):
+            goals["standby_speedup_at_100"] = (by[100]["replay"]["median_s"]
+                                               / by[100]["snapshot_standby"]["median_s"])
         if "snapshot_1000_within_1.5x_of_10" not in goals and "snapshot_fit" in a and 10 in by:
             sf = a["snapshot_fit"]
             proj = sf["intercept_s"] + sf["per_call_s"] * 1000
@@ -945,10 +971,10 @@ def write_md(res: dict[str, Any], path: Path) -> None:
          f"Command: `{res['command']}` ({res['mode']} run, {res['wall_s'] / 60:.1f} min). "
          f"Package install inside the sandbox: {res['install_method']}.", "",
          "## Resume latency and stored bytes", "",
-         "| tool calls | payload | wait points | snapshot resume median / p95 | replay resume "
-         "median / p95 | speedup | torpor log | latest snapshot, stored | snapshot store, all "
-         "wait points | per-step journal | replay state same? |",
-         "|---:|---|---:|---|---|---:|---:|---:|---:|---:|---|"]
+         "| tool calls | payload | wait points | snapshot resume median / p95 | ... into a "
+         "standby | replay resume median / p95 | speedup | torpor log | latest snapshot, "
+         "stored | snapshot store, all wait points | per-step journal | replay state same? |",
+         "|---:|---|---:|---|---|---|---:|---:|---:|---:|---:|---|"]
     for c in sorted(res["configs"], key=lambda c: (c["payload"], c["calls"])):
         v = c["state_snapshot_vs_replay"]
         same = "yes" if v["identical"] else (
@@ -960,6 +986,9 @@ def write_md(res: dict[str, Any], path: Path) -> None:
             f"| {c['calls']} | {c['payload']} | {c['wait_points']['count']} | "
             f"{c['snapshot']['median_s'] * 1000:.0f} / {c['snapshot']['p95_s'] * 1000:.0f} ms "
             f"(n={len(c['snapshot']['samples_s'])}) | "
+            + (f"{sb['median_s'] * 1000:.0f} / {sb['p95_s'] * 1000:.0f} ms "
+               f"(n={len(sb['samples_s'])})" if (sb := c.get("snapshot_standby")) else "-")
+            + " | "
             f"{c['replay']['median_s']:.2f} / {c['replay']['p95_s']:.2f} s "
             f"(n={len(c['replay']['samples_s'])}) | {c['speedup']:.1f}x | "
             f"{mb(c['bytes']['log'])} | {mb(c['bytes']['latest_snapshot_stored'] or 0)} | "
@@ -970,7 +999,9 @@ def write_md(res: dict[str, Any], path: Path) -> None:
           "the log, start a fresh sandbox from the image, re-run every logged tool call "
           "through the same tools. Samples after the first snapshot resume are forks of the "
           "same wait-point snapshot; every restore read torpor's local hot copy of the "
-          "checkpoint (same machine), not the compressed store. Snapshot store = the "
+          "checkpoint (same machine), not the compressed store. Into a standby = the same, "
+          "restored into a standby sandbox (set up beforehand, as a torpor worker keeps one "
+          "ready; see docs/sandboxes.md). Snapshot store = the "
           "durable, compressed, deduplicated store holding every wait-point snapshot of "
           "the session (none deleted); torpor "
           "log = logical bytes of the context log. Per-step journal = the sum over model "
@@ -983,10 +1014,18 @@ def write_md(res: dict[str, Any], path: Path) -> None:
             L.append(f"- {payload}: at 100 tool calls snapshot resume is "
                      f"{g['speedup_at_100']:.1f}x faster than replay (goal >= 20x): "
                      f"**{'met' if g['snapshot_20x_faster_at_100'] else 'missed'}**")
+        if "standby_speedup_at_100" in g:
+            L.append(f"- {payload}: at 100 tool calls snapshot resume into a standby is "
+                     f"{g['standby_speedup_at_100']:.1f}x faster than replay (goal >= 20x): "
+                     f"**{'met' if g['standby_speedup_at_100'] >= 20 else 'missed'}**")
         if "snapshot_1000_within_1.5x_of_10" in g:
             L.append(f"- {payload}: snapshot resume at {g.get('calls_for_1000', 1000):,} calls is "
                      f"{g['ratio_1000_to_10']:.2f}x that at 10 (goal <= 1.5x): "
                      f"**{'met' if g['snapshot_1000_within_1.5x_of_10'] else 'missed'}**")
+            if "standby_ratio_1000_to_10" in g:
+                r = g["standby_ratio_1000_to_10"]
+                L.append(f"- {payload}: the same into a standby: {r:.2f}x (goal <= 1.5x): "
+                         f"**{'met' if r <= 1.5 else 'missed'}**")
         elif "projected_ratio_1000_to_10" in g:
             r = g["projected_ratio_1000_to_10"]
             L.append(f"- {payload}: snapshot resume at 1,000 calls: not measured in this run; "
@@ -1116,9 +1155,13 @@ def plot(res: dict[str, Any]) -> None:
         if not cs:
             continue
         xs = [c["calls"] for c in cs]
-        for road, color in (("snapshot", "tab:blue"), ("replay", "tab:red")):
+        for road, color in (("snapshot", "tab:blue"), ("snapshot_standby", "tab:cyan"),
+                            ("replay", "tab:red")):  # fmt: skip
+            if not all(c.get(road) for c in cs):
+                continue
             med = [c[road]["median_s"] for c in cs]
             p95 = [c[road]["p95_s"] for c in cs]
+            road = road.replace("_standby", " into a standby")
             ax.errorbar(xs, med, yerr=[[0] * len(xs), [p - m for p, m in zip(p95, med,
                                                                           strict=True)]],
                         fmt="o" + styles[payload], color=color, capsize=3,
@@ -1262,6 +1305,8 @@ def main() -> int:
     ap.add_argument("--replay-repeats", type=int, help="replays per session")
     ap.add_argument("--policy-calls", type=int, help="calls in the policy experiment run")
     ap.add_argument("--no-policy", action="store_true")
+    ap.add_argument("--no-standby", dest="standby", action="store_false",
+                    help="skip the snapshot resumes into a standby")  # fmt: skip
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--peers-only", action="store_true",
                     help="only build the sessions and run the peers on their conversations; "

@@ -125,3 +125,26 @@ def test_a_taken_name_fails_before_a_standby_is_used(
     info = engine.restore(ck.id, name=f"{sandbox}-r")
     assert info.from_standby
     engine.remove(info.name, force=True)
+
+
+def test_standby_from_the_cli(cli, no_standbys):  # type: ignore[no-untyped-def]
+    proc = cli("standby", "base", "-n", "1", "-m", "256m")
+    assert proc.returncode == 0, proc.stderr
+    (name,) = proc.stdout.decode().split()
+    assert f"{name}" in cli("ps", "-a").stdout.decode()
+    assert name not in cli("ps").stdout.decode()
+    assert cli("run", "-d", "--name", "c-sb", "-m", "256m", "base").returncode == 0
+    try:
+        cli("exec", "c-sb", "sh", "-c", "echo kept > /root/state")
+        ck_id = cli("checkpoint", "create", "c-sb", "one").stdout.decode().split("\t")[0]
+        proc = cli("restore", ck_id, "--name", "c-sb-r")
+        assert proc.returncode == 0, proc.stderr
+        assert b"into a standby" in proc.stderr
+        assert cli("exec", "c-sb-r", "cat", "/root/state").stdout == b"kept\n"
+        assert cli("standby", "base", "-n", "2", "-m", "256m").stdout.decode().count("\n") == 2
+        assert cli("standby", "base", "-n", "0", "-m", "256m").stdout == b""
+        assert "standby" not in cli("ps", "-a").stdout.decode()
+        proc = cli("standby", "base", "-n", "-1")
+        assert proc.returncode != 0 and b"0 or more" in proc.stderr
+    finally:
+        cli("rm", "-f", "c-sb", "c-sb-r")

@@ -327,7 +327,26 @@ def restore(
         _print_json({**info.to_json(), "ms": round(ms, 1)})
     else:
         print(info.name)
-        err.print(f"restored {checkpoint} as {info.name} in {ms:.0f} ms")
+        into = " (into a standby)" if info.from_standby else ""
+        err.print(f"restored {checkpoint} as {info.name} in {ms:.0f} ms{into}")
+
+
+@command(app, "standby")
+def standby(
+    image: str = typer.Argument(..., help="Image the standbys are for (e.g. base)."),
+    count: int = typer.Option(1, "-n", "--count", help="How many to keep (0 removes them)."),
+    memory: str = typer.Option(None, "-m", "--memory", help="Memory limit, e.g. 512m."),
+    cpus: float = typer.Option(None, "--cpus", help="CPU limit, e.g. 1.5."),
+    pids: int = typer.Option(4096, "--pids-limit", help="Maximum number of processes."),
+) -> None:
+    """Keep sandboxes set up but not started (`ps -a` shows them as standby), so that
+    `restore` of a checkpoint taken with the same settings skips runsc's set-up."""
+    if count < 0:
+        raise typer.BadParameter("--count must be 0 or more")
+    spec = SandboxSpec(image=image, memory=parse_size(memory) if memory else None,
+                       cpus=cpus, pids=pids)  # fmt: skip
+    for info in engine().standby(spec, count):
+        print(info.name)
 
 
 # ---------------------------------------------------------------------------- checkpoints
