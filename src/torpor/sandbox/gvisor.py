@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -339,6 +340,8 @@ class GVisorEngine(Engine):
         # Let the foreground runsc of this boot finish first, so that its exit.code can
         # never land after the next boot has started.
         codefile = self._dir(info.id) / "exit.code"
+        if info.from_standby and info.state == "checkpointed":
+            self._end_waiter(info)
         for _ in range(250):
             if codefile.exists() or not self._dir(info.id).exists():
                 break
@@ -346,6 +349,24 @@ class GVisorEngine(Engine):
         self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
         if info.spec.network == "sandbox":
             network.teardown(self.home, info.id)
+
+    def _end_waiter(self, info: SandboxInfo) -> None:
+        """After a checkpoint stopped a sandbox restored into a standby, end the foreground
+        `runsc restore` that waits for it. It did not create the sandbox, so runsc polls
+        every 100 ms for its end and has no exit code to learn: killing its process group
+        (its supervisor and it, nothing else) saves that wait, and supervise has written
+        exit.code (137) before it goes, or is gone without writing anything later."""
+        d = self._dir(info.id)
+        try:
+            pid = int((d / "supervise.pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if b"supervise" not in cmdline or str(d / "exit.code").encode() not in cmdline:
+            return  # not ours any more (it ended and the pid was reused)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        (d / "exit.code").write_text("137\n")
 
     def _after_stop_later(self, info: SandboxInfo) -> None:
         """_after_stop off the caller's path: after a checkpoint that stopped the sandbox,
@@ -599,7 +620,7 @@ class GVisorEngine(Engine):
             netns = network.runsc_prefix(info.id)
         t0 = time.monotonic()
         with open(d / "console.log", "ab") as log, open(errfile, "wb") as errlog:
-            subprocess.Popen(
+            proc = subprocess.Popen(
                 [str(self.init_dir / "init"), "supervise", str(codefile), "--",
                  *netns, self.runsc, *self._global_flags(info), *args],
                 stdin=subprocess.DEVNULL,
@@ -607,6 +628,8 @@ class GVisorEngine(Engine):
                 stderr=errlog,
                 start_new_session=True,
             )  # fmt: skip
+        if not create:
+            (d / "supervise.pid").write_text(str(proc.pid))
         # Wait until runsc records the container as running (a restore writes the pid file
         # before it has loaded the checkpoint, and may still fail). Polling runsc's state
         # file costs a file read; asking `runsc state` would start a Go process each time.
