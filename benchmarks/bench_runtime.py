@@ -757,11 +757,16 @@ def analysis(res: dict[str, Any]) -> list[str]:
         f"on the same engine: that is runsc's fixed cost of bringing a sandbox back (new "
         f"sandbox and gofer processes, kernel state load), and the dev sandbox's "
         f"{s['running_rss_kib']['median'] / 1024:.0f} MiB of processes add "
-        f"{max(0.0, b['restore_engine'] - floor):.0f} ms to it. So 100 ms is out of reach "
-        "by trimming torpor's own steps (they are ~"
-        f"{around + rs['open_dir'] + rs['checkpoint_info']:.0f} ms together); it needs a "
-        "cheaper restore primitive: a warm pool of restored-but-paused sandboxes, a newer "
-        "runsc, or the VM engine's lazy memory loading.",
+        f"{max(0.0, b['restore_engine'] - floor):.0f} ms to it. Trimming torpor's own steps "
+        f"(~{around + rs['open_dir'] + rs['checkpoint_info']:.0f} ms together) cannot reach "
+        "100 ms; most of runsc's fixed cost is setting up the sandbox (processes, chroot, "
+        "seccomp), which a standby does ahead of time: the rounds restored into a standby "
+        + (f"resume in {s['resume_standby_ms']['median']:.0f} ms (restore "
+           f"{s['restore_standby_ms']['median']:.0f} ms), "
+           f"{b['restore_engine'] - s['restore_standby_ms']['median']:.0f} ms less. "
+           if s.get("resume_standby_ms") else "(not measured in this run). ")
+        + "What remains is runsc loading the checkpoint (kernel state and memory, which grows "
+        "with the sandbox) and the first command's start in it.",
         "",
         "On PostgreSQL+S3 every log append and lease update is a network round trip to the "
         "server, and the checkpoint metadata is read from the S3 API; without the raw hot "
