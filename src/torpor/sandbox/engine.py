@@ -136,6 +136,7 @@ class SandboxInfo:
     channel: bool = False  # init listens on the host channel (see GVisorEngine)
     last_checkpoint: str | None = None  # latest checkpoint of this run that kept it running
     from_standby: bool = False  # this run was restored into a standby (Engine.standby)
+    init_tmpfs: bool = False  # torpor-init's state dir is a tmpfs (see GVisorEngine)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -69,6 +69,7 @@ from torpor.sandbox.initbin import INIT_MOUNT, INIT_PATH, ensure_init_binary
 PLATFORMS = ("systrap", "ptrace", "kvm")
 _ID_RE = re.compile(r"[0-9a-f]{12}")
 CHANNEL_MOUNT = "/.torpor-ctl"  # where a sandbox sees its host-channel directory
+INIT_DIR = "/run/torpor"  # torpor-init's own state in the sandbox (process records, ...)
 PINNED_RUNSC = "0.0~20240729.0-4+b7"
 RUNSC_INSTALL_HINT = (
     "runsc (gVisor) is not installed: run scripts/setup.sh, or on Debian 13 "
@@ -102,6 +103,14 @@ def _last_line(text: str | bytes) -> str:
 
 class GVisorEngine(Engine):
     name = "gvisor"
+    # New sandboxes keep torpor-init's state on a tmpfs (see _write_bundle); sandboxes
+    # restored from older checkpoints keep theirs on the overlay. False makes sandboxes
+    # as older torpor versions did (for compatibility tests).
+    init_tmpfs = True
+    # Cleanups running after stopping checkpoints (_after_stop_later), by sandbox id: one
+    # registry per process, so that any engine object booting the sandbox waits for them.
+    _cleanups: dict[str, threading.Thread] = {}
+    _cleanups_lock = threading.Lock()
 
     def __init__(
         self,
@@ -134,8 +143,6 @@ class GVisorEngine(Engine):
             d.mkdir(parents=True, exist_ok=True)
         self._init_dir: Path | None = None
         self._version: str | None = None
-        self._cleanups: dict[str, threading.Thread] = {}
-        self._cleanups_lock = threading.Lock()
         if self_test:
             from torpor.sandbox.doctor import require_working_runsc
 
@@ -335,8 +342,10 @@ class GVisorEngine(Engine):
                 time.sleep(0.05)
         return None
 
-    def _after_stop(self, info: SandboxInfo) -> None:
-        """Free what a stopped sandbox no longer needs (runsc state, network, proxies)."""
+    def _after_stop(self, info: SandboxInfo, *, later: bool = False) -> None:
+        """Free what a stopped sandbox no longer needs (runsc state, network, proxies).
+        `later`: run after the caller let go of the sandbox, which another process may
+        have started again meanwhile; then it leaves the new run alone."""
         # Let the foreground runsc of this boot finish first, so that its exit.code can
         # never land after the next boot has started.
         codefile = self._dir(info.id) / "exit.code"
@@ -346,6 +355,10 @@ class GVisorEngine(Engine):
             if codefile.exists() or not self._dir(info.id).exists():
                 break
             time.sleep(0.02)
+        if later:
+            now = self._load(info.id)
+            if now is None or now.state != info.state or now.started != info.started:
+                return  # removed or booted again: its boot deleted what was left
         self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
         if info.spec.network == "sandbox":
             network.teardown(self.home, info.id)
@@ -375,8 +388,9 @@ class GVisorEngine(Engine):
         this process waits for it first (_settle); the thread is not a daemon, so a CLI
         process finishes it before it exits."""
         t = threading.Thread(
-            target=self._after_stop, args=(info,), name=f"torpor-cleanup-{info.id}"
-        )
+            target=self._after_stop, args=(info,), kwargs={"later": True},
+            name=f"torpor-cleanup-{info.id}",
+        )  # fmt: skip
         with self._cleanups_lock:
             self._cleanups[info.id] = t
         t.start()
@@ -459,6 +473,13 @@ class GVisorEngine(Engine):
                     "options": ["rbind", "rw"],
                 }
             )
+        if info.init_tmpfs:
+            # torpor-init's process records live on a plain tmpfs, not on the overlay: this
+            # gVisor's overlay leaves a whiteout (a device file in the sandbox's memory,
+            # saved and restored with every checkpoint) for every name deleted or renamed
+            # away, so one per exec would pile up for the sandbox's whole life.
+            mounts.append({"destination": INIT_DIR, "type": "tmpfs", "source": "tmpfs",
+                           "options": ["mode=755"]})  # fmt: skip
         for v in spec.volumes:
             mounts.append(
                 {
@@ -554,12 +575,16 @@ class GVisorEngine(Engine):
             except SandboxError:
                 adopt = False  # the standby was unfit or broken: restore the usual way
         if not adopt:
+            if info.started is not None:  # a cleanup left by another process: not this run
+                info.started = None
+                self._save(info)
             if self._has_runsc_state(info.id):
                 self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
             if info.spec.network == "sandbox":
                 info.address = network.setup(self.home, info.id)
-            if image_path is None:
-                info.channel = self.host_channel  # a restore keeps its checkpoint's choice
+            if image_path is None:  # a restore keeps its checkpoint's choices
+                info.channel = self.host_channel
+                info.init_tmpfs = self.init_tmpfs
             if info.channel:
                 (self._channel_dir(info) / "init.sock").unlink(missing_ok=True)
                 if image_path is not None:  # the restored init sees a new token: restored
@@ -1290,7 +1315,7 @@ class GVisorEngine(Engine):
             # deltas against it (see docs/snapshots.md).
             parent = info.last_checkpoint or info.restored_from
             meta.update(sandbox_id=info.id, platform=self.platform, channel=info.channel,
-                        parent=parent)  # fmt: skip
+                        init_tmpfs=info.init_tmpfs, parent=parent)  # fmt: skip
             size = self.checkpoints.put(ck_id, staging, meta)
             if leave_running:
                 info.last_checkpoint = ck_id
@@ -1342,8 +1367,10 @@ class GVisorEngine(Engine):
         self.checkpoints.delete(meta["id"])
 
     def _restore_into(self, info: SandboxInfo, ck: dict[str, Any], image: Image) -> None:
-        if info.state == "standby" and info.channel != bool(ck.get("channel")):
-            info.state = "created"  # made for the other kind of checkpoint: not used
+        if info.state == "standby" and (info.channel, info.init_tmpfs) != (
+            bool(ck.get("channel")), bool(ck.get("init_tmpfs"))
+        ):
+            info.state = "created"  # made for another kind of checkpoint: not used
         if ck.get("engine") != self.name:
             raise CheckpointError(f"checkpoint {ck['id']} was made by engine {ck.get('engine')}")
         if ck.get("image_digest") != image.digest:
@@ -1355,6 +1382,7 @@ class GVisorEngine(Engine):
         try:
             info.restored_from = ck["id"]
             info.channel = bool(ck.get("channel"))
+            info.init_tmpfs = bool(ck.get("init_tmpfs"))
             self._boot(info, image, image_path=path)
         finally:
             if temporary:
@@ -1365,7 +1393,7 @@ class GVisorEngine(Engine):
         spec = SandboxSpec.from_json(ck["spec"])
         image = self._image(spec)
         with self._global_lock():
-            info = self._claim_standby(spec, image, bool(ck.get("channel")), name)
+            info = self._claim_standby(spec, image, ck, name)
             if info is None:
                 info = self._create_record(spec, image, name)
         try:
@@ -1386,20 +1414,26 @@ class GVisorEngine(Engine):
     # setting and platform (the container's configuration is fixed at create time);
     # standby/KEY/ID lists the unused ones, and claiming one is unlinking its entry.
 
-    def _standby_dir(self, spec: SandboxSpec, digest: str, channel: bool) -> Path:
-        key = json.dumps([spec.to_json(), digest, channel, self.platform], sort_keys=True)
-        return self.home / "standby" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    def _standby_dir(self, spec: SandboxSpec, digest: str, channel: bool,
+                     init_tmpfs: bool = True) -> Path:  # fmt: skip
+        key = [spec.to_json(), digest, channel, self.platform]
+        if not init_tmpfs:
+            key.append("no-init-tmpfs")
+        raw = json.dumps(key, sort_keys=True)
+        return self.home / "standby" / hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     def _unlist_standby(self, info: SandboxInfo) -> None:
-        path = self._standby_dir(info.spec, info.image_digest, info.channel) / info.id
-        path.unlink(missing_ok=True)
+        d = self._standby_dir(info.spec, info.image_digest, info.channel, info.init_tmpfs)
+        (d / info.id).unlink(missing_ok=True)
 
     def _claim_standby(
-        self, spec: SandboxSpec, image: Image, channel: bool, name: str | None
+        self, spec: SandboxSpec, image: Image, ck: dict[str, Any], name: str | None
     ) -> SandboxInfo | None:
-        """Take an unused standby that fits, renamed to `name` (caller holds the global
-        lock). None if there is none; a standby whose container is gone is discarded."""
-        d = self._standby_dir(spec, image.digest, channel)
+        """Take an unused standby that fits checkpoint `ck`, renamed to `name` (caller
+        holds the global lock). None if there is none; one whose container is gone is
+        discarded."""
+        d = self._standby_dir(spec, image.digest, bool(ck.get("channel")),
+                              bool(ck.get("init_tmpfs")))  # fmt: skip
         if not d.is_dir():
             return None
         if name is not None:
