@@ -367,8 +367,8 @@ class GVisorEngine(Engine):
         """After a checkpoint stopped a sandbox restored into a standby, end the foreground
         `runsc restore` that waits for it. It did not create the sandbox, so runsc polls
         every 100 ms for its end and has no exit code to learn: killing its process group
-        (its supervisor and it, nothing else) saves that wait, and supervise has written
-        exit.code (137) before it goes, or is gone without writing anything later."""
+        (its supervisor and it, nothing else) saves that wait, and exit.code is written
+        here instead (137), since neither of them is left to write it."""
         d = self._dir(info.id)
         try:
             pid = int((d / "supervise.pid").read_text())
@@ -379,7 +379,8 @@ class GVisorEngine(Engine):
             return  # not ours any more (it ended and the pid was reused)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-        (d / "exit.code").write_text("137\n")
+        with contextlib.suppress(OSError):
+            (d / "exit.code").write_text("137\n")
 
     def _after_stop_later(self, info: SandboxInfo) -> None:
         """_after_stop off the caller's path: after a checkpoint that stopped the sandbox,
