@@ -658,6 +658,13 @@ def test_client_errors(binary: Path, root: Path) -> None:
 # ------------------------------------------------------------- host channel
 
 
+def write_token(host: Path, text: str) -> None:
+    """As the engine does: by rename, so init never reads half a token."""
+    tmp = host / ".token.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, host / "token")
+
+
 def test_host_channel_prepare_then_restored_or_resumed(binary: Path, root: Path) -> None:
     """The host talks to init through DIR/init.sock; `prepare` closes it for a checkpoint,
     and a new token in DIR/token brings it back: "restored ..." after the restore hooks
@@ -679,7 +686,7 @@ def test_host_channel_prepare_then_restored_or_resumed(binary: Path, root: Path)
         assert (res.returncode, res.stdout, res.stderr) == (3, b"out\n", b"err\n")
         assert it.run("ping").returncode == 0  # the in-sandbox socket still works
 
-        (host / "token").write_text("restored first\n")
+        write_token(host, "restored first\n")
         assert remote("prepare").returncode == 0
         assert not sock.exists(), "init must drop its host socket before a checkpoint"
         assert it.run("ping").returncode == 0  # ... but not its own
@@ -696,13 +703,17 @@ def test_host_channel_prepare_then_restored_or_resumed(binary: Path, root: Path)
         )  # fmt: skip
         time.sleep(0.3)
         assert waiting.poll() is None, "a client got through while init was prepared"
-        (host / "token").write_text("restored second\n")
+        # A token still being written (no whole line yet) changes nothing.
+        (host / "token").write_text("restored sec")
+        time.sleep(0.6)  # longer than the hook: had init taken it, the client would be done
+        assert waiting.poll() is None, "init acted on a token it had not fully read"
+        write_token(host, "restored second\n")
         out, err = waiting.communicate(timeout=15)
         assert waiting.returncode == 0, err
         assert out == b"1\nran\n"
 
         assert remote("prepare").returncode == 0
-        (host / "token").write_text("resumed third\n")
+        write_token(host, "resumed third\n")
         res = remote("exec", "--", "cat", str(it.dir / "generation"))
         assert res.stdout == b"1\n", "a checkpoint that kept running is not a restore"
     finally:

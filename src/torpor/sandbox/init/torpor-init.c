@@ -758,15 +758,19 @@ static void host_close(void)
     g_prepared = 1;
 }
 
-/* While prepared: has the host written a new token? */
+/* While prepared: has the host written a new token? Only a whole line naming what
+ * happened counts ("restored ID" or "resumed ID"); anything else (a file still being
+ * written by a host that does not rename it into place) is read again next time. */
 static void host_check_token(void)
 {
     char t[sizeof g_prep_token];
     read_token(t, sizeof t);
     if (!strcmp(t, g_prep_token)) return;
-    g_prepared = 0;
     char *nl = strchr(t, '\n');
-    if (nl) *nl = 0;
+    if (!nl) return;
+    *nl = 0;
+    if (strncmp(t, "restored ", 9) && strncmp(t, "resumed ", 8)) return;
+    g_prepared = 0;
     if (!strncmp(t, "restored ", 9)) {
         if (strcmp(t + 9, g_restore_token)) announce_restore(t + 9);
         g_relisten = 1;   /* after the hooks, so no call overtakes them */
