@@ -23,12 +23,57 @@ def _tag(image: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]+", "-", image).strip("-")[:30] or "image"
 
 
-class SandboxPool:
-    def __init__(self, engine: Engine, image: str, size: int) -> None:
-        self.engine, self.image, self.size = engine, image, size
-        self.prefix = f"pool-{_tag(image)}-"
+class _Refilled:
+    """Keeps `size` sandboxes of some kind ready; `refill` runs `_fill` in one background
+    thread at a time, and `_stop_refilling` waits for it (0 turns it off)."""
+
+    thread_name = "torpor-refill"
+
+    def __init__(self, engine: Engine, size: int) -> None:
+        self.engine, self.size = engine, size
         self._lock = threading.Lock()
         self._refilling = False
+        self._thread: threading.Thread | None = None
+
+    def _fill(self) -> None:
+        raise NotImplementedError
+
+    def refill(self) -> None:
+        """Set up sandboxes in the background until `size` are ready."""
+        if self.size <= 0:
+            return
+        with self._lock:
+            if self._refilling:
+                return
+            self._refilling = True
+            self._thread = threading.Thread(
+                target=self._run_fill, name=self.thread_name, daemon=True
+            )
+            self._thread.start()
+
+    def _run_fill(self) -> None:
+        try:
+            self._fill()
+        except SandboxError:
+            pass  # a sandbox is then set up when needed, and the next refill tries again
+        finally:
+            with self._lock:
+                self._refilling = False
+
+    def _stop_refilling(self) -> None:
+        with self._lock:
+            self.size, thread = 0, self._thread
+        if thread is not None:
+            thread.join()
+
+
+class SandboxPool(_Refilled):
+    thread_name = "torpor-pool"
+
+    def __init__(self, engine: Engine, image: str, size: int) -> None:
+        super().__init__(engine, size)
+        self.image = image
+        self.prefix = f"pool-{_tag(image)}-"
         self.hits = self.misses = 0
 
     def _ready(self) -> list[str]:
@@ -56,73 +101,37 @@ class SandboxPool:
         self.refill()
         return taken
 
-    def refill(self) -> None:
-        """Start sandboxes in the background until `size` are ready."""
-        if self.size <= 0:
-            return
-        with self._lock:
-            if self._refilling:
-                return
-            self._refilling = True
-        threading.Thread(target=self._refill, name="torpor-pool", daemon=True).start()
-
-    def _refill(self) -> None:
-        try:
-            while len(self._ready()) < self.size:
-                self.engine.run(
-                    SandboxSpec(image=self.image), name=f"{self.prefix}{secrets.token_hex(4)}"
-                )
-        except SandboxError:
-            pass  # the next take() starts cold and tries again
-        finally:
-            with self._lock:
-                self._refilling = False
+    def _fill(self) -> None:
+        while len(self._ready()) < self.size:
+            self.engine.run(
+                SandboxSpec(image=self.image), name=f"{self.prefix}{secrets.token_hex(4)}"
+            )
 
     def drain(self) -> None:
-        """Remove every ready sandbox of this pool."""
+        """Stop refilling and remove every ready sandbox of this pool."""
+        self._stop_refilling()
         for name in self._ready():
             with contextlib.suppress(SandboxError):
                 self.engine.remove(name, force=True)
 
 
-class StandbyPool:
+class StandbyPool(_Refilled):
     """Keeps `size` standby sandboxes for an image's default spec (what sessions run):
     `Engine.restore` of a session's snapshot loads into one. Refilled in the background
     when asked (at wait points, when the session is going idle); each standby holds the
     memory of an empty sandbox (~50 MiB here) while it waits. 0 turns it off."""
 
+    thread_name = "torpor-standby"
+
     def __init__(self, engine: Engine, image: str, size: int) -> None:
-        self.engine, self.spec, self.size = engine, SandboxSpec(image=image), size
-        self._lock = threading.Lock()
-        self._refilling = False
-        self._thread: threading.Thread | None = None
+        super().__init__(engine, size)
+        self.spec = SandboxSpec(image=image)
 
-    def refill(self) -> None:
-        if self.size <= 0:
-            return
-        with self._lock:
-            if self._refilling:
-                return
-            self._refilling = True
-            self._thread = threading.Thread(
-                target=self._refill, name="torpor-standby", daemon=True
-            )
-            self._thread.start()
-
-    def _refill(self) -> None:
-        try:
-            self.engine.standby(self.spec, self.size)
-        except SandboxError:
-            pass  # restores go the usual way; the next refill tries again
-        finally:
-            with self._lock:
-                self._refilling = False
+    def _fill(self) -> None:
+        self.engine.standby(self.spec, self.size)
 
     def drain(self) -> None:
         """Stop refilling and remove this pool's standbys."""
-        with self._lock:
-            self.size, thread = 0, self._thread
-        if thread is not None:
-            thread.join()
+        self._stop_refilling()
         with contextlib.suppress(SandboxError):
             self.engine.standby(self.spec, 0)
