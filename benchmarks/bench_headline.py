@@ -816,6 +816,20 @@ def ms(s: float | None) -> str:
     return "-" if s is None else f"{s * 1000:.1f} ms" if s < 10 else f"{s:.1f} s"
 
 
+def detail_table(title: str, data: dict[tuple[int, str], dict[str, Any]], columns: list[str],
+                 cells: Any) -> list[str]:
+    """One peer's own table: a row per (tool calls, payload) in `data`, by payload then
+    calls, with `cells(key, row)` under `columns`. Nothing when the peer did not run."""
+    if not data:
+        return []
+    out = ["", f"### {title}", "", "| tool calls | payload | " + " | ".join(columns) + " |",
+           "|---:|---|" + "---:|" * len(columns)]
+    for k in sorted(data, key=lambda k: (k[1], k[0])):
+        out.append(f"| {k[0]} | {k[1]} | " + " | ".join(str(c) for c in cells(k, data[k]))
+                   + " |")
+    return out
+
+
 def peers_md(peers: dict[str, Any], torpor: dict[tuple[int, str], dict[str, Any]]) -> list[str]:
     """The peers' tables; torpor maps (tool calls, payload) to its log's "log" bytes,
     "log_on_disk" bytes and "read_median_s" (context read) for the same conversation."""
@@ -875,50 +889,38 @@ def peers_md(peers: dict[str, Any], torpor: dict[tuple[int, str], dict[str, Any]
           "PostgreSQL bytes = tables + indexes + TOAST of the schema in a database of its "
           "own, the empty schema included (see below); values over 2 KB are TOAST-compressed "
           "(pglz), so they can be below the uncompressed payload."]
-    if tp:
-        L += ["", "### torpor's context log on the same PostgreSQL", "",
-              "| tool calls | payload | steps | log entries | stored | of which empty schema | "
-              "torpor log (runtime, logical) | feed | context read median |",
-              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for k in sorted(tp, key=lambda k: (k[1], k[0])):
-            p = tp[k]
-            L.append(f"| {k[0]} | {k[1]} | {p['steps']} | {p['entries']} | {mb(p['bytes'])} | "
-                     f"{mb(p['bytes_empty_schema'])} | {mb(torpor.get(k, {}).get('log', 0))} | "
-                     f"{p['feed_s']:.1f} s | {ms(p['read_median_s'])} |")
-    if sq:
-        L += ["", "### LangGraph + SQLite checkpointer", "",
-              "| tool calls | payload | steps | checkpoints | SQLite file | torpor log | "
-              "feed | resume median |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
-        for k in sorted(sq, key=lambda k: (k[1], k[0])):
-            p = sq[k]
-            L.append(f"| {k[0]} | {k[1]} | {p['steps']} | {p['checkpoints']} | "
-                     f"{mb(p['bytes'])} | {mb(torpor.get(k, {}).get('log', 0))} | "
-                     f"{p['feed_s']:.1f} s | {ms(p['resume_median_s'])} |")
-    if pg:
-        L += ["", "### LangGraph + PostgreSQL checkpointer (PostgresSaver)", "",
-              "| tool calls | payload | steps | checkpoints | stored | of which empty schema | "
-              "checkpoint payload, uncompressed | torpor log | feed | resume median |",
-              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for k in sorted(pg, key=lambda k: (k[1], k[0])):
-            p = pg[k]
-            L.append(f"| {k[0]} | {k[1]} | {p['steps']} | {p['checkpoints']} | "
-                     f"{mb(p['bytes'])} | {mb(p['bytes_empty_schema'])} | "
-                     f"{mb(p['payload_bytes'])} | {mb(torpor.get(k, {}).get('log', 0))} | "
-                     f"{p['feed_s']:.1f} s | {ms(p['resume_median_s'])} |")
+    def log_of(k: tuple[int, str]) -> str:
+        return mb(torpor.get(k, {}).get("log", 0))
+
+    L += detail_table(
+        "torpor's context log on the same PostgreSQL", tp,
+        ["steps", "log entries", "stored", "of which empty schema",
+         "torpor log (runtime, logical)", "feed", "context read median"],
+        lambda k, p: [p["steps"], p["entries"], mb(p["bytes"]), mb(p["bytes_empty_schema"]),
+                      log_of(k), f"{p['feed_s']:.1f} s", ms(p["read_median_s"])])
+    L += detail_table(
+        "LangGraph + SQLite checkpointer", sq,
+        ["steps", "checkpoints", "SQLite file", "torpor log", "feed", "resume median"],
+        lambda k, p: [p["steps"], p["checkpoints"], mb(p["bytes"]), log_of(k),
+                      f"{p['feed_s']:.1f} s", ms(p["resume_median_s"])])
+    L += detail_table(
+        "LangGraph + PostgreSQL checkpointer (PostgresSaver)", pg,
+        ["steps", "checkpoints", "stored", "of which empty schema",
+         "checkpoint payload, uncompressed", "torpor log", "feed", "resume median"],
+        lambda k, p: [p["steps"], p["checkpoints"], mb(p["bytes"]),
+                      mb(p["bytes_empty_schema"]), mb(p["payload_bytes"]), log_of(k),
+                      f"{p['feed_s']:.1f} s", ms(p["resume_median_s"])])
+    L += detail_table(
+        "DBOS on PostgreSQL", db,
+        ["steps", "step outputs recorded", "stored", "of which empty schema",
+         "step outputs, as stored before TOAST", "torpor log", "feed", "recovery median",
+         "launch / dispatch / replay"],
+        lambda k, p: [p["steps"], p["steps_recorded"], mb(p["bytes"]),
+                      mb(p["bytes_empty_schema"]), mb(p["payload_bytes"]), log_of(k),
+                      f"{p['feed_s']:.1f} s", ms(p["recovery_median_s"]),
+                      f"{ms(p['launch_median_s'])} / {ms(p['dispatch_median_s'])} / "
+                      f"{ms(p['replay_median_s'])}"])  # fmt: skip
     if db:
-        L += ["", "### DBOS on PostgreSQL", "",
-              "| tool calls | payload | steps | step outputs recorded | stored | of which empty "
-              "schema | step outputs, as stored before TOAST | torpor log | feed | recovery "
-              "median | launch / dispatch / replay |",
-              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-        for k in sorted(db, key=lambda k: (k[1], k[0])):
-            p = db[k]
-            L.append(f"| {k[0]} | {k[1]} | {p['steps']} | {p['steps_recorded']} | "
-                     f"{mb(p['bytes'])} | {mb(p['bytes_empty_schema'])} | "
-                     f"{mb(p['payload_bytes'])} | {mb(torpor.get(k, {}).get('log', 0))} | "
-                     f"{p['feed_s']:.1f} s | {ms(p['recovery_median_s'])} | "
-                     f"{ms(p['launch_median_s'])} / {ms(p['dispatch_median_s'])} / "
-                     f"{ms(p['replay_median_s'])} |")
         L += ["", "The session is one DBOS workflow; each model step is a `@DBOS.step` returning "
               "the messages it added (assistant message + tool results), so the step outputs "
               "journal the conversation; then the workflow waits in `DBOS.recv` (a wait "
