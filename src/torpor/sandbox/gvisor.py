@@ -563,7 +563,7 @@ class GVisorEngine(Engine):
         adopt = info.state == "standby"  # created ahead by standby(): runsc create is done
         if adopt:
             self._unlist_standby(info)
-            adopt = image_path is not None and self._status_hint(info.id) == "created"
+            adopt = image_path is not None and self._standby_alive(info)
         info.from_standby = False
         if adopt:
             if info.channel:
@@ -1423,6 +1423,17 @@ class GVisorEngine(Engine):
         raw = json.dumps(key, sort_keys=True)
         return self.home / "standby" / hashlib.sha256(raw.encode()).hexdigest()[:16]
 
+    def _standby_alive(self, info: SandboxInfo) -> bool:
+        """runsc still records the container as created and its sandbox process lives
+        (runsc's state file does not notice a sandbox killed from outside)."""
+        if self._status_hint(info.id) != "created" or not info.pid:
+            return False
+        try:
+            stat = Path(f"/proc/{info.pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
     def _unlist_standby(self, info: SandboxInfo) -> None:
         d = self._standby_dir(info.spec, info.image_digest, info.channel, info.init_tmpfs)
         (d / info.id).unlink(missing_ok=True)
@@ -1447,7 +1458,7 @@ class GVisorEngine(Engine):
             info = self._load(entry.name) if _ID_RE.fullmatch(entry.name) else None
             if info is None or info.state != "standby":
                 continue
-            if self._status_hint(info.id) != "created":  # killed, or the host restarted
+            if not self._standby_alive(info):  # killed, or the host restarted
                 self._discard(info)
                 continue
             old = info.name
@@ -1467,7 +1478,7 @@ class GVisorEngine(Engine):
             info = self._load(entry.name) if _ID_RE.fullmatch(entry.name) else None
             if info is None or info.state != "standby":
                 entry.unlink(missing_ok=True)
-            elif self._status_hint(info.id) != "created" or len(ready) >= count:
+            elif not self._standby_alive(info) or len(ready) >= count:
                 with contextlib.suppress(SandboxNotFound):
                     self.remove(info.id, force=True)
             else:
