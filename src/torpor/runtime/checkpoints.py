@@ -21,6 +21,7 @@ knows nothing of sandboxes; this adapter is where they meet.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import queue
@@ -303,10 +304,19 @@ class SnapshotCheckpointStorage:
         for d in self.hot.iterdir():
             if d.name.startswith(".") or not d.is_dir():
                 continue
-            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            # The uploader thread writes its markers by temporary file and rename, and
+            # another process may evict the same directory: files come and go meanwhile.
+            try:
+                size = 0
+                for f in d.iterdir():
+                    with contextlib.suppress(FileNotFoundError):
+                        size += f.stat().st_size if f.is_file() else 0
+                mtime = d.stat().st_mtime
+            except FileNotFoundError:
+                continue
             total += size
             stored = (d / STORED).exists()
-            entries.append((d.stat().st_mtime, d, size, stored))
+            entries.append((mtime, d, size, stored))
         for _mtime, d, size, stored in sorted(entries):
             if total <= self.hot_bytes:
                 break
