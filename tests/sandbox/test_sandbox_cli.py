@@ -82,6 +82,8 @@ def test_unknown_and_duplicate_names_and_missing_image(cli):
     one_line_error(cli("checkpoint", "create", "c-nope"), "no such sandbox")
     one_line_error(cli("run", "-d", "no-such-image"), "no such image")
     one_line_error(cli("run", "-d", "--name", "bad/name", "base"), "invalid name")
+    one_line_error(cli("run", "-d", "--tmpfs", "scratch", "base"), "invalid tmpfs")
+    one_line_error(cli("run", "-d", "--tmpfs", "/proc", "base"), "cannot mount over /proc")
     assert names(cli) == before
     assert cli("run", "-d", "--name", "c-dup", "base").returncode == 0
     try:
@@ -89,6 +91,18 @@ def test_unknown_and_duplicate_names_and_missing_image(cli):
         assert names(cli).count("c-dup") == 1
     finally:
         cli("rm", "-f", "c-dup")
+
+
+def test_run_with_a_tmpfs(cli):
+    assert cli("run", "-d", "--name", "c-tmpfs", "--tmpfs", "/scratch:size=8m", "base"
+               ).returncode == 0  # fmt: skip
+    try:
+        out = cli("exec", "c-tmpfs", "df", "-k", "/scratch").stdout.decode().splitlines()[-1]
+        assert out.split()[1] == "8192", out  # its size limit
+        info = json.loads(cli("inspect", "c-tmpfs").stdout)
+        assert info["spec"]["tmpfs"] == [{"target": "/scratch", "size": 8 << 20, "mode": None}]
+    finally:
+        cli("rm", "-f", "c-tmpfs")
 
 
 def test_checkpoint_restore_and_fork_from_the_cli(cli):

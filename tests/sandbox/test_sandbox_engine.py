@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from torpor.sandbox.engine import SandboxConflict, SandboxError, SandboxNotFound, SandboxSpec
+from torpor.sandbox.engine import (
+    SandboxConflict,
+    SandboxError,
+    SandboxNotFound,
+    SandboxSpec,
+    Tmpfs,
+)
 from torpor.sandbox.gvisor import GVisorEngine
 
 COUNTER = (
@@ -368,3 +375,91 @@ def test_exec_in_a_sandbox_killed_from_outside_says_so_at_once(engine: GVisorEng
     with pytest.raises(SandboxConflict, match="not running"):
         engine.exec(sandbox, ["true"])  # its record still says running: exec finds out
     assert time.monotonic() - t0 < 5, "it waited for an init that cannot answer"
+
+
+def test_tmpfs_is_part_of_the_checkpoint_and_deletes_leave_nothing(engine: GVisorEngine):
+    # Files in a --tmpfs mount survive checkpoint/restore like the overlay's; unlike the
+    # overlay, a name deleted or renamed away there leaves no whiteout behind, so churn
+    # (git's temporary objects, compiler temp files) does not grow the kernel state.
+    churn = ("import os\nos.makedirs('{d}', exist_ok=True)\nfor i in range(600):\n"
+             "    p = f'{d}/tmp_{{i}}'\n    open(p, 'w').write('x')\n"
+             "    os.replace(p, '{d}/kept')\n")  # fmt: skip
+    spec = SandboxSpec(image="base", tmpfs=[Tmpfs.parse("/work:size=64m,mode=1777")])
+    info = engine.run(spec)
+    try:
+        mounts = engine.exec(info.name, ["cat", "/proc/mounts"]).text
+        line = next(ln for ln in mounts.splitlines() if ln.split()[1] == "/work")
+        assert line.split()[2] == "tmpfs", line
+        assert engine.exec(info.name, ["stat", "-c", "%a", "/work"]).text.strip() == "1777"
+        grew = {}
+        for d in ("/work/churn", "/var/churn"):  # the tmpfs, then the root overlay
+            before = kernel_state_bytes(engine, info.name, f"b{len(grew)}")
+            assert engine.exec(info.name, ["python3", "-c", churn.format(d=d)]).exit_code == 0
+            grew[d] = kernel_state_bytes(engine, info.name, f"a{len(grew)}") - before
+        assert grew["/work/churn"] < 600 * 100, grew
+        assert grew["/var/churn"] > 600 * 300, grew  # the overlay's whiteouts, for contrast
+        engine.write_file(info.name, "/work/notes.txt", b"kept across restore\n")
+        ck = engine.checkpoint(info.name, "stop")
+        engine.start(info.name, checkpoint=ck.id)
+        assert engine.read_file(info.name, "/work/notes.txt") == b"kept across restore\n"
+        assert engine.inspect(info.name).spec.tmpfs == spec.tmpfs
+        fork = engine.restore(ck.id)
+        try:
+            assert engine.read_file(fork.name, "/work/churn/kept") == b"x"
+        finally:
+            engine.remove(fork.name, force=True)
+    finally:
+        engine.remove(info.name, force=True)
+
+
+def test_tmpfs_bad_input(engine: GVisorEngine):
+    for text, msg in [("work", "absolute path"), ("/", "absolute path"),
+                      ("/work:size=lots", "invalid size"), ("/work:mode=999", "invalid tmpfs"),
+                      ("/work:uid=0", "invalid tmpfs option")]:  # fmt: skip
+        with pytest.raises(SandboxError, match=msg):
+            Tmpfs.parse(text)
+    for spec, msg in [
+        (SandboxSpec(image="base", tmpfs=[Tmpfs("/proc")]), "cannot mount over /proc"),
+        (SandboxSpec(image="base", tmpfs=[Tmpfs("/run/torpor")]), "torpor uses it"),
+        (SandboxSpec(image="base", tmpfs=[Tmpfs("/a"), Tmpfs("/a")]), "mounted twice"),
+    ]:
+        with pytest.raises(SandboxError, match=msg):
+            engine.run(spec)
+    assert not [i for i in engine.list(all=True) if i.spec.tmpfs]  # nothing half-made
+
+
+def test_image_has_files(engine: GVisorEngine):
+    assert engine.image_has_files("base", "/etc")
+    assert engine.image_has_files("base", "/etc/passwd")  # a file
+    assert not engine.image_has_files("base", "/work")
+    assert not engine.image_has_files("base", "/no/such/dir")
+    assert engine.image_has_files("base", "/bin/sh")  # a link in the image is not followed
+
+
+def test_rm_force_kills_and_forgets_at_once(engine: GVisorEngine):
+    import os
+
+    info = engine.run(SandboxSpec(image="base"))
+    engine.spawn(info.name, ["sleep", "1000"])
+    pid = engine.inspect(info.name).pid
+    assert pid and os.path.exists(f"/proc/{pid}")
+    t0 = time.monotonic()
+    engine.remove(info.name, force=True)
+    took = time.monotonic() - t0
+    assert all(i.id != info.id for i in engine.list(all=True))
+    assert not list(engine.runsc_root.glob(f"{info.id}*")), "runsc still has its state"
+    assert not (engine.sandboxes_dir / info.id).exists()
+    # no process of it is left: sandbox, gofer, runsc (they name its bundle)
+    def left() -> list[str]:
+        out = []
+        for d in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if d.name.isdigit() and info.id.encode() in (d / "cmdline").read_bytes():
+                    out.append(d.name)
+        return out
+
+    deadline = time.monotonic() + 2
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left()
+    assert took < 2, took

@@ -7,7 +7,6 @@ a non-zero exit code; `exec` exits with the code of the command it ran.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
 import time
@@ -22,7 +21,15 @@ from torpor.cli import log_cmd, serve_cmd, session_cmd, snapshot_cmd, token_cmd
 from torpor.cli.errors import clean_errors, error_line, is_user_error
 from torpor.cli.image_cmd import format_table, human_age, image_app, images, pull, rmi
 from torpor.cli.output import human_bytes
-from torpor.sandbox.engine import PortMapping, SandboxInfo, SandboxSpec, Volume
+from torpor.sandbox.engine import (
+    PortMapping,
+    SandboxError,
+    SandboxInfo,
+    SandboxSpec,
+    Tmpfs,
+    Volume,
+    parse_bytes,
+)
 
 app = typer.Typer(
     help="torpor: durable sandboxes for AI agents, snapshotted whole at every wait point.",
@@ -73,11 +80,10 @@ FormatOpt = typer.Option("text", "--format", help="Output format: text or json."
 
 
 def parse_size(text: str) -> int:
-    m = re.fullmatch(r"(?i)\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text)
-    if not m:
-        raise typer.BadParameter(f"invalid size {text!r}: use e.g. 512m or 2g")
-    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-    return int(float(m.group(1)) * mult)
+    try:
+        return parse_bytes(text)
+    except SandboxError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 def _print_json(data: Any) -> None:
@@ -98,6 +104,9 @@ def run(
     env: list[str] = typer.Option([], "-e", "--env", help="Set an environment variable K=V."),
     volume: list[str] = typer.Option(
         [], "-v", "--volume", help="Bind mount HOST:CTR[:ro] (not part of checkpoints)."
+    ),
+    tmpfs: list[str] = typer.Option(
+        [], "--tmpfs", help="Mount a tmpfs PATH[:size=N,mode=M] (part of checkpoints)."
     ),
     workdir: str = typer.Option("", "-w", "--workdir", help="Working directory."),
     user: str = typer.Option("", "-u", "--user", help="User (name or uid[:gid])."),
@@ -120,6 +129,7 @@ def run(
         workdir=workdir,
         user=user,
         volumes=[Volume.parse(v) for v in volume],
+        tmpfs=[Tmpfs.parse(t) for t in tmpfs],
         network=network,  # type: ignore[arg-type]
         ports=[PortMapping.parse(p) for p in publish],
         memory=parse_size(memory) if memory else None,
@@ -338,13 +348,14 @@ def standby(
     memory: str = typer.Option(None, "-m", "--memory", help="Memory limit, e.g. 512m."),
     cpus: float = typer.Option(None, "--cpus", help="CPU limit, e.g. 1.5."),
     pids: int = typer.Option(4096, "--pids-limit", help="Maximum number of processes."),
+    tmpfs: list[str] = typer.Option([], "--tmpfs", help="A tmpfs PATH[:size=N,mode=M]."),
 ) -> None:
     """Keep sandboxes set up but not started (`ps -a` shows them as standby), so that
     `restore` of a checkpoint taken with the same settings skips runsc's set-up."""
     if count < 0:
         raise typer.BadParameter("--count must be 0 or more")
     spec = SandboxSpec(image=image, memory=parse_size(memory) if memory else None,
-                       cpus=cpus, pids=pids)  # fmt: skip
+                       cpus=cpus, pids=pids, tmpfs=[Tmpfs.parse(t) for t in tmpfs])  # fmt: skip
     for info in engine().standby(spec, count):
         print(info.name)
 

@@ -71,6 +71,48 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class Tmpfs:
+    """A tmpfs mounted in the sandbox (Docker's `--tmpfs PATH[:size=N,mode=M]`). Unlike a
+    volume it is part of every checkpoint; unlike the root overlay, deleting a file in
+    it leaves nothing behind (see docs/sandboxes.md)."""
+
+    target: str
+    size: int | None = None  # bytes
+    mode: str | None = None  # octal, e.g. 1777
+
+    @classmethod
+    def parse(cls, text: str) -> Tmpfs:
+        target, _, opts = text.partition(":")
+        if not target.startswith("/") or target.rstrip("/") == "":
+            raise SandboxError(f"invalid tmpfs {text!r}: expected an absolute path other "
+                               "than / (PATH[:size=N,mode=M])")  # fmt: skip
+        size, mode = None, None
+        for opt in filter(None, opts.split(",")):
+            key, _, value = opt.partition("=")
+            if key == "size" and value:
+                size = parse_bytes(value)
+            elif key == "mode" and re.fullmatch(r"[0-7]{3,4}", value):
+                mode = value
+            else:
+                raise SandboxError(f"invalid tmpfs option {opt!r} in {text!r}: use size=N "
+                                   "(e.g. 512m) or mode=M (octal, e.g. 1777)")  # fmt: skip
+        return cls(target=target.rstrip("/"), size=size, mode=mode)
+
+    def options(self) -> list[str]:
+        return [*([f"size={self.size}"] if self.size else []),
+                *([f"mode={self.mode}"] if self.mode else [])]  # fmt: skip
+
+
+def parse_bytes(text: str) -> int:
+    """'512m', '2g', '100k', '4096' -> bytes (powers of 1024, as Docker reads them)."""
+    m = re.fullmatch(r"(?i)\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text)
+    if not m:
+        raise SandboxError(f"invalid size {text!r}: use e.g. 512m or 2g")
+    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+@dataclass(frozen=True)
 class PortMapping:
     host_port: int
     sandbox_port: int
@@ -107,6 +149,7 @@ class SandboxSpec:
     memory: int | None = None  # bytes
     cpus: float | None = None
     pids: int | None = 4096
+    tmpfs: list[Tmpfs] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +159,7 @@ class SandboxSpec:
         data = dict(data)
         data["volumes"] = [Volume(**v) for v in data.get("volumes", [])]
         data["ports"] = [PortMapping(**p) for p in data.get("ports", [])]
+        data["tmpfs"] = [Tmpfs(**t) for t in data.get("tmpfs", [])]
         return cls(**data)
 
 
@@ -290,3 +334,9 @@ class Engine(abc.ABC):
         removes the extra ones (count 0 removes all) and returns those kept. Engines
         without standbys restore the usual way and keep none."""
         return []
+
+    def image_has_files(self, image: str, path: str) -> bool:
+        """Whether the image holds anything at `path` (a file, a link, or a directory
+        that is not empty), which a mount there would hide. Engines that cannot tell say
+        True."""
+        return True

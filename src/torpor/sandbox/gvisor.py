@@ -35,6 +35,7 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -99,6 +100,18 @@ def _last_line(text: str | bytes) -> str:
     if any(ln.startswith(("goroutine ", "panic(")) for ln in lines):
         return lines[0].rstrip(":")[:400]
     return lines[-1][:400]
+
+
+def _check_mounts(spec: SandboxSpec) -> None:
+    """Volumes and tmpfs mounts may not hide what the sandbox needs, nor each other."""
+    reserved = ("/proc", "/dev", "/sys", INIT_MOUNT, CHANNEL_MOUNT, INIT_DIR)
+    seen: set[str] = set()
+    for target in [t.target for t in spec.tmpfs] + [v.target.rstrip("/") for v in spec.volumes]:
+        if any(target == r or target.startswith(r + "/") for r in reserved):
+            raise SandboxError(f"cannot mount over {target}: torpor uses it")
+        if target in seen:
+            raise SandboxError(f"{target} is mounted twice")
+        seen.add(target)
 
 
 class GVisorEngine(Engine):
@@ -319,7 +332,7 @@ class GVisorEngine(Engine):
         """Make the recorded state truthful: a sandbox killed from outside is 'exited'."""
         if info.state != "running":
             return info
-        st = self._runsc_state(info.id)
+        st = self._state(info)
         if st == "running":
             return info
         info.state = "exited"
@@ -348,13 +361,9 @@ class GVisorEngine(Engine):
         have started again meanwhile; then it leaves the new run alone."""
         # Let the foreground runsc of this boot finish first, so that its exit.code can
         # never land after the next boot has started.
-        codefile = self._dir(info.id) / "exit.code"
         if info.from_standby and info.state == "checkpointed":
             self._end_waiter(info)
-        for _ in range(250):
-            if codefile.exists() or not self._dir(info.id).exists():
-                break
-            time.sleep(0.02)
+        self._wait_exit_code(info)
         if later:
             now = self._load(info.id)
             if now is None or now.state != info.state or now.started != info.started:
@@ -362,6 +371,18 @@ class GVisorEngine(Engine):
         self._runsc(None, "delete", "-force", info.id, check=False, timeout=30)
         if info.spec.network == "sandbox":
             network.teardown(self.home, info.id)
+
+    def _wait_exit_code(self, info: SandboxInfo, timeout: float = 5.0) -> None:
+        """Wait (at most timeout) for the foreground runsc of info's boot to end, which
+        its supervisor marks by writing exit.code."""
+        codefile = self._dir(info.id) / "exit.code"
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while not codefile.exists() and self._dir(info.id).exists():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.02)
 
     def _end_waiter(self, info: SandboxInfo) -> None:
         """After a checkpoint stopped a sandbox restored into a standby, end the foreground
@@ -481,6 +502,9 @@ class GVisorEngine(Engine):
             # away, so one per exec would pile up for the sandbox's whole life.
             mounts.append({"destination": INIT_DIR, "type": "tmpfs", "source": "tmpfs",
                            "options": ["mode=755"]})  # fmt: skip
+        for t in spec.tmpfs:
+            mounts.append({"destination": t.target, "type": "tmpfs", "source": "tmpfs",
+                           "options": t.options()})  # fmt: skip
         for v in spec.volumes:
             mounts.append(
                 {
@@ -540,14 +564,37 @@ class GVisorEngine(Engine):
 
     def _status_hint(self, sid: str) -> str | None:
         """The container status runsc last recorded in its state file, read directly:
-        a file read instead of a `runsc state` process. Only used while waiting for a
-        start; `_runsc_state` stays the authority."""
+        a file read instead of a `runsc state` process. runsc does not update it when a
+        sandbox dies from outside, so alone it is only a hint (see `_state`)."""
         for f in self.runsc_root.glob(f"{sid}_sandbox:*.state"):
             try:
                 return str(json.loads(f.read_bytes()).get("status"))
             except (OSError, ValueError):
                 return None
         return None
+
+    def _sandbox_alive(self, info: SandboxInfo) -> bool:
+        """info's sandbox process lives: not a zombie, and still runsc's sandbox of this
+        bundle (its command line names it), so a reused pid is not taken for it."""
+        if not info.pid:
+            return False
+        try:
+            proc_stat = Path(f"/proc/{info.pid}/stat").read_text()
+            cmdline = Path(f"/proc/{info.pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        bundle = f"--bundle={self._dir(info.id) / 'bundle'}".encode()
+        state = proc_stat.rsplit(")", 1)[-1].split()[0]
+        return bundle in cmdline.split(b"\0") and state not in ("Z", "X")
+
+    def _state(self, info: SandboxInfo) -> str:
+        """runsc's status of info's container, as `_runsc_state`, but without starting a
+        runsc process (a Go program: ~10 ms of CPU each) when its state file says running
+        or created and its sandbox process is alive; any doubt asks runsc."""
+        hint = self._status_hint(info.id)
+        if hint in ("running", "created") and self._sandbox_alive(info):
+            return hint
+        return self._runsc_state(info.id)
 
     def _boot(
         self,
@@ -710,6 +757,7 @@ class GVisorEngine(Engine):
             raise SandboxError(f"unknown network {spec.network!r}: use none or sandbox")
         if spec.ports and spec.network != "sandbox":
             raise SandboxError("publishing ports (-p) needs --network sandbox")
+        _check_mounts(spec)
         with self._global_lock():
             info = self._create_record(spec, image, name)
         try:
@@ -766,12 +814,12 @@ class GVisorEngine(Engine):
         network.stop_proxy(self.home, info.id)
         self._runsc(None, "kill", info.id, "TERM", check=False, timeout=20)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._runsc_state(info.id) == "running":
+        while time.monotonic() < deadline and self._state(info) == "running":
             time.sleep(0.05)
-        if self._runsc_state(info.id) == "running":
+        if self._state(info) == "running":
             self._runsc(None, "kill", "--all", info.id, "KILL", check=False, timeout=20)
             for _ in range(100):
-                if self._runsc_state(info.id) != "running":
+                if self._state(info) != "running":
                     break
                 time.sleep(0.05)
         info.exit_code = self._exit_status(info)
@@ -800,7 +848,19 @@ class GVisorEngine(Engine):
                     raise SandboxConflict(
                         f"sandbox {info.name} is running: stop it first or use -f"
                     )
-                self._kill(info, timeout=0)
+                # Docker's rm -f: SIGKILL at once. Killing the sandbox process ends it, its
+                # gofer and the foreground runsc; `_discard` then deletes what runsc kept.
+                # (A `runsc delete -force` of a running sandbox waits 5 s for it to stop;
+                # runsc kill, polling runsc state and delete took four runsc processes.)
+                network.stop_proxy(self.home, info.id)
+                if self._sandbox_alive(info) and info.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(info.pid, signal.SIGKILL)
+                else:
+                    self._runsc(None, "kill", "--all", info.id, "KILL", check=False, timeout=20)
+                if info.from_standby:
+                    self._end_waiter(info)
+                self._wait_exit_code(info)
             network.stop_proxy(self.home, info.id)
             self._discard(info)
 
@@ -1323,7 +1383,7 @@ class GVisorEngine(Engine):
                 self._save(info)
                 if info.channel:
                     self._channel_token(info, "resumed")
-                if self._runsc_state(info.id) != "running":
+                if self._state(info) != "running":
                     raise CheckpointError(
                         f"checkpoint {ck_id} was saved but sandbox {info.name} did not keep "
                         "running"
@@ -1426,13 +1486,7 @@ class GVisorEngine(Engine):
     def _standby_alive(self, info: SandboxInfo) -> bool:
         """runsc still records the container as created and its sandbox process lives
         (runsc's state file does not notice a sandbox killed from outside)."""
-        if self._status_hint(info.id) != "created" or not info.pid:
-            return False
-        try:
-            stat = Path(f"/proc/{info.pid}/stat").read_text()
-        except OSError:
-            return False
-        return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+        return self._status_hint(info.id) == "created" and self._sandbox_alive(info)
 
     def _unlist_standby(self, info: SandboxInfo) -> None:
         d = self._standby_dir(info.spec, info.image_digest, info.channel, info.init_tmpfs)
@@ -1468,10 +1522,25 @@ class GVisorEngine(Engine):
             return info
         return None
 
+    def image_has_files(self, image: str, path: str) -> bool:
+        rootfs = self._image(SandboxSpec(image=image)).rootfs
+        # Walk the image's tree without following links: a link would lead out of it.
+        cur = Path(rootfs)
+        for part in Path("/", path).relative_to("/").parts:
+            cur = cur / part
+            try:
+                st = cur.lstat()
+            except FileNotFoundError:
+                return False
+            if not stat.S_ISDIR(st.st_mode):
+                return True
+        return any(cur.iterdir())
+
     def standby(self, spec: SandboxSpec, count: int = 1) -> list[SandboxInfo]:
         image = self._image(spec)
         if spec.network != "none":
             raise SandboxError("standby sandboxes support --network none only")
+        _check_mounts(spec)
         d = self._standby_dir(spec, image.digest, self.host_channel)
         ready: list[SandboxInfo] = []
         for entry in sorted(d.iterdir()) if d.is_dir() else []:
