@@ -178,7 +178,7 @@ def resume_by_replay(rt: Runtime, reg: ToolRegistry, sid: str, upto: int, name: 
     t_read = time.time()
     with contextlib.suppress(Exception):
         rt.engine.remove(name, force=True)
-    rt.engine.run(SandboxSpec(image=image), name=name)
+    rt.engine.run(rt.sandbox_spec(image), name=name)  # the spec sessions run
     ws = SandboxWorkspace(rt.engine, name)
     errors = differ = 0
     try:
@@ -338,7 +338,7 @@ class Bench:
             # set up here off the clock)
             sb_runs = []
             for r in range(a.repeats if a.standby else 0):
-                rt.engine.standby(SandboxSpec(image="base"), 1)
+                rt.engine.standby(rt.sandbox_spec("base"), 1)
                 res = resume_by_snapshot(s.fork(snap), "Check the state, please.")
                 rt.engine.checkpoints.flush()  # type: ignore[attr-defined]
                 sb_runs.append(res)

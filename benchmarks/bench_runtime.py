@@ -53,7 +53,6 @@ from rich.console import Console
 
 from torpor.context.pgtemp import TempCluster
 from torpor.runtime.core import Runtime, wait_for
-from torpor.sandbox.engine import SandboxSpec
 from torpor.sandbox.images import ImageStore
 
 RESULTS = Path(__file__).parent / "results"
@@ -493,7 +492,7 @@ def measure(rt: Runtime, kind: str, db: str, store: str, home: Path, scripts: Pa
     hdr = "{:>5} {:>7} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6} {:>9} {:>9} {:>6}  {}"
     console.print(hdr.format("round", "resume", "claim", "restore", "inbox", "model", "tool",
                              "snap", "waitpoint", "stored", "idle", "check"), style="bold")
-    base = SandboxSpec(image="base")
+    base = rt.sandbox_spec("base")  # what a session of image base runs
     for r in range(total_rounds):
         cold = r >= args.rounds
         # Every other round restores into a standby (what a worker with --standby keeps

@@ -395,3 +395,37 @@ def test_a_standby_sandbox_takes_the_resume(runtime: Runtime, script):
     assert t2.restore_ms and "one" in results(s.log())[-1]
     runtime.close()  # drains: no standby left behind
     assert not [i for i in runtime.engine.list(all=True) if i.state == "standby"]
+
+
+def test_the_workspace_is_a_tmpfs_kept_across_wait_points(runtime: Runtime, script):
+    # Sessions' sandboxes get a tmpfs at /work (Runtime.sandbox_spec): churn there leaves
+    # no whiteouts in the snapshot, and what the agent keeps there comes back.
+    model = script([
+        {"text": "setting up", "tool_calls": [
+            shell("grep ' /work ' /proc/mounts; mkdir -p /work/repo && cd /work/repo && "
+                  "git init -q && echo v1 > f && git add f && git -c user.name=a "
+                  "-c user.email=a@b commit -qm one && echo committed")]},
+        {"text": "ready"},
+        {"text": "checking", "tool_calls": [shell("cd /work/repo && git log --oneline | wc -l "
+                                                  "&& cat f")]},
+        {"text": "done"},
+    ])  # fmt: skip
+    s = runtime.create_session(model=model)
+    assert runtime.sandbox_spec("base").tmpfs[0].target == "/work"
+    s.send("set up a repo")
+    first = results(s.log())[-1]
+    assert " /work tmpfs " in first, first
+    assert "committed" in first
+    s.send("check it")
+    assert results(s.log())[-1].split()[-2:] == ["1", "v1"]
+    assert len(markers(s.log(), "session_restored")) == 1
+
+
+def test_no_workspace_tmpfs_over_an_image_with_files_there(rt_home: Path, rt_engine,
+                                                           tmp_path: Path):  # fmt: skip
+    rt = Runtime(db=f"sqlite:///{tmp_path / 'w.db'}", home=rt_home, engine=rt_engine,
+                 workspace="/etc")  # fmt: skip
+    assert rt.sandbox_spec("base").tmpfs == []  # /etc has the image's files: not hidden
+    rt = Runtime(db=f"sqlite:///{tmp_path / 'w.db'}", home=rt_home, engine=rt_engine,
+                 workspace=None)  # fmt: skip
+    assert rt.sandbox_spec("base").tmpfs == []

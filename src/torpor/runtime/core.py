@@ -39,10 +39,11 @@ from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
 from torpor.runtime.workspace import SandboxWorkspace
-from torpor.sandbox.engine import CheckpointError, Engine, SandboxError, SandboxSpec
+from torpor.sandbox.engine import CheckpointError, Engine, SandboxError, SandboxSpec, Tmpfs
 from torpor.snapshots import open_store
 
 DEFAULT_LEASE_TTL = 15.0
+WORKSPACE = "/work"  # a tmpfs in every session's sandbox (Runtime.sandbox_spec)
 
 
 class SessionError(Exception):
@@ -130,6 +131,7 @@ class Runtime:
         tools: ToolRegistry | None = None,
         pool_size: int = 0,
         standby: int = 0,
+        workspace: str | None = WORKSPACE,
     ) -> None:
         self.home = Path(home) if home else torpor_home()
         self.db_url = db or default_log_url()
@@ -145,18 +147,34 @@ class Runtime:
         self.standby_size = standby
         self._standbys: dict[str, StandbyPool] = {}
         self._default_worker: Worker | None = None
+        self.workspace = workspace
+        self._specs: dict[str, SandboxSpec] = {}
+
+    def sandbox_spec(self, image: str) -> SandboxSpec:
+        """The spec of a session's sandbox for an image: the image as it is, plus a tmpfs
+        at `workspace` (default /work) unless the image has files there. Files the agent
+        deletes or renames in a tmpfs leave nothing behind, while on the root overlay
+        each one leaves a whiteout that every later snapshot saves and every restore
+        decodes (docs/runtime.md)."""
+        if image not in self._specs:
+            ws = self.workspace
+            use = ws is not None and ws != "" and not self.engine.image_has_files(image, ws)
+            self._specs[image] = SandboxSpec(image=image, tmpfs=[Tmpfs(ws)] if use and ws else [])
+        return self._specs[image]
 
     def pool(self, image: str) -> SandboxPool:
         """The pool of pre-started sandboxes for an image (size `pool_size`; 0: none)."""
         if image not in self._pools:
-            self._pools[image] = SandboxPool(self.engine, image, self.pool_size)
+            self._pools[image] = SandboxPool(self.engine, self.sandbox_spec(image),
+                                             self.pool_size)  # fmt: skip
             self._pools[image].refill()
         return self._pools[image]
 
     def standbys(self, image: str) -> StandbyPool:
         """Standby sandboxes kept for resuming sessions of an image (`standby`; 0: none)."""
         if image not in self._standbys:
-            self._standbys[image] = StandbyPool(self.engine, image, self.standby_size)
+            self._standbys[image] = StandbyPool(self.engine, self.sandbox_spec(image),
+                                                self.standby_size)  # fmt: skip
             self._standbys[image].refill()
         return self._standbys[image]
 
@@ -593,7 +611,7 @@ class Worker:
         t0 = time.monotonic()
         pooled = self.rt.pool_size > 0 and self.rt.pool(row.image).take(name)
         if not pooled:
-            eng.run(SandboxSpec(image=row.image), name=name)
+            eng.run(self.rt.sandbox_spec(row.image), name=name)
         ms = (time.monotonic() - t0) * 1000
         tr.append([Entry.marker("sandbox_started", image=row.image, ms=round(ms, 1),
                                 pooled=pooled)])  # fmt: skip

@@ -70,17 +70,17 @@ class _Refilled:
 class SandboxPool(_Refilled):
     thread_name = "torpor-pool"
 
-    def __init__(self, engine: Engine, image: str, size: int) -> None:
+    def __init__(self, engine: Engine, spec: SandboxSpec, size: int) -> None:
         super().__init__(engine, size)
-        self.image = image
-        self.prefix = f"pool-{_tag(image)}-"
+        self.spec = spec
+        self.prefix = f"pool-{_tag(spec.image)}-"
         self.hits = self.misses = 0
 
     def _ready(self) -> list[str]:
         return [
             i.name
             for i in self.engine.list()
-            if i.name.startswith(self.prefix) and i.spec.image == self.image
+            if i.name.startswith(self.prefix) and i.spec == self.spec
         ]
 
     def take(self, name: str) -> bool:
@@ -103,9 +103,7 @@ class SandboxPool(_Refilled):
 
     def _fill(self) -> None:
         while len(self._ready()) < self.size:
-            self.engine.run(
-                SandboxSpec(image=self.image), name=f"{self.prefix}{secrets.token_hex(4)}"
-            )
+            self.engine.run(self.spec, name=f"{self.prefix}{secrets.token_hex(4)}")
 
     def drain(self) -> None:
         """Stop refilling and remove every ready sandbox of this pool."""
@@ -116,16 +114,16 @@ class SandboxPool(_Refilled):
 
 
 class StandbyPool(_Refilled):
-    """Keeps `size` standby sandboxes for an image's default spec (what sessions run):
+    """Keeps `size` standby sandboxes for the spec sessions run (Runtime.sandbox_spec):
     `Engine.restore` of a session's snapshot loads into one. Refilled in the background
     when asked (at wait points, when the session is going idle); each standby holds the
     memory of an empty sandbox (~50 MiB here) while it waits. 0 turns it off."""
 
     thread_name = "torpor-standby"
 
-    def __init__(self, engine: Engine, image: str, size: int) -> None:
+    def __init__(self, engine: Engine, spec: SandboxSpec, size: int) -> None:
         super().__init__(engine, size)
-        self.spec = SandboxSpec(image=image)
+        self.spec = spec
 
     def _fill(self) -> None:
         self.engine.standby(self.spec, self.size)
