@@ -63,7 +63,7 @@ from torpor.agent.tools import ToolRegistry  # noqa: E402
 from torpor.context import from_openai, open_log, to_openai  # noqa: E402
 from torpor.context.pgtemp import TempCluster, server_bindir  # noqa: E402
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage  # noqa: E402
-from torpor.runtime.core import Policy, Runtime  # noqa: E402
+from torpor.runtime.core import WORKSPACE, Policy, Runtime  # noqa: E402
 from torpor.runtime.workspace import SandboxWorkspace  # noqa: E402
 from torpor.sandbox.engine import SandboxSpec  # noqa: E402
 from torpor.sandbox.gvisor import GVisorEngine  # noqa: E402
@@ -238,15 +238,43 @@ class Bench:
         self.reg = wl.registry(next(iter(wheels.values())).parent)
         self.convs: dict[str, dict[str, Any]] = {}  # conversations for the peers
 
-    def runtime(self, tag: str) -> tuple[BenchRuntime, Path]:
+    def runtime(self, tag: str, workspace: str | None = WORKSPACE) -> tuple[BenchRuntime, Path]:
         d = self.home / tag
         d.mkdir(parents=True, exist_ok=True)
         store_url = f"file://{d / 'snapshots'}"
         engine = GVisorEngine(self.home, images=self.images, checkpoints=SnapshotCheckpointStorage(
             open_store(store_url), self.home))
         rt = BenchRuntime(db=f"sqlite:///{d / 'torpor.db'}", store=store_url, home=self.home,
-                          engine=engine, tools=self.reg)
+                          engine=engine, tools=self.reg, workspace=workspace)
         return rt, d
+
+    def workspace_on_overlay(self, calls: int) -> dict[str, Any]:
+        """The same session with /work on the root overlay (Runtime(workspace=None), what
+        torpor did before): snapshot resumes only, to show what the tmpfs workspace saves."""
+        tag = f"c{calls}-small-overlay"
+        rt, d = self.runtime(tag, workspace=None)
+        try:
+            log(f"{tag}: building the session ({calls} tool calls, /work on the overlay)")
+            b = self.build(rt, d, calls, False)
+            s = b["session"]
+            snap = s.info().snapshot
+            runs = []
+            for r in range(self.args.repeats):
+                res = resume_by_snapshot(s if r == 0 else s.fork(snap), "Check the state, please.")
+                rt.engine.checkpoints.flush()  # type: ignore[attr-defined]
+                runs.append(res)
+                log(f"{tag}: snapshot resume {r + 1}/{self.args.repeats}: "
+                    f"{res['latency_s'] * 1000:.0f} ms (restore {res['restore_ms']} ms)")
+            snaps = [e.content for e in rt.log.read(s.id) if e.kind == "marker"
+                     and isinstance(e.content, dict)
+                     and e.content.get("marker") == "snapshot_taken"]
+            sl = [x["latency_s"] for x in runs]
+            return {"calls": calls, "payload": "small", "median_s": statistics.median(sl),
+                    "p95_s": pct(sl, 0.95), "samples_s": sl,
+                    "restore_ms": [x["restore_ms"] for x in runs],
+                    "latest_snapshot_raw": snaps[-1]["bytes"] if snaps else 0}
+        finally:
+            self.cleanup(rt)
 
     def build(self, rt: Runtime, d: Path, calls: int, big: bool,
               policy: Policy | None = None, turn_calls: int | None = None) -> dict[str, Any]:
@@ -1093,8 +1121,8 @@ def write_md(res: dict[str, Any], path: Path) -> None:
                   "each in the sandbox's memory (plain `runsc exec`: nothing); until torpor-init "
                   "was linked against musl it was about 80 KiB, which dominated. What remains "
                   "is mostly the session's own state: at 1,000 calls the sandbox holds a repo "
-                  "with hundreds of commits and thousands of files in its in-memory overlay "
-                  "(see the raw checkpoint sizes above). runsc's restore time grows with the "
+                  "with hundreds of commits and thousands of files in memory (its /work "
+                  "tmpfs; see the raw checkpoint sizes above). runsc's restore time grows with the "
                   "number of files more than with the bytes: every inode and dentry of the "
                   "in-memory filesystem is an object of the kernel state that runsc decodes "
                   "on restore (below)."]
@@ -1110,6 +1138,26 @@ def write_md(res: dict[str, Any], path: Path) -> None:
                   "torpor's log read (flat: see the peers' context read times), is what "
                   "makes a 1,000-call session's resume slower than a 10-call one's; "
                   "torpor cannot change it short of a faster restore path in gVisor."]
+    ov = res.get("workspace_on_overlay")
+    main = [c for c in res.get("configs", []) if c["payload"] == "small"]
+    if ov and main:
+        c = max(main, key=lambda c: c["calls"])
+        L += ["", "What torpor does change: deleted names. On the sandbox's root overlay, this "
+              "gVisor keeps a whiteout (a device file in the kernel state) for every name "
+              "deleted or renamed away, and git writes every object under a temporary name "
+              "first, Python every `.pyc`; so the runtime gives each session's sandbox a "
+              "tmpfs at /work, where a deleted file leaves nothing. The same session, built "
+              "twice in this run:", "",
+              "| small payload | /work | raw checkpoint | snapshot resume median / p95 | "
+              "restore median |", "|---|---|---:|---|---:|",
+              f"| {c['calls']:,} calls | tmpfs (torpor's default) | "
+              f"{mb(c['bytes']['latest_snapshot_raw'])} | "
+              f"{ms(c['snapshot']['median_s'])} / {ms(c['snapshot']['p95_s'])} | "
+              f"{statistics.median(c['snapshot']['restore_ms']):.0f} ms |",
+              f"| {ov['calls']:,} calls | root overlay (`Runtime(workspace=None)`) | "
+              f"{mb(ov['latest_snapshot_raw'])} | "
+              f"{ms(ov['median_s'])} / {ms(ov['p95_s'])} | "
+              f"{statistics.median(ov['restore_ms']):.0f} ms |"]
     if res.get("policy"):
         L += ["", "## Snapshot policy: work lost to a crash vs time spent snapshotting", "",
               "The same number of calls, either as an autonomous run in two long turns after "
@@ -1309,6 +1357,9 @@ def main() -> int:
     ap.add_argument("--no-policy", action="store_true")
     ap.add_argument("--no-standby", dest="standby", action="store_false",
                     help="skip the snapshot resumes into a standby")  # fmt: skip
+    ap.add_argument("--overlay-calls", type=int,
+                    help="also resume a session of this length with /work on the root "
+                    "overlay instead of a tmpfs (default: the longest; 0: skip)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--peers-only", action="store_true",
                     help="only build the sessions and run the peers on their conversations; "
@@ -1322,6 +1373,8 @@ def main() -> int:
     args.repeats = args.repeats or (3 if args.quick else 7)
     args.replay_repeats = args.replay_repeats or (2 if args.quick else 3)
     args.policy_calls = args.policy_calls or (49 if args.quick else 209)
+    if args.overlay_calls is None:
+        args.overlay_calls = max(calls)
     payloads = args.payloads.split(",")
     if args.peers_only:
         return peers_only(args, calls, payloads)
@@ -1346,6 +1399,9 @@ def main() -> int:
                 cfg = bench.run_config(n, payload)
                 res["configs"].append(cfg)
                 (RESULTS / "headline.json").write_text(json.dumps(res, indent=1))
+        if args.overlay_calls and "small" in payloads:
+            res["workspace_on_overlay"] = bench.workspace_on_overlay(args.overlay_calls)
+            (RESULTS / "headline.json").write_text(json.dumps(res, indent=1))
         if not args.no_peers:
             log("peers: LangGraph (SQLite, PostgreSQL) and DBOS on the same conversations")
             res["peers"] = run_peers(bench.convs, home)
