@@ -422,6 +422,7 @@ def test_tmpfs_bad_input(engine: GVisorEngine):
         (SandboxSpec(image="base", tmpfs=[Tmpfs("/proc")]), "cannot mount over /proc"),
         (SandboxSpec(image="base", tmpfs=[Tmpfs("/run/torpor")]), "torpor uses it"),
         (SandboxSpec(image="base", tmpfs=[Tmpfs("/a"), Tmpfs("/a")]), "mounted twice"),
+        (SandboxSpec(image="base", tmpfs=[Tmpfs.parse("/x/../proc/")]), "over /proc"),
     ]:
         with pytest.raises(SandboxError, match=msg):
             engine.run(spec)

@@ -9,6 +9,7 @@ sessions or the context log.
 from __future__ import annotations
 
 import abc
+import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -83,7 +84,7 @@ class Tmpfs:
     @classmethod
     def parse(cls, text: str) -> Tmpfs:
         target, _, opts = text.partition(":")
-        if not target.startswith("/") or target.rstrip("/") == "":
+        if not target.startswith("/") or posixpath.normpath(target) in ("/", "//"):
             raise SandboxError(f"invalid tmpfs {text!r}: expected an absolute path other "
                                "than / (PATH[:size=N,mode=M])")  # fmt: skip
         size, mode = None, None
@@ -96,7 +97,7 @@ class Tmpfs:
             else:
                 raise SandboxError(f"invalid tmpfs option {opt!r} in {text!r}: use size=N "
                                    "(e.g. 512m) or mode=M (octal, e.g. 1777)")  # fmt: skip
-        return cls(target=target.rstrip("/"), size=size, mode=mode)
+        return cls(target=posixpath.normpath(target), size=size, mode=mode)
 
     def options(self) -> list[str]:
         return [*([f"size={self.size}"] if self.size else []),
