@@ -157,6 +157,7 @@ class GVisorEngine(Engine):
             d.mkdir(parents=True, exist_ok=True)
         self._init_dir: Path | None = None
         self._version: str | None = None
+        self.standby_misses: list[str] = []  # the last 20 standbys taken but not used
         if self_test:
             from torpor.sandbox.doctor import require_working_runsc
 
@@ -612,6 +613,8 @@ class GVisorEngine(Engine):
         if adopt:
             self._unlist_standby(info)
             adopt = image_path is not None and self._standby_alive(info)
+            if image_path is not None and not adopt:
+                self._note_standby_miss(info, "its sandbox process is gone")
         info.from_standby = False
         if adopt:
             if info.channel:
@@ -621,8 +624,9 @@ class GVisorEngine(Engine):
                 state = self._launch(info, ["restore", f"--image-path={image_path}", info.id],
                                      what="restore")  # fmt: skip
                 info.from_standby = True
-            except SandboxError:
+            except SandboxError as e:
                 adopt = False  # the standby was unfit or broken: restore the usual way
+                self._note_standby_miss(info, str(e))
         if not adopt:
             if info.started is not None:  # a cleanup left by another process: not this run
                 info.started = None
@@ -1493,6 +1497,13 @@ class GVisorEngine(Engine):
         d = self._standby_dir(info.spec, info.image_digest, info.channel, info.init_tmpfs)
         (d / info.id).unlink(missing_ok=True)
 
+    def _note_standby_miss(self, info: SandboxInfo, why: str) -> None:
+        """A standby was taken but could not be used (the restore then went the usual
+        way): kept for whoever wonders why a restore was slow (`standby_misses`)."""
+        with self._cleanups_lock:
+            self.standby_misses.append(f"{_now()} standby {info.id}: {why}")
+            del self.standby_misses[:-20]
+
     def _claim_standby(
         self, spec: SandboxSpec, image: Image, ck: dict[str, Any], name: str | None
     ) -> SandboxInfo | None:
@@ -1514,6 +1525,7 @@ class GVisorEngine(Engine):
             if info is None or info.state != "standby":
                 continue
             if not self._standby_alive(info):  # killed, or the host restarted
+                self._note_standby_miss(info, "its sandbox process is gone")
                 self._discard(info)
                 continue
             old = info.name
