@@ -109,6 +109,7 @@ def test_a_dead_standby_is_skipped_and_the_restore_still_works(
         assert info.id != dead.id  # never taken: found dead before, not by a failed restore
         assert dead.name not in standbys(engine)
         assert dead.id not in {i.id for i in engine.list(all=True)}  # and discarded
+        assert f"standby {dead.id}: its sandbox process is gone" in engine.standby_misses[-1]
     finally:
         engine.remove(info.name, force=True)
 
