@@ -1149,10 +1149,20 @@ def write_md(res: dict[str, Any], path: Path) -> None:
               f"{g['restore_ms']:.0f} ms |" for g in rows]
         if len(rows) >= 2 and rows[-1]["files"]:
             per = (rows[-1]["restore_ms"] - rows[0]["restore_ms"]) / rows[-1]["files"] * 1000
-            L += ["", f"About {per:.0f} ms of restore per 1,000 files on this runsc. This, not "
-                  "torpor's log read (flat: see the peers' context read times), is what "
-                  "makes a 1,000-call session's resume slower than a 10-call one's; "
-                  "torpor cannot change it short of a faster restore path in gVisor."]
+            small = sorted((c for c in res.get("configs", []) if c["payload"] == "small"
+                            and c.get("context_read")), key=lambda c: c["calls"])  # fmt: skip
+            reads = ""
+            if len(small) >= 2:
+                a, b = small[0], small[-1]
+                reads = (f" torpor's own part grows too, less: reading the log and building "
+                         f"the model's request took {ms(a['context_read']['read_median_s'])} "
+                         f"at {a['calls']:,} small calls and "
+                         f"{ms(b['context_read']['read_median_s'])} at {b['calls']:,} (the "
+                         "model is sent the whole conversation until it is compacted).")
+            L += ["", f"About {per:.0f} ms of restore per 1,000 files on this runsc. This is "
+                  "most of what makes a 1,000-call session's resume slower than a 10-call "
+                  "one's, and torpor cannot change it short of a faster restore path in "
+                  "gVisor (below: what it can change)." + reads]
     ov = res.get("workspace_on_overlay")
     main = [c for c in res.get("configs", []) if c["payload"] == "small"]
     if ov and main:
