@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <sched.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -31,6 +32,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -419,22 +421,72 @@ static gid_t passwd_gid(uid_t uid)
     return gid;
 }
 
-static int switch_user(const char *spec)
+/* "uid[:gid]" -> ids (gid from /etc/passwd when not given). -1 with errno on a bad spec. */
+static int parse_user(const char *spec, uid_t *uid, gid_t *gid)
 {
     char *end;
-    unsigned long uid = strtoul(spec, &end, 10), gid;
+    unsigned long u = strtoul(spec, &end, 10);
     if (end == spec || (*end && *end != ':')) { errno = EINVAL; return -1; }
     if (*end == ':') {
         const char *g = end + 1;
-        gid = strtoul(g, &end, 10);
+        unsigned long gv = strtoul(g, &end, 10);
         if (end == g || *end) { errno = EINVAL; return -1; }
+        *gid = (gid_t)gv;
     } else {
-        gid = passwd_gid((uid_t)uid);
+        *gid = passwd_gid((uid_t)u);
     }
-    gid_t gl = (gid_t)gid;
-    if (setgroups(1, &gl) < 0 && errno != EPERM) return -1;
-    if (setgid(gl) < 0 || setuid((uid_t)uid) < 0) return -1;
+    *uid = (uid_t)u;
     return 0;
+}
+
+static void exec_search(char **argv, char **envp);
+
+/* The stack spawn_child runs on: one is enough, init waits for each child to exec. */
+static char g_spawn_stack[64 * 1024] __attribute__((aligned(16)));
+
+/* What a new process needs, prepared by start_proc before the child exists. */
+struct spawn_args {
+    char **argv, **envp;
+    const char *cwd;
+    int have_user, user_err;    /* user_err: why the user spec was refused (0: it was not) */
+    uid_t uid;
+    gid_t gid;
+    int in_fd, out_fd, err_fd;  /* in_fd -1: /dev/null */
+    int err_pipe;               /* close-on-exec: gets a child_err if the exec never happens */
+};
+
+/*
+ * The child side of start_proc, run by clone(CLONE_VM | CLONE_VFORK) on a stack of its
+ * own: it shares init's memory until it execs (init waits meanwhile), so it only makes
+ * system calls and writes to its own stack: no malloc, no stdio. Under gVisor this saves
+ * copying init's address space for a child that replaces it at once: a fork + exec of
+ * /bin/true measured 15-17 ms of CPU in a sandbox here, a vfork + exec 6-9 ms.
+ */
+static int spawn_child(void *arg)
+{
+    struct spawn_args *a = arg;
+    struct child_err ce = {STAGE_SETUP, 0};
+    child_reset_signals();
+    setsid();
+    int in = a->in_fd >= 0 ? a->in_fd : open("/dev/null", O_RDONLY);
+    if (in < 0 || dup2(in, 0) < 0 || dup2(a->out_fd, 1) < 0 || dup2(a->err_fd, 2) < 0) goto fail;
+    ce.stage = STAGE_USER;
+    if (a->have_user) {
+        gid_t gl = a->gid;
+        if (a->user_err) { errno = a->user_err; goto fail; }
+        /* Raw system calls: libc's setuid/setgid/setgroups synchronise every thread of
+         * the process, and this child is not one of init's threads. */
+        if (syscall(SYS_setgroups, 1, &gl) < 0 && errno != EPERM) goto fail;
+        if (syscall(SYS_setgid, a->gid) < 0 || syscall(SYS_setuid, a->uid) < 0) goto fail;
+    }
+    ce.stage = STAGE_CHDIR;
+    if (a->cwd && *a->cwd && chdir(a->cwd) < 0) goto fail;
+    ce.stage = STAGE_EXEC;
+    exec_search(a->argv, a->envp);
+fail:
+    ce.err = errno;
+    if (write(a->err_pipe, &ce, sizeof ce) < 0) { /* parent will see EOF */ }
+    _exit(ce.stage == STAGE_EXEC && ce.err == ENOENT ? 127 : 126);
 }
 
 /* execvp() with the PATH of envp. Returns only on failure, errno set. */
@@ -523,33 +575,33 @@ static struct proc *start_proc(char **argv, int argc, char **envs, int nenv, con
         fmt(errmsg, errlen, "torpor-init: cannot start %s: %s", argv[0], strerror(errno));
         return NULL;   /* leaks a few fds: out of fds/memory means the sandbox is broken anyway */
     }
-    pid_t pid = fork();
+    /* Everything that allocates or reads files happens here, before the child exists: the
+     * child shares this process's memory until it execs (see spawn_child). */
+    struct spawn_args a = {.cwd = cwd, .in_fd = want_stdin ? pi[0] : -1, .out_fd = po[1],
+                           .err_fd = pe[1], .err_pipe = px[1]};
+    if (user && *user) {
+        a.have_user = 1;
+        a.user_err = parse_user(user, &a.uid, &a.gid) < 0 ? errno : 0;
+    }
+    a.argv = xrealloc(NULL, sizeof(char *) * (size_t)(argc + 1));
+    memcpy(a.argv, argv, sizeof(char *) * (size_t)argc);
+    a.argv[argc] = NULL;
+    a.envp = build_env(envs, nenv);
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    pid_t pid = clone(spawn_child, g_spawn_stack + sizeof g_spawn_stack,
+                      CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    int clone_errno = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    free(a.argv);
+    free(a.envp);
     if (pid < 0) {
-        fmt(errmsg, errlen, "torpor-init: fork: %s", strerror(errno));
+        fmt(errmsg, errlen, "torpor-init: clone: %s", strerror(clone_errno));
         close(po[0]); close(po[1]); close(pe[0]); close(pe[1]); close(px[0]); close(px[1]);
         if (pi[0] >= 0) { close(pi[0]); close(pi[1]); }
         close(p->fout); close(p->ferr); free(p->cmd); free(p);
         return NULL;
-    }
-    if (pid == 0) {
-        struct child_err ce = {STAGE_SETUP, 0};
-        child_reset_signals();
-        setsid();
-        int in = want_stdin ? pi[0] : open("/dev/null", O_RDONLY);
-        if (in < 0 || dup2(in, 0) < 0 || dup2(po[1], 1) < 0 || dup2(pe[1], 2) < 0) goto fail;
-        ce.stage = STAGE_USER;
-        if (user && *user && switch_user(user) < 0) goto fail;
-        ce.stage = STAGE_CHDIR;
-        if (cwd && *cwd && chdir(cwd) < 0) goto fail;
-        ce.stage = STAGE_EXEC;
-        char **nargv = xrealloc(NULL, sizeof(char *) * (size_t)(argc + 1));
-        memcpy(nargv, argv, sizeof(char *) * (size_t)argc);
-        nargv[argc] = NULL;
-        exec_search(nargv, build_env(envs, nenv));
-    fail:
-        ce.err = errno;
-        if (write(px[1], &ce, sizeof ce) < 0) { /* parent will see EOF */ }
-        _exit(ce.stage == STAGE_EXEC && ce.err == ENOENT ? 127 : 126);
     }
     close(po[1]); close(pe[1]); close(px[1]);
     if (want_stdin) close(pi[0]);
