@@ -434,6 +434,7 @@ def test_image_has_files(engine: GVisorEngine):
     assert engine.image_has_files("base", "/etc/passwd")  # a file
     assert not engine.image_has_files("base", "/work")
     assert not engine.image_has_files("base", "/no/such/dir")
+    assert not engine.image_has_files("base", "/../../work")  # stays inside the image
     assert engine.image_has_files("base", "/bin/sh")  # a link in the image is not followed
 
 

@@ -1539,7 +1539,7 @@ class GVisorEngine(Engine):
         rootfs = self._image(SandboxSpec(image=image)).rootfs
         # Walk the image's tree without following links: a link would lead out of it.
         cur = Path(rootfs)
-        for part in Path("/", path).relative_to("/").parts:
+        for part in Path(posixpath.normpath("/" + path.lstrip("/"))).relative_to("/").parts:
             cur = cur / part
             try:
                 st = cur.lstat()
