@@ -4,6 +4,7 @@ what the model is actually sent (the openai SDK against the fake server)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from torpor.agent.loop import run_turn
@@ -59,8 +60,38 @@ def test_a_long_conversation_is_compacted_and_the_log_kept_whole(fake_llm: FakeL
     # the model got the summary plus the recent tail, within its window, not the whole log
     last = sent[-1]["messages"]
     texts = [m.get("content") or "" for m in last]
-    assert any("Summary of the earlier conversation" in t and "turn 0" in t for t in texts)
+    summary = next(t for t in texts if "Summary of the earlier conversation" in t)
+    assert "tool call echo" in summary and "turn 8" in summary  # what was dropped, in brief
     assert "turn 11: echo something long" in texts
     assert not any(t.startswith("turn 0:") for t in texts), "old turns were sent again in full"
     assert sum(len(str(m)) for m in last) < 4 * 2000
     assert summaries[-1].content["upto_seq"] < len(tr.log)
+
+
+def test_compaction_stays_within_the_window_however_long_the_session(fake_llm: FakeLLM) -> None:
+    # Each compaction folds the previous summary into the new one; the summary itself is
+    # bounded, so a session of any length keeps fitting its window (a summary of every
+    # entry since the start would outgrow the window after a few dozen turns).
+    window = 2000
+    model = open_model("openai:gpt-4o-mini", base_url=fake_llm.openai_url, api_key="sk-test",
+                       context_window=window)  # fmt: skip
+    tr = MemoryTranscript()
+    turns = 60
+    for turn in range(turns):
+        tr.append([Entry.message("user", f"turn {turn}: echo something long")])
+        long = f"t{turn} " + "x" * 1000
+        fake_llm.reply(tool_calls=[{"name": "echo", "arguments": {"text": long}}])
+        fake_llm.reply(text=f"done {turn}")
+        run_turn(tr, model, TOOLS, workspace=None, system="be brief")  # type: ignore[arg-type]
+    sent = [r.body for r in fake_llm.requests if r.path == OPENAI_PATH]
+    assert len(sent) == 2 * turns
+    sizes = [len(json.dumps(b["messages"])) for b in sent]
+    assert max(sizes) < 4 * window, f"a request of {max(sizes)} chars for a {window}-token window"
+    summaries = [e.content for e in tr.log if e.kind == "marker"
+                 and e.content.get("marker") == "summary"]  # fmt: skip
+    assert len(summaries) >= 3
+    last = summaries[-1]["text"]
+    assert len(last) <= 0.25 * 4 * window
+    assert f"turn {turns - 3}" in last or f"turn {turns - 2}" in last  # the newest survive
+    assert "earlier lines omitted" in last  # and it says what it left out
+    assert sum(1 for e in tr.log if e.kind == "tool_result") == turns  # the log is whole

@@ -22,6 +22,7 @@ from torpor.context import Entry
 
 COMPACT_AT = 0.8  # compact when a request would use this share of the context window
 KEEP_AFTER_COMPACTION = 0.4  # ... keeping recent entries worth this share
+SUMMARY_SHARE = 0.2  # ... and a summary of the rest worth at most this share
 
 
 class Transcript(Protocol):
@@ -51,18 +52,24 @@ def marker_note(e: Entry) -> str | None:
     return None
 
 
-def model_view(entries: list[Entry]) -> list[Entry]:
-    """What the model is sent: messages, tool calls and results, plus notes for markers
-    that concern it, starting at the latest summary if the log was compacted."""
-    start = 0
-    summary: str | None = None
-    for i, e in enumerate(entries):
+def latest_summary(entries: list[Entry]) -> tuple[str | None, int]:
+    """The text of the newest summary marker and the last seq it covers ((None, 0): none)."""
+    for e in reversed(entries):
         c = e.content if e.kind == "marker" and isinstance(e.content, dict) else {}
         if c.get("marker") == "summary":
-            start, summary = i + 1, str(c.get("text", ""))
-            upto = int(c.get("upto_seq", 0))
-            while start < len(entries) and entries[start].seq and entries[start].seq <= upto:
-                start += 1
+            return str(c.get("text", "")), int(c.get("upto_seq", 0))
+    return None, 0
+
+
+def model_view(entries: list[Entry]) -> list[Entry]:
+    """What the model is sent: messages, tool calls and results, plus notes for markers
+    that concern it; if the log was compacted, the latest summary and every entry after
+    the last one it covers (the kept tail precedes the summary marker in the log)."""
+    summary, upto = latest_summary(entries)
+    start = 0
+    if summary is not None:
+        while start < len(entries) and entries[start].seq <= upto:
+            start += 1
     view: list[Entry] = []
     if summary is not None:
         note = f"[torpor] Summary of the earlier conversation:\n{summary}"
@@ -98,11 +105,25 @@ def summarize(entries: list[Entry]) -> str:
     return "\n".join(lines)
 
 
+def bounded(text: str, limit: int) -> str:
+    """The newest lines of `text` that fit in `limit` characters, saying how many older
+    lines were left out."""
+    if len(text) <= limit:
+        return text
+    lines, kept, size = text.split("\n"), [], 0
+    while lines and size + len(lines[-1]) + 1 <= limit - 60:
+        size += len(lines[-1]) + 1
+        kept.append(lines.pop())
+    return "\n".join([f"[... {len(lines)} earlier lines omitted]", *reversed(kept)])
+
+
 def maybe_compact(
     transcript: Transcript, model: Model, system: str | None, tools: ToolRegistry
 ) -> list[Entry]:
     """Return the model view, first appending a summary marker if the view would not
-    fit the model's context window. The log is never rewritten."""
+    fit the model's context window. The log is never rewritten. A new summary folds in
+    the previous one and is itself kept within SUMMARY_SHARE of the window, so a session
+    of any length fits."""
     entries = transcript.entries()
     view = model_view(entries)
     specs = tools.specs()
@@ -110,8 +131,10 @@ def maybe_compact(
     if model.estimate_tokens(system, view, specs) <= COMPACT_AT * budget:
         return view
     # Keep the newest entries worth KEEP_AFTER_COMPACTION of the window, cutting only just
-    # before a user message so that no tool call is separated from its result.
-    real = [e for e in entries if e.kind != "marker"]
+    # before a user message so that no tool call is separated from its result; what came
+    # before (since the previous summary) joins the summary.
+    previous, covered = latest_summary(entries)
+    real = [e for e in entries if e.kind != "marker" and e.seq > covered]
     keep_from = len(real)
     for i in range(len(real) - 1, -1, -1):
         if model.estimate_tokens(None, real[i:], []) > KEEP_AFTER_COMPACTION * budget:
@@ -121,9 +144,10 @@ def maybe_compact(
     if keep_from == 0 or keep_from >= len(real):
         return view  # nothing sensible to cut
     dropped, upto = real[:keep_from], real[keep_from - 1].seq
-    transcript.append(
-        [Entry.marker("summary", upto_seq=upto, text=summarize(dropped), entries=len(dropped))]
-    )
+    text = summarize(dropped) if previous is None else previous + "\n" + summarize(dropped)
+    # ~4 characters per token, as Model.estimate_tokens counts
+    text = bounded(text, int(SUMMARY_SHARE * budget * 4))
+    transcript.append([Entry.marker("summary", upto_seq=upto, text=text, entries=len(dropped))])
     return model_view(transcript.entries())
 
 
