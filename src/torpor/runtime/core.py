@@ -158,8 +158,8 @@ class Runtime:
         decodes (docs/runtime.md)."""
         if image not in self._specs:
             ws = self.workspace
-            use = ws is not None and ws != "" and not self.engine.image_has_files(image, ws)
-            self._specs[image] = SandboxSpec(image=image, tmpfs=[Tmpfs(ws)] if use and ws else [])
+            tmpfs = [Tmpfs(ws)] if ws and not self.engine.image_has_files(image, ws) else []
+            self._specs[image] = SandboxSpec(image=image, tmpfs=tmpfs)
         return self._specs[image]
 
     def pool(self, image: str) -> SandboxPool:

@@ -567,13 +567,14 @@ class GVisorEngine(Engine):
     def _status_hint(self, sid: str) -> str | None:
         """The container status runsc last recorded in its state file, read directly:
         a file read instead of a `runsc state` process. runsc does not update it when a
-        sandbox dies from outside, so alone it is only a hint (see `_state`)."""
-        for f in self.runsc_root.glob(f"{sid}_sandbox:*.state"):
-            try:
-                return str(json.loads(f.read_bytes()).get("status"))
-            except (OSError, ValueError):
-                return None
-        return None
+        sandbox dies from outside, so alone it is only a hint (see `_state`). Each torpor
+        sandbox is a one-container runsc sandbox of the same id, hence the file's name
+        (read directly: `ps` asks this of every sandbox)."""
+        try:
+            return str(json.loads((self.runsc_root / f"{sid}_sandbox:{sid}.state")
+                                  .read_bytes()).get("status"))  # fmt: skip
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def _sandbox_alive(self, info: SandboxInfo) -> bool:
         """info's sandbox process lives: not a zombie, and still runsc's sandbox of this
@@ -857,7 +858,6 @@ class GVisorEngine(Engine):
                 # gofer and the foreground runsc; `_discard` then deletes what runsc kept.
                 # (A `runsc delete -force` of a running sandbox waits 5 s for it to stop;
                 # runsc kill, polling runsc state and delete took four runsc processes.)
-                network.stop_proxy(self.home, info.id)
                 if self._sandbox_alive(info) and info.pid:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(info.pid, signal.SIGKILL)
