@@ -105,14 +105,29 @@ class _Transcript:
     def __init__(self, log: Any, session: str, epoch: int) -> None:
         self.log, self.session, self.epoch = log, session, epoch
         self._cache: list[Entry] = []
+        self._mu = threading.Lock()
 
     def entries(self) -> list[Entry]:
         # This worker is the session's only writer (fenced by its epoch), so reading just
         # what was appended since the last call keeps the cost of a step independent of
-        # the session's length.
-        after = self._cache[-1].seq if self._cache else 0
-        self._cache.extend(self.log.read(self.session, after=after))
-        return list(self._cache)
+        # the session's length. The lock lets a prefetch thread fill the cache while the
+        # worker appends (appending does not touch the cache).
+        with self._mu:
+            after = self._cache[-1].seq if self._cache else 0
+            self._cache.extend(self.log.read(self.session, after=after))
+            return list(self._cache)
+
+    def prefetch(self) -> threading.Thread:
+        """Read the log in a thread of its own; join it before the next `entries`. A read
+        that fails here is retried, and raises, in the next `entries`."""
+
+        def read() -> None:
+            with contextlib.suppress(Exception):
+                self.entries()
+
+        t = threading.Thread(target=read, name=f"prefetch-{self.session}", daemon=True)
+        t.start()
+        return t
 
     def append(self, entries: list[Entry], key: str | None = None) -> list[int]:
         return self.log.append(self.session, entries, epoch=self.epoch, idempotency_key=key)
@@ -500,8 +515,14 @@ class Worker:
             return outcome  # nothing to do: no message, no due retry, no broken turn
         try:
             self._set_state(tr, row, "recovering" if recovering else "running", emit)
-            outcome.restore_ms = self._bring_up_sandbox(tr, row, sandbox, emit,
-                                                        reuse=warm_here)  # fmt: skip
+            # The log is read while runsc restores the sandbox (a subprocess, so the two
+            # overlap on separate cores): the turn then reads only what was appended since.
+            prefetch = tr.prefetch()
+            try:
+                outcome.restore_ms = self._bring_up_sandbox(tr, row, sandbox, emit,
+                                                            reuse=warm_here)  # fmt: skip
+            finally:
+                prefetch.join()
             ws = SandboxWorkspace(rt.engine, sandbox)
             policy = Policy.from_json(row.policy)
             registry = self._registry(row)
