@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from torpor.runtime.checkpoints import META, SnapshotCheckpointStorage
 from torpor.snapshots import open_store
 
@@ -29,7 +31,7 @@ def test_hot_copy_checksums_are_taken_off_the_wait_point_and_catch_damage(tmp_pa
     hot = home / "checkpoint-cache" / "ck-1"
     # The uploader recorded the checksums that put() left out.
     recorded = json.loads((hot / META).read_text())["files"]
-    assert all("crc32" in f for f in recorded.values())
+    assert all("xxh3" in f for f in recorded.values())
 
     # A flipped byte, same size: the hot copy is refused and refetched from the store.
     pages = bytearray((hot / "pages.img").read_bytes())
@@ -43,6 +45,37 @@ def test_hot_copy_checksums_are_taken_off_the_wait_point_and_catch_damage(tmp_pa
             import shutil
 
             shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_checkpoint_recorded_with_an_older_crc32_is_still_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Checkpoints stored by versions that recorded CRC-32s (in the store's metadata and the
+    # hot copy's) are verified with them, not trusted.
+    import zlib
+
+    from torpor.runtime import checkpoints
+
+    def describe_as_before(d: Path, *, digest: bool = True) -> dict[str, dict[str, int]]:
+        return {f.name: {"size": f.stat().st_size, "crc32": zlib.crc32(f.read_bytes())}
+                for f in d.iterdir() if f.is_file() and not f.name.startswith(".")}  # fmt: skip
+
+    home = tmp_path / "home"
+    with monkeypatch.context() as m:
+        m.setattr(checkpoints, "_describe", describe_as_before)
+        storage = SnapshotCheckpointStorage(open_store(f"file://{tmp_path / 'store'}"), home)
+        staging = storage.staging_dir()
+        files = fake_checkpoint(staging / "ck")
+        storage.put("ck-1", staging / "ck", {"engine": "gvisor"})
+        storage.flush()
+    hot = home / "checkpoint-cache" / "ck-1"
+    assert all("crc32" in f and "xxh3" not in f for f in storage.meta("ck-1")["files"].values())
+    assert storage.open_dir("ck-1") == (hot, False)  # intact: used in place
+    pages = bytearray((hot / "pages.img").read_bytes())
+    pages[123] ^= 0x01
+    (hot / "pages.img").write_bytes(bytes(pages))
+    path, temporary = storage.open_dir("ck-1")  # damaged: refetched from the store
+    assert (path / "pages.img").read_bytes() == files["pages.img"]
 
 
 def test_an_upload_left_at_exit_is_finished_with_its_page_deltas(tmp_path: Path):

@@ -6,9 +6,11 @@ knows nothing of sandboxes; this adapter is where they meet.
 - **Hot copy.** A checkpoint's raw files stay in TORPOR_HOME/checkpoint-cache (capped,
   least recently used out first). runsc reads the whole pages file at restore, so
   restoring from a raw local copy skips decompressing the snapshot on the critical path.
-  Each file's size and CRC-32 are recorded (a CRC is 4x cheaper than SHA-256 and catches
-  truncation and corruption; the store's content hashes remain the authority); a damaged
-  copy is dropped and the snapshot fetched from the store.
+  Each file's size and XXH3-128 digest are recorded (hashed from a memory map: 3 ms for
+  a 52 MB checkpoint, against 19 ms for the CRC-32 used before and more for SHA-256; it
+  catches truncation and corruption, not tampering: the store's content hashes remain
+  the authority); a damaged copy is dropped and the snapshot fetched from the store.
+  Hot copies recorded with a CRC-32 by older versions are still checked with it.
 - **Background upload.** `put` returns once the raw files are in the hot cache and
   queues the upload into the snapshot store (compressed, deduplicated, verified,
   optionally encrypted), so a wait point does not wait for compression. The upload is
@@ -23,6 +25,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import mmap
 import os
 import queue
 import shutil
@@ -31,8 +34,11 @@ import threading
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 from torpor.files import write_atomic
 from torpor.sandbox.checkpoints import CheckpointCorrupt, CheckpointNotFound
@@ -51,17 +57,26 @@ META = ".torpor-meta.json"  # in a hot copy: the checkpoint's metadata (pending 
 STORED = ".stored"  # in a hot copy: it is in the snapshot store
 
 
-def _crc(path: Path) -> int:
-    crc = 0
+def _mapped(path: Path, digest: Callable[[Any], Any]) -> Any:
+    """digest(the file's bytes), read through a memory map (no copies through Python)."""
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-    return crc
+        if os.fstat(f.fileno()).st_size == 0:
+            return digest(b"")
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+            return digest(m)
 
 
-def _describe(d: Path, *, crc: bool = True) -> dict[str, dict[str, int]]:
+def _xxh3(path: Path) -> str:
+    return str(_mapped(path, xxhash.xxh3_128_hexdigest))
+
+
+def _crc(path: Path) -> int:  # what hot copies of older versions recorded
+    return int(_mapped(path, zlib.crc32))
+
+
+def _describe(d: Path, *, digest: bool = True) -> dict[str, dict[str, Any]]:
     return {
-        f.name: {"size": f.stat().st_size, **({"crc32": _crc(f)} if crc else {})}
+        f.name: {"size": f.stat().st_size, **({"xxh3": _xxh3(f)} if digest else {})}
         for f in sorted(d.iterdir())
         if f.is_file() and not f.name.startswith(".")
     }
@@ -129,7 +144,7 @@ class SnapshotCheckpointStorage:
         d = self.hot / ckpt_id
         try:
             meta = json.loads((d / META).read_text())
-            if any("crc32" not in f for f in meta.get("files", {}).values()):
+            if any("xxh3" not in f and "crc32" not in f for f in meta.get("files", {}).values()):
                 meta["files"] = _describe(d)
                 write_atomic(d / META, json.dumps(meta).encode())
         except FileNotFoundError:
@@ -167,10 +182,10 @@ class SnapshotCheckpointStorage:
         return d
 
     def put(self, ckpt_id: str, src_dir: Path, meta: dict[str, Any]) -> int:
-        # With background uploads the checksums of the hot copy (~20 ms for a 33 MiB
+        # With background uploads the digests of the hot copy (~2 ms for a 33 MiB
         # checkpoint) are taken by the uploader, off the wait point; until then a restore
         # checks the sizes only.
-        files = _describe(src_dir, crc=not self.background)
+        files = _describe(src_dir, digest=not self.background)
         if "checkpoint.img" not in files:
             raise CheckpointError("engine wrote no checkpoint.img")
         meta = dict(meta, kind=KIND, files=files, size=sum(f["size"] for f in files.values()))
@@ -279,7 +294,9 @@ class SnapshotCheckpointStorage:
             try:
                 if f.stat().st_size != w["size"]:
                     return False
-                if "crc32" in w and _crc(f) != w["crc32"]:
+                if "xxh3" in w and _xxh3(f) != w["xxh3"]:
+                    return False
+                if "xxh3" not in w and "crc32" in w and _crc(f) != w["crc32"]:
                     return False
             except OSError:
                 return False
