@@ -320,7 +320,7 @@ def one_run(engine: GVisorEngine, kind: str, run: int, fat_rest: str) -> dict[st
         s.update(check_ok=ok, check_seconds=time.monotonic() - t0)
         if not ok:
             s["check_error"] = err
-        # Diagnostic: what checking the hot copy (size + CRC-32, done on every restore) costs.
+        # Diagnostic: what checking the hot copy (size + XXH3-128, done on every restore) costs.
         t0 = time.monotonic()
         engine.checkpoints.open_dir(ck.id)
         s["verify_seconds"] = time.monotonic() - t0
@@ -413,6 +413,75 @@ def throughput(
     }  # fmt: skip
 
 
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy (every process: runsc's Go processes, the
+    sandboxes, this script), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_start(engine: GVisorEngine, images: ImageStore, ck_id: str, cycles: int,
+                  stop: threading.Event) -> dict[str, Any]:  # fmt: skip
+    """Machine CPU per start, one cycle at a time, for torpor's cycles and for runsc
+    alone: `runsc run` of /bin/true in a minimal bundle (same platform, network and root
+    overlay, no cgroup), which creates, starts, waits for and deletes a sandbox. With C
+    cores, C x 60 s / (CPU per start) is the most starts per minute the machine can do."""
+    root = Path(tempfile.mkdtemp(prefix="torpor-bench-runsc-"))
+    bundle = root / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["/bin/true"], "cwd": "/", "env": ["PATH=/usr/bin:/bin"],
+                    "user": {"uid": 0, "gid": 0}},
+        "root": {"path": str(images.get("base").rootfs), "readonly": False},
+        "hostname": "bare",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount",
+                                                       "network")]},
+    }))  # fmt: skip
+
+    def bare(i: int) -> None:
+        subprocess.run([engine.runsc, f"--root={root / 'state'}", f"--platform={engine.platform}",
+                        "--network=none", "--overlay2=root:memory", "run",
+                        f"--bundle={bundle}", f"bare-{i}"],
+                       check=True, capture_output=True)  # fmt: skip
+
+    def torpor_cycle(mode: str, i: int) -> None:
+        name = f"cpu-{mode}-{i}"
+        if mode == "cold":
+            engine.run(SandboxSpec(image="base"), name=name)
+        else:
+            engine.restore(ck_id, name=name)
+        must(engine.exec(name, ["true"]), "exec")
+        engine.remove(name, force=True)
+
+    cases: dict[str, Any] = {
+        "runsc run /bin/true (runsc alone)": bare,
+        "torpor cold: run, exec true, rm -f": lambda i: torpor_cycle("cold", i),
+        "torpor restore: restore, exec true, rm -f": lambda i: torpor_cycle("restore", i),
+    }
+    out: dict[str, Any] = {"cycles": cycles, "cores": os.cpu_count() or 1, "cases": {}}
+    try:
+        for what, fn in cases.items():
+            fn(-1)  # warm the page cache and runsc's first-run work
+            walls = []
+            c0 = busy_cpu_seconds()  # /proc/stat counts in 10 ms ticks: sum, then divide
+            for i in range(cycles):
+                if stop.is_set():
+                    break
+                t0 = time.monotonic()
+                fn(i)
+                walls.append(time.monotonic() - t0)
+            cpu = (busy_cpu_seconds() - c0) / max(1, len(walls))
+            out["cases"][what] = {
+                "cpu_mean": cpu, "wall_median": pct(walls, 0.5), "n": len(walls),
+                "ceiling_per_min": out["cores"] * 60 / cpu if cpu else 0.0,
+            }  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
 # ------------------------------------------------------------------ reports
 
 TARGETS = {
@@ -420,7 +489,9 @@ TARGETS = {
 }  # fmt: skip
 
 
-def targets(summ: dict[str, Any], tp: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
+def targets(
+    summ: dict[str, Any], tp: list[dict[str, Any]], cpu: dict[str, Any] | None = None
+) -> list[tuple[str, str, str, bool]]:
     rows = []
     dev = summ["dev"]
     v = dev["restore_first_exec"]["median"]
@@ -452,6 +523,10 @@ def targets(summ: dict[str, Any], tp: list[dict[str, Any]]) -> list[tuple[str, s
             rows.append((f"sandbox starts per minute ({what}, best N)", ">= 2,000",
                          f"{best['starts_per_min']:,.0f} (N={best['n']})",
                          best["starts_per_min"] >= 2000))  # fmt: skip
+    for what, c in (cpu or {}).get("cases", {}).items():
+        rows.append((f"most starts per minute the cores allow: {what}", ">= 2,000",
+                     f"{c['ceiling_per_min']:,.0f} ({ms(c['cpu_mean'])} CPU each)",
+                     c["ceiling_per_min"] >= 2000))  # fmt: skip
     return rows
 
 
@@ -465,7 +540,7 @@ METRICS = [
     ("rss_sum", "memory: sum of VmRSS", mib),
     ("restore_first_exec", "restore to first exec", ms),
     ("restore_start", "  of which engine.start(checkpoint=)", ms),
-    ("verify_seconds", "  checkpoint hot copy check, size + CRC-32 (alone)", ms),
+    ("verify_seconds", "  checkpoint hot copy check, size + XXH3-128 (alone)", ms),
     ("upload_seconds", "checkpoint: background upload into the snapshot store", ms),
     ("standby_first_exec", "restore into a standby to first exec (new sandbox)", ms),
     ("standby_restore", "  of which engine.restore", ms),
@@ -495,7 +570,7 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         "| target | wanted | got | |",
         "|---|---|---|---|",
     ]
-    for what, want, got, ok in targets(summ, tp):
+    for what, want, got, ok in targets(summ, tp, data.get("cpu_per_start")):
         lines.append(f"| {what} | {want} | {got} | {'met' if ok else '**missed**'} |")
     lines += ["", "## Per sandbox (median / p95)", "",
               "| metric | " + " | ".join(KINDS) + " |", "|---|" + "---|" * len(KINDS)]
@@ -523,6 +598,20 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
             f"{ms(t['latency_median'])} / {ms(t['latency_p95'])} | "
             f"{ms(t['remove_median'])} / {ms(t['remove_p95'])} | {len(t['errors'])} |"
         )
+    cpu = data.get("cpu_per_start")
+    if cpu and cpu["cases"]:
+        lines += ["", "## CPU per start", "",
+                  f"Busy CPU time of the whole machine (/proc/stat) per cycle, {cpu['cycles']} "
+                  "cycles one at a time, and what it allows: "
+                  f"{cpu['cores']} cores x 60 s / CPU per start. 'runsc alone' is `runsc run` "
+                  "of /bin/true in a minimal bundle (same platform, network and root overlay, "
+                  "no cgroup, no torpor): it creates, starts, waits for and deletes a sandbox, "
+                  "so it is the floor for any start on this runsc.", "",
+                  "| cycle | CPU per cycle (mean) | wall median | most starts per minute |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for what, c in cpu["cases"].items():
+            lines.append(f"| {what} | {ms(c['cpu_mean'])} | {ms(c['wall_median'])} | "
+                         f"{c['ceiling_per_min']:,.0f} |")  # fmt: skip
     cold_rm = [t["remove_median"] for t in tp if t["mode"] == "cold" and t["remove"]]
     rest_rm = [t["remove_median"] for t in tp if t["mode"] == "restore" and t["remove"]]
     if cold_rm and rest_rm and pct(rest_rm, 0.5) > 3 * pct(cold_rm, 0.5):
@@ -613,12 +702,16 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="3 runs, 5 s per N (to develop)")
     ap.add_argument("--fat-rest", choices=("pattern", "zeros"), default="pattern",
                     help="fat: the 3/4 that is not random (default: a repeated pattern)")
-    ap.add_argument("--no-throughput", action="store_true", help="skip starts per minute")
+    ap.add_argument("--no-throughput", action="store_true",
+                    help="skip starts per minute and CPU per start")  # fmt: skip
+    ap.add_argument("--cpu-cycles", type=int, default=20,
+                    help="cycles per case for CPU per start (default 20)")  # fmt: skip
     ap.add_argument("--results", type=Path, default=RESULTS, help="output directory")
     args = ap.parse_args()
     if args.quick:
         args.runs = min(args.runs, 3)
         args.duration = min(args.duration, 5.0)
+        args.cpu_cycles = min(args.cpu_cycles, 5)
     parallel = [int(p) for p in args.parallel.split(",") if p]
 
     images = ImageStore(Path(os.environ.get("TORPOR_IMAGES", "/var/lib/torpor/images")))
@@ -690,6 +783,14 @@ def main() -> int:
                         + (f"; [red]{len(t['errors'])} errors[/]: {t['errors'][0]}"
                            if t["errors"] else "")
                     )  # fmt: skip
+            console.print(f"\n[bold]CPU per start[/] ({args.cpu_cycles} cycles each, one "
+                          "at a time, whole machine from /proc/stat)")  # fmt: skip
+            data["cpu_per_start"] = cpu = cpu_per_start(engine, images, ck.id,
+                                                        args.cpu_cycles, stop)  # fmt: skip
+            for what, c in cpu["cases"].items():
+                console.print(f"  {what:<44} {ms(c['cpu_mean'])} CPU, {ms(c['wall_median'])} "
+                              f"wall -> at most {c['ceiling_per_min']:,.0f}/min on "
+                              f"{cpu['cores']} cores")  # fmt: skip
             engine.remove(src, force=True)
             engine.checkpoints.delete(ck.id)
         data["throughput"] = tp
@@ -710,7 +811,7 @@ def main() -> int:
         tt = Table(title="targets")
         for c in ("target", "wanted", "got", ""):
             tt.add_column(c)
-        for what, want, got, ok in targets(summ, tp):
+        for what, want, got, ok in targets(summ, tp, data.get("cpu_per_start")):
             tt.add_row(what, want, got, "[green]met[/]" if ok else "[red]missed[/]")
         console.print(tt)
 
