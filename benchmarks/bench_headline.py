@@ -251,11 +251,20 @@ class Bench:
     def workspace_on_overlay(self, calls: int) -> dict[str, Any]:
         """The same session with /work on the root overlay (Runtime(workspace=None), what
         torpor did before): snapshot resumes only, to show what the tmpfs workspace saves."""
-        tag = f"c{calls}-small-overlay"
-        rt, d = self.runtime(tag, workspace=None)
+        return self.variant(calls, "overlay", "/work on the overlay", workspace=None)
+
+    def git_defaults(self, calls: int) -> dict[str, Any]:
+        """The same session with git's own gc.auto (6,700 loose objects) in its repo instead
+        of torpor/base's 256: snapshot resumes only, to show what packing early saves."""
+        return self.variant(calls, "gitdefault", "git's default gc.auto", git_gc_auto=6700)
+
+    def variant(self, calls: int, name: str, what: str, workspace: str | None = WORKSPACE,
+                git_gc_auto: int | None = None) -> dict[str, Any]:  # fmt: skip
+        tag = f"c{calls}-small-{name}"
+        rt, d = self.runtime(tag, workspace=workspace)
         try:
-            log(f"{tag}: building the session ({calls} tool calls, /work on the overlay)")
-            b = self.build(rt, d, calls, False)
+            log(f"{tag}: building the session ({calls} tool calls, {what})")
+            b = self.build(rt, d, calls, False, git_gc_auto=git_gc_auto)
             s = b["session"]
             snap = s.info().snapshot
             runs = []
@@ -272,13 +281,16 @@ class Bench:
             return {"calls": calls, "payload": "small", "median_s": statistics.median(sl),
                     "p95_s": pct(sl, 0.95), "samples_s": sl,
                     "restore_ms": [x["restore_ms"] for x in runs],
-                    "latest_snapshot_raw": snaps[-1]["bytes"] if snaps else 0}
+                    "latest_snapshot_raw": snaps[-1]["bytes"] if snaps else 0,
+                    "files": len(wl.parse_probe(runs[0]["probe"])[1])}
         finally:
             self.cleanup(rt)
 
     def build(self, rt: Runtime, d: Path, calls: int, big: bool,
-              policy: Policy | None = None, turn_calls: int | None = None) -> dict[str, Any]:
-        script = wl.make_script(calls, big, self.wheels, turn_calls=turn_calls)
+              policy: Policy | None = None, turn_calls: int | None = None,
+              git_gc_auto: int | None = None) -> dict[str, Any]:  # fmt: skip
+        script = wl.make_script(calls, big, self.wheels, turn_calls=turn_calls,
+                                git_gc_auto=git_gc_auto)  # fmt: skip
         spec = script.write(d / "turns.jsonl")
         s = rt.create_session(model=spec, system=SYSTEM, policy=policy)
         t0 = time.monotonic()
@@ -1158,31 +1170,41 @@ def write_md(res: dict[str, Any], path: Path) -> None:
                          f"the model's request took {ms(a['context_read']['read_median_s'])} "
                          f"at {a['calls']:,} small calls and "
                          f"{ms(b['context_read']['read_median_s'])} at {b['calls']:,} (the "
-                         "model is sent the whole conversation until it is compacted).")
+                         "model is sent the whole conversation until it is compacted); the "
+                         "runtime reads it while runsc restores the sandbox, so only what was "
+                         "appended since is read after the restore.")
             L += ["", f"About {per:.0f} ms of restore per 1,000 files on this runsc. This is "
                   "most of what makes a 1,000-call session's resume slower than a 10-call "
                   "one's, and torpor cannot change it short of a faster restore path in "
                   "gVisor (below: what it can change)." + reads]
-    ov = res.get("workspace_on_overlay")
+    ov, gd = res.get("workspace_on_overlay"), res.get("git_defaults")
     main = [c for c in res.get("configs", []) if c["payload"] == "small"]
-    if ov and main:
+    if (ov or gd) and main:
         c = max(main, key=lambda c: c["calls"])
-        L += ["", "What torpor does change: deleted names. On the sandbox's root overlay, this "
-              "gVisor keeps a whiteout (a device file in the kernel state) for every name "
-              "deleted or renamed away, and git writes every object under a temporary name "
-              "first, Python every `.pyc`; so the runtime gives each session's sandbox a "
-              "tmpfs at /work, where a deleted file leaves nothing. The same session, built "
-              "twice in this run:", "",
-              "| small payload | /work | raw checkpoint | snapshot resume median / p95 | "
-              "restore median |", "|---|---|---:|---|---:|",
-              f"| {c['calls']:,} calls | tmpfs (torpor's default) | "
+        L += ["", "What torpor does change: how many files a session's sandbox keeps. Two "
+              "defaults do that. The runtime gives each session's sandbox a tmpfs at /work: "
+              "on the root overlay this gVisor keeps a whiteout (a device file in the kernel "
+              "state) for every name deleted or renamed away, and git writes every object "
+              "under a temporary name first, Python every `.pyc`; on a tmpfs a deleted file "
+              "leaves nothing. And torpor/base sets git's gc.auto to 256 (git's default is "
+              "6,700), so a repo packs its loose objects, one file per object, early: an agent "
+              "that commits after each change otherwise piles up thousands. The same session, "
+              "built once per variant in this run (files: under /work, from the probe):", "",
+              "| small payload | variant | files | raw checkpoint | snapshot resume median / "
+              "p95 | restore median |", "|---|---|---:|---:|---|---:|",
+              f"| {c['calls']:,} calls | torpor's defaults (/work on a tmpfs, gc.auto 256) | "
+              f"{c['state_snapshot_vs_snapshot']['files']:,} | "
               f"{mb(c['bytes']['latest_snapshot_raw'])} | "
               f"{ms(c['snapshot']['median_s'])} / {ms(c['snapshot']['p95_s'])} | "
-              f"{statistics.median(c['snapshot']['restore_ms']):.0f} ms |",
-              f"| {ov['calls']:,} calls | root overlay (`Runtime(workspace=None)`) | "
-              f"{mb(ov['latest_snapshot_raw'])} | "
-              f"{ms(ov['median_s'])} / {ms(ov['p95_s'])} | "
-              f"{statistics.median(ov['restore_ms']):.0f} ms |"]
+              f"{statistics.median(c['snapshot']['restore_ms']):.0f} ms |"]
+        for v, what in ((ov, "/work on the root overlay (`Runtime(workspace=None)`)"),
+                        (gd, "git's default gc.auto (6,700) in the repo")):  # fmt: skip
+            if v:
+                files = f"{v['files']:,}" if v.get("files") else "?"
+                L.append(f"| {v['calls']:,} calls | {what} | {files} | "
+                         f"{mb(v['latest_snapshot_raw'])} | "
+                         f"{ms(v['median_s'])} / {ms(v['p95_s'])} | "
+                         f"{statistics.median(v['restore_ms']):.0f} ms |")
     if res.get("policy"):
         L += ["", "## Snapshot policy: work lost to a crash vs time spent snapshotting", "",
               "The same number of calls, either as an autonomous run in two long turns after "
@@ -1385,6 +1407,9 @@ def main() -> int:
     ap.add_argument("--overlay-calls", type=int,
                     help="also resume a session of this length with /work on the root "
                     "overlay instead of a tmpfs (default: the longest; 0: skip)")
+    ap.add_argument("--git-defaults-calls", type=int,
+                    help="also resume a session of this length whose repo keeps git's "
+                    "default gc.auto instead of torpor/base's (default: the longest; 0: skip)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--peers-only", action="store_true",
                     help="only build the sessions and run the peers on their conversations; "
@@ -1400,6 +1425,8 @@ def main() -> int:
     args.policy_calls = args.policy_calls or (49 if args.quick else 209)
     if args.overlay_calls is None:
         args.overlay_calls = max(calls)
+    if args.git_defaults_calls is None:
+        args.git_defaults_calls = max(calls)
     payloads = args.payloads.split(",")
     if args.peers_only:
         return peers_only(args, calls, payloads)
@@ -1426,6 +1453,9 @@ def main() -> int:
                 (RESULTS / "headline.json").write_text(json.dumps(res, indent=1))
         if args.overlay_calls and "small" in payloads:
             res["workspace_on_overlay"] = bench.workspace_on_overlay(args.overlay_calls)
+            (RESULTS / "headline.json").write_text(json.dumps(res, indent=1))
+        if args.git_defaults_calls and "small" in payloads:
+            res["git_defaults"] = bench.git_defaults(args.git_defaults_calls)
             (RESULTS / "headline.json").write_text(json.dumps(res, indent=1))
         if not args.no_peers:
             log("peers: LangGraph (SQLite, PostgreSQL) and DBOS on the same conversations")

@@ -203,8 +203,11 @@ def _feature(i: int, big: bool) -> list[list[dict[str, Any]]]:
     ]
 
 
-def _setup(wheels: dict[str, Path], big: bool) -> list[list[dict[str, Any]]]:
+def _setup(wheels: dict[str, Path], big: bool,
+           git_gc_auto: int | None = None) -> list[list[dict[str, Any]]]:  # fmt: skip
     install, _ = install_command(wheels)
+    # git_gc_auto: the repo's own gc.auto, over the image's (torpor/base packs at 256)
+    gc = f"git config gc.auto {git_gc_auto} && " if git_gc_auto is not None else ""
     def noise(k: int) -> str:
         return f" ; python3 /work/noise.py {k}" if big else ""
 
@@ -213,8 +216,9 @@ def _setup(wheels: dict[str, Path], big: bool) -> list[list[dict[str, Any]]]:
          _write("/work/noise.py", NOISE)],
         [_shell("mkdir -p /work/repo/src /work/repo/tests && cd /work/repo && git init -q && "
                 "git config user.email agent@example.com && git config user.name agent && "
-                "touch src/__init__.py tests/__init__.py && printf '# demo\\n' > README.md && "
-                "git add -A && git commit -qm init && git log --oneline" + noise(1))],
+                + gc + "touch src/__init__.py tests/__init__.py && "
+                "printf '# demo\\n' > README.md && git add -A && git commit -qm init && "
+                "git log --oneline" + noise(1))],
         [{"name": "upload_wheels", "arguments": {}}],
         [_shell(install + noise(2))],
         [{"name": "start_process", "arguments": {"command": "python3 /work/interp.py"}},
@@ -236,11 +240,11 @@ class Script:
 
 
 def make_script(calls: int, big: bool, wheels: dict[str, Path],
-                turn_calls: int | None = None) -> Script:
+                turn_calls: int | None = None, git_gc_auto: int | None = None) -> Script:
     """Exactly `calls` tool calls: the setup turn, then feature turns. Each turn ends with
     a text answer (a wait point). turn_calls groups several features into one long turn
     (for the snapshot policy experiment). Then one probe turn (not counted)."""
-    turns: list[list[list[dict[str, Any]]]] = [_setup(wheels, big)]
+    turns: list[list[list[dict[str, Any]]]] = [_setup(wheels, big, git_gc_auto)]
     i = 0
     while sum(len(s) for t in turns for s in t) < calls:
         i += 1

@@ -465,3 +465,28 @@ def test_rm_force_kills_and_forgets_at_once(engine: GVisorEngine):
         time.sleep(0.05)
     assert not left()
     assert took < 2, took
+
+
+def test_base_image_git_packs_loose_objects_early(engine: GVisorEngine, sandbox: str):
+    # Every file a sandbox keeps costs restore time, so torpor/base sets gc.auto=256: a
+    # commit that leaves ~600 loose objects packs them (in the foreground), where git's
+    # default (6,700) leaves them all as files. The blobs are the same in both repos (the
+    # contents are 1..600), and three of them fall in objects/17, git's sample directory.
+    script = """set -e
+    for repo in tuned default; do
+      mkdir /tmp/$repo && cd /tmp/$repo && git init -q
+      git config user.email agent@example.com && git config user.name agent
+      if [ $repo = default ]; then git config gc.auto 6700; fi
+      for i in $(seq 600); do echo $i > f$i; done
+      git add -A && git commit -qm one
+      echo "$repo $(git count-objects -v | tr '\\n' ' ')"
+    done"""
+    res = engine.exec(sandbox, ["sh", "-c", script], timeout=120)
+    assert res.exit_code == 0, res.stderr
+    out = res.stdout.decode()
+    stats = {}
+    for line in out.splitlines():
+        repo, *rest = line.split()
+        stats[repo] = {k.rstrip(":"): int(v) for k, v in zip(rest[::2], rest[1::2], strict=True)}
+    assert stats["tuned"]["count"] < 10 and stats["tuned"]["packs"] >= 1, out
+    assert stats["default"]["count"] >= 600 and stats["default"]["packs"] == 0, out
