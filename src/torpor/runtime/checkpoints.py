@@ -58,7 +58,9 @@ STORED = ".stored"  # in a hot copy: it is in the snapshot store
 
 
 def _mapped(path: Path, digest: Callable[[Any], Any]) -> Any:
-    """digest(the file's bytes), read through a memory map (no copies through Python)."""
+    """digest(the file's bytes), read through a memory map (no copies through Python).
+    Hot copies are written once and renamed into place, never changed in place; the
+    callers compare sizes first, so a truncated file is caught before it is mapped."""
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             return digest(b"")
