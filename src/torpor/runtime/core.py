@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torpor.agent.loop import LoopHooks, run_turn
+from torpor.agent.loop import LoopHooks, model_view, run_turn
 from torpor.agent.models import Model, open_model
 from torpor.agent.tools import ToolRegistry
 from torpor.agent.types import ModelError, ModelTurn, ToolCall, ToolResult
@@ -118,12 +118,15 @@ class _Transcript:
             return list(self._cache)
 
     def prefetch(self) -> threading.Thread:
-        """Read the log in a thread of its own; join it before the next `entries`. A read
+        """Read the log in a thread of its own, and load the payloads the model will be
+        sent that sit in the blob store (large tool outputs: at 1,000 calls of 1 MB each
+        that is ~100 MB and most of the time); join it before the next `entries`. A read
         that fails here is retried, and raises, in the next `entries`."""
 
         def read() -> None:
             with contextlib.suppress(Exception):
-                self.entries()
+                for e in model_view(self.entries()):
+                    _ = e.content, e.arguments  # loaded once, kept in the cached entries
 
         t = threading.Thread(target=read, name=f"prefetch-{self.session}", daemon=True)
         t.start()
