@@ -95,3 +95,26 @@ def test_compaction_stays_within_the_window_however_long_the_session(fake_llm: F
     assert f"turn {turns - 3}" in last or f"turn {turns - 2}" in last  # the newest survive
     assert "earlier lines omitted" in last  # and it says what it left out
     assert sum(1 for e in tr.log if e.kind == "tool_result") == turns  # the log is whole
+
+
+def test_a_scripted_model_keeps_its_place_across_compactions(tmp_path) -> None:
+    # The scripted model plays turn N for a view holding N assistant messages; after a
+    # compaction the view holds only the recent tail, and the ids of its own tool calls
+    # (call_<turn>_<i>) must keep it from playing earlier turns again.
+    turns = 30
+    lines = []
+    for t in range(turns):
+        lines.append(json.dumps({"text": f"step {t}", "tool_calls": [
+            {"name": "echo", "arguments": {"text": f"t{t} " + "y" * 1000}}]}))
+        lines.append(json.dumps({"text": f"done {t}"}))
+    script = tmp_path / "turns.jsonl"
+    script.write_text("\n".join(lines) + "\n")
+    model = open_model(f"script:{script}", context_window=2000)
+    tr = MemoryTranscript()
+    for t in range(turns):
+        tr.append([Entry.message("user", f"turn {t}")])
+        out = run_turn(tr, model, TOOLS, workspace=None)  # type: ignore[arg-type]
+        assert out.text == f"done {t}"
+    assert any(e.kind == "marker" and e.content.get("marker") == "summary" for e in tr.log)
+    calls = [e.tool_call_id for e in tr.log if e.kind == "tool_call"]
+    assert calls == [f"call_{2 * t}_0" for t in range(turns)]

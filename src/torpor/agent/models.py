@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -453,6 +454,9 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+_SCRIPT_CALL_ID = re.compile(r"call_(\d+)_\d+")
+
+
 class ScriptedModel(Model):
     """Plays a JSONL file of assistant turns, one per line:
 
@@ -569,8 +573,19 @@ class ScriptedModel(Model):
 
     # -- playing ---------------------------------------------------------------------
     def turn_index(self, entries: list[Entry]) -> int:
-        """Which turn `entries` are at: the number of assistant messages already in them."""
-        return sum(1 for e in entries if e.kind == "message" and e.role == "assistant")
+        """Which turn `entries` are at: the number of assistant messages already in them.
+        After a compaction the model is sent a summary and the recent tail only, so the
+        count starts over; the ids of the script's own tool calls (`call_<turn>_<i>`) in
+        the tail still say where it is: that turn, plus the assistant messages after it."""
+        count = sum(1 for e in entries if e.kind == "message" and e.role == "assistant")
+        for i in range(len(entries) - 1, -1, -1):
+            e = entries[i]
+            m = _SCRIPT_CALL_ID.fullmatch(e.tool_call_id or "") if e.kind == "tool_call" else None
+            if m:
+                after = sum(1 for x in entries[i + 1:] if x.kind == "message"
+                            and x.role == "assistant")  # fmt: skip
+                return max(count, int(m.group(1)) + 1 + after)
+        return count
 
     def complete(self, system: str | None, entries: list[Entry], tools: list[ToolSpec], *,
                  timeout: float | None = None) -> ModelTurn:
