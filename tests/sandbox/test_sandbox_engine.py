@@ -472,6 +472,9 @@ def test_base_image_git_packs_loose_objects_early(engine: GVisorEngine, sandbox:
     # commit that leaves ~600 loose objects packs them (in the foreground), where git's
     # default (6,700) leaves them all as files. The blobs are the same in both repos (the
     # contents are 1..600), and three of them fall in objects/17, git's sample directory.
+    conf = engine.images.get("base").rootfs / "etc/gitconfig"
+    assert conf.exists() and "auto = 256" in conf.read_text(), (
+        "the base image predates torpor-base/2: `torpor image build-base --force`")
     script = """set -e
     for repo in tuned default; do
       mkdir /tmp/$repo && cd /tmp/$repo && git init -q
@@ -490,3 +493,28 @@ def test_base_image_git_packs_loose_objects_early(engine: GVisorEngine, sandbox:
         stats[repo] = {k.rstrip(":"): int(v) for k, v in zip(rest[::2], rest[1::2], strict=True)}
     assert stats["tuned"]["count"] < 10 and stats["tuned"]["packs"] >= 1, out
     assert stats["default"]["count"] >= 600 and stats["default"]["packs"] == 0, out
+
+
+def test_doctor_says_when_the_base_image_predates_the_recipe(
+    engine: GVisorEngine, torpor_home: Path, tmp_path: Path
+):
+    import json
+
+    from torpor.sandbox.doctor import run_checks
+    from torpor.sandbox.images import ImageStore
+
+    base = engine.images.get("base")
+    checks = {c.name: c for c in run_checks(lambda: engine)}
+    assert checks["base image"].ok and "older recipe" not in checks["base image"].detail
+    # The same tree, described as an image built before the recipe was recorded.
+    old = tmp_path / "images" / base.rootfs.parent.name
+    old.mkdir(parents=True)
+    (old / "rootfs").symlink_to(base.rootfs)
+    meta = json.loads((base.rootfs.parent / "image.json").read_text())
+    meta.pop("recipe", None)
+    (old / "image.json").write_text(json.dumps(meta))
+    stale = GVisorEngine(torpor_home, images=ImageStore(tmp_path / "images"))
+    checks = {c.name: c for c in run_checks(lambda: stale)}
+    detail = checks["base image"].detail
+    assert checks["base image"].ok and "older recipe (torpor-base/1)" in detail, detail
+    assert "build-base --force" in detail

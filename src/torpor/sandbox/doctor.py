@@ -156,10 +156,18 @@ def require_working_runsc(engine: GVisorEngine) -> None:
             raise SandboxError(verdict["message"])
 
 
+def _image_recipe(image_dir: Path) -> str | None:
+    try:
+        return json.loads((image_dir / "image.json").read_text()).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def run_checks(engine_factory: Any, *, build_base: bool = False) -> list[Check]:
     """All checks `torpor doctor` shows. engine_factory() builds the engine (which runs
     the self-test gate)."""
     from torpor.sandbox.gvisor import PINNED_RUNSC, RUNSC_INSTALL_HINT
+    from torpor.sandbox.images import BASE_RECIPE
 
     checks: list[Check] = []
     runsc = shutil.which("runsc")
@@ -198,7 +206,14 @@ def run_checks(engine_factory: Any, *, build_base: bool = False) -> list[Check]:
     try:
         images = engine.images
         img = images.build_base() if build_base else images.get("torpor/base")
-        checks.append(Check("base image", True, f"{img.name} {img.digest[:19]}"))
+        detail = f"{img.name} {img.digest[:19]}"
+        recipe = _image_recipe(img.rootfs.parent)
+        if recipe != BASE_RECIPE:  # still works; says what a rebuild would bring
+            detail += (f"; built by an older recipe ({recipe or 'torpor-base/1'}), without "
+                       "what torpor/base has since gained (early git packing): `torpor image "
+                       "build-base --force` rebuilds it, and checkpoints of sandboxes from "
+                       "the old one are then refused")  # fmt: skip
+        checks.append(Check("base image", True, detail))
     except Exception as e:  # noqa: BLE001 - reported as a failed check
         hint = "" if build_base else " (build it with `torpor image build-base`)"
         checks.append(Check("base image", False, f"{e}{hint}"))

@@ -621,6 +621,7 @@ class ImageStore:
                 "size": _disk_usage(rootfs),
                 "created": _now_iso(),
                 "source": f"mmdebstrap {BASE_SUITE} {BASE_VARIANT}",
+                "recipe": BASE_RECIPE,
                 "packages": len(packages),
             }
             img = self._commit(tmp, meta)
