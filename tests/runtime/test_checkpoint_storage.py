@@ -21,14 +21,19 @@ def fake_checkpoint(d: Path) -> dict[str, bytes]:
     return files
 
 
-def test_hot_copy_checksums_are_taken_off_the_wait_point_and_catch_damage(tmp_path: Path):
+def stored_checkpoint(tmp_path: Path) -> tuple[SnapshotCheckpointStorage, dict[str, bytes], Path]:
+    """A fake checkpoint put as ck-1 and uploaded: the storage, its files, its hot copy."""
     home = tmp_path / "home"
     storage = SnapshotCheckpointStorage(open_store(f"file://{tmp_path / 'store'}"), home)
     staging = storage.staging_dir()
     files = fake_checkpoint(staging / "ck")
     storage.put("ck-1", staging / "ck", {"engine": "gvisor"})
     storage.flush()
-    hot = home / "checkpoint-cache" / "ck-1"
+    return storage, files, home / "checkpoint-cache" / "ck-1"
+
+
+def test_hot_copy_checksums_are_taken_off_the_wait_point_and_catch_damage(tmp_path: Path):
+    storage, files, hot = stored_checkpoint(tmp_path)
     # The uploader recorded the checksums that put() left out.
     recorded = json.loads((hot / META).read_text())["files"]
     assert all("xxh3" in f for f in recorded.values())
@@ -60,15 +65,9 @@ def test_a_checkpoint_recorded_with_an_older_crc32_is_still_checked(
         return {f.name: {"size": f.stat().st_size, "crc32": zlib.crc32(f.read_bytes())}
                 for f in d.iterdir() if f.is_file() and not f.name.startswith(".")}  # fmt: skip
 
-    home = tmp_path / "home"
     with monkeypatch.context() as m:
         m.setattr(checkpoints, "_describe", describe_as_before)
-        storage = SnapshotCheckpointStorage(open_store(f"file://{tmp_path / 'store'}"), home)
-        staging = storage.staging_dir()
-        files = fake_checkpoint(staging / "ck")
-        storage.put("ck-1", staging / "ck", {"engine": "gvisor"})
-        storage.flush()
-    hot = home / "checkpoint-cache" / "ck-1"
+        storage, files, hot = stored_checkpoint(tmp_path)
     assert all("crc32" in f and "xxh3" not in f for f in storage.meta("ck-1")["files"].values())
     assert storage.open_dir("ck-1") == (hot, False)  # intact: used in place
     pages = bytearray((hot / "pages.img").read_bytes())
