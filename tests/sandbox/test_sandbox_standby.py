@@ -87,7 +87,7 @@ def test_a_checkpoint_of_another_spec_does_not_use_the_standby(
         # A standby made for that spec is used.
         engine.standby(spec, 1)
         info = engine.restore(ck.id, name=f"{src.name}-r")
-        assert info.from_standby
+        assert info.from_standby, f"the standby was not used: {engine.standby_misses[-3:]}"
         engine.remove(info.name, force=True)
     finally:
         engine.remove(src.name, force=True)
@@ -123,7 +123,7 @@ def test_a_taken_name_fails_before_a_standby_is_used(
         engine.restore(ck.id, name=sandbox)
     assert standbys(engine) == [ready.name]  # still there, still unused
     info = engine.restore(ck.id, name=f"{sandbox}-r")
-    assert info.from_standby
+    assert info.from_standby, f"the standby was not used: {engine.standby_misses[-3:]}"
     engine.remove(info.name, force=True)
 
 
