@@ -156,13 +156,6 @@ def require_working_runsc(engine: GVisorEngine) -> None:
             raise SandboxError(verdict["message"])
 
 
-def _image_recipe(image_dir: Path) -> str | None:
-    try:
-        return json.loads((image_dir / "image.json").read_text()).get("recipe")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def run_checks(engine_factory: Any, *, build_base: bool = False) -> list[Check]:
     """All checks `torpor doctor` shows. engine_factory() builds the engine (which runs
     the self-test gate)."""
@@ -207,9 +200,8 @@ def run_checks(engine_factory: Any, *, build_base: bool = False) -> list[Check]:
         images = engine.images
         img = images.build_base() if build_base else images.get("torpor/base")
         detail = f"{img.name} {img.digest[:19]}"
-        recipe = _image_recipe(img.rootfs.parent)
-        if recipe != BASE_RECIPE:  # still works; says what a rebuild would bring
-            detail += (f"; built by an older recipe ({recipe or 'torpor-base/1'}), without "
+        if img.recipe != BASE_RECIPE:  # still works; says what a rebuild would bring
+            detail += (f"; built by an older recipe ({img.recipe or 'torpor-base/1'}), without "
                        "what torpor/base has since gained (early git packing): `torpor image "
                        "build-base --force` rebuilds it, and checkpoints of sandboxes from "
                        "the old one are then refused")  # fmt: skip

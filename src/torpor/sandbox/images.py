@@ -91,6 +91,7 @@ class Image:
     user: str
     size: int
     created: str
+    recipe: str = ""  # BASE_RECIPE for torpor/base built since it was recorded; else empty
 
     @property
     def short_digest(self) -> str:
@@ -459,6 +460,7 @@ class ImageStore:
                 user=meta.get("user") or "",
                 size=int(meta.get("size") or 0),
                 created=meta.get("created") or "",
+                recipe=meta.get("recipe") or "",
             )
         except (KeyError, TypeError, ValueError):
             return None
