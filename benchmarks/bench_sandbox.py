@@ -361,6 +361,16 @@ def one_run(engine: GVisorEngine, kind: str, run: int, fat_rest: str) -> dict[st
     return s
 
 
+def start_and_exec(engine: GVisorEngine, mode: str, name: str, ck_id: str) -> None:
+    """One start as the throughput loops count it: a cold `run` or a `restore` of ck_id,
+    then the first `exec true`."""
+    if mode == "cold":
+        engine.run(SandboxSpec(image="base"), name=name)
+    else:
+        engine.restore(ck_id, name=name)
+    must(engine.exec(name, ["true"]), "exec")
+
+
 def throughput(
     engine: GVisorEngine, mode: str, n: int, duration: float, ck_id: str, stop: threading.Event
 ) -> dict[str, Any]:
@@ -378,11 +388,7 @@ def throughput(
             i += 1
             t0 = time.monotonic()
             try:
-                if mode == "cold":
-                    engine.run(SandboxSpec(image="base"), name=name)
-                else:
-                    engine.restore(ck_id, name=name)
-                must(engine.exec(name, ["true"]), "exec")
+                start_and_exec(engine, mode, name, ck_id)
                 took = time.monotonic() - t0
                 t1 = time.monotonic()
                 engine.remove(name, force=True)
@@ -447,13 +453,8 @@ def cpu_per_start(engine: GVisorEngine, images: ImageStore, ck_id: str, cycles: 
                        check=True, capture_output=True)  # fmt: skip
 
     def torpor_cycle(mode: str, i: int) -> None:
-        name = f"cpu-{mode}-{i}"
-        if mode == "cold":
-            engine.run(SandboxSpec(image="base"), name=name)
-        else:
-            engine.restore(ck_id, name=name)
-        must(engine.exec(name, ["true"]), "exec")
-        engine.remove(name, force=True)
+        start_and_exec(engine, mode, f"cpu-{mode}-{i}", ck_id)
+        engine.remove(f"cpu-{mode}-{i}", force=True)
 
     cases: dict[str, Any] = {
         "runsc run /bin/true (runsc alone)": bare,
