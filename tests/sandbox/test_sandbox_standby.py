@@ -35,7 +35,7 @@ def test_restore_loads_into_a_standby(engine: GVisorEngine, sandbox: str, no_sta
     assert standbys(engine) == sorted(i.name for i in ready)
     assert {i.name for i in engine.list()}.isdisjoint(standbys(engine))  # not in plain ps
     again = engine.standby(BASE, 2)  # already there: nothing new
-    assert {i.id for i in again} == {i.id for i in ready}
+    assert {i.id for i in again} == {i.id for i in ready}, engine.standby_misses[-3:]
     engine.spawn(sandbox, ["python3", "-c", COUNTER])
     engine.write_file(sandbox, "/root/kept.txt", b"kept")
     token, n = read_counter(engine, sandbox)

@@ -579,16 +579,24 @@ class GVisorEngine(Engine):
     def _sandbox_alive(self, info: SandboxInfo) -> bool:
         """info's sandbox process lives: not a zombie, and still runsc's sandbox of this
         bundle (its command line names it), so a reused pid is not taken for it."""
+        return self._why_dead(info) is None
+
+    def _why_dead(self, info: SandboxInfo) -> str | None:
+        """None if info's sandbox process lives (see `_sandbox_alive`), else why not."""
         if not info.pid:
-            return False
+            return "no sandbox pid recorded"
         try:
             proc_stat = Path(f"/proc/{info.pid}/stat").read_text()
             cmdline = Path(f"/proc/{info.pid}/cmdline").read_bytes()
         except OSError:
-            return False
+            return f"its sandbox process is gone (pid {info.pid})"
         bundle = f"--bundle={self._dir(info.id) / 'bundle'}".encode()
+        if bundle not in cmdline.split(b"\0"):
+            return f"pid {info.pid} is not its sandbox ({cmdline[:80]!r})"
         state = proc_stat.rsplit(")", 1)[-1].split()[0]
-        return bundle in cmdline.split(b"\0") and state not in ("Z", "X")
+        if state in ("Z", "X"):
+            return f"its sandbox process is gone (pid {info.pid}, a zombie)"
+        return None
 
     def _state(self, info: SandboxInfo) -> str:
         """runsc's status of info's container, as `_runsc_state`, but without starting a
@@ -613,9 +621,10 @@ class GVisorEngine(Engine):
         adopt = info.state == "standby"  # created ahead by standby(): runsc create is done
         if adopt:
             self._unlist_standby(info)
-            adopt = image_path is not None and self._standby_alive(info)
-            if image_path is not None and not adopt:
-                self._note_standby_miss(info, "its sandbox process is gone")
+            dead = self._standby_dead(info) if image_path is not None else None
+            adopt = image_path is not None and dead is None
+            if dead:
+                self._note_standby_miss(info, dead)
         info.from_standby = False
         if adopt:
             if info.channel:
@@ -1488,10 +1497,14 @@ class GVisorEngine(Engine):
         raw = json.dumps(key, sort_keys=True)
         return self.home / "standby" / hashlib.sha256(raw.encode()).hexdigest()[:16]
 
-    def _standby_alive(self, info: SandboxInfo) -> bool:
-        """runsc still records the container as created and its sandbox process lives
-        (runsc's state file does not notice a sandbox killed from outside)."""
-        return self._status_hint(info.id) == "created" and self._sandbox_alive(info)
+    def _standby_dead(self, info: SandboxInfo) -> str | None:
+        """None if runsc still records the container as created and its sandbox process
+        lives (runsc's state file does not notice a sandbox killed from outside), else
+        why not."""
+        hint = self._status_hint(info.id)
+        if hint != "created":
+            return f"runsc records it as {hint or 'nothing'}"
+        return self._why_dead(info)
 
     def _unlist_standby(self, info: SandboxInfo) -> None:
         d = self._standby_dir(info.spec, info.image_digest, info.channel, info.init_tmpfs)
@@ -1524,8 +1537,9 @@ class GVisorEngine(Engine):
             info = self._load(entry.name) if _ID_RE.fullmatch(entry.name) else None
             if info is None or info.state != "standby":
                 continue
-            if not self._standby_alive(info):  # killed, or the host restarted
-                self._note_standby_miss(info, "its sandbox process is gone")
+            dead = self._standby_dead(info)  # killed, or the host restarted
+            if dead:
+                self._note_standby_miss(info, dead)
                 self._discard(info)
                 continue
             old = info.name
@@ -1560,7 +1574,9 @@ class GVisorEngine(Engine):
             info = self._load(entry.name) if _ID_RE.fullmatch(entry.name) else None
             if info is None or info.state != "standby":
                 entry.unlink(missing_ok=True)
-            elif not self._standby_alive(info) or len(ready) >= count:
+            elif (dead := self._standby_dead(info)) or len(ready) >= count:
+                if dead:
+                    self._note_standby_miss(info, f"found dead when counting: {dead}")
                 with contextlib.suppress(SandboxNotFound):
                     self.remove(info.id, force=True)
             else:
