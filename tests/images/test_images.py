@@ -24,7 +24,6 @@ from torpor.sandbox.images import (
     ImageError,
     ImageNotFound,
     ImageStore,
-    apt_mirror,
 )
 
 
@@ -140,51 +139,6 @@ def test_killed_build_leaves_nothing_behind(tmp_path: Path, demo_layout) -> None
     store.pull(f"oci:{demo_layout.path}:v1", name="demo")
     assert leftovers(store) == []  # ... until the next write to the store sweeps it
     assert [i.name for i in store.list()] == ["demo:latest"]
-
-
-# --- the apt mirror ------------------------------------------------------------------------
-
-
-def test_mirror_comes_from_the_machines_deb822_sources(tmp_path: Path) -> None:
-    d = tmp_path / "sources.list.d"
-    d.mkdir()
-    (d / "debian.sources").write_text(textwrap.dedent("""\
-        Types: deb
-        URIs: http://mirror.example/debian-security
-        Suites: bookworm-security
-        Components: main
-
-        Types: deb
-        # a comment
-        URIs: http://mirror.example/debian
-        Suites: bookworm bookworm-updates
-        Components: main
-    """))
-    (d / "torpor-trixie.sources").write_text(
-        "Types: deb\nURIs: http://other.example/debian\nSuites: trixie\nComponents: main\n"
-    )
-    assert apt_mirror(d, tmp_path / "none") == "http://mirror.example/debian"
-
-
-def test_mirror_comes_from_one_line_sources(tmp_path: Path) -> None:
-    lst = tmp_path / "sources.list"
-    lst.write_text(textwrap.dedent("""\
-        # deb http://commented.example/debian bookworm main
-        deb http://security.example/debian-security bookworm-security main
-        deb [signed-by=/usr/share/keyrings/x.gpg arch=amd64] http://m.example/debian bookworm main
-    """))
-    assert apt_mirror(tmp_path / "nodir", lst) == "http://m.example/debian"
-
-
-def test_no_mirror_is_a_clear_error(tmp_path: Path) -> None:
-    lst = tmp_path / "sources.list"
-    lst.write_text("deb http://x.example/debian-security bookworm-security main\n")
-    with pytest.raises(ImageError, match="cannot find a Debian bookworm mirror"):
-        apt_mirror(tmp_path / "nodir", lst)
-
-
-def test_this_machine_has_a_mirror() -> None:
-    assert re.match(r"^https?://", apt_mirror())
 
 
 # --- pulling -------------------------------------------------------------------------------

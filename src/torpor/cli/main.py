@@ -436,13 +436,19 @@ def doctor(
     from torpor.sandbox.doctor import run_checks
 
     _check_format(fmt)
-    checks = run_checks(engine, build_base=build_base)
+
+    def progress(line: str) -> None:  # the base image build's steps, as they come
+        err.print(f"     {'':<12} [dim]{line}[/dim]", markup=True, highlight=False)
+
+    checks = []
+    for c in run_checks(engine, build_base=build_base, progress=progress):
+        checks.append(c)
+        if fmt == "text":  # each check as it finishes: the base image build takes minutes
+            mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
+            took = f" [dim]({c.seconds:.1f} s)[/dim]" if c.seconds is not None else ""
+            out.print(f"{mark} {c.name:<12} {c.detail}{took}", markup=True)
     if fmt == "json":
         _print_json([c.__dict__ for c in checks])
-    else:
-        for c in checks:
-            mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
-            out.print(f"{mark} {c.name:<12} {c.detail}", markup=True)
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
 

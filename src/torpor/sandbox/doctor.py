@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    seconds: float | None = None  # how long the check took, where it does real work
 
 
 class _SelfTestImages:
@@ -156,57 +158,67 @@ def require_working_runsc(engine: GVisorEngine) -> None:
             raise SandboxError(verdict["message"])
 
 
-def run_checks(engine_factory: Any, *, build_base: bool = False) -> list[Check]:
-    """All checks `torpor doctor` shows. engine_factory() builds the engine (which runs
-    the self-test gate)."""
+def run_checks(
+    engine_factory: Any, *, build_base: bool = False, progress: Any = None
+) -> Iterator[Check]:
+    """The checks `torpor doctor` shows, each yielded as soon as it is done (the base image
+    build can take minutes), with the seconds it took. engine_factory() builds the engine,
+    which runs the self-test gate; progress(line) hears the base image build's steps."""
+    from torpor.home import torpor_home
     from torpor.sandbox.gvisor import PINNED_RUNSC, RUNSC_INSTALL_HINT
     from torpor.sandbox.images import BASE_RECIPE
+    from torpor.sandbox.initbin import ensure_init_binary
 
-    checks: list[Check] = []
     runsc = shutil.which("runsc")
     if runsc is None:
-        checks.append(Check("runsc", False, RUNSC_INSTALL_HINT))
-        return checks
+        yield Check("runsc", False, RUNSC_INSTALL_HINT)
+        return
     deb = debian_runsc_version()
     pinned = deb == PINNED_RUNSC
-    checks.append(
-        Check(
-            "runsc",
-            True,
-            f"{runsc} (Debian {deb or 'not from a package'})"
-            + ("" if pinned else f"; tested build is {PINNED_RUNSC}, the self-test decides"),
-        )
+    yield Check(
+        "runsc",
+        True,
+        f"{runsc} (Debian {deb or 'not from a package'})"
+        + ("" if pinned else f"; tested build is {PINNED_RUNSC}, the self-test decides"),
     )
     for tool in ("musl-gcc", "mmdebstrap", "skopeo", "umoci", "ip"):
         path = shutil.which(tool)
-        checks.append(Check(tool, path is not None, path or "missing: run scripts/setup.sh"))
+        yield Check(tool, path is not None, path or "missing: run scripts/setup.sh")
+    t0 = time.monotonic()
+    try:
+        init_dir = ensure_init_binary(torpor_home())
+    except SandboxError as e:
+        yield Check("torpor-init", False, str(e), time.monotonic() - t0)
+        return
+    yield Check("torpor-init", True, str(init_dir / "init"), time.monotonic() - t0)
+    verdict_file = torpor_home() / "doctor.json"
+    cached = verdict_file.stat().st_mtime_ns if verdict_file.exists() else None
+    t0 = time.monotonic()
     try:
         engine = engine_factory()
-        init_dir = engine.init_dir
-        checks.append(Check("torpor-init", True, str(init_dir / "init")))
-        verdict = json.loads((engine.home / "doctor.json").read_text())
-        checks.append(
-            Check(
-                "self-test",
-                True,
-                f"sandbox read/write/exec/checkpoint/restore passed on {engine.platform}"
-                + (f" ({verdict['seconds']:.2f} s)" if "seconds" in verdict else ""),
-            )
-        )
+        verdict = json.loads(verdict_file.read_text())
     except SandboxError as e:
-        checks.append(Check("self-test", False, str(e)))
-        return checks
+        yield Check("self-test", False, str(e), time.monotonic() - t0)
+        return
+    when = "cached: this runsc passed before" if verdict_file.stat().st_mtime_ns == cached else (
+        f"{verdict['seconds']:.2f} s of sandbox work")  # fmt: skip
+    yield Check(
+        "self-test",
+        True,
+        f"sandbox read/write/exec/checkpoint/restore passed on {engine.platform} ({when})",
+        time.monotonic() - t0,
+    )
+    t0 = time.monotonic()
     try:
         images = engine.images
-        img = images.build_base() if build_base else images.get("torpor/base")
+        img = images.build_base(progress=progress) if build_base else images.get("torpor/base")
         detail = f"{img.name} {img.digest[:19]}"
         if img.recipe != BASE_RECIPE:  # still works; says what a rebuild would bring
             detail += (f"; built by an older recipe ({img.recipe or 'torpor-base/1'}), without "
                        "what torpor/base has since gained (early git packing): `torpor image "
                        "build-base --force` rebuilds it, and checkpoints of sandboxes from "
                        "the old one are then refused")  # fmt: skip
-        checks.append(Check("base image", True, detail))
+        yield Check("base image", True, detail, time.monotonic() - t0)
     except Exception as e:  # noqa: BLE001 - reported as a failed check
         hint = "" if build_base else " (build it with `torpor image build-base`)"
-        checks.append(Check("base image", False, f"{e}{hint}"))
-    return checks
+        yield Check("base image", False, f"{e}{hint}", time.monotonic() - t0)

@@ -283,76 +283,21 @@ def _run(
     return res.stdout
 
 
-def apt_mirror(
-    sources_dir: Path = Path("/etc/apt/sources.list.d"),
-    sources_list: Path = Path("/etc/apt/sources.list"),
-    suite: str = BASE_SUITE,
-) -> str:
-    """The Debian mirror this machine's apt already uses (never a hard-coded host).
+def apt_mirror(codename: str | None = None) -> str:
+    """The Debian mirror this machine's apt already uses (never a hard-coded host), or
+    TORPOR_DEBIAN_MIRROR.
 
-    Looks at deb822 ``*.sources`` files and one-line ``sources.list`` entries, prefers an
-    entry that carries ``suite`` itself, and skips security mirrors and the trixie suite
-    torpor adds for runsc.
+    Asks debian-mirror.sh beside this module, which scripts/setup.sh uses too: it reads
+    the sources through apt itself (`apt-get indextargets`, both the deb822 and the
+    one-line forms) and skips security, third-party and disabled entries. codename is the
+    release whose entries count (default: this machine's).
     """
-    candidates: list[tuple[int, str]] = []  # (preference, uri); lower is better
-
-    def consider(uris: list[str], suites: list[str], types: list[str]) -> None:
-        if "deb" not in types:
-            return
-        if any(s.endswith("-security") or "/updates" in s for s in suites):
-            return
-        for uri in uris:
-            if "security" in uri:
-                continue
-            if suite in suites:
-                candidates.append((0, uri))
-            elif any(s.startswith(suite) for s in suites):
-                candidates.append((1, uri))
-
-    files = sorted(sources_dir.glob("*.sources")) if sources_dir.is_dir() else []
-    for f in files:
-        if f.name.startswith("torpor-"):
-            continue
-        try:
-            text = f.read_text(errors="replace")
-        except OSError:
-            continue
-        for stanza in re.split(r"\n\s*\n", text):
-            fields: dict[str, list[str]] = {}
-            for line in stanza.splitlines():
-                if line.startswith("#") or ":" not in line or line[:1].isspace():
-                    continue
-                key, _, value = line.partition(":")
-                fields[key.strip().lower()] = value.split()
-            if fields.get("enabled", ["yes"])[0].lower() == "no":
-                continue
-            consider(fields.get("uris", []), fields.get("suites", []), fields.get("types", []))
-    lists = [sources_list]
-    if sources_dir.is_dir():
-        lists += sorted(sources_dir.glob("*.list"))
-    for f in lists:
-        try:
-            text = f.read_text(errors="replace")
-        except OSError:
-            continue
-        for line in text.splitlines():
-            words = line.split("#", 1)[0].split()
-            if len(words) < 3 or words[0] != "deb":
-                continue
-            words = words[1:]
-            if words[0].startswith("["):  # options such as [signed-by=...]
-                while words and not words[0].endswith("]"):
-                    words = words[1:]
-                words = words[1:]
-            if len(words) >= 2:
-                consider([words[0]], [words[1]], ["deb"])
-    if not candidates:
-        raise ImageError(
-            f"cannot find a Debian {suite} mirror in this machine's apt sources "
-            f"({sources_dir}/*.sources, {sources_list})"
-        )
-    candidates.sort(key=lambda c: c[0])
-    return candidates[0][1]
+    script = Path(__file__).with_name("debian-mirror.sh")
+    argv = ["bash", str(script), *([codename] if codename else [])]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ImageError(proc.stderr.strip() or "debian-mirror.sh failed")
+    return proc.stdout.strip()
 
 
 def _add_init_mountpoint(rootfs: Path) -> None:
