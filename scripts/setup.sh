@@ -152,7 +152,7 @@ Pin-Priority: 100" && say "apt: pinned trixie low ($TRIXIE_PIN)"
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -qE ' ok installed$' || missing+=("$p")
+  [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == *" ok installed" ]] || missing+=("$p")
 done
 [[ $installed_runsc == "$RUNSC_VERSION" ]] || missing+=("runsc=$RUNSC_VERSION")
 
@@ -160,7 +160,10 @@ if ((${#missing[@]})); then
   step apt "installing ${#missing[@]} packages: ${missing[*]} (a few minutes on a fresh machine)"
   [[ $codename == trixie ]] || ensure_trixie_suite
   run apt-get update
-  if ! apt-cache madison runsc 2>>"$STEP_LOG" | grep -qF " $RUNSC_VERSION "; then
+  # (read whole, then matched: `apt-cache ... | grep -q` fails under pipefail whenever grep
+  # exits before apt-cache has written its last line)
+  known=$(apt-cache madison runsc 2>>"$STEP_LOG" || true)
+  if [[ $known != *" $RUNSC_VERSION "* ]]; then
     # apt-get update only warns about a source it could not fetch: show what it said
     grep -E '^(W|E|Err):' "$STEP_LOG" | head -n 6 | sed 's/^/    apt-get update said: /' >&2 || true
     die "apt knows no runsc $RUNSC_VERSION after apt-get update (trixie's suite: ${TRIXIE_SOURCE}); check that its mirror answers and carries trixie, or set TORPOR_DEBIAN_MIRROR and remove $TRIXIE_SOURCE"
