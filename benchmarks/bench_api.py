@@ -49,6 +49,8 @@ def fanout(home: Path, sessions: int, clients: int, per_session: int, notify: bo
            interval: float) -> dict[str, Any]:  # fmt: skip
     rt = Runtime(db=f"sqlite:///{home / f'fan-{sessions}-{clients}-{notify}.db'}", home=home)
     app = create_app(rt, auth=False, workers=0)
+    # the sessions only carry events (no turn runs), but a model must be configured
+    os.environ.setdefault("OPENAI_API_KEY", "never-sent")
     sids = [rt.create_session(model="openai:none").id for _ in range(sessions)]
     heads = {sid: rt.log.head_seq(sid) for sid in sids}
     epochs = {sid: rt.log.acquire(sid) for sid in sids}

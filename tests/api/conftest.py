@@ -24,6 +24,15 @@ from torpor.runtime.core import Runtime
 from torpor.sandbox.gvisor import GVisorEngine
 
 
+@pytest.fixture(autouse=True, scope="module")
+def openai_configured() -> Iterator[None]:
+    """Sessions with an `openai:` model are refused unless the provider is configured; the
+    API tests that create them never send their turns, so any key will do."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENAI_API_KEY", "test-key-never-sent")
+        yield
+
+
 @pytest.fixture(scope="session")
 def api_home(rt_home: Path) -> Path:
     """The API tests share the runtime tests' engine home (tests/conftest.py)."""

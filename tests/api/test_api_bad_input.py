@@ -135,3 +135,23 @@ def test_oversized_chunked_body_over_a_real_socket(api_home: Path, api_engine, t
             assert ok.status_code == 201 and ok.json()["tenant"] is None
     finally:
         rt.close()
+
+
+def test_sessions_that_could_never_run_are_refused_at_creation(api, monkeypatch, tmp_path):
+    """Each of these used to be accepted with 201, then looped through recoveries forever."""
+    c, app = api
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    not_jsonl = tmp_path / "notes.txt"
+    not_jsonl.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    cases = {
+        "openai:gpt-4o-mini": "no API key (set OPENAI_API_KEY",
+        "script:/nonexistent": "/nonexistent",
+        f"script:{not_jsonl}": f"{not_jsonl}:1",
+    }
+    for model, says in cases.items():
+        assert says in msg(c.post("/v1/sessions", json={"model": model}), 422), model
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    m = msg(c.post("/v1/sessions", json={"model": "openai:x", "image": "nope"}), 422)
+    assert "no such image" in m and "torpor image pull" in m
+    assert app.state.runtime.sessions() == []

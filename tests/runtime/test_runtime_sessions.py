@@ -265,11 +265,12 @@ def _fake_llm_class():  # the fake OpenAI/Anthropic server of tests/agent, loade
     return mod.FakeLLM
 
 
-def test_retry_timer_survives_a_restart_of_every_process(runtime: Runtime):
+def test_retry_timer_survives_a_restart_of_every_process(runtime: Runtime, monkeypatch):
     fake = _fake_llm_class()().start()
     try:
         fake.error(429, headers={"retry-after": "1"})
         fake.reply(text="answered after the outage")
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.openai_url)  # checked at creation
         s = runtime.create_session(model="openai:fake-model")
         s.post("hello")
         env = dict(os.environ, TORPOR_HOME=str(runtime.home), TORPOR_LOG=runtime.db_url,

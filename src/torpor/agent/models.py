@@ -329,8 +329,10 @@ class AnthropicModel(Model):
                         timeout=timeout)
         base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
-        if api_key is None and base_url is not None and not os.environ.get(
-                "ANTHROPIC_AUTH_TOKEN"):
+        if api_key is None and not os.environ.get("ANTHROPIC_AUTH_TOKEN"):
+            if base_url is None:  # refused now, as OpenAIModel does, not at the first turn
+                raise ValueError(f"{self.name}: no API key (set ANTHROPIC_API_KEY or pass "
+                                 "api_key=), or pass base_url= for a local server")
             api_key = "not-needed"  # a local or proxy server
         self.base_url = base_url
         self._sdk = anthropic

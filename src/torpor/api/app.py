@@ -33,7 +33,7 @@ from torpor.api.events import Notifier, format_sse, is_wait_point
 from torpor.api.metrics import Metrics
 from torpor.api.tokens import Principal, TokenStore
 from torpor.context import StaleEpoch, UnknownSession, to_anthropic, to_openai
-from torpor.runtime.core import LeaseLost, Policy, Runtime, SessionError
+from torpor.runtime.core import InvalidSession, LeaseLost, Policy, Runtime, SessionError
 from torpor.runtime.db import STATES, SessionClosedError, SessionNotFound, SessionRow
 from torpor.sandbox.engine import SandboxError
 
@@ -110,6 +110,7 @@ class StateName(StrEnum):
     waiting = "waiting"
     retrying = "retrying"
     recovering = "recovering"
+    failed = "failed"
     closed = "closed"
 
 
@@ -378,8 +379,8 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
                 policy=Policy(**body.policy.model_dump()) if body.policy else None,
                 tenant=p.tenant,
             )  # fmt: skip
-        except KeyError as e:  # unknown tool
-            raise ApiError(422, str(e.args[0] if e.args else e)) from None
+        except InvalidSession as e:  # model, image or tool: nothing a turn could mend
+            raise ApiError(422, str(e)) from None
         return session_json(s.info())
 
     @app.get(f"{v}/sessions", tags=["sessions"])

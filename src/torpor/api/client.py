@@ -45,6 +45,7 @@ class RemoteTurn:
     snapshot_bytes: int = 0
     snapshot_ms: float = 0.0
     restore_ms: float | None = None
+    error: str | None = None  # why the session failed
     events: list[Event] = field(default_factory=list)
 
 
@@ -244,8 +245,9 @@ class RemoteSession:
                     and seen_user:  # fmt: skip
                 out.state = d["state"]
                 return out
-            elif ev.type == "state" and d.get("state") == "closed":
-                out.state = "closed"
+            elif ev.type == "state" and d.get("state") in ("closed", "failed"):
+                out.state = d["state"]
+                out.error = d.get("error")
                 return out
             if time.time() > deadline:
                 raise TimeoutError(f"turn {turn} of {self.id} not done after {timeout} s")

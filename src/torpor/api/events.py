@@ -74,9 +74,9 @@ def format_sse(e: Entry) -> str:
 
 
 def is_wait_point(e: Entry) -> bool:
-    """A state marker after which the session waits for its user (or is closed)."""
+    """A state marker after which the session waits for its user (or failed, or is closed)."""
     c = e.content if e.kind == "marker" and isinstance(e.content, dict) else {}
-    return c.get("marker") == "state" and c.get("state") in ("waiting", "closed")
+    return c.get("marker") == "state" and c.get("state") in ("waiting", "failed", "closed")
 
 
 class Notifier:

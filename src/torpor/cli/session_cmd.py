@@ -167,6 +167,7 @@ def send(
             _json({**out.__dict__, "events": [e.__dict__ for e in out.events]})
         else:
             print(out.text)
+        _say_failed(session, out.state, out.error)
         return
     rt = runtime(db, store)
     s = rt.get_session(session)
@@ -184,6 +185,15 @@ def send(
         if outcome.state == "retrying":
             sys.stderr.write(f"the model failed; the turn resumes by itself at "
                              f"{outcome.wake_at:.0f} (run `torpor worker`)\n")  # fmt: skip
+    _say_failed(session, outcome.state, outcome.error)
+
+
+def _say_failed(session: str, state: str, error: str | None) -> None:
+    """A failed turn: one line with why, and exit status 1."""
+    if state == "failed":
+        sys.stderr.write(f"torpor: error: session {session} failed: {error}; fix that, then "
+                         "send a new message to try again\n")  # fmt: skip
+        raise typer.Exit(1)
 
 
 @command("ls")

@@ -17,6 +17,7 @@ Every transition is a `state` marker in the log and a row update in torpor_sessi
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import secrets
@@ -40,14 +41,25 @@ from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
 from torpor.runtime.workspace import SandboxWorkspace
 from torpor.sandbox.engine import CheckpointError, Engine, SandboxError, SandboxSpec, Tmpfs
+from torpor.sandbox.images import ImageNotFound
 from torpor.snapshots import open_store
 
+logger = logging.getLogger("torpor.runtime")
+
 DEFAULT_LEASE_TTL = 15.0
+# A session whose turns died this many times in a row (the worker gone each time, no wait
+# point reached in between) fails with the last error instead of being recovered again.
+MAX_RECOVERIES = 3
 WORKSPACE = "/work"  # a tmpfs in every session's sandbox (Runtime.sandbox_spec)
 
 
 class SessionError(Exception):
     """A request that does not fit the session (busy, closed, no snapshot yet, ...)."""
+
+
+class InvalidSession(SessionError, ValueError):
+    """A session that could not run as asked (its model, image or a tool): refused when it
+    is created, rather than failing at its first turn."""
 
 
 class LeaseLost(Exception):
@@ -84,7 +96,8 @@ class Policy:
 @dataclass
 class TurnOutcome:
     session: str
-    state: str  # waiting | retrying | closed
+    state: str  # waiting | retrying | failed | closed
+    error: str | None = None  # why the session failed
     text: str = ""
     snapshot: str | None = None
     snapshot_bytes: int = 0
@@ -244,8 +257,7 @@ class Runtime:
         tenant: str | None = None,
     ) -> Session:
         sid = id or f"ses-{secrets.token_hex(6)}"
-        for name in tools or []:
-            self.tools.get(name)  # unknown tool names fail now, not mid-turn
+        self.validate(image=image, model=model, tools=tools)
         pol = policy if isinstance(policy, Policy) else Policy.from_json(policy)
         self.db.create(
             SessionRow(
@@ -258,6 +270,28 @@ class Runtime:
         self.log.append(sid, [Entry.marker("state", state="created", image=image, model=model)],
                         epoch=epoch)  # fmt: skip
         return Session(self, sid)
+
+    def validate(self, *, image: str, model: str, tools: list[str] | None = None) -> None:
+        """Raise InvalidSession unless a session with this image, model and tools can run:
+        the model spec parses and its provider is configured (a key or a base URL; a
+        script file reads and parses), every tool is registered, the image is here."""
+        for name in tools or []:
+            try:
+                self.tools.get(name)
+            except KeyError as e:
+                raise InvalidSession(str(e.args[0] if e.args else e)) from None
+        images = getattr(self.engine, "images", None)
+        if images is not None:
+            try:
+                images.get(image)
+            except ImageNotFound as e:
+                raise InvalidSession(
+                    f"{e}; pull it first (`torpor image pull REF --name {image}`) or use 'base'"
+                ) from None
+        try:
+            self.model(model)
+        except ValueError as e:
+            raise InvalidSession(f"model {model!r}: {e}") from None
 
     def get_session(self, sid: str) -> Session:
         self.db.get(sid)
@@ -518,6 +552,7 @@ class Worker:
             return outcome  # nothing to do: no message, no due retry, no broken turn
         try:
             self._set_state(tr, row, "recovering" if recovering else "running", emit)
+            model = rt.model(row.model)  # before any sandbox: a model that fails costs none
             # The log is read while runsc restores the sandbox (a subprocess, so the two
             # overlap on separate cores): the turn then reads only what was appended since.
             prefetch = tr.prefetch()
@@ -534,7 +569,6 @@ class Worker:
                 outcome.recovered = True
                 self._set_state(tr, row, "running", emit)
             self._take_inbox(tr, sid, emit)
-            model = rt.model(row.model)
             turn_started = time.monotonic()
             calls_since_snapshot = 0
             last_snapshot = time.monotonic()
@@ -580,6 +614,10 @@ class Worker:
             outcome.state = "waiting"
             outcome.events = events
             return outcome
+        except (LeaseLost, StaleEpoch):
+            raise  # another worker has the session now: nothing here is ours to write
+        except Exception as e:  # noqa: BLE001 - a live worker's error fails the turn once
+            return self._fail(tr, row, sandbox, e, emit, outcome, events)
         finally:
             stop_beat.set()
 
@@ -665,6 +703,13 @@ class Worker:
         """A worker died mid-turn. The sandbox is back at the last snapshot: say what
         happened after it, and re-run interrupted calls only where that is safe."""
         entries = tr.entries()
+        died = recoveries_in_a_row(entries)
+        if died >= MAX_RECOVERIES:
+            raise SessionError(
+                f"the session's turn was cut short {died} times in a row (its worker stopped "
+                "each time before a wait point); not trying again: send a new message to"
+                " retry, or fork it from an earlier snapshot"
+            )
         after = row.snapshot_seq or 0
         calls = {e.tool_call_id: e for e in entries if e.kind == "tool_call" and e.seq > after}
         answered = {e.tool_call_id for e in entries if e.kind == "tool_result"}
@@ -752,6 +797,32 @@ class Worker:
             self.rt.standbys(row.image).refill()
         outcome.snapshot, outcome.snapshot_bytes, outcome.snapshot_ms = snap, size, ms
 
+    def _fail(self, tr: _Transcript, row: SessionRow, sandbox: str, err: Exception,
+              emit: Callable, outcome: TurnOutcome,
+              events: list[Event]) -> TurnOutcome:  # fmt: skip
+        """An error raised in this (live) worker that no retry would mend: a configuration
+        that broke after creation, a missing image, a tool that raised out of the loop.
+        The session goes to `failed` with the error, once; recovery is for dead workers.
+        Whatever the turn did to the sandbox is snapshotted, then the sandbox removed. A
+        new message takes it back to work (one attempt per message, never a loop)."""
+        message = f"{type(err).__name__}: {err}"
+        logger.warning("session %s failed: %s", row.id, message)
+        eng = self.rt.engine
+        with contextlib.suppress(Exception):
+            if eng.inspect(sandbox).state == "running":
+                snap, size, ms = self._snapshot(tr, sandbox, emit, leave_running=False)
+                outcome.snapshot, outcome.snapshot_bytes, outcome.snapshot_ms = snap, size, ms
+        with contextlib.suppress(SandboxError):
+            eng.remove(sandbox, force=True)
+        tr.append([Entry.marker("error", error=message, kind=type(err).__name__)])
+        tr.append([Entry.marker("state", state="failed", error=message)])
+        self.rt.db.update(row.id, owner=self.owner, state="failed", attempt=0, wake_at=None,
+                          error=message, lease_owner=None, lease_until=None)  # fmt: skip
+        emit("error", error=message)
+        emit("state", state="failed", error=message)
+        outcome.state, outcome.error, outcome.events = "failed", message, events
+        return outcome
+
     def _schedule_retry(self, tr: _Transcript, row: SessionRow, sandbox: str, err: ModelError,
                         emit: Callable, outcome: TurnOutcome,
                         events: list[Event]) -> TurnOutcome:  # fmt: skip
@@ -787,6 +858,20 @@ class Worker:
         emit("retry_scheduled", attempt=attempt, delay=round(delay, 3), error=str(err))
         outcome.state, outcome.wake_at = "retrying", wake
         return outcome
+
+
+def recoveries_in_a_row(entries: list[Entry]) -> int:
+    """How many times the current turn has been recovered after a dead worker: the recovery
+    notes since the session last reached a wait point (or was sent a new message after
+    failing)."""
+    n = 0
+    for e in reversed(entries):
+        c = e.content if e.kind == "marker" and isinstance(e.content, dict) else {}
+        if c.get("marker") == "state" and c.get("state") in ("waiting", "failed", "closed"):
+            break
+        if c.get("marker") == "recovery_note" and "after_seq" in c:
+            n += 1
+    return n
 
 
 def wait_for(rt: Runtime, sid: str, states: tuple[str, ...] = ("waiting", "closed"),

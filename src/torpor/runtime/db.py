@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-STATES = ("created", "running", "waiting", "retrying", "recovering", "closed")
+STATES = ("created", "running", "waiting", "retrying", "recovering", "failed", "closed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS torpor_sessions (
@@ -268,7 +268,7 @@ class RuntimeDB:
         lock = " FOR UPDATE SKIP LOCKED" if self.kind == "postgres" else ""
         with self.tx() as cur:
             cur.execute(
-                "SELECT id FROM torpor_sessions s WHERE state != 'closed' "
+                "SELECT id FROM torpor_sessions s WHERE state NOT IN ('closed', 'failed') "
                 "AND (lease_owner IS NULL OR lease_until < %s OR lease_owner = %s) "
                 # wake_at is a retry's timer; on a waiting session it only says when a
                 # warm sandbox gets snapshotted, and does not hold the session back.
@@ -316,6 +316,8 @@ class RuntimeDB:
                 raise SessionNotFound(sid)
             if r[0] == "closed":
                 raise SessionClosedError(f"session {sid} is closed")
+            if r[0] == "failed":  # a new message is the user's retry: one turn, once
+                cur.execute("UPDATE torpor_sessions SET state = 'waiting' WHERE id = %s", (sid,))
             cur.execute(
                 "INSERT INTO torpor_inbox (session, text, created_at, consumed) "
                 "VALUES (%s, %s, %s, 0) RETURNING id",
