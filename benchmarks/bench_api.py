@@ -129,7 +129,7 @@ def turns(home: Path, n: int) -> dict[str, Any]:
 
     # interleaved, so both see the same machine state; the HTTP send returns at the
     # wait-point event (the `state: waiting` marker), the in-process one after the row update
-    app = create_app(rt, auth=False, workers=1)
+    app = create_app(rt, auth=False, workers=1, scripts=home)
     t_local, t_http = [], []
     with serve(app) as url, Client(url) as c:
         local = rt.create_session(model=script("local"))

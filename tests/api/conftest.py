@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -93,7 +94,8 @@ def server(api_home: Path, api_engine: GVisorEngine) -> Iterator[Server]:
     """One real server for the module's tests (tenants keep them apart), 2 worker threads."""
     db = api_home / "api.db"
     rt = make_runtime(api_home, api_engine, db)
-    app = create_app(rt, auth=True, workers=2, limits=Limits(turns_per_tenant=4))
+    app = create_app(rt, auth=True, workers=2, limits=Limits(turns_per_tenant=4),
+                     scripts=Path(tempfile.gettempdir()))  # the tests' scripts live there
     with serve(app) as url:
         yield Server(url, rt, app.state.tokens, db)
     for row in rt.sessions():

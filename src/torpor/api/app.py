@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
@@ -188,11 +189,13 @@ class _Guard:
 
 
 def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = None,
-               workers: int = 1, poll: float = 0.5) -> FastAPI:  # fmt: skip
+               workers: int = 1, poll: float = 0.5,
+               scripts: Path | None = None) -> FastAPI:  # fmt: skip
     """The API over `runtime`. auth: require tokens (off: one anonymous tenant that sees
     everything, for loopback use). workers: threads running turns in this process (0:
     none; turns then need a `torpor worker`). poll: how often event streams look for
-    entries written by other processes."""
+    entries written by other processes. scripts: the directory `script:` models may come
+    from (None: they are refused, so that no tenant can make the server open a file)."""
     rt = runtime
     lim = limits or Limits()
     tokens = TokenStore(rt.db)
@@ -363,6 +366,14 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
 
     v = f"/{API_VERSION}"
 
+    def check_script(path: str) -> None:
+        if scripts is None:
+            raise ApiError(422, "script: models are refused by this server: start it "
+                                "with `torpor serve --scripts DIR` to allow those in DIR")
+        if not Path(path).resolve().is_relative_to(scripts.resolve()):
+            raise ApiError(422, f"script {path} is outside the directory this server takes "
+                                f"scripts from ({scripts})")  # fmt: skip
+
     @app.post(f"{v}/sessions", status_code=201, tags=["sessions"])
     def create_session(body: SessionIn, p: Drive) -> dict[str, Any]:
         """Create a session (image, model, system prompt, tools, policy)."""
@@ -370,6 +381,8 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
         if provider not in PROVIDERS or ":" not in body.model:
             raise ApiError(422, f"model should look like provider:name (providers: "
                                 f"{', '.join(PROVIDERS)})")  # fmt: skip
+        if provider == "script":
+            check_script(body.model.partition(":")[2])
         if tokens.open_sessions(p.tenant) >= lim.sessions_per_tenant:
             raise ApiError(429, f"tenant has {lim.sessions_per_tenant} open sessions, the "
                                 "limit: close some first")  # fmt: skip

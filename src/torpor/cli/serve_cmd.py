@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from pathlib import Path
 
 import typer
 
@@ -42,6 +43,8 @@ def serve(
     turns_per_tenant: int = typer.Option(8, "--turns-per-tenant"),
     standby: int = typer.Option(1, "--standby", help="Standby sandboxes kept per image for "
                                 "resuming sessions (~50 MiB each; 0: none)."),  # fmt: skip
+    scripts: Path = typer.Option(None, "--scripts", help="Directory that `script:` models "
+                                 "may come from (default: none; they are refused)."),  # fmt: skip
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs)."""
     import uvicorn
@@ -62,7 +65,9 @@ def serve(
                          "this machine (loopback only)\n")  # fmt: skip
     limits = Limits(max_body_bytes=max_body, sessions_per_tenant=sessions_per_tenant,
                     turns_per_tenant=turns_per_tenant)  # fmt: skip
-    app = create_app(rt, auth=has_tokens, limits=limits, workers=workers)
+    if scripts is not None and not scripts.is_dir():
+        raise ServeError(f"--scripts {scripts}: no such directory")
+    app = create_app(rt, auth=has_tokens, limits=limits, workers=workers, scripts=scripts)
     sys.stderr.write(f"torpor: serving http://{host}:{port} (docs at /docs)\n")
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
