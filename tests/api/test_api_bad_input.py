@@ -174,3 +174,23 @@ def test_script_models_only_from_the_servers_scripts_directory(api, api_home, ap
                 assert "outside the directory this server takes scripts from" in m
     finally:
         rt.close()
+
+
+def test_remote_send_keeps_its_deadline(api_home, api_engine, tmp_path):
+    """No worker runs the turn: send(timeout=2) gives up after ~2 s (it used to check its
+    deadline only when an event came, and keepalives are comments: it waited forever)."""
+    import time
+
+    from torpor.api.client import Client
+
+    rt = make_runtime(api_home, api_engine, tmp_path / "deadline.db")
+    try:
+        app = create_app(rt, auth=False, workers=0)
+        with serve(app) as url, Client(url) as c:
+            s = c.create_session(model="openai:x")
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError, match="not done after 2"):
+                s.send("anyone there?", timeout=2)
+            assert 1.9 < time.monotonic() - t0 < 6
+    finally:
+        rt.close()

@@ -189,29 +189,45 @@ class RemoteSession:
         return self.client.request("POST", self._path("/sandbox/exec"),
                                    json={"argv": argv, "timeout": timeout})  # fmt: skip
 
-    def events(self, after: int = 0, *, until: str | None = None,
-               reconnect: bool = True) -> Iterator[Event]:  # fmt: skip
+    def events(self, after: int = 0, *, until: str | None = None, reconnect: bool = True,
+               deadline: float | None = None) -> Iterator[Event]:  # fmt: skip
         """The session's log as events from seq `after` on; reconnects with Last-Event-ID
-        when the connection drops (nothing is missed or repeated)."""
+        when the connection drops (nothing is missed or repeated). With a deadline (a
+        time.time()), raises TimeoutError once it has passed, events or not: the server's
+        keepalives do not hold it off, and a silent stream is read in slices of at most
+        5 s (then picked up again where it was)."""
         last = after
+
+        def expired() -> bool:
+            return deadline is not None and time.time() > deadline
+
+        def lines(r: httpx.Response) -> Iterator[str]:
+            for line in r.iter_lines():  # keepalive comments included
+                if expired():
+                    raise TimeoutError(f"no wait point of {self.id} before the deadline")
+                yield line
+
         while True:
             params: dict[str, Any] = {"after": last}
             if until:
                 params["until"] = until
+            read = None if deadline is None else max(0.05, min(5.0, deadline - time.time()))
             try:
                 with self.client.http.stream(
                     "GET", self._path("/events"), params=params,
-                    headers={"Last-Event-ID": str(last)}, timeout=httpx.Timeout(30, read=None),
+                    headers={"Last-Event-ID": str(last)}, timeout=httpx.Timeout(30, read=read),
                 ) as r:  # fmt: skip
                     if r.status_code >= 400:
                         r.read()
                         _raise(r)
-                    for ev in parse_sse(r.iter_lines()):
+                    for ev in parse_sse(lines(r)):
                         if ev.id is not None:
                             last = ev.id
                         yield ev
                 return  # the server ended the stream (wait point asked for, or closed)
             except (httpx.TransportError, httpx.RemoteProtocolError):
+                if expired():
+                    raise TimeoutError(f"no wait point of {self.id} before the deadline") from None
                 if not reconnect:
                     raise
                 time.sleep(0.2)
@@ -224,7 +240,7 @@ class RemoteSession:
         out = RemoteTurn(session=self.id, turn=turn, state="running")
         seen_user = False
         deadline = time.time() + timeout
-        for ev in self.events(after=head):
+        for ev in self._turn_events(head, turn, deadline, timeout):
             out.events.append(ev)
             if on_event:
                 on_event(ev)
@@ -249,7 +265,12 @@ class RemoteSession:
                 out.state = d["state"]
                 out.error = d.get("error")
                 return out
-            if time.time() > deadline:
-                raise TimeoutError(f"turn {turn} of {self.id} not done after {timeout} s")
         out.state = self.info()["state"]
         return out
+
+    def _turn_events(self, head: int, turn: int, deadline: float,
+                     timeout: float) -> Iterator[Event]:  # fmt: skip
+        try:
+            yield from self.events(after=head, deadline=deadline)
+        except TimeoutError:
+            raise TimeoutError(f"turn {turn} of {self.id} not done after {timeout} s") from None
