@@ -167,3 +167,46 @@ def test_exec_reaches_the_live_sandbox_while_a_turn_runs(server: Server, script)
         assert h.post(f"/v1/sessions/{sid}/close").status_code == 409
         end = list(Client(server.url, tok).get_session(sid).events(after=0, until="wait"))
         assert end[-1].type == "state" and end[-1].data["state"] == "waiting"
+
+
+def test_exec_that_fails_in_the_live_sandbox_is_not_run_again(server: Server, script,
+                                                               monkeypatch):  # fmt: skip
+    """A command that timed out in the live sandbox may have done its work: it is not run a
+    second time in a throwaway restore (which the endpoint did when the live exec failed)."""
+    tok = server.token("t-once", "drive", "exec")
+    model = script([
+        {"text": "setup"},
+        {"text": "working", "tool_calls": [shell("sleep 6")]},
+        {"text": "done"},
+    ])  # fmt: skip
+    eng = server.runtime.engine
+    debug_restores: list[str] = []
+    real_restore = eng.restore
+
+    def restore(snapshot: str, *, name: str, **kw):  # type: ignore[no-untyped-def]
+        if name.startswith("dbg-"):
+            debug_restores.append(name)
+        return real_restore(snapshot, name=name, **kw)
+
+    monkeypatch.setattr(eng, "restore", restore)  # a spy: the real restore still runs
+    with server.http(tok) as h:
+        sid = h.post("/v1/sessions", json={"model": model}).json()["id"]
+        rs = Client(server.url, tok).get_session(sid)
+        assert rs.send("first").state == "waiting"  # now there is a snapshot
+        h.post(f"/v1/sessions/{sid}/messages", json={"text": "go"})
+        deadline = time.time() + 30
+        while not any(e["kind"] == "tool_call" for e in
+                      h.get(f"/v1/sessions/{sid}/log", params={"limit": 500}).json()["entries"]):
+            assert time.time() < deadline
+            time.sleep(0.1)
+        r = h.post(f"/v1/sessions/{sid}/sandbox/exec",
+                   json={"argv": ["sh", "-c", "sleep 5"], "timeout": 1})  # fmt: skip
+        assert r.status_code == 409 and "exec failed" in r.json()["message"], r.text
+        assert debug_restores == []
+        list(rs.events(after=0, until="wait"))
+    # a waiting session's exec still goes to a throwaway restore
+    with server.http(tok) as h:
+        while h.get(f"/v1/sessions/{sid}").json()["busy"]:  # the lease goes after the marker
+            time.sleep(0.05)
+        r = h.post(f"/v1/sessions/{sid}/sandbox/exec", json={"argv": ["true"]})
+        assert r.status_code == 200 and len(debug_restores) == 1

@@ -601,11 +601,18 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
 
     def in_sandbox(row: SessionRow, fn: Callable[[str], Any]) -> Any:
         """Run fn(sandbox name) on the session's live sandbox while a turn runs, else on a
-        throwaway restore of its latest snapshot (changes there are discarded)."""
+        throwaway restore of its latest snapshot (changes there are discarded). fn runs
+        once: when it fails in the live sandbox, that is the answer (a command that timed
+        out there may have done its work; it is never run a second time elsewhere)."""
         eng = rt.engine
         if row.lease_owner and (row.lease_until or 0) > time.time():
-            with contextlib.suppress(SandboxError):
-                return fn(f"s-{row.id}")
+            live = f"s-{row.id}"
+            try:
+                running = eng.inspect(live).state == "running"
+            except SandboxError:
+                running = False  # between a restore and the next: look at the snapshot
+            if running:
+                return fn(live)
         if not row.snapshot:
             raise ApiError(409, f"session {row.id} has no sandbox to look at yet (no "
                                 "snapshot: send it a message first)")  # fmt: skip
