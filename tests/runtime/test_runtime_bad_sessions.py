@@ -145,3 +145,37 @@ def test_an_image_gone_after_creation_fails_once(runtime: Runtime, script) -> No
     n = len(s.log())
     assert Worker(runtime).run_once() is None
     assert len(s.log()) == n
+
+
+def test_worker_serve_outlives_an_error_outside_a_turn(runtime: Runtime, script, monkeypatch,
+                                                       caplog) -> None:  # fmt: skip
+    """Worker.serve died on any exception but a lost lease; now it logs, waits and goes on
+    (as the API's worker threads do)."""
+    import threading
+
+    w = Worker(runtime)
+    real = runtime.db.claim_any
+    fails = [2]
+
+    def flaky(*a, **kw):  # type: ignore[no-untyped-def]
+        if fails[0]:
+            fails[0] -= 1
+            raise RuntimeError("database is locked")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runtime.db, "claim_any", flaky)  # the real claim after two faults
+    s = runtime.create_session(model=script([{"text": "served"}]))
+    s.post("hi")
+    stop = threading.Event()
+    t = threading.Thread(target=w.serve, args=(stop,), kwargs={"poll": 0.05})
+    t.start()
+    try:
+        deadline = time.time() + 30
+        while runtime.db.get(s.id).state != "waiting":
+            assert t.is_alive() and time.time() < deadline
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(30)
+    assert fails[0] == 0
+    assert "claiming or running a turn failed" in caplog.text

@@ -495,6 +495,10 @@ class Worker:
                 done = self.run_once(on_event=on_event)
             except (LeaseLost, StaleEpoch):
                 done = None
+            except Exception:  # the database went away, say: say so, wait, go on
+                logger.exception("worker %s: claiming or running a turn failed", self.owner)
+                done = None
+                stop.wait(min(5.0, poll * 10))  # and do not spin on a persistent fault
             if done is None:
                 stop.wait(poll)
 
