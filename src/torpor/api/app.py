@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from torpor.agent.models import PROVIDERS
 from torpor.api.dashboard import add_dashboard
 from torpor.api.events import Notifier, format_sse, is_wait_point
 from torpor.api.metrics import Metrics
@@ -377,12 +376,9 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
     @app.post(f"{v}/sessions", status_code=201, tags=["sessions"])
     def create_session(body: SessionIn, p: Drive) -> dict[str, Any]:
         """Create a session (image, model, system prompt, tools, policy)."""
-        provider = body.model.partition(":")[0].strip().lower()
-        if provider not in PROVIDERS or ":" not in body.model:
-            raise ApiError(422, f"model should look like provider:name (providers: "
-                                f"{', '.join(PROVIDERS)})")  # fmt: skip
-        if provider == "script":
-            check_script(body.model.partition(":")[2])
+        provider, _, name = body.model.partition(":")
+        if provider.strip().lower() == "script":  # the rest of the spec: Runtime.validate
+            check_script(name)
         if tokens.open_sessions(p.tenant) >= lim.sessions_per_tenant:
             raise ApiError(429, f"tenant has {lim.sessions_per_tenant} open sessions, the "
                                 "limit: close some first")  # fmt: skip

@@ -198,13 +198,13 @@ class RemoteSession:
         5 s (then picked up again where it was)."""
         last = after
 
-        def expired() -> bool:
-            return deadline is not None and time.time() > deadline
+        def check_deadline() -> None:
+            if deadline is not None and time.time() > deadline:
+                raise TimeoutError(f"no wait point of {self.id} before the deadline")
 
         def lines(r: httpx.Response) -> Iterator[str]:
             for line in r.iter_lines():  # keepalive comments included
-                if expired():
-                    raise TimeoutError(f"no wait point of {self.id} before the deadline")
+                check_deadline()
                 yield line
 
         while True:
@@ -226,8 +226,7 @@ class RemoteSession:
                         yield ev
                 return  # the server ended the stream (wait point asked for, or closed)
             except (httpx.TransportError, httpx.RemoteProtocolError):
-                if expired():
-                    raise TimeoutError(f"no wait point of {self.id} before the deadline") from None
+                check_deadline()
                 if not reconnect:
                     raise
                 time.sleep(0.2)

@@ -158,6 +158,7 @@ class GVisorEngine(Engine):
         self._init_dir: Path | None = None
         self._version: str | None = None
         self.standby_misses: list[str] = []  # the last 20 standbys taken but not used
+        self.self_test_cached = True  # False when the self-test ran for this engine
         if self_test:
             from torpor.sandbox.doctor import require_working_runsc
 
