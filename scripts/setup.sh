@@ -159,7 +159,9 @@ done
 if ((${#missing[@]})); then
   step apt "installing ${#missing[@]} packages: ${missing[*]} (a few minutes on a fresh machine)"
   [[ $codename == trixie ]] || ensure_trixie_suite
-  run apt-get update
+  # Another apt (unattended-upgrades, a second set-up) may hold dpkg's lock: wait for it
+  # for up to 10 minutes instead of failing at once.
+  run apt-get -o DPkg::Lock::Timeout=600 update
   # (read whole, then matched: `apt-cache ... | grep -q` fails under pipefail whenever grep
   # exits before apt-cache has written its last line)
   known=$(apt-cache madison runsc 2>>"$STEP_LOG" || true)
@@ -169,8 +171,8 @@ if ((${#missing[@]})); then
     die "apt knows no runsc $RUNSC_VERSION after apt-get update (trixie's suite: ${TRIXIE_SOURCE}); check that its mirror answers and carries trixie, or set TORPOR_DEBIAN_MIRROR and remove $TRIXIE_SOURCE"
   fi
   apt-mark unhold runsc >/dev/null 2>&1 || true
-  run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-    --allow-downgrades "${APT_PACKAGES[@]}" "runsc=$RUNSC_VERSION"
+  run env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y \
+    --no-install-recommends --allow-downgrades "${APT_PACKAGES[@]}" "runsc=$RUNSC_VERSION"
   apt-mark hold runsc >/dev/null
   step_done
 else
