@@ -163,8 +163,6 @@ def test_exec_reaches_the_live_sandbox_while_a_turn_runs(server: Server, script)
         assert h.get(f"/v1/sessions/{sid}").json()["busy"] is True
         r = h.post(f"/v1/sessions/{sid}/sandbox/exec", json={"argv": ["cat", "/tmp/live"]})
         assert r.status_code == 200 and r.json()["stdout"] == "live\n", r.text
-        # closing while the turn runs is refused
-        assert h.post(f"/v1/sessions/{sid}/close").status_code == 409
         end = list(Client(server.url, tok).get_session(sid).events(after=0, until="wait"))
         assert end[-1].type == "state" and end[-1].data["state"] == "waiting"
 
@@ -210,3 +208,44 @@ def test_exec_that_fails_in_the_live_sandbox_is_not_run_again(server: Server, sc
             time.sleep(0.05)
         r = h.post(f"/v1/sessions/{sid}/sandbox/exec", json={"argv": ["true"]})
         assert r.status_code == 200 and len(debug_restores) == 1
+
+
+def wait_for_tool_call(h: httpx.Client, sid: str) -> None:
+    deadline = time.time() + 30
+    while not any(e["kind"] == "tool_call" for e in
+                  h.get(f"/v1/sessions/{sid}/log", params={"limit": 500}).json()["entries"]):
+        assert time.time() < deadline
+        time.sleep(0.1)
+    time.sleep(0.5)  # the command runs in the sandbox now
+
+
+def test_cancel_and_close_a_running_turn_over_http(server: Server, script):
+    tok = server.token("t-cancel")
+    model = script([
+        {"text": "", "tool_calls": [shell("sleep 60")]},
+        {"text": "stopped, then"},
+        {"text": "", "tool_calls": [shell("sleep 60")]},
+    ])  # fmt: skip
+    with server.http(tok) as h:
+        sid = h.post("/v1/sessions", json={"model": model}).json()["id"]
+        h.post(f"/v1/sessions/{sid}/messages", json={"text": "go"})
+        wait_for_tool_call(h, sid)
+        t0 = time.monotonic()
+        r = h.post(f"/v1/sessions/{sid}/cancel")
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "waiting" and r.json()["cancel"] is None
+        assert time.monotonic() - t0 < 10  # the sleep was stopped, not waited for
+        log = h.get(f"/v1/sessions/{sid}/log", params={"limit": 500}).json()["entries"]
+        names = [(e["content"] or {}).get("marker") for e in log if e["kind"] == "marker"]
+        assert "cancelled" in names and "snapshot_taken" in names
+        # the next message runs; the model was told of the cancel
+        rs = Client(server.url, tok).get_session(sid)
+        assert rs.send("again").text == "stopped, then"
+        # close of a running session cancels it, then closes it (it used to be a 409)
+        h.post(f"/v1/sessions/{sid}/messages", json={"text": "one more"})
+        wait_for_tool_call(h, sid)
+        r = h.post(f"/v1/sessions/{sid}/close")
+        assert r.status_code == 200 and r.json()["state"] == "closed", r.text
+        assert h.post(f"/v1/sessions/{sid}/messages", json={"text": "x"}).status_code == 409
+        assert h.post("/v1/sessions/ses-nope/cancel").status_code == 404
+    assert [i for i in server.runtime.engine.list(all=True) if i.name == f"s-{sid}"] == []

@@ -45,7 +45,7 @@ def marker_note(e: Entry) -> str | None:
     """The text a model should see for a torpor marker, or None to hide it."""
     c = e.content if isinstance(e.content, dict) else {}
     name = c.get("marker")
-    if name == "recovery_note":
+    if name in ("recovery_note", "cancelled"):
         return f"[torpor] {c.get('text', '')}"
     if name == "fork":
         return f"[torpor] This session is a fork of session {c.get('parent')}: {c.get('text', '')}"

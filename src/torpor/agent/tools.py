@@ -6,11 +6,19 @@ knows nothing of engines; `torpor.runtime.workspace.SandboxWorkspace` adapts an 
 sandbox to it. A tool is `fn(workspace, **arguments)` returning text (or a `ToolResult`);
 `ToolRegistry.run` never raises for a tool's failure, it returns an error result the model
 can read.
+
+Custom tools reach every worker through tool modules (`load_tools`): a module that defines
+`TOOLS` (Tool objects or plain functions; a `ToolRegistry` is one) and is named with
+`--tools pkg.module` on `torpor worker` / `torpor serve`, in `TORPOR_TOOLS`, or under the
+`torpor.tools` entry point group of an installed distribution.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import inspect
+import os
 import signal as signal_module
 import time
 import traceback
@@ -25,12 +33,19 @@ import jsonschema
 from torpor.agent.types import ToolResult, ToolSpec
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
+    "TOOLS_ENV",
     "Tool",
     "ToolError",
+    "ToolModuleError",
     "ToolRegistry",
+    "UnknownTool",
     "Workspace",
     "builtin_tools",
+    "load_tools",
+    "parse_tool_modules",
     "schema_from_signature",
+    "tool_from_function",
 ]
 
 DEFAULT_OUTPUT_CAP = 16384
@@ -41,6 +56,13 @@ READ_MAX_BYTES = 10 * 1024 * 1024  # read_file refuses larger files (use shell f
 STOP_WAIT = 3.0  # seconds stop_process waits for the process to exit
 PROCS_DIR = "/run/torpor/procs"  # torpor-init's per-process output (docs/sandbox-init.md)
 INIT = "/.torpor/init"
+TOOLS_ENV = "TORPOR_TOOLS"  # comma-separated tool modules, when --tools is not given
+ENTRY_POINT_GROUP = "torpor.tools"  # entry points naming tool modules (or tool lists)
+HOW_TO_LOAD = (
+    "a custom tool must be loaded in every process that runs turns: name its module with "
+    "--tools pkg.module (torpor worker, torpor serve) or TORPOR_TOOLS=pkg.module, or "
+    f"install it as a {ENTRY_POINT_GROUP} entry point"
+)
 
 
 @runtime_checkable
@@ -73,6 +95,18 @@ class Workspace(Protocol):
 
 class ToolError(Exception):
     """An expected tool failure: its message alone becomes the error result's content."""
+
+
+class UnknownTool(KeyError):
+    """A tool name this registry does not hold; the message says how to load it."""
+
+    def __str__(self) -> str:  # KeyError's own str() is the repr of its argument
+        return str(self.args[0]) if self.args else "unknown tool"
+
+
+class ToolModuleError(Exception):
+    """A tool module (--tools, TORPOR_TOOLS, a torpor.tools entry point) that cannot be
+    imported or does not provide tools."""
 
 
 @dataclass
@@ -136,10 +170,15 @@ class ToolRegistry:
         The description defaults to the docstring. Returns the function unchanged."""
 
         def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-            tool_name = name or f.__name__
-            desc = description if description is not None else (inspect.getdoc(f) or tool_name)
-            schema = parameters if parameters is not None else schema_from_signature(f)
-            self.add(Tool(tool_name, desc, schema, f, safe_to_rerun=safe_to_rerun))
+            self.add(
+                tool_from_function(
+                    f,
+                    name=name,
+                    description=description,
+                    parameters=parameters,
+                    safe_to_rerun=safe_to_rerun,
+                )
+            )
             return f
 
         if fn is not None:
@@ -153,8 +192,9 @@ class ToolRegistry:
         try:
             return self._tools[name]
         except KeyError:
-            raise KeyError(
-                f"unknown tool {name!r}; registered tools: {', '.join(self._tools) or 'none'}"
+            raise UnknownTool(
+                f"unknown tool {name!r}; registered tools: {', '.join(self._tools) or 'none'}; "
+                + HOW_TO_LOAD
             ) from None
 
     def names(self) -> list[str]:
@@ -226,6 +266,21 @@ class ToolRegistry:
         if isinstance(out, ToolResult):
             return out
         return ToolResult(out if isinstance(out, str) else str(out))
+
+
+def tool_from_function(
+    fn: Callable[..., Any],
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    safe_to_rerun: bool = False,
+) -> Tool:
+    """A Tool from a host-side Python function (see `ToolRegistry.register`)."""
+    tool_name = name or fn.__name__
+    desc = description if description is not None else (inspect.getdoc(fn) or tool_name)
+    schema = parameters if parameters is not None else schema_from_signature(fn)
+    return Tool(tool_name, desc, schema, fn, safe_to_rerun=safe_to_rerun)
 
 
 def _validation_errors(tool: Tool, arguments: dict[str, Any]) -> list[str]:
@@ -342,6 +397,128 @@ def schema_from_signature(fn: Callable[..., Any]) -> dict[str, Any]:
     if required:
         schema["required"] = required
     return schema
+
+
+# ------------------------------------------------------------------------ tool modules
+
+
+def parse_tool_modules(text: str | None) -> list[str]:
+    """'pkg.a, pkg.b' -> ['pkg.a', 'pkg.b']: the form of --tools and TORPOR_TOOLS."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def load_tools(
+    modules: str | Iterable[str] | None = None, *, entry_points: bool = True
+) -> ToolRegistry:
+    """The tools of a process that runs turns: the built-in ones, then those of each named
+    module, then those of the `torpor.tools` entry points. `modules` None reads
+    TORPOR_TOOLS; a string is comma-separated; [] names none.
+
+    A tool module defines `TOOLS`: an iterable of Tool objects or plain functions (made
+    tools as by `ToolRegistry.register`; a ToolRegistry is such an iterable). An entry
+    point names a tool module (`name = pkg.module`) or, as `pkg.module:attr`, such an
+    iterable, a Tool or a function. A module's tool replaces a built-in one of its name;
+    two modules defining one name is an error. Raises ToolModuleError, one line naming the
+    module and what is wrong, for a module that cannot be imported or provides no tools."""
+    origin = f" (from {TOOLS_ENV})" if modules is None else ""
+    if modules is None:
+        modules = os.environ.get(TOOLS_ENV, "")
+    if isinstance(modules, str):
+        names = parse_tool_modules(modules)
+    else:
+        names = [m.strip() for m in modules if m.strip()]
+    loaded = []
+    for name in dict.fromkeys(names):
+        where = f"tool module {name!r}{origin}"
+        loaded.append((where, _tools_of(_import(name, where), where)))
+    if entry_points:
+        loaded.extend(_entry_point_tools())
+    registry = ToolRegistry()
+    sources: dict[str, str] = {}  # tool name -> the module that gave it
+    for where, tools in loaded:
+        for tool in tools:
+            first = sources.get(tool.name)
+            if first is not None:
+                if registry.get(tool.name).fn is tool.fn:
+                    continue  # the same tool named twice (by --tools and an entry point)
+                raise ToolModuleError(f"{where} defines the tool {tool.name!r}, and so does "
+                                      f"{first}: rename one of them")  # fmt: skip
+            try:
+                registry.add(tool)
+            except ValueError as e:
+                raise ToolModuleError(f"{where}: {e}") from None
+            sources[tool.name] = where
+    return registry
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: type, message, and where it was raised."""
+    text = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    frames = traceback.extract_tb(e.__traceback__)
+    if frames and not isinstance(e, SyntaxError):  # a SyntaxError's message says where
+        text += f" (at {frames[-1].filename}:{frames[-1].lineno})"
+    return text
+
+
+def _import(name: str, where: str) -> types.ModuleType:
+    if not all(part.isidentifier() for part in name.split(".")):
+        raise ToolModuleError(f"{where} is not a module name: write pkg.module (its "
+                              "directory on PYTHONPATH, or its package installed)")  # fmt: skip
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and (name == e.name or name.startswith(e.name + ".")):
+            raise ToolModuleError(
+                f"{where} cannot be imported: no module named {e.name!r} in this process "
+                "(check the name, and that its package is installed or its directory is "
+                "on PYTHONPATH)"
+            ) from None
+        raise ToolModuleError(f"{where} failed to import: {_one_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - whatever the module's own code raised
+        raise ToolModuleError(f"{where} failed to import: {_one_line(e)}") from None
+
+
+def _tools_of(obj: Any, where: str) -> list[Tool]:
+    """The tools a module (its TOOLS) or an entry point's object provides."""
+    if isinstance(obj, types.ModuleType):
+        if not hasattr(obj, "TOOLS"):
+            raise ToolModuleError(
+                f"{where} provides no tools: define TOOLS at module level, a list of Tool "
+                "objects or functions (or a ToolRegistry)"
+            )
+        obj, where = obj.TOOLS, f"{where} (its TOOLS)"
+    items = [obj] if isinstance(obj, Tool) or callable(obj) else obj
+    if isinstance(items, str | bytes | dict) or not isinstance(items, Iterable):
+        raise ToolModuleError(f"{where}: expected a list of Tool objects or functions, "
+                              f"not {type(obj).__name__}")  # fmt: skip
+    tools: list[Tool] = []
+    for item in items:
+        if isinstance(item, Tool):
+            tools.append(item)
+        elif callable(item):
+            try:
+                tools.append(tool_from_function(item))
+            except TypeError as e:
+                raise ToolModuleError(f"{where}: {e}") from None
+        else:
+            raise ToolModuleError(f"{where}: {item!r} is neither a Tool nor a function")
+    if not tools:
+        raise ToolModuleError(f"{where} provides no tools (it is empty)")
+    return tools
+
+
+def _entry_point_tools() -> list[tuple[str, list[Tool]]]:
+    out = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep.dist, "name", None)
+        where = f"entry point '{ep.name} = {ep.value}' ({ENTRY_POINT_GROUP}" + (
+            f", of {dist})" if dist else ")")  # fmt: skip
+        try:
+            obj = ep.load()
+        except Exception as e:  # noqa: BLE001 - whatever the module's own code raised
+            raise ToolModuleError(f"{where} failed to load: {_one_line(e)}") from None
+        out.append((where, _tools_of(obj, where)))
+    return out
 
 
 # ----------------------------------------------------------------------------- helpers

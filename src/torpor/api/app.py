@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import re
 import secrets
 import threading
 import time
@@ -24,10 +25,12 @@ from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
+from torpor.agent.models import PROVIDERS
 from torpor.api.dashboard import add_dashboard
 from torpor.api.events import Notifier, format_sse, is_wait_point
 from torpor.api.metrics import Metrics
@@ -40,6 +43,7 @@ from torpor.sandbox.engine import SandboxError
 log = logging.getLogger("torpor.api")
 
 API_VERSION = "v1"
+CANCEL_WAIT = 10.0  # seconds a cancel or close request waits for the turn to stop (then 202)
 OUTPUT_LIMIT = 64 * 1024  # bytes of stdout/stderr (exec) or file content returned
 
 
@@ -63,26 +67,122 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"message": message, "status": status, **extra}, status_code=status)
 
 
+# -- error bodies: what /openapi.json says each operation can answer --------------------
+
+class ErrorOut(BaseModel):
+    """Every error answer (the body of `_error`): `message` says what is wrong and often
+    how to fix it, `status` repeats the HTTP status; some add fields (`errors`: each
+    problem of an invalid request)."""
+
+    model_config = ConfigDict(extra="allow")
+    message: str = Field(..., min_length=1)
+    status: int = Field(..., ge=400, le=599)
+
+
+_ERROR_WHY: dict[int, str] = {
+    400: "Malformed request: the JSON body, Content-Length or a header",
+    401: "No token, or an invalid or revoked one (WWW-Authenticate: Bearer)",
+    403: "The token lacks the scope this needs",
+    404: "No such session (or another tenant's), or nothing of that name in it",
+    409: "Not possible in the session's present state",
+    413: "The request body, or a message, is over the server's limit",
+    415: "The request body is not JSON",
+    422: "Invalid request: the message (and `errors`) say what is wrong",
+    429: "Over a tenant's limit: close sessions, or retry later (Retry-After)",
+    500: "Internal error (the server logs it)",
+    503: "Not ready",
+}
+# Any request can get these whatever its route: from _Guard (413 for a body over the
+# limit; 400 for a malformed Content-Length, unless the HTTP server refused it already)
+# and from the handler of unexpected exceptions (500).
+_ANY_ROUTE = (400, 413, 500)
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """FastAPI `responses=` declaring these error statuses and _ANY_ROUTE's, each with
+    the ErrorOut body (a route's own 422 replaces FastAPI's default one, whose body is
+    not ours)."""
+    return {s: {"model": ErrorOut, "description": _ERROR_WHY[s]}
+            for s in sorted({*statuses, *_ANY_ROUTE})}  # fmt: skip
+
+
+# close and cancel: the turn has not stopped within CANCEL_WAIT (the body is the session)
+_ACCEPTED: dict[str, Any] = {
+    "model": dict[str, Any],
+    "description": "Asked for: the worker running the turn stops it at its next safe point "
+                   "(the session's `cancel` is set until then)"}  # fmt: skip
+
+
+# -- forms the server checks, as patterns in the schema ---------------------------------
+
+def _any_case(word: str) -> str:
+    """`word` as a regex that ignores case: JSON Schema patterns (ECMA-262) have no flags."""
+    assert word.isalnum(), word
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)
+
+
+# provider:name as open_model reads it: a provider it knows (in any case), a colon, a name.
+# The name is printable ASCII, without a space at either end. The classes are spelled out
+# because `.`, `\s` and `\S` differ between the regex engines that read these patterns
+# (Python's, pydantic's, and JSON Schema's ECMA-262 in clients).
+MODEL_PATTERN = (rf"^(?:{'|'.join(_any_case(p) for p in PROVIDERS)}):"
+                 r"[!-~](?:[ -~]*[!-~])?$")  # fmt: skip
+_MODEL_FORM = re.compile(MODEL_PATTERN)
+# An image name, reference or digest prefix (ImageStore.get): no spaces, no control
+# characters; printable ASCII, as image references are.
+IMAGE_PATTERN = r"^[!-~]+$"
+# A log seq as the events stream's Last-Event-ID header (checked in the handler: 400);
+# at most 18 digits, so that every value it allows is a 64-bit integer.
+SEQ_PATTERN = r"^[0-9]{1,18}$"
+_SEQ_FORM = re.compile(SEQ_PATTERN)
+MAX_SEQ = (1 << 63) - 1  # log seqs are 64-bit integers in the databases
+
+
+def _model_form(spec: str) -> str:
+    # the pattern's check with a message that says how to mend it (pydantic's own names
+    # only the pattern)
+    if not _MODEL_FORM.fullmatch(spec):
+        raise ValueError(f"model {spec!r} should look like provider:name, e.g. "
+                         f"openai:gpt-4o-mini (providers: {', '.join(PROVIDERS)})")  # fmt: skip
+    return spec
+
+
 # -- request bodies --------------------------------------------------------------------
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a value of another JSON type than the schema's is refused (lax pydantic
+    # takes `false` for an integer 0, "1" for 1), so the schema is exactly what is accepted
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _integral(v: Any) -> Any:
+    # JSON Schema's integer is a number without a fraction: 3.0 is one (strict pydantic
+    # refuses it), `true` is not
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
 class PolicyIn(_Body):
-    snapshot_every_calls: int = Field(0, ge=0, le=1_000_000)
+    snapshot_every_calls: JsonInt = Field(0, ge=0, le=1_000_000)
     snapshot_every_seconds: float = Field(0.0, ge=0, le=86_400)
-    max_attempts: int = Field(8, ge=1, le=1000)
+    max_attempts: JsonInt = Field(8, ge=1, le=1000)
     backoff_base: float = Field(1.0, ge=0, le=3600)
     backoff_max: float = Field(300.0, ge=0, le=86_400)
-    keep_snapshots: int = Field(0, ge=0, le=1_000_000,
-                                description="Keep only the newest N snapshots (0: all).")
+    keep_snapshots: JsonInt = Field(0, ge=0, le=1_000_000,
+                                    description="Keep only the newest N snapshots (0: all).")
 
 
 class SessionIn(_Body):
-    model: str = Field(..., min_length=3, max_length=1000,
-                       description="provider:name, e.g. openai:gpt-4o-mini or script:PATH")
-    image: str = Field("base", min_length=1, max_length=200)
+    model: Annotated[str, AfterValidator(_model_form)] = Field(
+        ..., min_length=3, max_length=1000, json_schema_extra={"pattern": MODEL_PATTERN},
+        description="provider:name, e.g. openai:gpt-4o-mini, anthropic:claude-sonnet-4-5 "
+                    "or script:PATH (when the server takes scripts); the provider must be "
+                    "configured on the server (a key or a base URL)")  # fmt: skip
+    image: str = Field("base", min_length=1, max_length=200, pattern=IMAGE_PATTERN,
+                       description="An image of the server's (`torpor images`): a name or "
+                                   "a digest prefix")  # fmt: skip
     system: str | None = Field(None, max_length=200_000)
     tools: list[Annotated[str, Field(max_length=200)]] | None = Field(None, max_length=200)
     policy: PolicyIn | None = None
@@ -200,7 +300,6 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
     tokens = TokenStore(rt.db)
     notifier = Notifier()
     metrics = Metrics(rt)
-    post_lock = threading.Lock()
     stop = threading.Event()
     threads: list[threading.Thread] = []
 
@@ -252,8 +351,26 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
 
     # -- errors ------------------------------------------------------------------------
 
+    def allowed_methods(scope: dict[str, Any]) -> str:
+        """The Allow header for the request's path: the methods of every route of that
+        path, and OPTIONS. (Starlette's own 405 names only the first such route's, and a
+        path here often has one route per method.)"""
+        methods = {"OPTIONS"}
+        for route in app.router.routes:
+            if route.matches(scope)[0] is not Match.NONE:
+                methods |= getattr(route, "methods", None) or set()
+        return ", ".join(sorted(methods, key=lambda m: (m == "OPTIONS", m)))
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 405:  # the path exists, not with this method
+            allow = allowed_methods(request.scope)
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"Allow": allow})
+            resp = _error(405, f"{request.method} is not allowed on {request.url.path} "
+                               f"(allowed: {allow})")  # fmt: skip
+            resp.headers["Allow"] = allow
+            return resp
         headers = getattr(exc, "headers", None)
         resp = _error(exc.status_code, str(exc.detail))
         if headers:
@@ -307,6 +424,8 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
     Drive = Annotated[Principal, Depends(scope("drive"))]
     Exec = Annotated[Principal, Depends(scope("exec"))]
     DriveGet = Annotated[Principal, Depends(scope("drive", principal_or_query))]  # ?token=
+    # what those can answer: 401 without a valid token, 403 without the scope
+    AUTH: tuple[int, ...] = (401, 403) if auth else ()
 
     def row_of(p: Principal, sid: str) -> SessionRow:
         try:
@@ -333,12 +452,12 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
 
     add_dashboard(app)
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], responses=_errors())
     def healthz() -> dict[str, Any]:
         """The process is up."""
         return {"ok": True}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], responses=_errors(503))
     def readyz() -> Response:
         """The database answers and the worker threads are alive."""
         try:
@@ -352,7 +471,10 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
             return _error(503, f"worker threads stopped: {', '.join(dead)}")
         return JSONResponse({"ok": True, "workers": len(threads)})
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get("/metrics", tags=["ops"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}},
+                              "description": "The Prometheus text format"},
+                        **_errors(*AUTH)})  # fmt: skip
     def prometheus(request: Request) -> Response:
         """Prometheus metrics (the admin scope when auth is on)."""
         if auth:
@@ -373,7 +495,8 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
             raise ApiError(422, f"script {path} is outside the directory this server takes "
                                 f"scripts from ({scripts})")  # fmt: skip
 
-    @app.post(f"{v}/sessions", status_code=201, tags=["sessions"])
+    @app.post(f"{v}/sessions", status_code=201, tags=["sessions"],
+              responses=_errors(*AUTH, 415, 422, 429))  # fmt: skip
     def create_session(body: SessionIn, p: Drive) -> dict[str, Any]:
         """Create a session (image, model, system prompt, tools, policy)."""
         provider, _, name = body.model.partition(":")
@@ -392,7 +515,7 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
             raise ApiError(422, str(e)) from None
         return session_json(s.info())
 
-    @app.get(f"{v}/sessions", tags=["sessions"])
+    @app.get(f"{v}/sessions", tags=["sessions"], responses=_errors(*AUTH, 422))
     def list_sessions(
         p: Drive,
         state: StateName | None = None,
@@ -406,23 +529,39 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
         return {"sessions": [r.to_json() for r in page], "total": len(rows),
                 "next_offset": nxt}  # fmt: skip
 
-    @app.get(f"{v}/sessions/{{sid}}", tags=["sessions"])
+    @app.get(f"{v}/sessions/{{sid}}", tags=["sessions"], responses=_errors(*AUTH, 404, 422))
     def get_session(sid: SessionId, p: Drive) -> dict[str, Any]:
         return session_json(row_of(p, sid))
 
-    @app.post(f"{v}/sessions/{{sid}}/close", tags=["sessions"])
-    def close_session(sid: SessionId, p: Drive) -> dict[str, Any]:
-        """Close a session: its log stays, it takes no more messages. 409 while a turn runs."""
+    def cancel_or_close(sid: str, p: Principal, close: bool, response: Response) -> Any:
         row = row_of(p, sid)
         if row.state != "closed":
-            try:
-                rt.get_session(sid).close()
-            except SessionError as e:
-                raise ApiError(409, str(e)) from None
+            ses = rt.get_session(sid)
+            row = ses.cancel(close=close, wait=CANCEL_WAIT)
         notifier.notify(sid)
-        return session_json(rt.db.get(sid))
+        if row.cancel is not None and row.state != "closed":
+            response.status_code = 202  # its worker acts on it at the turn's next safe point
+        return session_json(row)
 
-    @app.post(f"{v}/sessions/{{sid}}/fork", status_code=201, tags=["sessions"])
+    @app.post(f"{v}/sessions/{{sid}}/cancel", tags=["sessions"],
+              responses={202: _ACCEPTED, **_errors(*AUTH, 404, 415, 422)})  # fmt: skip
+    def cancel_session(sid: SessionId, p: Drive, response: Response) -> dict[str, Any]:
+        """Stop the running turn at its next safe point: the tool call running then is
+        stopped, calls not yet run are skipped, the sandbox is snapshotted and the session
+        waits. 200 when done (or there was nothing to cancel), 202 when the worker has not
+        reached a safe point within a few seconds (the cancel stays asked for)."""
+        return cancel_or_close(sid, p, False, response)
+
+    @app.post(f"{v}/sessions/{{sid}}/close", tags=["sessions"],
+              responses={202: _ACCEPTED, **_errors(*AUTH, 404, 415, 422)})  # fmt: skip
+    def close_session(sid: SessionId, p: Drive, response: Response) -> dict[str, Any]:
+        """Close a session: its log stays, it takes no more messages. A running turn is
+        cancelled first; 202 if that has not happened within a few seconds (the session
+        is closed at the turn's next safe point)."""
+        return cancel_or_close(sid, p, True, response)
+
+    @app.post(f"{v}/sessions/{{sid}}/fork", status_code=201, tags=["sessions"],
+              responses=_errors(*AUTH, 404, 409, 415, 422, 429))  # fmt: skip
     def fork_session(sid: SessionId, p: Drive,
                      body: Annotated[ForkIn | None, Body()] = None) -> dict[str, Any]:  # fmt: skip
         """A new session from one of this session's snapshots (default: the latest)."""
@@ -441,7 +580,8 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
 
     # -- messages ----------------------------------------------------------------------
 
-    @app.post(f"{v}/sessions/{{sid}}/messages", status_code=202, tags=["messages"])
+    @app.post(f"{v}/sessions/{{sid}}/messages", status_code=202, tags=["messages"],
+              responses=_errors(*AUTH, 404, 409, 415, 422, 429))  # fmt: skip
     def post_message(
         sid: SessionId, body: MessageIn, p: Drive,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
@@ -453,24 +593,23 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
         if len(body.text) > lim.max_message_chars:
             raise ApiError(413, f"message of {len(body.text)} characters is over the limit "
                                 f"of {lim.max_message_chars}")  # fmt: skip
-        with post_lock:
-            if idempotency_key:
-                earlier = tokens.turn_for(sid, idempotency_key)
-                if earlier is not None:
-                    return {"session": sid, "turn": earlier, "duplicate": True}
-            if row.state == "closed":
-                raise ApiError(409, f"session {sid} is closed")
-            busy = row.state in ("running", "recovering", "retrying") or rt.db.unread(sid)
-            if not busy and tokens.busy_sessions(row.tenant) >= lim.turns_per_tenant:
-                raise ApiError(429, f"tenant already has {lim.turns_per_tenant} turns queued "
-                                    "or running, the limit: retry later",
-                               headers={"Retry-After": "1"})  # fmt: skip
-            try:
-                turn = rt.db.post(sid, body.text)
-            except SessionClosedError as e:
-                raise ApiError(409, str(e)) from None
-            if idempotency_key:
-                turn = tokens.remember(sid, idempotency_key, turn)
+        if idempotency_key:  # a repeat (from any process) queues nothing: one turn, once
+            earlier = rt.db.turn_for_key(sid, idempotency_key)
+            if earlier is not None:
+                return {"session": sid, "turn": earlier, "duplicate": True}
+        if row.state == "closed":
+            raise ApiError(409, f"session {sid} is closed")
+        busy = row.state in ("running", "recovering", "retrying") or rt.db.unread(sid)
+        if not busy and tokens.busy_sessions(row.tenant) >= lim.turns_per_tenant:
+            raise ApiError(429, f"tenant already has {lim.turns_per_tenant} turns queued "
+                                "or running, the limit: retry later",
+                           headers={"Retry-After": "1"})  # fmt: skip
+        try:
+            turn, duplicate = rt.db.post_once(sid, body.text, key=idempotency_key)
+        except SessionClosedError as e:
+            raise ApiError(409, str(e)) from None
+        if duplicate:
+            return {"session": sid, "turn": turn, "duplicate": True}
         wake.set()
         return {"session": sid, "turn": turn, "duplicate": False}
 
@@ -479,25 +618,26 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
     @app.get(f"{v}/sessions/{{sid}}/events", tags=["events"],
              response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}},
-                              "description": "Server-sent events, id = log seq"}})  # fmt: skip
+                              "description": "Server-sent events, id = log seq"},
+                        **_errors(*AUTH, 404, 422)})  # fmt: skip
     async def events(
         sid: SessionId, request: Request, p: DriveGet,
-        after: Annotated[int | None, Query(ge=0, description="Start after this seq.")] = None,
+        after: Annotated[int | None, Query(ge=0, le=MAX_SEQ,
+                                           description="Start after this seq.")] = None,
         until: Annotated[Literal["wait"] | None,
                          Query(description="'wait': end at the next wait point")] = None,
-        last_event_id: Annotated[str | None, Header(max_length=40)] = None,
+        last_event_id: Annotated[str | None, Header(
+            max_length=40, json_schema_extra={"pattern": SEQ_PATTERN},
+            description="Start after this seq (a reconnecting EventSource sends it)")] = None,
     ) -> StreamingResponse:  # fmt: skip
         """The session's log as server-sent events (one per entry, `id:` = seq). Reconnect
         with Last-Event-ID to get exactly the entries after it."""
         await run_in_threadpool(row_of, p, sid)
         start = after or 0
         if last_event_id is not None:
-            try:
-                start = max(start, int(last_event_id))
-            except ValueError:
-                raise ApiError(400, "Last-Event-ID must be a log seq (an integer)") from None
-            if start < 0:
-                raise ApiError(400, "Last-Event-ID must not be negative")
+            if not _SEQ_FORM.fullmatch(last_event_id):  # the header's pattern
+                raise ApiError(400, "Last-Event-ID must be a log seq (an integer)")
+            start = max(start, int(last_event_id))
 
         async def gen() -> AsyncIterator[str]:
             item = notifier.subscribe(sid)
@@ -543,10 +683,10 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
 
     # -- log ---------------------------------------------------------------------------
 
-    @app.get(f"{v}/sessions/{{sid}}/log", tags=["log"])
+    @app.get(f"{v}/sessions/{{sid}}/log", tags=["log"], responses=_errors(*AUTH, 404, 422))
     def read_log(
         sid: SessionId, p: Drive,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
         limit: Annotated[int, Query(ge=1, le=lim.max_page)] = 100,
     ) -> dict[str, Any]:
         """Log entries with seq > after, at most `limit`; `next_after` pages on."""
@@ -555,7 +695,8 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
         nxt = entries[-1].seq if len(entries) == limit else None
         return {"entries": [e.to_dict() for e in entries], "next_after": nxt}
 
-    @app.get(f"{v}/sessions/{{sid}}/log/export", tags=["log"])
+    @app.get(f"{v}/sessions/{{sid}}/log/export", tags=["log"],
+             responses=_errors(*AUTH, 404, 422))  # fmt: skip
     def export_log(
         sid: SessionId, p: Drive, format: Literal["openai", "anthropic"] = "openai"
     ) -> dict[str, Any]:
@@ -587,7 +728,8 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
                     {"log_seq": e.seq, "ms": c.get("ms"), "at": e.created_at})
         return out
 
-    @app.get(f"{v}/sessions/{{sid}}/snapshots", tags=["snapshots"])
+    @app.get(f"{v}/sessions/{{sid}}/snapshots", tags=["snapshots"],
+             responses=_errors(*AUTH, 404, 422))  # fmt: skip
     def list_snapshots(sid: SessionId, p: Drive) -> dict[str, Any]:
         """The session's snapshots with size and time, and the restores of each."""
         row_of(p, sid)
@@ -623,7 +765,8 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
             with contextlib.suppress(SandboxError):
                 eng.remove(name, force=True)
 
-    @app.post(f"{v}/sessions/{{sid}}/sandbox/exec", tags=["sandbox"])
+    @app.post(f"{v}/sessions/{{sid}}/sandbox/exec", tags=["sandbox"],
+              responses=_errors(*AUTH, 404, 409, 415, 422))  # fmt: skip
     def sandbox_exec(sid: SessionId, body: ExecIn, p: Exec) -> dict[str, Any]:
         """Run a command in the session's sandbox (for humans debugging; `exec` scope).
         On a waiting session it runs in a throwaway restore of the latest snapshot."""
@@ -641,9 +784,13 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
                 "stderr": r.stderr[:OUTPUT_LIMIT].decode(errors="replace"),
                 "truncated": max(len(r.stdout), len(r.stderr)) > OUTPUT_LIMIT}  # fmt: skip
 
-    @app.get(f"{v}/sessions/{{sid}}/sandbox/file", tags=["sandbox"])
+    @app.get(f"{v}/sessions/{{sid}}/sandbox/file", tags=["sandbox"],
+             responses=_errors(*AUTH, 404, 409, 422))  # fmt: skip
     def sandbox_file(sid: SessionId, p: Exec,
-                     path: Annotated[str, Query(min_length=1, max_length=4096)]) -> dict[str, Any]:
+                     path: Annotated[str, Query(
+                         min_length=1, max_length=4096, json_schema_extra={"pattern": "^/"},
+                         description="An absolute path (checked below: 422)")]
+                     ) -> dict[str, Any]:  # fmt: skip
         """Read a file from the session's sandbox (`exec` scope)."""
         row = row_of(p, sid)
         if not path.startswith("/"):
@@ -662,8 +809,11 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
 
     # -- who am I ----------------------------------------------------------------------
 
-    @app.get(f"{v}/whoami", tags=["auth"])
-    def whoami(p: Annotated[Principal, Depends(principal)]) -> dict[str, Any]:
+    @app.get(f"{v}/whoami", tags=["auth"], responses=_errors(*AUTH[:1]))
+    def whoami(request: Request) -> dict[str, Any]:
+        # the header is read here, not taken as a parameter: then the document declares no
+        # 422 (FastAPI's default for routes with parameters), which this cannot answer
+        p = principal(request.headers.get("authorization"))
         return {"tenant": p.tenant, "scopes": sorted(p.scopes), "token": p.token_id}
 
     return app

@@ -182,8 +182,14 @@ class RemoteSession:
         info = self.client.request("POST", self._path("/fork"), json=body)
         return RemoteSession(self.client, info["id"])
 
-    def close(self) -> None:
-        self.client.request("POST", self._path("/close"))
+    def cancel(self) -> dict[str, Any]:
+        """Stop the running turn at its next safe point; returns the session's view
+        (`cancel` still set: its worker has not reached a safe point yet)."""
+        return self.client.request("POST", self._path("/cancel"))
+
+    def close(self) -> dict[str, Any]:
+        """Close the session (a running turn is cancelled first)."""
+        return self.client.request("POST", self._path("/close"))
 
     def exec(self, argv: list[str], timeout: float = 30.0) -> dict[str, Any]:
         return self.client.request("POST", self._path("/sandbox/exec"),

@@ -1,4 +1,5 @@
-"""API tokens and idempotency keys: two small tables next to the runtime's own.
+"""API tokens: a small table next to the runtime's own (Idempotency-Keys live with the
+messages they were posted with, in the runtime's inbox).
 
 A token is shown once when it is made (`tpk_<id>_<secret>`); only its SHA-256 is stored.
 Each token belongs to one tenant and carries scopes: `drive` (sessions, messages, events,
@@ -29,13 +30,6 @@ CREATE TABLE IF NOT EXISTS torpor_tokens (
     note TEXT,
     created_at DOUBLE PRECISION NOT NULL,
     revoked_at DOUBLE PRECISION
-);
-CREATE TABLE IF NOT EXISTS torpor_idempotency (
-    session TEXT NOT NULL,
-    key TEXT NOT NULL,
-    turn BIGINT NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (session, key)
 );
 """
 
@@ -75,11 +69,12 @@ def _hash(token: str) -> str:
 
 
 class TokenStore:
-    """Tokens and idempotency keys in the runtime's database (SQLite or PostgreSQL)."""
+    """Tokens in the runtime's database (SQLite or PostgreSQL)."""
 
     def __init__(self, db: RuntimeDB) -> None:
         self.db = db
         with db.tx() as cur:
+            db.lock_schema(cur)
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     cur.execute(stmt)
@@ -144,33 +139,6 @@ class TokenStore:
         if r is None or not hmac.compare_digest(r[2], _hash(token)):
             return None
         return Principal(tenant=r[0], scopes=frozenset(json.loads(r[1])), token_id=parts[1])
-
-    # -- idempotency keys --------------------------------------------------------------
-
-    def turn_for(self, session: str, key: str) -> int | None:
-        with self.db.tx() as cur:
-            cur.execute(
-                "SELECT turn FROM torpor_idempotency WHERE session = %s AND key = %s",
-                (session, key),
-            )
-            r = cur.fetchone()
-        return None if r is None else int(r[0])
-
-    def remember(self, session: str, key: str, turn: int) -> int:
-        """Record key -> turn; if another request recorded the key first, returns its turn."""
-        try:
-            with self.db.tx() as cur:
-                cur.execute(
-                    "INSERT INTO torpor_idempotency (session, key, turn, created_at) "
-                    "VALUES (%s, %s, %s, %s)",
-                    (session, key, turn, time.time()),
-                )
-            return turn
-        except Exception:
-            earlier = self.turn_for(session, key)
-            if earlier is None:
-                raise
-            return earlier
 
     # -- per-tenant counts (limits) ----------------------------------------------------
 

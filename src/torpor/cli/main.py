@@ -202,22 +202,27 @@ def ps(
     fmt: str = FormatOpt,
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only print ids."),
 ) -> None:
-    """List sandboxes."""
+    """List sandboxes. OWNER says who started each (a session's worker, a standby or pool
+    of a worker process, or a user); "orphan:" marks one whose owner is gone, which the
+    next `torpor serve` or `torpor worker` of this home removes."""
+    from torpor.sandbox.owners import describe, is_orphan
+
     _check_format(fmt)
     infos = engine().list(all=all_)
     if fmt == "json":
-        _print_json([i.to_json() for i in infos])
+        _print_json([{**i.to_json(), "orphan": is_orphan(i.owner)} for i in infos])
         return
     if quiet:
         for i in infos:
             print(i.id)
         return
-    rows = [["SANDBOX ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"]]
+    rows = [["SANDBOX ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "OWNER"]]
     for i in infos:
         cmd = " ".join(i.spec.cmd)
+        owner = ("orphan: " if is_orphan(i.owner) else "") + describe(i.owner)
         rows.append([
             i.id, i.name, i.spec.image, f'"{cmd[:27]}..."' if len(cmd) > 30 else f'"{cmd}"',
-            human_age(i.created), _status(i), _ports(i),
+            human_age(i.created), _status(i), _ports(i), owner,
         ])  # fmt: skip
     print(format_table(rows))
 
@@ -432,7 +437,8 @@ def doctor(
     ),
     fmt: str = FormatOpt,
 ) -> None:
-    """Check this host: runsc (with a self-test sandbox), tools, torpor-init, base image."""
+    """Check this host: runsc (with a self-test sandbox), tools, torpor-init, base image,
+    orphaned sandboxes (a warning: the next serve or worker removes them)."""
     from torpor.sandbox.doctor import run_checks
 
     _check_format(fmt)
@@ -444,12 +450,13 @@ def doctor(
     for c in run_checks(engine, build_base=build_base, progress=progress):
         checks.append(c)
         if fmt == "text":  # each check as it finishes: the base image build takes minutes
-            mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
+            mark = ("[green]ok[/green]  " if c.ok else "[red]FAIL[/red]" if c.blocking
+                    else "[yellow]WARN[/yellow]")  # fmt: skip
             took = f" [dim]({c.seconds:.1f} s)[/dim]" if c.seconds is not None else ""
             out.print(f"{mark} {c.name:<12} {c.detail}{took}", markup=True)
     if fmt == "json":
         _print_json([c.__dict__ for c in checks])
-    if not all(c.ok for c in checks):
+    if not all(c.ok or not c.blocking for c in checks):  # a warning alone exits 0
         raise typer.Exit(1)
 
 

@@ -2,17 +2,30 @@
 
 Loopback by default. Another address is refused unless at least one API token exists:
 with tokens, every request needs one; without any (loopback only) the API is open.
+
+At start it removes the sandboxes of dead torpor processes of its home. SIGTERM or SIGINT
+stop it cleanly: no more turns are claimed, running ones get --grace seconds and are then
+left for another worker to recover, warm sandboxes are snapshotted, standbys removed, and
+it exits 0 (torpor.runtime.shutdown). uvicorn's own handling re-raised the signal once
+it had shut down, which killed the process before the runtime was closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from torpor.cli.session_cmd import DbOpt, StoreOpt
+from torpor.cli import lifecycle
+from torpor.cli.lifecycle import GraceOpt
+from torpor.cli.session_cmd import DbOpt, StoreOpt, ToolsOpt
 
 
 class ServeError(Exception):
@@ -20,6 +33,45 @@ class ServeError(Exception):
 
 
 ServeError.__module__ = "torpor.cli.serve_cmd"
+
+
+def graceful_server(config: Any, rt: Any, grace: float) -> Any:
+    """A uvicorn server that, on SIGTERM or SIGINT, stops the runtime's workers claiming
+    turns at once and abandons the turns still running after `grace` seconds (while
+    uvicorn drains its connections and the app's lifespan joins its worker threads), and
+    that does not re-raise the signal when it is done (uvicorn does: the default action
+    then kills the process before `finally` can close the runtime)."""
+    import uvicorn
+
+    from torpor.runtime.shutdown import abandon_running_turns
+
+    class Server(uvicorn.Server):
+        timer: threading.Timer | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            rt.stopping.set()
+            if self.timer is None:
+                self.timer = threading.Timer(
+                    grace, lambda: lifecycle.say_abandoned(abandon_running_turns(rt))
+                )
+                self.timer.daemon = True
+                self.timer.start()
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            sigs = (signal.SIGINT, signal.SIGTERM)
+            old = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+            try:
+                yield
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
 
 
 def is_loopback(host: str) -> bool:
@@ -45,15 +97,20 @@ def serve(
                                 "resuming sessions (~50 MiB each; 0: none)."),  # fmt: skip
     scripts: Path = typer.Option(None, "--scripts", help="Directory that `script:` models "
                                  "may come from (default: none; they are refused)."),  # fmt: skip
+    tools: str = ToolsOpt,
+    grace: float = GraceOpt,
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs)."""
     import uvicorn
 
+    from torpor.agent.tools import load_tools
     from torpor.api.app import Limits, create_app
     from torpor.api.tokens import TokenStore
     from torpor.runtime.core import Runtime
+    from torpor.runtime.shutdown import shutdown
 
-    rt = Runtime(db=db, store=store, standby=standby if workers > 0 else 0)
+    registry = load_tools(tools)  # before anything starts: a bad module is one line, exit 1
+    rt = Runtime(db=db, store=store, tools=registry, standby=standby if workers > 0 else 0)
     has_tokens = TokenStore(rt.db).any()
     if not is_loopback(host) and not has_tokens:
         raise ServeError(
@@ -67,9 +124,15 @@ def serve(
                     turns_per_tenant=turns_per_tenant)  # fmt: skip
     if scripts is not None and not scripts.is_dir():
         raise ServeError(f"--scripts {scripts}: no such directory")
+    lifecycle.reap(rt)
     app = create_app(rt, auth=has_tokens, limits=limits, workers=workers, scripts=scripts)
     sys.stderr.write(f"torpor: serving http://{host}:{port} (docs at /docs)\n")
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                            timeout_graceful_shutdown=grace)  # fmt: skip
+    server = graceful_server(config, rt, grace)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        server.run()
     finally:
-        rt.close()
+        if server.timer is not None:
+            server.timer.cancel()
+        lifecycle.say_abandoned(shutdown(rt, grace=0))

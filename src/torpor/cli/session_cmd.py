@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import sys
 import threading
 from typing import Any
 
 import typer
 
+from torpor.cli import lifecycle
 from torpor.cli.errors import clean_errors
+from torpor.cli.lifecycle import GraceOpt
 
 app = typer.Typer(help="Durable agent sessions: new, send, ls, show, fork, close.",
                   no_args_is_help=True)  # fmt: skip
@@ -37,6 +38,9 @@ FormatOpt = typer.Option("text", "--format", help="Output format: text or json."
 ServerOpt = typer.Option(None, "--server", envvar="TORPOR_SERVER", help="URL of a `torpor "
                          "serve` to use instead of the local database.")  # fmt: skip
 TokenOpt = typer.Option(None, "--token", envvar="TORPOR_TOKEN", help="API token for --server.")
+ToolsOpt = typer.Option(None, "--tools", help="Modules of custom tools to import, "
+                        "comma-separated (pkg.module,pkg2.mod; each defines TOOLS); default: "
+                        "TORPOR_TOOLS. torpor.tools entry points are loaded too.")  # fmt: skip
 
 
 def client(server: str, token: str | None):  # type: ignore[no-untyped-def]
@@ -65,10 +69,13 @@ def _remote_event(ev: Any) -> None:
     print_event(d)
 
 
-def runtime(db: str | None, store: str | None):  # type: ignore[no-untyped-def]
+def runtime(db: str | None, store: str | None, tools: str | None = None) -> Any:
+    """A Runtime; its tools are the built-in ones plus those of the `tools` modules
+    (default: TORPOR_TOOLS) and the torpor.tools entry points (a bad one: one line, exit 1)."""
+    from torpor.agent.tools import load_tools
     from torpor.runtime.core import Runtime
 
-    return Runtime(db=db, store=store)
+    return Runtime(db=db, store=store, tools=load_tools(tools))
 
 
 def _json(data: Any) -> None:
@@ -267,12 +274,35 @@ def fork(
     print(runtime(db, store).get_session(session).fork(at).id)
 
 
+@command("cancel")
+def cancel(session: str = typer.Argument(...), db: str = DbOpt, server: str = ServerOpt,
+           token: str = TokenOpt,
+           wait: float = typer.Option(10.0, "--wait", help="Seconds to wait for the running "
+                                      "turn to stop.")) -> None:  # fmt: skip
+    """Stop a session's running turn at its next safe point (the running tool call is
+    stopped, the sandbox snapshotted); prints the session's state."""
+    if server:
+        info = client(server, token).get_session(session).cancel()
+        state, pending = info["state"], info.get("cancel") is not None
+    else:
+        row = runtime(db, None).get_session(session).cancel(wait=wait)
+        state, pending = row.state, row.cancel is not None
+    if pending:
+        print(f"{session}: cancel asked for; its worker stops the turn at its next safe point")
+    else:
+        print(f"{session}: {state}")
+
+
 @command("close")
 def close(session: str = typer.Argument(...), db: str = DbOpt, server: str = ServerOpt,
           token: str = TokenOpt) -> None:  # fmt: skip
-    """Close a session (its log stays; it takes no more messages)."""
+    """Close a session (its log stays; it takes no more messages); a running turn is
+    cancelled first."""
     if server:
-        client(server, token).get_session(session).close()
+        info = client(server, token).get_session(session).close()
+        if info.get("state") != "closed":
+            print(f"{session}: close asked for; it closes at its turn's next safe point")
+            return
     else:
         runtime(db, None).get_session(session).close()
     print(session)
@@ -290,23 +320,32 @@ def worker(
     standby: int = typer.Option(1, "--standby", help="Standby sandboxes kept per image, so "
                                 "a resumed session's restore does not wait for a sandbox to "
                                 "be set up (~50 MiB each; 0: none)."),  # fmt: skip
+    tools: str = ToolsOpt,
+    grace: float = GraceOpt,
 ) -> None:
-    """Run sessions' turns as they come (messages, due retries, dead workers' turns)."""
-    rt = runtime(db, store)
+    """Run sessions' turns as they come (messages, due retries, dead workers' turns).
+    At start it removes the sandboxes of dead torpor processes of this home; SIGTERM or
+    SIGINT stops it cleanly (see --grace), leaving no sandbox behind."""
+    from torpor.runtime.shutdown import shutdown
+
+    rt = runtime(db, store, tools)
     rt.pool_size = 0 if (session or once) else pool
     rt.standby_size = 0 if (session or once) else standby
     w = rt.worker(lease_ttl=lease_ttl)
-    if session:
-        w.run_session(session, on_event=print_event)
-        return
-    if once:
-        w.run_once(on_event=print_event)
-        return
+    lifecycle.reap(rt)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    sys.stderr.write(f"worker {w.owner} waiting for work\n")
+
+    def work() -> None:
+        if session:
+            w.run_session(session, on_event=print_event)
+        elif once:
+            w.run_once(on_event=print_event)
+        else:
+            w.serve(stop, on_event=print_event)
+
+    if not (session or once):
+        sys.stderr.write(f"worker {w.owner} waiting for work\n")
     try:
-        w.serve(stop, on_event=print_event)
+        lifecycle.run_until_signalled(work, stop)
     finally:
-        rt.close()
+        lifecycle.say_abandoned(shutdown(rt, grace))

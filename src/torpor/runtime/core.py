@@ -31,7 +31,7 @@ from typing import Any
 
 from torpor.agent.loop import LoopHooks, model_view, run_turn
 from torpor.agent.models import Model, open_model
-from torpor.agent.tools import ToolRegistry
+from torpor.agent.tools import ToolRegistry, load_tools
 from torpor.agent.types import ModelError, ModelTurn, ToolCall, ToolResult
 from torpor.context import Entry, StaleEpoch, open_log
 from torpor.context import default_url as default_log_url
@@ -40,8 +40,9 @@ from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
 from torpor.runtime.workspace import SandboxWorkspace
+from torpor.sandbox import owners
 from torpor.sandbox.engine import CheckpointError, Engine, SandboxError, SandboxSpec, Tmpfs
-from torpor.sandbox.images import ImageNotFound
+from torpor.sandbox.images import ImageError, ImageNotFound
 from torpor.snapshots import open_store
 
 logger = logging.getLogger("torpor.runtime")
@@ -50,6 +51,7 @@ DEFAULT_LEASE_TTL = 15.0
 # A session whose turns died this many times in a row (the worker gone each time, no wait
 # point reached in between) fails with the last error instead of being recovered again.
 MAX_RECOVERIES = 3
+CANCEL_POLL = 0.5  # how often a running turn looks for a cancel asked for in the database
 WORKSPACE = "/work"  # a tmpfs in every session's sandbox (Runtime.sandbox_spec)
 
 
@@ -64,6 +66,10 @@ class InvalidSession(SessionError, ValueError):
 
 class LeaseLost(Exception):
     """Another worker took the session (this one was too slow or presumed dead)."""
+
+
+class Cancelled(Exception):
+    """The user asked for the running turn to stop (Session.cancel, or close)."""
 
 
 @dataclass
@@ -104,6 +110,7 @@ class TurnOutcome:
     snapshot_ms: float = 0.0
     restore_ms: float | None = None
     recovered: bool = False
+    cancelled: bool = False
     wake_at: float | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -171,13 +178,18 @@ class Runtime:
         self.store_url = store
         self._store = None
         self._engine = engine
-        self.tools = tools or ToolRegistry()
+        # the built-in tools plus TORPOR_TOOLS' modules and torpor.tools entry points, as
+        # every `torpor worker` / `torpor serve` has them (torpor.agent.tools.load_tools)
+        self.tools = tools if tools is not None else load_tools()
         self._models: dict[str, Model] = {}
         self.pool_size = pool_size
         self._pools: dict[str, SandboxPool] = {}
         self.standby_size = standby
         self._standbys: dict[str, StandbyPool] = {}
         self._default_worker: Worker | None = None
+        self._workers: list[Worker] = []  # every worker made by `worker()` (close cools them)
+        # Set when the process shuts down (runtime/shutdown.py): workers claim no more turns.
+        self.stopping = threading.Event()
         self.workspace = workspace
         self._specs: dict[str, SandboxSpec] = {}
 
@@ -221,6 +233,9 @@ class Runtime:
             self._engine = GVisorEngine(
                 self.home, checkpoints=SnapshotCheckpointStorage(self._store, self.home)
             )
+            # Sandboxes it starts without an owner of their own (a debugging restore, say)
+            # are this process's, and reaped if it dies (torpor.sandbox.owners).
+            self._engine.owner_kind = "runtime"
         return self._engine
 
     def model(self, spec: str) -> Model:
@@ -231,9 +246,10 @@ class Runtime:
     def close(self, *, drain_pools: bool = True) -> None:
         """Remove pooled sandboxes, wait for checkpoint uploads still running, then close
         the databases."""
-        if self._default_worker is not None:
-            self._default_worker.cool_all()  # warm sandboxes are snapshotted, not lost
+        for w in list(self._workers):
+            w.cool_all()  # warm sandboxes are snapshotted, not lost
         if drain_pools:
+            self.pool_size = self.standby_size = 0  # and no pool is started after this
             for p in [*self._pools.values(), *self._standbys.values()]:
                 p.drain()
         flush = getattr(getattr(self._engine, "checkpoints", None), "flush", None)
@@ -288,6 +304,8 @@ class Runtime:
                 raise InvalidSession(
                     f"{e}; pull it first (`torpor image pull REF --name {image}`) or use 'base'"
                 ) from None
+            except ImageError as e:  # an ambiguous digest prefix, say
+                raise InvalidSession(f"image {image!r}: {e}") from None
         try:
             self.model(model)
         except ValueError as e:
@@ -304,9 +322,12 @@ class Runtime:
         """A worker of this runtime; without arguments, the runtime's own (one lease
         owner for every `send` made through it, which keep-warm sandboxes need)."""
         if kw:
-            return Worker(self, **kw)
+            w = Worker(self, **kw)
+            self._workers.append(w)
+            return w
         if self._default_worker is None:
             self._default_worker = Worker(self)
+            self._workers.append(self._default_worker)
         return self._default_worker
 
 
@@ -398,17 +419,46 @@ class Session:
         )  # fmt: skip
         return Session(rt, new)
 
-    def close(self) -> None:
+    def close(self, *, wait: float = 60.0) -> SessionRow:
+        """Close the session: its log stays, it takes no more messages. A running turn is
+        cancelled first (see cancel); raises SessionError if that takes over `wait`
+        seconds (the close stays asked for: the worker closes it at its safe point)."""
+        row = self.cancel(close=True, wait=wait)
+        if row.state != "closed":
+            raise SessionError(
+                f"session {self.id} is still running a turn after {wait:g} s; it will be "
+                "closed when the turn reaches its next safe point"
+            )
+        return row
+
+    def cancel(self, *, wait: float = 0.0, close: bool = False) -> SessionRow:
+        """Stop the session's turn at its next safe point: the running tool call is
+        stopped, what happened is logged, the sandbox is snapshotted, the session waits
+        (close: and is then closed). A queued message is logged but not answered; a retry
+        timer is dropped. Waits up to `wait` seconds for the worker running the turn to
+        act; returns the session's row (`cancel` still set: not acted on yet)."""
         rt = self.runtime
+        if rt.db.get(self.id).state == "closed":
+            return rt.db.get(self.id)
         rt.worker().cool(self.id)  # a sandbox this runtime keeps warm is snapshotted first
-        row = self.info()
-        if row.lease_owner and (row.lease_until or 0) > time.time():
-            raise SessionError(f"session {self.id} is running a turn; close it when it waits")
-        epoch = rt.log.acquire(self.id)
-        rt.log.append(self.id, [Entry.marker("state", state="closed")], epoch=epoch)
-        rt.db.update(self.id, state="closed", lease_owner=None, lease_until=None, wake_at=None)
-        with contextlib.suppress(Exception):
-            rt.log.close_session(self.id)
+        canceller = Worker(rt, owner=f"cancel-{secrets.token_hex(4)}")
+        done = canceller.settle_cancel(self.id, close=close)
+        if done is not None:
+            return done  # no worker held it: done here and now
+        rt.db.request_cancel(self.id, "close" if close else "cancel")
+        deadline = time.monotonic() + wait
+        while True:
+            row = rt.db.get(self.id)
+            if row.cancel is None or row.state == "closed":
+                return row  # its worker acted on it
+            if not (row.lease_owner and (row.lease_until or 0) > time.time()):
+                # the turn ended (or its worker died) before it saw the request
+                done = canceller.settle_cancel(self.id, close=close)
+                if done is not None:
+                    return done
+            if time.monotonic() >= deadline:
+                return row
+            time.sleep(0.05)
 
 
 class Worker:
@@ -441,16 +491,27 @@ class Worker:
                 self._janitor.start()
 
     def _janitor_loop(self) -> None:
+        looked = 0.0
         while True:
             time.sleep(0.2)
             with self._mu:
-                due = [sid for sid, until in self._warm.items() if until <= time.time()]
+                warm = dict(self._warm)
+            due = [sid for sid, until in warm.items() if until <= time.time()]
+            if time.monotonic() - looked >= CANCEL_POLL:  # a cancel or close asked for
+                looked = time.monotonic()
+                with contextlib.suppress(Exception):
+                    due += [sid for sid in warm
+                            if sid not in due and self.rt.db.cancel_requested(sid)]  # fmt: skip
             for sid in due:
                 with contextlib.suppress(Exception):
                     self.cool(sid)
 
     def cool(self, sid: str) -> None:
         """Snapshot a session's warm sandbox now (its wait point, deferred)."""
+        with self._mu:
+            if sid not in self._warm:
+                return  # (and a turn running now, which holds the session's lock, is not
+                # waited for)
         with self._lock_for(sid):
             with self._mu:
                 if self._warm.pop(sid, None) is None:
@@ -471,6 +532,11 @@ class Worker:
         for sid in list(self._warm):
             self.cool(sid)
 
+    def busy(self) -> list[str]:
+        """The sessions this worker is running a turn of (or snapshotting) right now."""
+        with self._mu:
+            return [sid for sid, lock in self._session_locks.items() if lock.locked()]
+
     # -- entry points ------------------------------------------------------------------
 
     def run_session(self, sid: str, *, on_event: EventSink | None = None) -> TurnOutcome:
@@ -484,7 +550,10 @@ class Worker:
         return self._process(row, on_event)
 
     def run_once(self, *, on_event: EventSink | None = None) -> TurnOutcome | None:
-        """Claim any session with work and run it; None if there was nothing to do."""
+        """Claim any session with work and run it; None if there was nothing to do (or
+        the process is shutting down: `Runtime.stopping`)."""
+        if self.rt.stopping.is_set():
+            return None
         row = self.rt.db.claim_any(self.owner, self.lease_ttl)
         return None if row is None else self._process(row, on_event)
 
@@ -528,9 +597,20 @@ class Worker:
         tr = _Transcript(rt.log, sid, epoch)
         stop_beat = threading.Event()
         lost = threading.Event()
+        cancel = threading.Event()  # set: stop the turn (the running command is killed)
 
         def beat() -> None:
-            while not stop_beat.wait(self.lease_ttl / 3):
+            # Renews the lease every third of its time to live and looks for a cancel
+            # every CANCEL_POLL seconds (asked for by any process, through the database).
+            due = time.monotonic() + self.lease_ttl / 3
+            while not stop_beat.wait(min(CANCEL_POLL, self.lease_ttl / 3)):
+                if not cancel.is_set():
+                    with contextlib.suppress(Exception):
+                        if rt.db.cancel_requested(sid):
+                            cancel.set()
+                if time.monotonic() < due:
+                    continue
+                due = time.monotonic() + self.lease_ttl / 3
                 if not rt.db.heartbeat(sid, self.owner, self.lease_ttl):
                     lost.set()
                     return
@@ -545,6 +625,7 @@ class Worker:
         warm_lost = warm and not warm_here
         recovering = row.state in ("running", "recovering") or warm_lost
         sandbox = f"s-{sid}"
+        own_id: str | None = None  # the engine's id of the sandbox this turn brought up
         outcome = TurnOutcome(session=sid, state=row.state)
         due = row.state == "retrying" and (row.wake_at or 0) <= time.time()
         if not (recovering or due or rt.db.unread(sid)):
@@ -557,6 +638,7 @@ class Worker:
         try:
             self._set_state(tr, row, "recovering" if recovering else "running", emit)
             model = rt.model(row.model)  # before any sandbox: a model that fails costs none
+            registry = self._registry(row)  # ... and so does a tool this worker lacks
             # The log is read while runsc restores the sandbox (a subprocess, so the two
             # overlap on separate cores): the turn then reads only what was appended since.
             prefetch = tr.prefetch()
@@ -565,9 +647,9 @@ class Worker:
                                                             reuse=warm_here)  # fmt: skip
             finally:
                 prefetch.join()
-            ws = SandboxWorkspace(rt.engine, sandbox)
+            own_id = rt.engine.inspect(sandbox).id
+            ws = SandboxWorkspace(rt.engine, sandbox, cancel)
             policy = Policy.from_json(row.policy)
-            registry = self._registry(row)
             if recovering:
                 self._recover(tr, row, ws, registry, emit, warm_lost=warm_lost)
                 outcome.recovered = True
@@ -577,9 +659,14 @@ class Worker:
             calls_since_snapshot = 0
             last_snapshot = time.monotonic()
 
-            def check_lease() -> None:
+            def check_lease() -> None:  # the loop's safe points: between steps
                 if lost.is_set():
                     raise LeaseLost(f"worker {self.owner} lost the lease on {sid}")
+                if cancel.is_set():
+                    raise Cancelled(sid)
+
+            if rt.db.cancel_requested(sid):  # asked for before the turn began: no model call
+                raise Cancelled(sid)
 
             def on_tool_start(call: ToolCall) -> None:
                 check_lease()
@@ -611,15 +698,21 @@ class Worker:
                 return self._schedule_retry(tr, row, sandbox, e, emit, outcome, events)
             outcome.text = final.text
             emit("turn_finished", seconds=round(time.monotonic() - turn_started, 3))
-            if policy.warm_seconds > 0:
+            if policy.warm_seconds > 0 and not rt.db.cancel_requested(sid):
                 self._go_warm(tr, row, emit, policy.warm_seconds)
+                outcome.state = "waiting"
             else:
                 self._wait_point(tr, row, sandbox, emit, outcome)
-            outcome.state = "waiting"
             outcome.events = events
             return outcome
+        except Cancelled:
+            return self._cancelled(tr, row, sandbox, emit, outcome, events)
         except (LeaseLost, StaleEpoch):
-            raise  # another worker has the session now: nothing here is ours to write
+            # Another worker has the session now: nothing here is ours to write. The
+            # sandbox this worker brought up is removed (unless the new owner, on this
+            # machine, has already replaced it with its own).
+            self._remove_own_sandbox(sandbox, own_id)
+            raise
         except Exception as e:  # noqa: BLE001 - a live worker's error fails the turn once
             return self._fail(tr, row, sandbox, e, emit, outcome, events)
         finally:
@@ -645,6 +738,7 @@ class Worker:
         """Restore the latest snapshot (falling back to earlier ones), else start fresh.
         Returns the restore time in ms, or None for a fresh sandbox."""
         eng = self.rt.engine
+        owner = owners.this_process("session", session=row.id)  # reaped if this process dies
         if reuse:  # kept warm by this worker since the last turn
             with contextlib.suppress(SandboxError):
                 if eng.inspect(name).state == "running":
@@ -661,7 +755,7 @@ class Worker:
         for snap in [*reversed(row.snapshots)] if row.snapshots else []:
             t0 = time.monotonic()
             try:
-                info = eng.restore(snap, name=name)
+                info = eng.restore(snap, name=name, owner=owner)
             except SandboxError as e:  # corrupt, missing, or no longer fits this engine
                 failures.append(f"{snap}: {e}")
                 with contextlib.suppress(SandboxError):
@@ -675,9 +769,9 @@ class Worker:
                 self._note_fallback(tr, failures, f"restored the older snapshot {snap}")
             return ms
         t0 = time.monotonic()
-        pooled = self.rt.pool_size > 0 and self.rt.pool(row.image).take(name)
+        pooled = self.rt.pool_size > 0 and self.rt.pool(row.image).take(name, owner=owner)
         if not pooled:
-            eng.run(self.rt.sandbox_spec(row.image), name=name)
+            eng.run(self.rt.sandbox_spec(row.image), name=name, owner=owner)
         ms = (time.monotonic() - t0) * 1000
         tr.append([Entry.marker("sandbox_started", image=row.image, ms=round(ms, 1),
                                 pooled=pooled)])  # fmt: skip
@@ -790,16 +884,88 @@ class Worker:
 
     def _wait_point(self, tr: _Transcript, row: SessionRow, sandbox: str, emit: Callable,
                     outcome: TurnOutcome) -> None:  # fmt: skip
+        """Snapshot, remove the sandbox, let go: the session waits (or, if a close was
+        asked for meanwhile, is closed). A cancel asked for is done: the turn ended."""
         snap, size, ms = self._snapshot(tr, sandbox, emit, leave_running=False)
         with contextlib.suppress(SandboxError):
             self.rt.engine.remove(sandbox, force=True)  # nothing left running: no memory
-        tr.append([Entry.marker("state", state="waiting")])
-        self.rt.db.update(row.id, owner=self.owner, state="waiting", attempt=0, wake_at=None,
-                          error=None, lease_owner=None, lease_until=None)  # fmt: skip
-        emit("state", state="waiting")
+        outcome.snapshot, outcome.snapshot_bytes, outcome.snapshot_ms = snap, size, ms
+        self._let_wait(tr, row, emit, outcome)
         if self.rt.standby_size > 0:  # ready for when this session (or another) resumes
             self.rt.standbys(row.image).refill()
-        outcome.snapshot, outcome.snapshot_bytes, outcome.snapshot_ms = snap, size, ms
+
+    def _let_wait(self, tr: _Transcript, row: SessionRow, emit: Callable,
+                  outcome: TurnOutcome) -> None:  # fmt: skip
+        asked = self.rt.db.cancel_requested(row.id)
+        tr.append([Entry.marker("state", state="waiting")])
+        self.rt.db.update(row.id, owner=self.owner, state="waiting", attempt=0, wake_at=None,
+                          error=None, lease_owner=None, lease_until=None,
+                          cancel=None if asked != "close" else "close")  # fmt: skip
+        emit("state", state="waiting")
+        outcome.state = "waiting"
+        if asked == "close":
+            close_session(self.rt, tr, row.id)
+            emit("state", state="closed")
+            outcome.state = "closed"
+
+    def _remove_own_sandbox(self, sandbox: str, own_id: str | None) -> None:
+        """After a lost lease: remove the sandbox this worker brought up, unless the
+        session's new worker (on this machine) has replaced it with its own already."""
+        if own_id is None:
+            return
+        with contextlib.suppress(SandboxError):
+            if self.rt.engine.inspect(sandbox).id == own_id:
+                self.rt.engine.remove(own_id, force=True)
+
+    def _cancelled(self, tr: _Transcript, row: SessionRow, sandbox: str, emit: Callable,
+                   outcome: TurnOutcome, events: list[Event]) -> TurnOutcome:  # fmt: skip
+        """The user cancelled the turn at a safe point: the command running then was
+        stopped (SIGTERM through the workspace), calls that had not run get a result that
+        says so, and the sandbox is snapshotted as at any wait point. A close asked for
+        closes the session after that."""
+        skipped = answer_open_calls(tr, "[torpor] not run: the user cancelled the turn")
+        tr.append([Entry.marker("cancelled", skipped=len(skipped), text=(
+            "The user cancelled the turn: the command running then (if any) was stopped and "
+            f"{len(skipped)} tool call(s) not yet run were skipped; the sandbox was "
+            "snapshotted as it was."))])  # fmt: skip
+        emit("cancelled", skipped=len(skipped))
+        outcome.cancelled, outcome.events = True, events
+        try:
+            running = self.rt.engine.inspect(sandbox).state == "running"
+        except SandboxError:
+            running = False
+        if running:
+            self._wait_point(tr, row, sandbox, emit, outcome)
+        else:
+            self._let_wait(tr, row, emit, outcome)
+        return outcome
+
+    def settle_cancel(self, sid: str, *, close: bool = False) -> SessionRow | None:
+        """Cancel (and close) a session that no live worker holds: a queued message is
+        logged but not answered, a retry timer or a dead worker's turn is dropped (the
+        sandbox continues from the last snapshot). None if a worker holds it (it sees
+        the request in the database at its next safe point)."""
+        rt = self.rt
+        row = rt.db.claim(sid, self.owner, self.lease_ttl)
+        if row is None:
+            return None
+        tr = _Transcript(rt.log, sid, rt.log.acquire(sid))
+        pending = row.state in ("running", "recovering", "retrying") or bool(rt.db.unread(sid))
+        if pending:
+            self._take_inbox(tr, sid, lambda *a, **k: None)
+            skipped = answer_open_calls(tr, "[torpor] not run: the user cancelled the turn")
+            where = f"snapshot {row.snapshot}" if row.snapshot else "a fresh sandbox"
+            tr.append([Entry.marker("cancelled", skipped=len(skipped), text=(
+                f"The user cancelled the turn before it ran on; the sandbox continues "
+                f"from {where}."))])  # fmt: skip
+            tr.append([Entry.marker("state", state="waiting")])
+        state = "waiting" if pending else row.state
+        rt.db.update(sid, owner=self.owner, state=state, attempt=0, error=None,
+                     wake_at=None if pending else row.wake_at, cancel=None,
+                     lease_owner=None, lease_until=None)  # fmt: skip
+        if close:
+            close_session(rt, tr, sid)
+        return rt.db.get(sid)
 
     def _fail(self, tr: _Transcript, row: SessionRow, sandbox: str, err: Exception,
               emit: Callable, outcome: TurnOutcome,
@@ -862,6 +1028,28 @@ class Worker:
         emit("retry_scheduled", attempt=attempt, delay=round(delay, 3), error=str(err))
         outcome.state, outcome.wake_at = "retrying", wake
         return outcome
+
+
+def close_session(rt: Runtime, tr: _Transcript, sid: str) -> None:
+    """The session takes no more messages; its log stays (and is marked closed)."""
+    tr.append([Entry.marker("state", state="closed")])
+    rt.db.update(sid, state="closed", lease_owner=None, lease_until=None, wake_at=None,
+                 cancel=None)  # fmt: skip
+    with contextlib.suppress(Exception):
+        rt.log.close_session(sid)
+
+
+def answer_open_calls(tr: _Transcript, text: str) -> list[str]:
+    """Give every tool call of the log that has no result one that says it did not run
+    (every call needs a result before the model is asked again). Returns their ids."""
+    entries = tr.entries()
+    answered = {e.tool_call_id for e in entries if e.kind == "tool_result"}
+    open_ = [e.tool_call_id or "" for e in entries
+             if e.kind == "tool_call" and e.tool_call_id not in answered]  # fmt: skip
+    for cid in open_:
+        tr.append([Entry.tool_result(cid, text, meta={"is_error": True, "cancelled": True})],
+                  key=f"cancel-{cid}")  # fmt: skip
+    return open_
 
 
 def recoveries_in_a_row(entries: list[Entry]) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+SCHEMA_LOCK = 0x746F72706F7273  # pg_advisory_xact_lock key held while creating tables
 STATES = ("created", "running", "waiting", "retrying", "recovering", "failed", "closed")
 
 _SCHEMA = """
@@ -76,6 +77,7 @@ class SessionRow:
     created_at: float = 0.0
     updated_at: float = 0.0
     tenant: str | None = None
+    cancel: str | None = None  # a cancel ('cancel') or close ('close') asked for, not done
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -83,19 +85,20 @@ class SessionRow:
 
 _COLS = (
     "id, state, image, model, system, tools, policy, snapshot, snapshot_seq, snapshots, "
-    "lease_owner, lease_until, wake_at, attempt, parent, error, created_at, updated_at, tenant"
+    "lease_owner, lease_until, wake_at, attempt, parent, error, created_at, updated_at, tenant, "
+    "cancel"
 )
 
 
 def _row(r: tuple[Any, ...]) -> SessionRow:
     (sid, state, image, model, system, tools, policy, snapshot, snapshot_seq, snapshots,
-     owner, until, wake, attempt, parent, error, created, updated, tenant) = r  # fmt: skip
+     owner, until, wake, attempt, parent, error, created, updated, tenant, cancel) = r  # fmt: skip
     return SessionRow(
         id=sid, state=state, image=image, model=model, system=system,
         tools=json.loads(tools), policy=json.loads(policy), snapshot=snapshot,
         snapshot_seq=snapshot_seq, snapshots=json.loads(snapshots), lease_owner=owner,
         lease_until=until, wake_at=wake, attempt=attempt, parent=parent, error=error,
-        created_at=created, updated_at=updated, tenant=tenant,
+        created_at=created, updated_at=updated, tenant=tenant, cancel=cancel,
     )  # fmt: skip
 
 
@@ -125,24 +128,56 @@ class RuntimeDB:
             self._pool = ConnectionPool(url.split("?")[0], min_size=1, max_size=8, open=True)
         serial = "INTEGER" if self.kind == "sqlite" else "BIGSERIAL"
         with self.tx() as cur:
+            self.lock_schema(cur)
             for stmt in _SCHEMA.format(serial=serial).split(";"):
                 if stmt.strip():
                     cur.execute(stmt)
             self._migrate(cur)
 
+    # Columns added after a database was created: (table, column, type). Each is added
+    # once (ALTER TABLE ... ADD COLUMN); an index that needs it is created after.
+    _ADDED = (
+        ("torpor_sessions", "tenant", "TEXT"),
+        ("torpor_sessions", "cancel", "TEXT"),  # NULL | 'cancel' | 'close' (requested)
+        ("torpor_inbox", "key", "TEXT"),  # the Idempotency-Key the message was posted with
+    )
+
     def _migrate(self, cur: Any) -> None:
-        """Columns added after a database was created (ALTER TABLE ... ADD COLUMN)."""
+        for table, column, kind in self._ADDED:
+            if self.kind == "sqlite":
+                cur.execute(f"PRAGMA table_info({table})")
+                have = {r[1] for r in cur.fetchall()}
+            else:  # look first: ALTER TABLE locks the table even when it changes nothing
+                cur.execute("SELECT column_name FROM information_schema.columns WHERE "
+                            "table_schema = current_schema() AND table_name = %s",
+                            (table,))  # fmt: skip
+                have = {r[0] for r in cur.fetchall()}
+            if column not in have:  # (PostgreSQL: two processes may both get here)
+                exists = " IF NOT EXISTS" if self.kind == "postgres" else ""
+                cur.execute(f"ALTER TABLE {table} ADD COLUMN{exists} {column} {kind}")
+        # One message per key and session, enforced by the database itself, so that two
+        # API processes posting the same key at once queue it once (NULL keys are distinct).
+        cur.execute("CREATE UNIQUE INDEX IF NOT EXISTS torpor_inbox_key "
+                    "ON torpor_inbox (session, key)")  # fmt: skip
+        # Keys kept in a table of their own before (torpor_idempotency) move to the inbox.
         if self.kind == "sqlite":
-            cur.execute("PRAGMA table_info(torpor_sessions)")
-            have = {r[1] for r in cur.fetchall()}
-            if "tenant" not in have:
-                cur.execute("ALTER TABLE torpor_sessions ADD COLUMN tenant TEXT")
-        else:  # look first: ALTER TABLE locks the table even when it changes nothing
-            cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
-                        "current_schema() AND table_name = 'torpor_sessions' AND "
-                        "column_name = 'tenant'")  # fmt: skip
-            if cur.fetchone() is None:
-                cur.execute("ALTER TABLE torpor_sessions ADD COLUMN IF NOT EXISTS tenant TEXT")
+            cur.execute("SELECT 1 FROM sqlite_master WHERE name = 'torpor_idempotency'")
+            old = cur.fetchone() is not None
+        else:
+            cur.execute("SELECT to_regclass('torpor_idempotency') IS NOT NULL")
+            old = bool(cur.fetchone()[0])
+        if old:
+            cur.execute("UPDATE torpor_inbox SET key = (SELECT k.key FROM torpor_idempotency k "
+                        "WHERE k.session = torpor_inbox.session AND k.turn = torpor_inbox.id) "
+                        "WHERE key IS NULL")  # fmt: skip
+            cur.execute("DROP TABLE torpor_idempotency")
+
+    def lock_schema(self, cur: Any) -> None:
+        """Serialize schema changes of processes starting at once (two servers on one
+        PostgreSQL: CREATE TABLE IF NOT EXISTS is not safe against a concurrent one);
+        SQLite's write transaction already is."""
+        if self.kind == "postgres":
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
 
     def _sql(self, sql: str) -> str:
         return sql.replace("%s", "?") if self.kind == "sqlite" else sql
@@ -186,11 +221,11 @@ class RuntimeDB:
         with self.tx() as cur:
             cur.execute(
                 f"INSERT INTO torpor_sessions ({_COLS}) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (row.id, row.state, row.image, row.model, row.system, json.dumps(row.tools),
                  json.dumps(row.policy), row.snapshot, row.snapshot_seq,
                  json.dumps(row.snapshots), None, None, None, 0, row.parent, None, now, now,
-                 row.tenant),
+                 row.tenant, None),
             )  # fmt: skip
 
     def get(self, sid: str) -> SessionRow:
@@ -308,22 +343,74 @@ class RuntimeDB:
 
     # ---------------------------------------------------------------- inbox
 
-    def post(self, sid: str, text: str) -> int:
+    def post(self, sid: str, text: str, *, key: str | None = None) -> int:
+        return self.post_once(sid, text, key=key)[0]
+
+    def post_once(self, sid: str, text: str, *, key: str | None = None) -> tuple[int, bool]:
+        """Queue a user message; returns (inbox id, duplicate). With a key, the message and
+        its key are one row under a unique (session, key) index, written in one
+        transaction: a second post with the key (from any process) queues nothing and
+        gets the first one's id. A post clears a cancel asked for before it."""
         with self.tx() as cur:
             cur.execute("SELECT state FROM torpor_sessions WHERE id = %s", (sid,))
             r = cur.fetchone()
             if r is None:
                 raise SessionNotFound(sid)
+            if key is not None:
+                earlier = self._keyed(cur, sid, key)
+                if earlier is not None:
+                    return earlier, True
             if r[0] == "closed":
                 raise SessionClosedError(f"session {sid} is closed")
-            if r[0] == "failed":  # a new message is the user's retry: one turn, once
-                cur.execute("UPDATE torpor_sessions SET state = 'waiting' WHERE id = %s", (sid,))
             cur.execute(
-                "INSERT INTO torpor_inbox (session, text, created_at, consumed) "
-                "VALUES (%s, %s, %s, 0) RETURNING id",
-                (sid, text, time.time()),
+                "INSERT INTO torpor_inbox (session, text, created_at, consumed, key) "
+                "VALUES (%s, %s, %s, 0, %s) ON CONFLICT DO NOTHING RETURNING id",
+                (sid, text, time.time(), key),
             )
-            return int(cur.fetchone()[0])
+            got = cur.fetchone()
+            if got is None:  # a concurrent post with the key committed first
+                earlier = self._keyed(cur, sid, key or "")
+                if earlier is None:
+                    raise RuntimeError(f"message with key {key!r} neither queued nor found")
+                return earlier, True
+            new_state = ", state = 'waiting'" if r[0] == "failed" else ""  # the user's retry
+            cur.execute(f"UPDATE torpor_sessions SET cancel = NULL{new_state} WHERE id = %s",
+                        (sid,))  # fmt: skip
+            return int(got[0]), False
+
+    def turn_for_key(self, sid: str, key: str) -> int | None:
+        """The inbox id of the message posted to the session with this Idempotency-Key."""
+        with self.tx() as cur:
+            return self._keyed(cur, sid, key)
+
+    @staticmethod
+    def _keyed(cur: Any, sid: str, key: str) -> int | None:
+        cur.execute("SELECT id FROM torpor_inbox WHERE session = %s AND key = %s", (sid, key))
+        r = cur.fetchone()
+        return None if r is None else int(r[0])
+
+    # ---------------------------------------------------------------- cancel
+
+    def request_cancel(self, sid: str, what: str = "cancel") -> SessionRow:
+        """Ask the worker running the session's turn to stop it at its next safe point
+        ('close': and then close the session). Returns the row as it is now."""
+        with self.tx() as cur:
+            cur.execute("UPDATE torpor_sessions SET cancel = %s, updated_at = %s "
+                        "WHERE id = %s AND state != 'closed'",
+                        (what, time.time(), sid))  # fmt: skip
+            cur.execute(f"SELECT {_COLS} FROM torpor_sessions WHERE id = %s", (sid,))
+            r = cur.fetchone()
+        if r is None:
+            raise SessionNotFound(sid)
+        return _row(r)
+
+    def cancel_requested(self, sid: str) -> str | None:
+        with self.tx() as cur:
+            cur.execute("SELECT cancel FROM torpor_sessions WHERE id = %s", (sid,))
+            r = cur.fetchone()
+        return None if r is None else r[0]
+
+    # ---------------------------------------------------------------- inbox (reading)
 
     def unread(self, sid: str) -> list[tuple[int, str]]:
         with self.tx() as cur:

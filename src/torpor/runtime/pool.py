@@ -2,11 +2,15 @@
 new session does not wait for a cold start, and standbys (see Engine.standby), so a
 resumed session's restore does not wait for a sandbox to be set up.
 
-A pooled sandbox is an ordinary running sandbox named `pool-<tag>-<hex>`; taking one
-renames it to the session's sandbox name, and a background thread starts a replacement.
-Pooled sandboxes left behind by a process that died are adopted by the next pool for the
-same image. Each pooled sandbox holds memory (a few MiB for the base image) while it
-waits: the size is a trade-off, 0 turns the pool off.
+A pooled sandbox is an ordinary running sandbox named `pool-<tag>-<hex>`, owned by the
+process that keeps the pool (owner kind "pool", see torpor.sandbox.owners); taking one
+renames it to the session's sandbox name and hands it to the session, and a background
+thread starts a replacement. A pool counts, takes and drains only its own process's
+sandboxes (two processes on one home keep a pool each); those left behind by a process
+that died are orphans, removed by the next `torpor serve` or `torpor worker` at its start
+(owners.reap_orphans). Standbys are owned the same way (kind "standby"). Each pooled
+sandbox holds memory (a few MiB for the base image) while it waits: the size is a
+trade-off, 0 turns the pool off.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import contextlib
 import re
 import secrets
 import threading
+from typing import Any
 
+from torpor.sandbox import owners
 from torpor.sandbox.engine import Engine, SandboxError, SandboxSpec
 
 
@@ -77,19 +83,22 @@ class SandboxPool(_Refilled):
         self.hits = self.misses = 0
 
     def _ready(self) -> list[str]:
+        me = owners.this_process("pool")
         return [
             i.name
             for i in self.engine.list()
             if i.name.startswith(self.prefix) and i.spec == self.spec
-        ]
+            and owners.same_process(i.owner, me)
+        ]  # fmt: skip
 
-    def take(self, name: str) -> bool:
-        """Rename a ready sandbox to `name`; False if none is ready (start one yourself)."""
+    def take(self, name: str, *, owner: dict[str, Any] | None = None) -> bool:
+        """Rename a ready sandbox to `name`, owned by `owner` from now on; False if none is
+        ready (start one yourself)."""
         taken = False
         with self._lock:
             for candidate in self._ready():
                 try:
-                    self.engine.rename(candidate, name)
+                    self.engine.rename(candidate, name, owner=owner)
                 except SandboxError:
                     continue  # taken by another process meanwhile
                 taken = True
@@ -103,7 +112,8 @@ class SandboxPool(_Refilled):
 
     def _fill(self) -> None:
         while len(self._ready()) < self.size:
-            self.engine.run(self.spec, name=f"{self.prefix}{secrets.token_hex(4)}")
+            self.engine.run(self.spec, name=f"{self.prefix}{secrets.token_hex(4)}",
+                            owner=owners.this_process("pool"))  # fmt: skip
 
     def drain(self) -> None:
         """Stop refilling and remove every ready sandbox of this pool."""
@@ -126,10 +136,10 @@ class StandbyPool(_Refilled):
         self.spec = spec
 
     def _fill(self) -> None:
-        self.engine.standby(self.spec, self.size)
+        self.engine.standby(self.spec, self.size, owner=owners.this_process("standby"))
 
     def drain(self) -> None:
-        """Stop refilling and remove this pool's standbys."""
+        """Stop refilling and remove this pool's (this process's) standbys."""
         self._stop_refilling()
         with contextlib.suppress(SandboxError):
-            self.engine.standby(self.spec, 0)
+            self.engine.standby(self.spec, 0, owner=owners.this_process("standby"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,11 +10,14 @@ from torpor.sandbox.engine import Engine, ExecResult
 
 
 class SandboxWorkspace:
-    """Satisfies torpor.agent.tools.Workspace for one sandbox of an engine."""
+    """Satisfies torpor.agent.tools.Workspace for one sandbox of an engine. Setting
+    `cancel` stops the command running in it (a cancelled turn)."""
 
-    def __init__(self, engine: Engine, sandbox: str) -> None:
+    def __init__(self, engine: Engine, sandbox: str,
+                 cancel: threading.Event | None = None) -> None:  # fmt: skip
         self.engine = engine
         self.sandbox = sandbox
+        self.cancel = cancel
 
     def exec(
         self,
@@ -24,9 +28,8 @@ class SandboxWorkspace:
         workdir: str | None = None,
         timeout: float | None = None,
     ) -> ExecResult:
-        return self.engine.exec(
-            self.sandbox, argv, stdin=stdin, env=env, workdir=workdir, timeout=timeout
-        )
+        return self.engine.exec(self.sandbox, argv, stdin=stdin, env=env, workdir=workdir,
+                                timeout=timeout, cancel=self.cancel)  # fmt: skip
 
     def read_file(self, path: str) -> bytes:
         return self.engine.read_file(self.sandbox, path)

@@ -37,6 +37,27 @@ class Check:
     ok: bool
     detail: str
     seconds: float | None = None  # how long the check took, where it does real work
+    # False: a failure worth a look that does not stop torpor from working (orphaned
+    # sandboxes): `torpor doctor` shows it as WARN and still exits 0.
+    blocking: bool = True
+
+
+def orphans_check(engine: Any) -> Check:
+    """Sandboxes of the engine's home whose owner (a torpor process) is gone."""
+    from torpor.sandbox.owners import describe, orphans
+
+    t0 = time.monotonic()
+    found = orphans(engine)
+    if not found:
+        return Check("orphans", True, "no sandbox of this home outlived its owner",
+                     time.monotonic() - t0, blocking=False)  # fmt: skip
+    listed = ", ".join(f"{i.name} ({i.state}, {describe(i.owner)})" for i in found[:10])
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    names = " ".join(i.name for i in found)
+    detail = (f"{len(found)} sandbox(es) whose owner is gone: {listed}{more}; the next "
+              f"`torpor serve` or `torpor worker` of this home removes them, or now: "
+              f"`torpor rm -f {names}`")  # fmt: skip
+    return Check("orphans", False, detail, time.monotonic() - t0, blocking=False)
 
 
 class _SelfTestImages:
@@ -95,6 +116,7 @@ def self_test(engine: GVisorEngine) -> float:
         runsc=engine.runsc,
         self_test=False,
     )
+    probe.owner_kind = "runtime"  # this process's: reaped if it dies before removing it
     name = f"torpor-selftest-{os.getpid()}"
     t0 = time.monotonic()
     try:
@@ -208,6 +230,7 @@ def run_checks(
         f"sandbox read/write/exec/checkpoint/restore passed on {engine.platform} ({when})",
         time.monotonic() - t0,
     )
+    yield orphans_check(engine)
     t0 = time.monotonic()
     try:
         images = engine.images

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import posixpath
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -182,6 +183,7 @@ class SandboxInfo:
     last_checkpoint: str | None = None  # latest checkpoint of this run that kept it running
     from_standby: bool = False  # this run was restored into a standby (Engine.standby)
     init_tmpfs: bool = False  # torpor-init's state dir is a tmpfs (see GVisorEngine)
+    owner: dict[str, Any] | None = None  # who started it, and for what (see owners.py)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -231,10 +233,16 @@ class Engine(abc.ABC):
     """A sandbox engine. Names or ids are accepted wherever a sandbox is named."""
 
     name: str
+    # The owner kind recorded for sandboxes started without `owner=` (see owners.py):
+    # "user" (never reaped) unless whoever made the engine says otherwise.
+    owner_kind: str = "user"
 
     @abc.abstractmethod
-    def run(self, spec: SandboxSpec, *, name: str | None = None) -> SandboxInfo:
-        """Create and start a sandbox; returns once its init answers."""
+    def run(
+        self, spec: SandboxSpec, *, name: str | None = None, owner: dict[str, Any] | None = None
+    ) -> SandboxInfo:
+        """Create and start a sandbox; returns once its init answers. `owner` is recorded
+        in its record (default: this process, of kind `owner_kind`)."""
 
     @abc.abstractmethod
     def exec(
@@ -247,8 +255,11 @@ class Engine(abc.ABC):
         workdir: str | None = None,
         user: str | None = None,
         timeout: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> ExecResult:
-        """Run a command to completion inside the sandbox and collect its output."""
+        """Run a command to completion inside the sandbox and collect its output. When
+        `cancel` is set while it runs, the command is sent SIGTERM (its process group),
+        and the call returns with whatever it printed and its exit status."""
 
     @abc.abstractmethod
     def exec_stream(
@@ -310,7 +321,10 @@ class Engine(abc.ABC):
     def inspect(self, sandbox: str) -> SandboxInfo: ...
 
     @abc.abstractmethod
-    def rename(self, sandbox: str, new_name: str) -> SandboxInfo: ...
+    def rename(
+        self, sandbox: str, new_name: str, *, owner: dict[str, Any] | None = None
+    ) -> SandboxInfo:
+        """Give a sandbox another name (and, with `owner`, another owner)."""
 
     @abc.abstractmethod
     def list(self, *, all: bool = False) -> list[SandboxInfo]: ...
@@ -321,20 +335,31 @@ class Engine(abc.ABC):
     ) -> CheckpointInfo: ...
 
     @abc.abstractmethod
-    def restore(self, checkpoint: str, *, name: str | None = None) -> SandboxInfo:
-        """Start a new, independent sandbox from a checkpoint (a fork)."""
+    def restore(
+        self, checkpoint: str, *, name: str | None = None, owner: dict[str, Any] | None = None
+    ) -> SandboxInfo:
+        """Start a new, independent sandbox from a checkpoint (a fork), owned by `owner`."""
 
     @abc.abstractmethod
     def remove_checkpoint(self, sandbox: str | None, checkpoint: str) -> None:
         """Delete a checkpoint (by id, or by name within `sandbox`)."""
 
-    def standby(self, spec: SandboxSpec, count: int = 1) -> list[SandboxInfo]:
+    def standby(
+        self, spec: SandboxSpec, count: int = 1, *, owner: dict[str, Any] | None = None
+    ) -> list[SandboxInfo]:
         """Keep `count` standby sandboxes for `spec`: set up ahead of time but not started
         (state "standby"), so that `restore` of a checkpoint taken with the same spec
         loads it into one instead of starting a sandbox first. Creates the missing ones,
-        removes the extra ones (count 0 removes all) and returns those kept. Engines
-        without standbys restore the usual way and keep none."""
+        removes the extra ones (count 0 removes all) and returns those kept. With `owner`,
+        only the standbys of that owner's process count (and are removed); without, all
+        of the spec's. Engines without standbys restore the usual way and keep none."""
         return []
+
+    def reap(self, sandbox: str) -> SandboxInfo | None:
+        """Remove the sandbox if its owner is gone (an orphan, see owners.py), checked
+        under its lock; returns its record if it was removed. Engines that record no
+        owners reap nothing."""
+        return None
 
     def image_has_files(self, image: str, path: str) -> bool:
         """Whether the image holds anything at `path` (a file, a link, or a directory

@@ -47,7 +47,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from torpor.home import torpor_home
-from torpor.sandbox import archive, network
+from torpor.sandbox import archive, network, owners
 from torpor.sandbox.checkpoints import (
     CheckpointNotFound,
     CheckpointStorage,
@@ -113,6 +113,40 @@ def _check_mounts(spec: SandboxSpec) -> None:
         if target in seen:
             raise SandboxError(f"{target} is mounted twice")
         seen.add(target)
+
+
+CANCEL_GRACE = 5.0  # seconds a cancelled command has between SIGTERM and its client's end
+
+
+def _communicate(proc: subprocess.Popen[bytes], stdin: bytes | None, timeout: float | None,
+                 cancel: threading.Event | None) -> tuple[bytes, bytes]:  # fmt: skip
+    """proc.communicate, watching `cancel`: once it is set the client is sent SIGTERM,
+    which torpor-init's client forwards to the command's process group in the sandbox; if
+    the command outlives CANCEL_GRACE, the client itself is killed (the command may then
+    still run in the sandbox, which its caller snapshots and removes)."""
+    if cancel is None:
+        return proc.communicate(stdin, timeout=timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    signalled: float | None = None
+    first = True
+    while True:
+        step = 0.1
+        if deadline is not None:
+            step = max(0.0, min(step, deadline - time.monotonic()))
+        try:
+            # communicate may be called again after a timeout; its input only the first time
+            return proc.communicate(stdin if first else None, timeout=step)
+        except subprocess.TimeoutExpired:
+            first = False
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+        if cancel.is_set() and signalled is None:
+            signalled = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        elif signalled is not None and time.monotonic() - signalled > CANCEL_GRACE:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
 
 
 class GVisorEngine(Engine):
@@ -767,7 +801,9 @@ class GVisorEngine(Engine):
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
 
-    def run(self, spec: SandboxSpec, *, name: str | None = None) -> SandboxInfo:
+    def run(
+        self, spec: SandboxSpec, *, name: str | None = None, owner: dict[str, Any] | None = None
+    ) -> SandboxInfo:
         image = self._image(spec)
         if spec.network not in ("none", "sandbox"):
             raise SandboxError(f"unknown network {spec.network!r}: use none or sandbox")
@@ -775,7 +811,7 @@ class GVisorEngine(Engine):
             raise SandboxError("publishing ports (-p) needs --network sandbox")
         _check_mounts(spec)
         with self._global_lock():
-            info = self._create_record(spec, image, name)
+            info = self._create_record(spec, image, name, owner)
         try:
             with self._locked(info.id):
                 self._boot(info, image)
@@ -789,8 +825,14 @@ class GVisorEngine(Engine):
         if any(i.name == name for i in self._all()):
             raise SandboxConflict(f"the name {name} is already in use by another sandbox")
 
-    def _create_record(self, spec: SandboxSpec, image: Image, name: str | None) -> SandboxInfo:
-        """Reserve a name and an id (caller holds the global lock)."""
+    def _owner(self, owner: dict[str, Any] | None) -> dict[str, Any]:
+        """The owner to record: the one given, else this process of kind `owner_kind`."""
+        return owner if owner is not None else owners.this_process(self.owner_kind)
+
+    def _create_record(self, spec: SandboxSpec, image: Image, name: str | None,
+                       owner: dict[str, Any] | None = None) -> SandboxInfo:  # fmt: skip
+        """Reserve a name and an id, recording the owner at once, so that no reaper ever
+        sees the record without one (caller holds the global lock)."""
         if name is not None:
             self._check_free_name(name)
         sid = secrets.token_hex(6)
@@ -802,6 +844,7 @@ class GVisorEngine(Engine):
             spec=spec,
             image_digest=image.digest,
             created=_now(),
+            owner=self._owner(owner),
         )
         self._dir(sid).mkdir(parents=True)
         self._save(info)
@@ -858,39 +901,67 @@ class GVisorEngine(Engine):
             return self._load(info.id) or info
 
     def remove(self, sandbox: str, *, force: bool = False) -> None:
+        if force:
+            self._kill_at_once(sandbox)
         with self._locked(sandbox) as info:
-            if info.state == "running":
-                if not force:
-                    raise SandboxConflict(
-                        f"sandbox {info.name} is running: stop it first or use -f"
-                    )
-                # Docker's rm -f: SIGKILL at once. Killing the sandbox process ends it, its
-                # gofer and the foreground runsc; `_discard` then deletes what runsc kept.
-                # (A `runsc delete -force` of a running sandbox waits 5 s for it to stop;
-                # runsc kill, polling runsc state and delete took four runsc processes.)
-                if self._sandbox_alive(info) and info.pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(info.pid, signal.SIGKILL)
-                else:
-                    self._runsc(None, "kill", "--all", info.id, "KILL", check=False, timeout=20)
-                if info.from_standby:
-                    self._end_waiter(info)
-                self._wait_exit_code(info)
-            network.stop_proxy(self.home, info.id)
-            self._discard(info)
+            self._remove_locked(info, force=force)
+
+    def _kill_at_once(self, sandbox: str) -> None:
+        """`rm -f` kills before it takes the sandbox's lock: a long command running in it
+        holds the lock shared (exec) and would make the removal wait until it ends. The
+        kill ends that command's client, which lets go; `_remove_locked` does the rest."""
+        with contextlib.suppress(SandboxNotFound):
+            info = self._find(sandbox)
+            if info.state == "running" and info.pid and self._sandbox_alive(info):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(info.pid, signal.SIGKILL)
+
+    def reap(self, sandbox: str) -> SandboxInfo | None:
+        # Under the global lock too: claiming a standby and renaming a pooled sandbox (the
+        # ways a live process takes over a sandbox) change its owner under that lock.
+        with self._global_lock(), self._locked(sandbox) as info:
+            if not owners.is_orphan(info.owner):
+                return None
+            self._remove_locked(info, force=True)
+            return info
+
+    def _remove_locked(self, info: SandboxInfo, *, force: bool) -> None:
+        """`remove`, for a sandbox whose lock the caller holds."""
+        if info.state == "running":
+            if not force:
+                raise SandboxConflict(f"sandbox {info.name} is running: stop it first or use -f")
+            # Docker's rm -f: SIGKILL at once. Killing the sandbox process ends it, its
+            # gofer and the foreground runsc; `_discard` then deletes what runsc kept.
+            # (A `runsc delete -force` of a running sandbox waits 5 s for it to stop;
+            # runsc kill, polling runsc state and delete took four runsc processes.)
+            if self._sandbox_alive(info) and info.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(info.pid, signal.SIGKILL)
+            else:
+                self._runsc(None, "kill", "--all", info.id, "KILL", check=False, timeout=20)
+            if info.from_standby:
+                self._end_waiter(info)
+            self._wait_exit_code(info)
+        network.stop_proxy(self.home, info.id)
+        self._discard(info)
 
     def inspect(self, sandbox: str) -> SandboxInfo:
         with self._locked(sandbox, exclusive=False) as info:
             return info
 
-    def rename(self, sandbox: str, new_name: str) -> SandboxInfo:
-        """Give a sandbox another name (Docker's `rename`); it keeps running."""
+    def rename(
+        self, sandbox: str, new_name: str, *, owner: dict[str, Any] | None = None
+    ) -> SandboxInfo:
+        """Give a sandbox another name (Docker's `rename`); it keeps running. With `owner`
+        it changes hands too (a pooled sandbox taken for a session)."""
         check_name(new_name)
         with self._global_lock(), self._locked(sandbox, reconcile=False) as info:
             if any(i.name == new_name for i in self._all()):
                 raise SandboxConflict(f"the name {new_name} is already in use by another sandbox")
             old = info.name
             info.name = new_name
+            if owner is not None:
+                info.owner = owner
             self._save(info)
             self._index_name(info, old_name=old)
             return info
@@ -1035,6 +1106,7 @@ class GVisorEngine(Engine):
         workdir: str | None = None,
         user: str | None = None,
         timeout: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> ExecResult:
         with self._locked(sandbox, exclusive=False, reconcile=False) as info:
             self._require_running(info)
@@ -1055,8 +1127,8 @@ class GVisorEngine(Engine):
                 # SIGKILL 5 s later, exit 124). The host only gives up if the client
                 # itself stops answering, well after that.
                 try:
-                    out, err = proc.communicate(
-                        stdin, timeout=None if timeout is None else timeout + 30
+                    out, err = _communicate(
+                        proc, stdin, None if timeout is None else timeout + 30, cancel
                     )
                 except subprocess.TimeoutExpired:
                     proc.kill()
@@ -1464,14 +1536,17 @@ class GVisorEngine(Engine):
             if temporary:
                 shutil.rmtree(path, ignore_errors=True)
 
-    def restore(self, checkpoint: str, *, name: str | None = None) -> SandboxInfo:
+    def restore(
+        self, checkpoint: str, *, name: str | None = None, owner: dict[str, Any] | None = None
+    ) -> SandboxInfo:
         ck = self._checkpoint_info(checkpoint)
         spec = SandboxSpec.from_json(ck["spec"])
         image = self._image(spec)
+        owner = self._owner(owner)
         with self._global_lock():
-            info = self._claim_standby(spec, image, ck, name)
+            info = self._claim_standby(spec, image, ck, name, owner)
             if info is None:
-                info = self._create_record(spec, image, name)
+                info = self._create_record(spec, image, name, owner)
         try:
             with self._locked(info.id) as locked:
                 self._restore_into(locked, ck, image)
@@ -1519,11 +1594,12 @@ class GVisorEngine(Engine):
             del self.standby_misses[:-20]
 
     def _claim_standby(
-        self, spec: SandboxSpec, image: Image, ck: dict[str, Any], name: str | None
+        self, spec: SandboxSpec, image: Image, ck: dict[str, Any], name: str | None,
+        owner: dict[str, Any] | None = None,
     ) -> SandboxInfo | None:
-        """Take an unused standby that fits checkpoint `ck`, renamed to `name` (caller
-        holds the global lock). None if there is none; one whose container is gone is
-        discarded."""
+        """Take an unused standby that fits checkpoint `ck`, renamed to `name` and owned by
+        `owner` from now on (caller holds the global lock). None if there is none; one
+        whose container is gone is discarded."""
         d = self._standby_dir(spec, image.digest, bool(ck.get("channel")),
                               bool(ck.get("init_tmpfs")))  # fmt: skip
         if not d.is_dir():
@@ -1545,6 +1621,7 @@ class GVisorEngine(Engine):
                 continue
             old = info.name
             info.name = name or f"sb-{info.id[:6]}"
+            info.owner = owner if owner is not None else info.owner
             self._save(info)
             self._index_name(info, old_name=old)
             return info
@@ -1564,7 +1641,9 @@ class GVisorEngine(Engine):
                 return True
         return any(cur.iterdir())
 
-    def standby(self, spec: SandboxSpec, count: int = 1) -> list[SandboxInfo]:
+    def standby(
+        self, spec: SandboxSpec, count: int = 1, *, owner: dict[str, Any] | None = None
+    ) -> list[SandboxInfo]:
         image = self._image(spec)
         if spec.network != "none":
             raise SandboxError("standby sandboxes support --network none only")
@@ -1575,16 +1654,20 @@ class GVisorEngine(Engine):
             info = self._load(entry.name) if _ID_RE.fullmatch(entry.name) else None
             if info is None or info.state != "standby":
                 entry.unlink(missing_ok=True)
-            elif (dead := self._standby_dead(info)) or len(ready) >= count:
+                continue
+            dead = self._standby_dead(info)
+            mine = owner is None or owners.same_process(info.owner, owner)
+            if dead or (mine and len(ready) >= count):
                 if dead:
                     self._note_standby_miss(info, f"found dead when counting: {dead}")
                 with contextlib.suppress(SandboxNotFound):
                     self.remove(info.id, force=True)
-            else:
+            elif mine:  # another live process's standbys are its own to count
                 ready.append(info)
         while len(ready) < count:
             with self._global_lock():
-                info = self._create_record(spec, image, f"standby-{secrets.token_hex(4)}")
+                info = self._create_record(spec, image, f"standby-{secrets.token_hex(4)}",
+                                           owner)  # fmt: skip
             try:
                 with self._locked(info.id) as locked:
                     self._boot(locked, image, standby=True)

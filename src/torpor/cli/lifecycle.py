@@ -1,0 +1,72 @@
+"""Start and stop of the long-running commands (`torpor worker`, `torpor serve`).
+
+At start: the sandboxes of the home whose owner is gone are removed, one line each on
+stderr. On SIGTERM or SIGINT: no more turns are claimed, running ones get `--grace`
+seconds, then the rest is abandoned (to be recovered by another worker) and the runtime
+closed, so the process leaves no sandbox behind and exits 0 (torpor.runtime.shutdown).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from torpor.runtime.shutdown import DEFAULT_GRACE
+
+GraceOpt = typer.Option(DEFAULT_GRACE, "--grace", help="On SIGTERM/SIGINT, seconds the "
+                        "running turns get to finish; then they are left to another worker "
+                        "to recover from their last snapshot (their sandboxes "
+                        "removed).")  # fmt: skip
+
+
+def reap(rt: Any) -> None:
+    """Remove the home's orphaned sandboxes (owner gone), saying so on stderr."""
+    from torpor.runtime.shutdown import reap_at_start
+    from torpor.sandbox.owners import describe
+
+    for info in reap_at_start(rt):
+        sys.stderr.write(f"torpor: removed orphaned sandbox {info.name} ({info.state}; owner "
+                         f"{describe(info.owner)} is gone)\n")  # fmt: skip
+
+
+def say_abandoned(sessions: list[str]) -> None:
+    for sid in sessions:
+        sys.stderr.write(f"torpor: stopped before the turn of session {sid} finished: its "
+                         "sandbox was removed; the next worker recovers it from its last "
+                         "snapshot\n")  # fmt: skip
+
+
+def run_until_signalled(work: Callable[[], Any], stop: threading.Event) -> bool:
+    """Run `work` in a thread until it returns or SIGTERM/SIGINT sets `stop` (the signals
+    are handled in this, the main, thread meanwhile). Re-raises what `work` raised unless
+    a signal came; returns whether one did."""
+    signalled = threading.Event()
+
+    def on_signal(*_: Any) -> None:
+        signalled.set()
+        stop.set()
+        # A second Ctrl-C quits at once (what is left running is reaped by the next start).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            work()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            failure.append(e)
+
+    t = threading.Thread(target=target, name="torpor-work", daemon=True)
+    t.start()
+    while t.is_alive() and not stop.wait(0.2):
+        pass
+    if failure and not signalled.is_set():
+        raise failure[0]
+    return signalled.is_set()
