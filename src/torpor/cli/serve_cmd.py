@@ -99,6 +99,10 @@ def serve(
                                  "may come from (default: none; they are refused)."),  # fmt: skip
     tools: str = ToolsOpt,
     grace: float = GraceOpt,
+    affinity: float = typer.Option(0.5, "--affinity", help="Seconds a new message waits "
+                                   "for the machine that holds the session's latest snapshot "
+                                   "before this server's workers may take it (0: at "
+                                   "once)."),  # fmt: skip
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs)."""
     import uvicorn
@@ -110,7 +114,8 @@ def serve(
     from torpor.runtime.shutdown import shutdown
 
     registry = load_tools(tools)  # before anything starts: a bad module is one line, exit 1
-    rt = Runtime(db=db, store=store, tools=registry, standby=standby if workers > 0 else 0)
+    rt = Runtime(db=db, store=store, tools=registry, standby=standby if workers > 0 else 0,
+                 affinity=affinity)
     has_tokens = TokenStore(rt.db).any()
     if not is_loopback(host) and not has_tokens:
         raise ServeError(

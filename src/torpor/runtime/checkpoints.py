@@ -166,6 +166,20 @@ class SnapshotCheckpointStorage:
         (d / STORED).write_text(json.dumps({"new_bytes": info.new_bytes, "at": time.time()}))
         return info
 
+    def has_hot_copy(self, ckpt_id: str) -> bool:
+        """Is the checkpoint's raw copy on this machine (a restore then fetches nothing)?"""
+        return bool(ckpt_id) and "/" not in ckpt_id and (self.hot / ckpt_id / META).exists()
+
+    def available(self, ckpt_id: str) -> bool:
+        """Can this machine restore the checkpoint now: a hot copy here, or it is in the
+        snapshot store (its info document is written last: a stored one is whole)?"""
+        if self.has_hot_copy(ckpt_id):
+            return True
+        try:
+            return self.store.exists(ckpt_id)
+        except SnapshotError:
+            return False
+
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every queued upload is done (or failed)."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -35,7 +35,7 @@ from torpor.agent.tools import ToolRegistry, load_tools
 from torpor.agent.types import ModelError, ModelTurn, ToolCall, ToolResult
 from torpor.context import Entry, StaleEpoch, open_log
 from torpor.context import default_url as default_log_url
-from torpor.home import torpor_home
+from torpor.home import machine_id, torpor_home
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
@@ -52,6 +52,14 @@ DEFAULT_LEASE_TTL = 15.0
 # point reached in between) fails with the last error instead of being recovered again.
 MAX_RECOVERIES = 3
 CANCEL_POLL = 0.5  # how often a running turn looks for a cancel asked for in the database
+# Several machines (docs/cluster.md): each one's heartbeat, and how long without one makes
+# it gone; how long a new message waits for the machine that holds the session's latest
+# snapshot before any machine may take it; how long a machine restoring a snapshot that
+# another (live) machine is still uploading waits for that upload.
+MACHINE_BEAT = 1.0
+MACHINE_TTL = 10.0
+AFFINITY_DELAY = 0.5
+UPLOAD_WAIT = 300.0
 WORKSPACE = "/work"  # a tmpfs in every session's sandbox (Runtime.sandbox_spec)
 
 
@@ -170,6 +178,8 @@ class Runtime:
         pool_size: int = 0,
         standby: int = 0,
         workspace: str | None = WORKSPACE,
+        affinity: float = AFFINITY_DELAY,
+        upload_wait: float = UPLOAD_WAIT,
     ) -> None:
         self.home = Path(home) if home else torpor_home()
         self.db_url = db or default_log_url()
@@ -192,6 +202,11 @@ class Runtime:
         self.stopping = threading.Event()
         self.workspace = workspace
         self._specs: dict[str, SandboxSpec] = {}
+        self.machine = machine_id(self.home)
+        self.process = f"{self.machine}:{os.getpid()}:{secrets.token_hex(3)}"  # heartbeats
+        self.affinity, self.upload_wait = affinity, upload_wait
+        self._beat: threading.Thread | None = None
+        self._beat_stop = threading.Event()
 
     def sandbox_spec(self, image: str) -> SandboxSpec:
         """The spec of a session's sandbox for an image: the image as it is, plus a tmpfs
@@ -255,6 +270,11 @@ class Runtime:
         flush = getattr(getattr(self._engine, "checkpoints", None), "flush", None)
         if flush is not None:
             flush()
+        if self._beat is not None:  # every snapshot it took is stored now: it is gone
+            self._beat_stop.set()
+            self._beat.join(5)
+            with contextlib.suppress(Exception):
+                self.db.forget_process(self.process)
         self.db.close()
         with contextlib.suppress(Exception):
             self.log.close()
@@ -321,6 +341,7 @@ class Runtime:
     def worker(self, **kw: Any) -> Worker:
         """A worker of this runtime; without arguments, the runtime's own (one lease
         owner for every `send` made through it, which keep-warm sandboxes need)."""
+        self._start_beat()
         if kw:
             w = Worker(self, **kw)
             self._workers.append(w)
@@ -329,6 +350,32 @@ class Runtime:
             self._default_worker = Worker(self)
             self._workers.append(self._default_worker)
         return self._default_worker
+
+    def beat_now(self) -> None:
+        """Write the machine's heartbeat now (also when a turn starts or ends, so that
+        other machines see at once whether this one has a free slot)."""
+        if self._beat is None:
+            return
+        workers = list(self._workers)
+        with contextlib.suppress(Exception):
+            self.db.beat(self.process, self.machine, socket.gethostname(), slots=len(workers),
+                         running=sum(len(w.busy()) for w in workers))  # fmt: skip
+
+    def _start_beat(self) -> None:
+        """This process's heartbeat (torpor_heartbeats): that it is alive (so that other
+        machines wait for the uploads of the snapshots it took, and leave its machine's
+        sessions' next turns to it for a moment) and how many turns it runs and can run."""
+        if self._beat is not None:
+            return
+
+        def beat() -> None:
+            while True:
+                self.beat_now()
+                if self._beat_stop.wait(MACHINE_BEAT):
+                    return
+
+        self._beat = threading.Thread(target=beat, name="torpor-machine-beat", daemon=True)
+        self._beat.start()
 
 
 class Session:
@@ -554,7 +601,8 @@ class Worker:
         the process is shutting down: `Runtime.stopping`)."""
         if self.rt.stopping.is_set():
             return None
-        row = self.rt.db.claim_any(self.owner, self.lease_ttl)
+        row = self.rt.db.claim_any(self.owner, self.lease_ttl, machine=self.rt.machine,
+                                   affinity=self.rt.affinity, machine_ttl=MACHINE_TTL)
         return None if row is None else self._process(row, on_event)
 
     def serve(self, stop: threading.Event, *, poll: float = 0.2,
@@ -574,12 +622,16 @@ class Worker:
     # -- one claimed session -----------------------------------------------------------
 
     def _process(self, row: SessionRow, on_event: EventSink | None) -> TurnOutcome:
-        with self._lock_for(row.id):
-            with self._mu:
-                warm_here = self._warm.pop(row.id, None) is not None
-            # Re-read under the lock: a janitor may have snapshotted it meanwhile.
-            fresh = self.rt.db.get(row.id)
-            return self._process_locked(fresh, on_event, warm_here)
+        try:
+            with self._lock_for(row.id):
+                with self._mu:
+                    warm_here = self._warm.pop(row.id, None) is not None
+                # Re-read under the lock: a janitor may have snapshotted it meanwhile.
+                fresh = self.rt.db.get(row.id)
+                self.rt.beat_now()  # busy now: other machines need not wait for this one
+                return self._process_locked(fresh, on_event, warm_here)
+        finally:
+            self.rt.beat_now()  # free again: its sessions' next turns are left to it
 
     def _process_locked(
         self, row: SessionRow, on_event: EventSink | None, warm_here: bool
@@ -753,6 +805,12 @@ class Worker:
         if self.rt.standby_size > 0:
             self.rt.standbys(row.image)  # the first time: set one up for the next resume
         for snap in [*reversed(row.snapshots)] if row.snapshots else []:
+            why = self._await_upload(tr, snap, emit)
+            if why is not None:
+                failures.append(f"{snap}: {why}")
+                continue
+            has_hot = getattr(getattr(eng, "checkpoints", None), "has_hot_copy", None)
+            hot = bool(has_hot and has_hot(snap))
             t0 = time.monotonic()
             try:
                 info = eng.restore(snap, name=name, owner=owner)
@@ -763,8 +821,8 @@ class Worker:
                 continue
             ms = (time.monotonic() - t0) * 1000
             tr.append([Entry.marker("session_restored", snapshot=snap, ms=round(ms, 1),
-                                    standby=info.from_standby)])  # fmt: skip
-            emit("restored", snapshot=snap, ms=round(ms, 1), standby=info.from_standby)
+                                    standby=info.from_standby, hot=hot)])  # fmt: skip
+            emit("restored", snapshot=snap, ms=round(ms, 1), standby=info.from_standby, hot=hot)
             if failures:
                 self._note_fallback(tr, failures, f"restored the older snapshot {snap}")
             return ms
@@ -778,6 +836,31 @@ class Worker:
         emit("sandbox_started", image=row.image, ms=round(ms, 1), pooled=pooled)
         if failures:
             self._note_fallback(tr, failures, f"started a fresh sandbox from image {row.image}")
+        return None
+
+    def _await_upload(self, tr: _Transcript, snap: str, emit: Callable) -> str | None:
+        """Before restoring a snapshot another machine took: wait until that machine has
+        uploaded it, while its heartbeat says it is alive (bounded by upload_wait). Returns
+        why the snapshot cannot be had (its machine is gone, or too slow), or None."""
+        found = self.rt.db.snapshot_holder(snap)
+        available = getattr(getattr(self.rt.engine, "checkpoints", None), "available", None)
+        if found is None or found[0] == self.rt.machine or available is None:
+            return None  # taken here (or before holders were recorded)
+        holder, process = found
+        t0, waited = time.monotonic(), False
+        while not available(snap):
+            if not self.rt.db.process_alive(process, MACHINE_TTL):
+                return (f"the machine {holder} that took it stopped before uploading it "
+                        f"(its process {process} is gone, and its hot copy with it)")  # fmt: skip
+            if time.monotonic() - t0 > self.rt.upload_wait:
+                return f"machine {holder} had not uploaded it after {self.rt.upload_wait:g} s"
+            if not waited:
+                emit("awaiting_upload", snapshot=snap, machine=holder)
+                waited = True
+            time.sleep(0.05)
+        if waited:
+            ms = round((time.monotonic() - t0) * 1000, 1)
+            tr.append([Entry.marker("upload_awaited", snapshot=snap, machine=holder, ms=ms)])
         return None
 
     def _note_fallback(self, tr: _Transcript, failures: list[str], what: str) -> None:
@@ -850,9 +933,12 @@ class Worker:
         ck = eng.checkpoint(sandbox, f"e{tr.epoch}-{secrets.token_hex(2)}",
                             leave_running=leave_running)  # fmt: skip
         ms = (time.monotonic() - t0) * 1000
+        # which machine holds it (until its upload is done, the only copy)
+        self.rt.db.record_snapshot(ck.id, tr.session, self.rt.machine, self.rt.process)
         seq = self.rt.log.head_seq(tr.session)
         tr.append([Entry.marker("snapshot_taken", snapshot=ck.id, seq=seq, bytes=ck.size,
-                                ms=round(ms, 1), mid_turn=leave_running)])  # fmt: skip
+                                ms=round(ms, 1), mid_turn=leave_running,
+                                machine=self.rt.machine)])  # fmt: skip
         row = self.rt.db.get(tr.session)
         keep = Policy.from_json(row.policy).keep_snapshots
         snaps = [*row.snapshots, ck.id]

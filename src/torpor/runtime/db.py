@@ -53,6 +53,21 @@ CREATE TABLE IF NOT EXISTS torpor_inbox (
     consumed INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS torpor_inbox_session ON torpor_inbox (session, consumed);
+CREATE TABLE IF NOT EXISTS torpor_heartbeats (
+    process TEXT PRIMARY KEY,
+    machine TEXT NOT NULL,
+    host TEXT NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL,
+    slots INTEGER NOT NULL,
+    running INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS torpor_snapshots (
+    id TEXT PRIMARY KEY,
+    session TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    process TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
 """
 
 
@@ -296,11 +311,35 @@ class RuntimeDB:
             cur.execute(f"SELECT {_COLS} FROM torpor_sessions WHERE id = %s", (sid,))
             return _row(cur.fetchone())
 
-    def claim_any(self, owner: str, ttl: float) -> SessionRow | None:
+    def claim_any(self, owner: str, ttl: float, *, machine: str | None = None,
+                  affinity: float = 0.0, machine_ttl: float = 10.0) -> SessionRow | None:
         """Claim one session that has work: unread messages, a turn cut short by a dead
-        worker (lease expired while running or recovering), or a retry timer that fired."""
+        worker (lease expired while running or recovering), or a retry timer that fired.
+
+        Affinity (`machine` given, `affinity` > 0): sessions whose latest snapshot this
+        machine took come first; a new message to a session whose latest snapshot another
+        machine holds is left to that machine for `affinity` seconds after it was posted,
+        unless that machine is gone (no heartbeat for `machine_ttl` s) or has no free
+        slot."""
         now = time.time()
         lock = " FOR UPDATE SKIP LOCKED" if self.kind == "postgres" else ""
+        mine, params = "", [now, owner, now]
+        if machine is not None and affinity > 0:
+            # (the holder's free slots: over its processes whose heartbeat is fresh)
+            mine = (
+                "AND NOT EXISTS (SELECT 1 FROM torpor_snapshots p WHERE p.id = s.snapshot "
+                "  AND p.machine <> %s AND (SELECT COALESCE(SUM(h.slots - h.running), 0) "
+                "    FROM torpor_heartbeats h WHERE h.machine = p.machine "
+                "    AND h.heartbeat_at > %s) > 0 "
+                "  AND NOT EXISTS (SELECT 1 FROM torpor_inbox i WHERE i.session = s.id "
+                "    AND i.consumed = 0 AND i.created_at <= %s)) "
+            )
+            params += [machine, now - machine_ttl, now - affinity]
+        order = "updated_at"
+        if machine is not None:
+            order = ("CASE WHEN EXISTS (SELECT 1 FROM torpor_snapshots p WHERE p.id = "
+                     "s.snapshot AND p.machine = %s) THEN 0 ELSE 1 END, updated_at")
+            params.append(machine)
         with self.tx() as cur:
             cur.execute(
                 "SELECT id FROM torpor_sessions s WHERE state NOT IN ('closed', 'failed') "
@@ -310,8 +349,8 @@ class RuntimeDB:
                 "AND (wake_at IS NULL OR wake_at <= %s OR state = 'waiting') "
                 "AND (state IN ('running', 'recovering', 'retrying') OR EXISTS ("
                 "  SELECT 1 FROM torpor_inbox i WHERE i.session = s.id AND i.consumed = 0)) "
-                f"ORDER BY updated_at LIMIT 1{lock}",
-                (now, owner, now),
+                f"{mine}ORDER BY {order} LIMIT 1{lock}",
+                params,
             )
             r = cur.fetchone()
             if r is None:
@@ -323,6 +362,49 @@ class RuntimeDB:
             )
             cur.execute(f"SELECT {_COLS} FROM torpor_sessions WHERE id = %s", (r[0],))
             return _row(cur.fetchone())
+
+    # ---------------------------------------------------------------- machines
+
+    def beat(self, process: str, machine: str, host: str, *, slots: int, running: int,
+             at: float | None = None) -> None:  # fmt: skip
+        """Say that `process` (of `machine`) is alive, with `slots` turns it can run at
+        once and `running` it runs (at: when, default now)."""
+        now = time.time() if at is None else at
+        with self.tx() as cur:
+            cur.execute(
+                "INSERT INTO torpor_heartbeats (process, machine, host, heartbeat_at, slots, "
+                "running) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (process) DO UPDATE SET "
+                "heartbeat_at = excluded.heartbeat_at, slots = excluded.slots, "
+                "running = excluded.running",
+                (process, machine, host, now, slots, running),
+            )
+
+    def forget_process(self, process: str) -> None:
+        """A process that stopped cleanly (its uploads done): nobody waits for it."""
+        with self.tx() as cur:
+            cur.execute("DELETE FROM torpor_heartbeats WHERE process = %s", (process,))
+
+    def process_alive(self, process: str, ttl: float) -> bool:
+        with self.tx() as cur:
+            cur.execute("SELECT 1 FROM torpor_heartbeats WHERE process = %s AND "
+                        "heartbeat_at > %s", (process, time.time() - ttl))  # fmt: skip
+            return cur.fetchone() is not None
+
+    def record_snapshot(self, snapshot: str, session: str, machine: str, process: str) -> None:
+        """Snapshot `snapshot` of `session` was taken on `machine` by `process` (which
+        holds its hot copy there, and uploads it)."""
+        with self.tx() as cur:
+            cur.execute("INSERT INTO torpor_snapshots (id, session, machine, process, "
+                        "created_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        (snapshot, session, machine, process, time.time()))  # fmt: skip
+
+    def snapshot_holder(self, snapshot: str) -> tuple[str, str] | None:
+        """(machine, process) that took the snapshot, if recorded."""
+        with self.tx() as cur:
+            cur.execute("SELECT machine, process FROM torpor_snapshots WHERE id = %s",
+                        (snapshot,))  # fmt: skip
+            r = cur.fetchone()
+        return None if r is None else (str(r[0]), str(r[1]))
 
     def heartbeat(self, sid: str, owner: str, ttl: float) -> bool:
         with self.tx() as cur:
