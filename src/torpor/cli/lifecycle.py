@@ -18,6 +18,9 @@ import typer
 
 from torpor.runtime.shutdown import DEFAULT_GRACE
 
+AffinityOpt = typer.Option(0.5, "--affinity", help="Seconds a new message waits for the "
+                           "machine that holds the session's latest snapshot (its hot copy) "
+                           "before this process may take it (0: at once).")  # fmt: skip
 GraceOpt = typer.Option(DEFAULT_GRACE, "--grace", help="On SIGTERM/SIGINT, seconds the "
                         "running turns get to finish; then they are left to another worker "
                         "to recover from their last snapshot (their sandboxes "

@@ -99,10 +99,7 @@ def serve(
                                  "may come from (default: none; they are refused)."),  # fmt: skip
     tools: str = ToolsOpt,
     grace: float = GraceOpt,
-    affinity: float = typer.Option(0.5, "--affinity", help="Seconds a new message waits "
-                                   "for the machine that holds the session's latest snapshot "
-                                   "before this server's workers may take it (0: at "
-                                   "once)."),  # fmt: skip
+    affinity: float = lifecycle.AffinityOpt,
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs)."""
     import uvicorn

@@ -322,10 +322,7 @@ def worker(
                                 "be set up (~50 MiB each; 0: none)."),  # fmt: skip
     tools: str = ToolsOpt,
     grace: float = GraceOpt,
-    affinity: float = typer.Option(0.5, "--affinity", help="Seconds a new message waits "
-                                   "for the machine that holds the session's latest snapshot "
-                                   "(its hot copy) before this one may take it (0: any "
-                                   "machine at once)."),  # fmt: skip
+    affinity: float = lifecycle.AffinityOpt,
 ) -> None:
     """Run sessions' turns as they come (messages, due retries, dead workers' turns).
     At start it removes the sandboxes of dead torpor processes of this home; SIGTERM or
