@@ -18,14 +18,19 @@ from torpor.sandbox.images import ImageStore
 from torpor.snapshots import open_store
 
 
-@pytest.fixture(scope="session")
-def rt_home() -> Iterator[Path]:
-    home = Path(tempfile.mkdtemp(prefix="torpor-rt-home-"))
-    yield home
+def remove_home(home: Path) -> None:
+    """Delete whatever runsc still runs for a test home's sandboxes, then the home."""
     for d in (home / "sandboxes").glob("*") if (home / "sandboxes").exists() else []:
         subprocess.run(["runsc", f"--root={home / 'runsc'}", "delete", "-force", d.name],
                        capture_output=True)  # fmt: skip
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rt_home() -> Iterator[Path]:
+    home = Path(tempfile.mkdtemp(prefix="torpor-rt-home-"))
+    yield home
+    remove_home(home)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import remove_home
 from torpor.context.pgtemp import TempCluster, server_bindir
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.core import Runtime
@@ -91,10 +92,9 @@ class Cluster:
         for m in self.machines:
             m.stop()
         self.rt.close()
-        for m in self.machines:  # what a killed machine left running
-            for d in (m.home / "sandboxes").glob("*") if (m.home / "sandboxes").exists() else []:
-                subprocess.run(["runsc", f"--root={m.home / 'runsc'}", "delete", "-force",
-                                d.name], capture_output=True)  # fmt: skip
+        for m in self.machines:  # and what a killed machine left running
+            remove_home(m.home)
+        remove_home(self.root)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import remove_home
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.core import Runtime
 from torpor.sandbox.gvisor import GVisorEngine
@@ -35,10 +35,7 @@ def home() -> Iterator[Path]:
     """A home of its own: every sandbox in it is one these tests made."""
     h = Path(tempfile.mkdtemp(prefix="torpor-reap-home-"))
     yield h
-    for d in (h / "sandboxes").glob("*") if (h / "sandboxes").exists() else []:
-        subprocess.run(["runsc", f"--root={h / 'runsc'}", "delete", "-force", d.name],
-                       capture_output=True)  # fmt: skip
-    shutil.rmtree(h, ignore_errors=True)
+    remove_home(h)
 
 
 @pytest.fixture(scope="module")

@@ -197,7 +197,7 @@ class Runtime:
         self.standby_size = standby
         self._standbys: dict[str, StandbyPool] = {}
         self._default_worker: Worker | None = None
-        self._workers: list[Worker] = []  # every worker made by `worker()` (close cools them)
+        self._workers: list[Worker] = []  # every worker made by `worker()` (see workers)
         # Set when the process shuts down (runtime/shutdown.py): workers claim no more turns.
         self.stopping = threading.Event()
         self.workspace = workspace
@@ -261,7 +261,7 @@ class Runtime:
     def close(self, *, drain_pools: bool = True) -> None:
         """Remove pooled sandboxes, wait for checkpoint uploads still running, then close
         the databases."""
-        for w in list(self._workers):
+        for w in self.workers:
             w.cool_all()  # warm sandboxes are snapshotted, not lost
         if drain_pools:
             self.pool_size = self.standby_size = 0  # and no pool is started after this
@@ -351,12 +351,23 @@ class Runtime:
             self._workers.append(self._default_worker)
         return self._default_worker
 
+    @property
+    def workers(self) -> list[Worker]:
+        """Every worker made by `worker()` (close cools their warm sandboxes; shutdown and
+        the heartbeat count their turns)."""
+        return list(self._workers)
+
+    def checkpoint_storage(self, method: str) -> Callable[..., Any] | None:
+        """A method of the engine's checkpoint storage (SnapshotCheckpointStorage: hot
+        copies, uploads), or None for an engine without one."""
+        return getattr(getattr(self.engine, "checkpoints", None), method, None)
+
     def beat_now(self) -> None:
         """Write the machine's heartbeat now (also when a turn starts or ends, so that
         other machines see at once whether this one has a free slot)."""
         if self._beat is None:
             return
-        workers = list(self._workers)
+        workers = self.workers
         with contextlib.suppress(Exception):
             self.db.beat(self.process, self.machine, socket.gethostname(), slots=len(workers),
                          running=sum(len(w.busy()) for w in workers))  # fmt: skip
@@ -809,7 +820,7 @@ class Worker:
             if why is not None:
                 failures.append(f"{snap}: {why}")
                 continue
-            has_hot = getattr(getattr(eng, "checkpoints", None), "has_hot_copy", None)
+            has_hot = self.rt.checkpoint_storage("has_hot_copy")
             hot = bool(has_hot and has_hot(snap))
             t0 = time.monotonic()
             try:
@@ -843,7 +854,7 @@ class Worker:
         uploaded it, while its heartbeat says it is alive (bounded by upload_wait). Returns
         why the snapshot cannot be had (its machine is gone, or too slow), or None."""
         found = self.rt.db.snapshot_holder(snap)
-        available = getattr(getattr(self.rt.engine, "checkpoints", None), "available", None)
+        available = self.rt.checkpoint_storage("available")
         if found is None or found[0] == self.rt.machine or available is None:
             return None  # taken here (or before holders were recorded)
         holder, process = found

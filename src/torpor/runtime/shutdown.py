@@ -37,7 +37,7 @@ _abandon_lock = threading.Lock()
 
 def running_turns(rt: Runtime) -> list[tuple[str, str]]:
     """(worker owner, session) of every turn this runtime's workers are running now."""
-    return [(w.owner, sid) for w in list(rt._workers) for sid in w.busy()]
+    return [(w.owner, sid) for w in rt.workers for sid in w.busy()]
 
 
 def wait_for_turns(rt: Runtime, grace: float) -> bool:
