@@ -90,6 +90,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def _read_pid(path: Path) -> int | None:
+    """The pid written in path, or None while the file is missing or not written yet."""
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _last_line(text: str | bytes) -> str:
     """The line of a tool's stderr that says what went wrong: for a Go panic (runsc
     prints a stack trace) the first line, else the last one."""
@@ -703,10 +711,7 @@ class GVisorEngine(Engine):
         info.started = None if standby else _now()
         info.exit_code = None
         info.last_checkpoint = None
-        try:
-            info.pid = int((self._dir(info.id) / "runsc.pid").read_text())
-        except (OSError, ValueError):
-            info.pid = None
+        info.pid = _read_pid(self._dir(info.id) / "runsc.pid")
         self._save(info)
         if standby:
             return
@@ -758,7 +763,9 @@ class GVisorEngine(Engine):
         # file costs a file read; asking `runsc state` would start a Go process each time.
         want = "created" if create else "running"
         delay = 0.001
-        while not (pidfile.exists() and self._status_hint(info.id) == want):
+        # runsc creates the pid file before it writes the number (Go's os.WriteFile), so
+        # only a number read back counts: an empty file once left a standby without a pid.
+        while not (_read_pid(pidfile) is not None and self._status_hint(info.id) == want):
             if codefile.exists() and not (create and self._status_hint(info.id) == want):
                 state = self._runsc_state(info.id)
                 err = [
