@@ -196,20 +196,28 @@ def quick_from(rt: Runtime, sid: str, first: int, until: float, out: dict[str, A
     i = first - 1
     while time.monotonic() < until:
         i += 1
-        rt.get_session(sid).post(f"turn {i}")
-        deadline = time.monotonic() + 120
-        while not turn_done(rt, sid, i):
-            if time.monotonic() > deadline:
-                out["stuck"] = i
-                return
-            time.sleep(0.02)
-        seq = rt.db.get(sid).snapshot_seq or 0
-        result = str([e for e in rt.log.read(sid, after=max(0, seq - 12))
-                      if e.kind == "tool_result"][-1].content)  # fmt: skip
-        got = result.split("stdout:\n", 1)[-1].split()
-        ok = result.startswith("exit code 0") and len(got) == 2 and got[0] == str(i)
-        out.setdefault("tokens", set()).add(got[-1] if len(got) == 2 else "?")
-        out["turns"], out["bad"] = i, out.get("bad", 0) + (0 if ok else 1)
+        if not one_turn(rt, sid, i, out):
+            return
+
+
+def one_turn(rt: Runtime, sid: str, i: int, out: dict[str, Any]) -> bool:
+    """Post turn i, wait until it is done and check its line count and the in-memory
+    process's token (out: turns, bad, tokens; stuck if it never ends)."""
+    rt.get_session(sid).post(f"turn {i}")
+    deadline = time.monotonic() + 120
+    while not turn_done(rt, sid, i):
+        if time.monotonic() > deadline:
+            out["stuck"] = i
+            return False
+        time.sleep(0.02)
+    seq = rt.db.get(sid).snapshot_seq or 0
+    result = str([e for e in rt.log.read(sid, after=max(0, seq - 12))
+                  if e.kind == "tool_result"][-1].content)  # fmt: skip
+    got = result.split("stdout:\n", 1)[-1].split()
+    ok = result.startswith("exit code 0") and len(got) == 2 and got[0] == str(i)
+    out.setdefault("tokens", set()).add(got[-1] if len(got) == 2 else "?")
+    out["turns"], out["bad"] = i, out.get("bad", 0) + (0 if ok else 1)
+    return True
 
 
 def failover(pg: TempCluster, root: Path, kills: int) -> dict[str, Any]:
@@ -266,6 +274,81 @@ def failover(pg: TempCluster, root: Path, kills: int) -> dict[str, Any]:
         "to_recovery_s": summary([r["to_recovery_s"] for r in results if r["to_recovery_s"]]),
         "to_first_tool_call_s": summary([r["to_first_tool_call_s"] for r in results
                                          if r["to_first_tool_call_s"]]),
+    }  # fmt: skip
+
+
+MEMORY_HOLDER = (  # a process holding 32 MiB of incompressible memory: a dev-sized sandbox
+    "import os, time\n"
+    "held = os.urandom(32 << 20)\n"
+    "open(\"/work/held\", \"w\").write(str(len(held)))\n"
+    "while True: time.sleep(60)\n"
+)
+
+
+def handover_script(path: Path, turns: int) -> str:
+    """turns_script's turns, with a process holding 32 MiB started by the first turn."""
+    turns_script(path, turns)
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    lines[0]["tool_calls"].insert(0, {"name": "start_process", "arguments": {
+        "command": f"python3 -c '{MEMORY_HOLDER}'"}})  # fmt: skip
+    first = lines[0]["tool_calls"][-1]["arguments"]
+    first["command"] = ("while [ ! -s /work/held ]; do sleep 0.05; done; "
+                        + first["command"])  # fmt: skip
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return f"script:{path}"
+
+
+def handover(pg: TempCluster, root: Path, rounds: int, prefetch: bool) -> dict[str, Any]:
+    """kill -9 of a session's machine at a wait point (its upload done): the next turn goes
+    to the other machine. Its restore, side by side with the same session's hot restores
+    on the first machine: from the follower's prefetched copy, or (no prefetch) from the
+    store. Every turn checked: line count and the in-memory token (nothing lost)."""
+    out: list[dict[str, Any]] = []
+    for k in range(rounds):
+        c = Cluster(root / f"ho-{int(prefetch)}-{k}", pg.url(pg.create_db()),
+                    f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}")  # fmt: skip
+        try:
+            flag = "--prefetch" if prefetch else "--no-prefetch"
+            a_home, a = c.machine("--lease-ttl", "3", flag)
+            s = c.rt.create_session(model=handover_script(c.root / "ho.jsonl", 10))
+            users: dict[str, Any] = {}
+            for i in (1, 2, 3, 4):  # turn 1 starts the sandbox, 2-4 resume hot on a
+                one_turn(c.rt, s.id, i, users)
+            b_home, _b = c.machine("--lease-ttl", "3", flag)
+            snap = str(c.rt.db.get(s.id).snapshot)
+            deadline = time.monotonic() + 60
+            while not (c.rt.engine.checkpoints.available(snap)  # type: ignore[attr-defined]
+                       and (not prefetch or c.rt.db.snapshot_copies(snap))):  # fmt: skip
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the upload (or the follower's copy) did not come")
+                time.sleep(0.05)
+            time.sleep(1.5)  # b's heartbeat is in, a's was fresh: a real handover
+            a.send_signal(signal.SIGKILL)
+            a.wait()
+            shutil.rmtree(a_home / "checkpoint-cache", ignore_errors=True)
+            t0 = time.time()
+            one_turn(c.rt, s.id, 5, users)
+            entries = c.rt.log.read(s.id)
+            rs = [m for _, m in markers(entries, "session_restored")]
+            calls = [e for e in entries if e.kind == "tool_call"]
+            out.append({
+                "hot_on_first_machine_ms": [float(m["ms"]) for m in rs[:-1]],
+                "handover_ms": float(rs[-1]["ms"]), "handover_hot": bool(rs[-1].get("hot")),
+                "post_to_first_call_s": round(at(calls[-1]) - t0, 3),
+                "bad_turns": users.get("bad", 0),
+                "processes_restarted": len(users.get("tokens", set())) - 1,
+                "recovery_notes": len(markers(entries, "recovery_note")),
+            })  # fmt: skip
+        finally:
+            c.close()
+    hot = [x for r in out for x in r["hot_on_first_machine_ms"]]
+    return {
+        "prefetch": prefetch, "rounds": out, "hot_ms": summary(hot),
+        "handover_ms": summary([r["handover_ms"] for r in out]),
+        "handover_hot": sum(1 for r in out if r["handover_hot"]),
+        "post_to_first_call_s": summary([r["post_to_first_call_s"] for r in out]),
+        "lost": sum(r["bad_turns"] + r["processes_restarted"] for r in out),
+        "recovery_notes": sum(r["recovery_notes"] for r in out),
     }  # fmt: skip
 
 
@@ -327,6 +410,29 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
     if s1.get("n"):
         lines += ["", f"Median: {s1['median']:.1f} s to the recovery, {s2['median']:.1f} s to "
                       "its first tool call (the lease TTL is most of it)."]
+    if data.get("handover"):
+        lines += [
+            "", "## Handover at a wait point (a turn the session's machine cannot take)", "",
+            "Two machines; a session whose sandbox holds a process with 32 MiB of "
+            "incompressible memory runs turns 2-4 on its first machine (restores from its "
+            "hot copy), which is then killed with kill -9 at a wait point, its upload done "
+            "(and, with prefetch, the follower's copy recorded). The next turn goes to the "
+            "other machine. Side by side in each run: the hot restores on the first machine "
+            "and the handover's restore on the other.", "",
+            "| prefetch | restore ms, hot copy on the first machine | restore ms, handover "
+            "| ratio | handover restores from a hot copy | post -> first tool call (s) | "
+            "lost changes | recovery notes |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for h in data["handover"]:
+            ratio = (h["handover_ms"]["median"] / h["hot_ms"]["median"]
+                     if h["hot_ms"].get("n") and h["handover_ms"].get("n") else None)
+            lines.append(
+                f"| {'on (default)' if h['prefetch'] else 'off'} | {fmt_ms(h['hot_ms'])} | "
+                f"{fmt_ms(h['handover_ms'])} | {f'{ratio:.2f}x' if ratio else '-'} | "
+                f"{h['handover_hot']} of {len(h['rounds'])} | "
+                f"{h['post_to_first_call_s'].get('median', 0):.2f} | {h['lost']} | "
+                f"{h['recovery_notes']} |")  # fmt: skip
     lines += ["", f"Total {data['total_seconds']:.0f} s; load average at the end "
                   f"{data['loadavg_end'][0]:.2f}.", ""]
     path.write_text("\n".join(lines))
@@ -363,11 +469,13 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=40.0, help="seconds per phase")
     ap.add_argument("--sessions", type=int, default=4)
     ap.add_argument("--kills", type=int, default=3)
+    ap.add_argument("--handovers", type=int, default=3,
+                    help="rounds of the handover at a wait point, with and without prefetch")
     ap.add_argument("--quick", action="store_true", help="1,2 machines, 12 s, 1 kill")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args()
     if args.quick:
-        args.machines, args.duration, args.kills = "1,2", 12.0, 1
+        args.machines, args.duration, args.kills, args.handovers = "1,2", 12.0, 1, 1
     os.environ.setdefault("TORPOR_IMAGES", "/var/lib/torpor/images")
     ImageStore(Path(os.environ["TORPOR_IMAGES"])).get("base")
     root = Path(tempfile.mkdtemp(prefix="torpor-bench-cluster-"))
@@ -393,6 +501,15 @@ def main() -> int:
                 data["throughput"].append(r)
             console.print(f"failover: {args.kills} kill(s) ...")
             data["failover"] = failover(pg, root, args.kills)
+            data["handover"] = []
+            for prefetch in (True, False):
+                console.print(f"handover at a wait point, prefetch {prefetch}: "
+                              f"{args.handovers} round(s) ...")  # fmt: skip
+                h = handover(pg, root, args.handovers, prefetch)
+                console.print(f"  hot {fmt_ms(h['hot_ms'])} ms, handover "
+                              f"{fmt_ms(h['handover_ms'])} ms ({h['handover_hot']} hot), "
+                              f"lost {h['lost']}")  # fmt: skip
+                data["handover"].append(h)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     data["total_seconds"] = time.monotonic() - started

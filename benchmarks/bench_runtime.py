@@ -493,16 +493,29 @@ def measure(rt: Runtime, kind: str, db: str, store: str, home: Path, scripts: Pa
     console.print(hdr.format("round", "resume", "claim", "restore", "inbox", "model", "tool",
                              "snap", "waitpoint", "stored", "idle", "check"), style="bold")
     base = rt.sandbox_spec("base")  # what a session of image base runs
+    snaps = rt.engine.checkpoints.store  # type: ignore[attr-defined]
+    chunk_cache = snaps.cache
     for r in range(total_rounds):
-        cold = r >= args.rounds
+        # Cold rounds read the snapshot store, as a machine without the newest hot copy
+        # does; they alternate between "older": older hot copies of the session are here
+        # (a machine that ran or followed it before: shared chunks are copied from them)
+        # and "bare": nothing of it is here (no hot copy, no chunk cache).
+        cold = (False if r < args.rounds
+                else "older" if (r - args.rounds) % 2 == 0 else "bare")  # fmt: skip
         # Every other round restores into a standby (what a worker with --standby keeps
         # ready, refilled at wait points), set up here off the clock; the others have none.
         use_standby = args.standby and not cold and r % 2 == 1
         rt.engine.standby(base, 1 if use_standby else 0)
         if cold:  # drop the raw hot copy: the restore reads the snapshot store
-            shutil.rmtree(home / "checkpoint-cache" / str(dev.info().snapshot),
-                          ignore_errors=True)  # fmt: skip
-        row = one_round(rt, dev.id, f"round {r}: is everything still there?", timers, home)
+            for d in (home / "checkpoint-cache").iterdir():
+                if d.name == str(dev.info().snapshot) or (cold == "bare"
+                                                          and not d.name.startswith(".")):
+                    shutil.rmtree(d, ignore_errors=True)
+        snaps.cache = None if cold == "bare" else chunk_cache
+        try:
+            row = one_round(rt, dev.id, f"round {r}: is everything still there?", timers, home)
+        finally:
+            snaps.cache = chunk_cache
         row["round"], row["cold"], row["standby"] = r, cold, use_standby
         if row["from_standby"] != use_standby:
             raise RuntimeError(f"round {r}: standby {use_standby} but restored "
@@ -510,7 +523,8 @@ def measure(rt: Runtime, kind: str, db: str, store: str, home: Path, scripts: Pa
         rounds.append(row)
         idle_ok = not row["idle_sandbox_listed"] and row["idle_processes"] == 0
         console.print(hdr.format(
-            f"{r}{'c' if cold else 's' if use_standby else ''}", f"{row['resume_ms']:.0f}",
+            f"{r}{'c' if cold == 'older' else 'b' if cold else 's' if use_standby else ''}",
+            f"{row['resume_ms']:.0f}",
             f"{row['claim']:.0f}",
             f"{row['restore_engine']:.0f}", f"{row['inbox']:.0f}", f"{row['model']:.0f}",
             f"{row['tool_start']:.0f}", f"{row['snapshot_ms']:.0f}",
@@ -519,7 +533,8 @@ def measure(rt: Runtime, kind: str, db: str, store: str, home: Path, scripts: Pa
         ))  # fmt: skip
     rt.engine.standby(base, 0)
     warm = [x for x in rounds if not x["cold"] and not x["standby"]]
-    cold_rows = [x for x in rounds if x["cold"]]
+    cold_rows = [x for x in rounds if x["cold"] == "older"]
+    bare_rows = [x for x in rounds if x["cold"] == "bare"]
     sb_rows = [x for x in rounds if x["standby"]]
     summ: dict[str, Any] = {
         "resume_ms": summary([x["resume_ms"] for x in warm]),
@@ -527,6 +542,7 @@ def measure(rt: Runtime, kind: str, db: str, store: str, home: Path, scripts: Pa
         "restore_standby_ms": summary([x["restore_engine"] for x in sb_rows])
         if sb_rows else None,
         "resume_cold_ms": summary([x["resume_ms"] for x in cold_rows]) if cold_rows else None,
+        "resume_bare_ms": summary([x["resume_ms"] for x in bare_rows]) if bare_rows else None,
         "breakdown": {k: summary([x[k] for x in warm]) for k, _ in BREAKDOWN},
         "model_itself": summary([x["model_itself"] for x in warm]),
         "first_tool_ms": summary([x["first_tool_ms"] for x in warm]),
@@ -534,6 +550,8 @@ def measure(rt: Runtime, kind: str, db: str, store: str, home: Path, scripts: Pa
                           for k, _ in RESTORE_STEPS},  # fmt: skip
         "restore_steps_cold": {k: summary([x["restore_steps"].get(k, 0.0) for x in cold_rows])
                                for k, _ in RESTORE_STEPS} if cold_rows else None,  # fmt: skip
+        "restore_steps_bare": {k: summary([x["restore_steps"].get(k, 0.0) for x in bare_rows])
+                               for k, _ in RESTORE_STEPS} if bare_rows else None,  # fmt: skip
         "snapshot_ms": summary([x["snapshot_ms"] for x in rounds]),
         "store_put_ms": summary([x["store_put_ms"] for x in rounds]),
         "upload_ms": summary([x["upload_ms"] for x in rounds]),
@@ -663,8 +681,18 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         "| ... of which the restore into the standby (`restored` event) | "
         + cells(lambda s: mp(s["restore_standby_ms"]) if s.get("restore_standby_ms") else "-")
         + " |",
-        "| resume latency without the raw hot copy (restore reads the store) | "
+        "| resume latency from the store, older hot copies of the session here (what a "
+        "machine that ran or followed it before has) | "
         + cells(lambda s: mp(s["resume_cold_ms"]) if s["resume_cold_ms"] else "-") + " |",
+        "| ... ratio to the resume from the hot copy (issue 15: <= 1.5x) | "
+        + cells(lambda s: f"{s['resume_cold_ms']['median'] / s['resume_ms']['median']:.2f}x"
+                if s["resume_cold_ms"] else "-") + " |",
+        "| resume latency from the store, nothing of the session here (no hot copy, no chunk "
+        "cache) | "
+        + cells(lambda s: mp(s["resume_bare_ms"]) if s.get("resume_bare_ms") else "-") + " |",
+        "| ... ratio to the resume from the hot copy | "
+        + cells(lambda s: f"{s['resume_bare_ms']['median'] / s['resume_ms']['median']:.2f}x"
+                if s.get("resume_bare_ms") else "-") + " |",
         "| wait point: checkpoint + store (`snapshot` event) | "
         + cells(lambda s: mp(s["snapshot_ms"])) + " |",
         "| ... of which the checkpoint storage's put (hot copy; the upload is queued) | "
@@ -715,15 +743,17 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
                  "server + git status + a process check) | "
                  + cells(lambda s: f"{s['first_tool_ms']['median']:.0f}") + " |")
     lines += ["", "Inside the engine's restore (medians, ms; warm = raw hot copy present, cold "
-              "= read from the store):", "", "| step | " + " | ".join(
-                  f"{k} warm | {k} cold" for k in kinds) + " |",
-              "|---|" + "---|---|" * len(kinds)]  # fmt: skip
+              "= read from the store with older hot copies here, bare = read from the store "
+              "with nothing here):", "", "| step | " + " | ".join(
+                  f"{k} warm | {k} cold | {k} bare" for k in kinds) + " |",
+              "|---|" + "---|---|---|" * len(kinds)]  # fmt: skip
     for key, label in RESTORE_STEPS:
         row = []
         for k in kinds:
             row.append(f"{S[k]['restore_steps'][key]['median']:.1f}")
-            cold = S[k]["restore_steps_cold"]
-            row.append(f"{cold[key]['median']:.1f}" if cold else "-")
+            for which in ("restore_steps_cold", "restore_steps_bare"):
+                steps = S[k].get(which)
+                row.append(f"{steps[key]['median']:.1f}" if steps else "-")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     lines += ["", *data.get("analysis", []), "",
               "![resume latency per round](runtime.png)", ""]
@@ -808,8 +838,9 @@ def main() -> int:
                     "into a standby (default 20)")  # fmt: skip
     ap.add_argument("--no-standby", dest="standby", action="store_false",
                     help="no rounds into a standby")  # fmt: skip
-    ap.add_argument("--cold-rounds", type=int, default=3,
-                    help="extra rounds without the raw hot copy (default 3)")  # fmt: skip
+    ap.add_argument("--cold-rounds", type=int, default=6,
+                    help="extra rounds without the raw hot copy, half with older copies "
+                    "here, half with nothing (default 6)")  # fmt: skip
     ap.add_argument("--creations", type=int, default=4, help="sessions created (default 4)")
     ap.add_argument("--pool", type=int, default=2, help="warm pool size (default 2; 0: skip)")
     ap.add_argument("--duration", type=float, default=30.0,
@@ -819,7 +850,7 @@ def main() -> int:
     ap.add_argument("--results", type=Path, default=RESULTS, help="output directory")
     args = ap.parse_args()
     if args.quick:
-        args.rounds, args.cold_rounds = min(args.rounds, 3), min(args.cold_rounds, 1)
+        args.rounds, args.cold_rounds = min(args.rounds, 3), min(args.cold_rounds, 2)
         args.creations, args.duration = min(args.creations, 2), min(args.duration, 8.0)
     args.workers = [1, 2]
     os.environ.setdefault("TORPOR_IMAGES", "/var/lib/torpor/images")  # not under the temp homes

@@ -51,11 +51,12 @@ def markers(entries: list[Any], name: str) -> list[dict[str, Any]]:
             and e.content.get("marker") == name]  # fmt: skip
 
 
-def quick_user(cluster: Cluster, sid: str, turns: int) -> list[tuple[int, str]]:
-    """Answer as soon as each wait point is reached; returns (line count, token) per turn."""
+def quick_user(cluster: Cluster, sid: str, turns: int, first: int = 1) -> list[tuple[int, str]]:
+    """Answer as soon as each wait point is reached (turns first..turns); returns (line
+    count, token) per turn."""
     rt = cluster.rt
     seen: list[tuple[int, str]] = []
-    for i in range(1, turns + 1):
+    for i in range(first, turns + 1):
         rt.get_session(sid).post(f"turn {i}")
 
         def done(i: int = i) -> bool:

@@ -21,6 +21,10 @@ from torpor.runtime.shutdown import DEFAULT_GRACE
 AffinityOpt = typer.Option(0.5, "--affinity", help="Seconds a new message waits for the "
                            "machine that holds the session's latest snapshot (its hot copy) "
                            "before this process may take it (0: at once).")  # fmt: skip
+PrefetchOpt = typer.Option(True, "--prefetch/--no-prefetch", help="Fetch each new snapshot "
+                           "of the sessions this machine follows (one other live machine per "
+                           "session) into its hot cache ahead, so a turn their machine cannot "
+                           "take resumes here from a hot copy (PostgreSQL only).")  # fmt: skip
 GraceOpt = typer.Option(DEFAULT_GRACE, "--grace", help="On SIGTERM/SIGINT, seconds the "
                         "running turns get to finish; then they are left to another worker "
                         "to recover from their last snapshot (their sandboxes "

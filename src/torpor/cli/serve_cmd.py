@@ -100,6 +100,7 @@ def serve(
     tools: str = ToolsOpt,
     grace: float = GraceOpt,
     affinity: float = lifecycle.AffinityOpt,
+    prefetch: bool = lifecycle.PrefetchOpt,
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs)."""
     import uvicorn
@@ -112,7 +113,7 @@ def serve(
 
     registry = load_tools(tools)  # before anything starts: a bad module is one line, exit 1
     rt = Runtime(db=db, store=store, tools=registry, standby=standby if workers > 0 else 0,
-                 affinity=affinity)
+                 affinity=affinity, prefetch=prefetch)
     has_tokens = TokenStore(rt.db).any()
     if not is_loopback(host) and not has_tokens:
         raise ServeError(

@@ -97,7 +97,12 @@ def print_event(ev: dict[str, Any]) -> None:
         line = f"  ◆ {where} {ev['snapshot']} ({ev['bytes'] / 1e6:.1f} MB, {ev['ms']:.0f} ms)"
     elif t == "restored":
         into = " (into a standby sandbox)" if ev.get("standby") else ""
-        line = f"  ◆ restored {ev['snapshot']} in {ev['ms']:.0f} ms{into}"
+        where = "" if ev.get("hot") is None else (" from the hot copy" if ev.get("hot")
+                                                   else " from the snapshot store")
+        line = f"  ◆ restored {ev['snapshot']}{where} in {ev['ms']:.0f} ms{into}"
+    elif t == "awaiting_upload":
+        line = (f"  … waiting for machine {ev.get('machine')} to finish uploading "
+                f"{ev.get('snapshot')}")  # fmt: skip
     elif t == "sandbox_started":
         line = f"  ◆ fresh sandbox from {ev['image']} in {ev['ms']:.0f} ms"
     elif t == "retry_scheduled":
@@ -323,6 +328,7 @@ def worker(
     tools: str = ToolsOpt,
     grace: float = GraceOpt,
     affinity: float = lifecycle.AffinityOpt,
+    prefetch: bool = lifecycle.PrefetchOpt,
 ) -> None:
     """Run sessions' turns as they come (messages, due retries, dead workers' turns).
     At start it removes the sandboxes of dead torpor processes of this home; SIGTERM or
@@ -333,6 +339,7 @@ def worker(
     rt.pool_size = 0 if (session or once) else pool
     rt.standby_size = 0 if (session or once) else standby
     rt.affinity = affinity
+    rt.prefetch = prefetch and rt.prefetch  # (it starts with the first worker)
     w = rt.worker(lease_ttl=lease_ttl)
     lifecycle.reap(rt)
     stop = threading.Event()

@@ -18,6 +18,11 @@ knows nothing of sandboxes; this adapter is where they meet.
   `flush()` (also run at exit) waits for it. Until it is stored, a checkpoint exists on
   this machine only: a machine lost in that window loses that snapshot, and the runtime
   falls back to the previous one (the log is never lost).
+- **Fetching.** A checkpoint with no hot copy here is fetched from the store into the
+  hot cache, with this machine's older hot copies of the same sandbox as seeds (the
+  chunks they share are copied, only the changed pages fetched), and without an fsync
+  (the digests are checked at each use). `prefetch` does the same ahead of a restore,
+  for the machine that follows a session (runtime/prefetch.py).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ KIND = "sandbox-checkpoint"
 DEFAULT_HOT_BYTES = 2 << 30
 META = ".torpor-meta.json"  # in a hot copy: the checkpoint's metadata (pending upload)
 STORED = ".stored"  # in a hot copy: it is in the snapshot store
+SEEDS = 2  # older hot copies of the same sandbox a fetch copies shared chunks from
 
 
 def _mapped(path: Path, digest: Callable[[Any], Any]) -> Any:
@@ -103,6 +109,7 @@ class SnapshotCheckpointStorage:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._errors: dict[str, str] = {}
+        self._fetching: dict[str, threading.Lock] = {}  # checkpoint -> its fetch's lock
         self._thread: threading.Thread | None = None
         if background:
             atexit.register(self.flush)
@@ -265,7 +272,37 @@ class SnapshotCheckpointStorage:
         if not found:
             raise CheckpointNotFound(f"no such checkpoint: {ckpt_id}")
 
+    def prefetch(self, ckpt_id: str) -> bool:
+        """Bring a stored checkpoint into the hot cache ahead of a restore (a follower
+        machine's, runtime/prefetch.py); False if it is not in the store (yet) or there
+        is no hot cache."""
+        if self.hot_bytes <= 0:
+            return False
+        if self.has_hot_copy(ckpt_id):
+            return True
+        try:
+            if not self.store.exists(ckpt_id):
+                return False
+        except SnapshotError:
+            return False
+        path, temporary = self.open_dir(ckpt_id)
+        if temporary:
+            shutil.rmtree(path, ignore_errors=True)
+        return not temporary
+
     def open_dir(self, ckpt_id: str) -> tuple[Path, bool]:
+        # One fetch per checkpoint at a time in this process: a restore that comes while
+        # a prefetch of the same checkpoint runs waits for it and uses its copy.
+        with self._lock:
+            lock = self._fetching.setdefault(ckpt_id, threading.Lock())
+        with lock:
+            try:
+                return self._open_dir(ckpt_id)
+            finally:
+                with self._lock:
+                    self._fetching.pop(ckpt_id, None)
+
+    def _open_dir(self, ckpt_id: str) -> tuple[Path, bool]:
         meta = self.meta(ckpt_id)
         want: dict[str, dict[str, Any]] = meta.get("files", {})
         hot = self.hot / ckpt_id
@@ -280,7 +317,8 @@ class SnapshotCheckpointStorage:
             shutil.rmtree(hot, ignore_errors=True)  # damaged: fetch it again
         tmp = self.staging_dir()
         try:
-            self.store.get(ckpt_id, tmp)
+            # Unsynced: the copy is checked against its digests whenever it is used.
+            self.store.get(ckpt_id, tmp, seeds=self._seeds(meta), sync=False)
         except SnapshotNotFound:
             shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointNotFound(f"no such checkpoint: {ckpt_id}") from None
@@ -296,12 +334,36 @@ class SnapshotCheckpointStorage:
         if self.hot_bytes > 0 and not hot.exists():
             (tmp / META).write_text(json.dumps({k: v for k, v in meta.items() if k != "stored"}))
             (tmp / STORED).write_text("{}")
-            os.rename(tmp, hot)
+            try:
+                os.rename(tmp, hot)
+            except OSError:  # another process on this machine put it there meanwhile
+                return tmp, True
             self._evict(keep=ckpt_id)
             return hot, False
         return tmp, True
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _seeds(self, meta: dict[str, Any], most: int = SEEDS) -> list[tuple[str, Path]]:
+        """Stored hot copies of older checkpoints of the same sandbox, newest first and
+        checked intact: a fetch copies the chunks they share instead of decoding them."""
+        sandbox = meta.get("sandbox")
+        if not sandbox:
+            return []
+        found = []
+        for d in self.hot.iterdir():
+            if d.name.startswith(".") or d.name == meta.get("id") or not (d / STORED).exists():
+                continue
+            local = self._local_meta(d.name)
+            if local is not None and local.get("sandbox") == sandbox:
+                found.append((str(local.get("created", "")), d, local))
+        out = []
+        for _created, d, local in sorted(found, key=lambda f: f[0], reverse=True):
+            if self._intact(d, local.get("files", {})):
+                out.append((d.name, d))
+                if len(out) == most:
+                    break
+        return out
 
     @staticmethod
     def _intact(d: Path, want: dict[str, dict[str, Any]]) -> bool:

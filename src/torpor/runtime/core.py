@@ -39,6 +39,7 @@ from torpor.home import machine_id, torpor_home
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
+from torpor.runtime.prefetch import Prefetcher
 from torpor.runtime.workspace import SandboxWorkspace
 from torpor.sandbox import owners
 from torpor.sandbox.engine import CheckpointError, Engine, SandboxError, SandboxSpec, Tmpfs
@@ -134,6 +135,8 @@ class _Transcript:
         self.log, self.session, self.epoch = log, session, epoch
         self._cache: list[Entry] = []
         self._mu = threading.Lock()
+        self.restored: str | None = None  # the snapshot this turn's sandbox came from
+        self.noted: set[str] = set()  # tool calls a recovery note already named as lost
 
     def entries(self) -> list[Entry]:
         # This worker is the session's only writer (fenced by its epoch), so reading just
@@ -180,6 +183,7 @@ class Runtime:
         workspace: str | None = WORKSPACE,
         affinity: float = AFFINITY_DELAY,
         upload_wait: float = UPLOAD_WAIT,
+        prefetch: bool = True,
     ) -> None:
         self.home = Path(home) if home else torpor_home()
         self.db_url = db or default_log_url()
@@ -207,6 +211,11 @@ class Runtime:
         self.affinity, self.upload_wait = affinity, upload_wait
         self._beat: threading.Thread | None = None
         self._beat_stop = threading.Event()
+        # Follow other machines' sessions (runtime/prefetch.py): on PostgreSQL only, the
+        # database several machines share (a SQLite file belongs to one machine).
+        self.prefetch = prefetch and self.db.kind == "postgres"
+        self.prefetcher: Prefetcher | None = None
+        self._prefetching: threading.Thread | None = None
 
     def sandbox_spec(self, image: str) -> SandboxSpec:
         """The spec of a session's sandbox for an image: the image as it is, plus a tmpfs
@@ -273,6 +282,8 @@ class Runtime:
         if self._beat is not None:  # every snapshot it took is stored now: it is gone
             self._beat_stop.set()
             self._beat.join(5)
+            if self._prefetching is not None:
+                self._prefetching.join(30)  # a fetch in flight finishes first
             with contextlib.suppress(Exception):
                 self.db.forget_process(self.process)
         self.db.close()
@@ -387,6 +398,15 @@ class Runtime:
 
         self._beat = threading.Thread(target=beat, name="torpor-machine-beat", daemon=True)
         self._beat.start()
+        fetch = self.checkpoint_storage("prefetch")
+        has = self.checkpoint_storage("has_hot_copy")
+        if self.prefetch and fetch is not None and has is not None:
+            self.prefetcher = Prefetcher(self.db, self.machine, fetch, has,
+                                         machine_ttl=MACHINE_TTL)  # fmt: skip
+            self._prefetching = threading.Thread(target=self.prefetcher.run,
+                                                 args=(self._beat_stop,),
+                                                 name="torpor-prefetch", daemon=True)
+            self._prefetching.start()
 
 
 class Session:
@@ -831,11 +851,12 @@ class Worker:
                     eng.remove(name, force=True)
                 continue
             ms = (time.monotonic() - t0) * 1000
+            tr.restored = snap
             tr.append([Entry.marker("session_restored", snapshot=snap, ms=round(ms, 1),
                                     standby=info.from_standby, hot=hot)])  # fmt: skip
             emit("restored", snapshot=snap, ms=round(ms, 1), standby=info.from_standby, hot=hot)
             if failures:
-                self._note_fallback(tr, failures, f"restored the older snapshot {snap}")
+                self._note_fallback(tr, failures, f"restored the older snapshot {snap}", snap)
             return ms
         t0 = time.monotonic()
         pooled = self.rt.pool_size > 0 and self.rt.pool(row.image).take(name, owner=owner)
@@ -846,7 +867,8 @@ class Worker:
                                 pooled=pooled)])  # fmt: skip
         emit("sandbox_started", image=row.image, ms=round(ms, 1), pooled=pooled)
         if failures:
-            self._note_fallback(tr, failures, f"started a fresh sandbox from image {row.image}")
+            self._note_fallback(tr, failures, f"started a fresh sandbox from image {row.image}",
+                                None)  # fmt: skip
         return None
 
     def _await_upload(self, tr: _Transcript, snap: str, emit: Callable) -> str | None:
@@ -874,14 +896,30 @@ class Worker:
             tr.append([Entry.marker("upload_awaited", snapshot=snap, machine=holder, ms=ms)])
         return None
 
-    def _note_fallback(self, tr: _Transcript, failures: list[str], what: str) -> None:
+    def _note_fallback(self, tr: _Transcript, failures: list[str], what: str,
+                       restored: str | None) -> None:  # fmt: skip
+        """The latest snapshot(s) could not be had: say which, what was restored instead,
+        and the tool calls whose effects on the sandbox went with them (those between the
+        restored snapshot and the newest one)."""
+        entries = tr.entries()
+        taken = snapshot_seqs(entries)
+        after = taken.get(restored, 0) if restored else 0
+        until = max((taken.get(f.split(":", 1)[0], 0) for f in failures), default=0)
+        lost = lost_calls(entries, after, until)
+        tr.noted.update(c.tool_call_id or "" for c in lost)
         text = (
             "The session's latest snapshot could not be restored ("
             + "; ".join(failures)
             + f"), so torpor {what}. Files and processes created after that point are gone;"
             " the conversation log is complete."
         )
-        tr.append([Entry.marker("recovery_note", text=text, failures=failures)])
+        if lost:
+            text += (" Effects of these tool calls on the sandbox were lost and may need "
+                     "redoing: " + "; ".join(f"{c.tool_name}({c.arguments})" for c in lost)
+                     + ".")  # fmt: skip
+        tr.append([Entry.marker("recovery_note", text=text, failures=failures,
+                                snapshot=restored, since_seq=after,
+                                lost=[c.tool_call_id for c in lost])])  # fmt: skip
 
     def _take_inbox(self, tr: _Transcript, sid: str, emit: Callable) -> None:
         for inbox_id, text in self.rt.db.unread(sid):
@@ -902,29 +940,33 @@ class Worker:
                 "each time before a wait point); not trying again: send a new message to"
                 " retry, or fork it from an earlier snapshot"
             )
-        after = row.snapshot_seq or 0
+        # where the sandbox really is: the snapshot this turn restored (an older one than
+        # the session's latest if that one was lost with its machine), or a fresh one
+        restored = tr.restored
+        after = snapshot_seqs(entries).get(restored, 0) if restored else 0
         calls = {e.tool_call_id: e for e in entries if e.kind == "tool_call" and e.seq > after}
         answered = {e.tool_call_id for e in entries if e.kind == "tool_result"}
-        lost = [c for cid, c in calls.items() if cid in answered]
+        lost = [c for cid, c in calls.items() if cid in answered and cid not in tr.noted]
         interrupted = [c for cid, c in calls.items() if cid not in answered]
-        where = (f"the snapshot {row.snapshot} taken at log seq {after}" if row.snapshot
-                 else "a fresh sandbox (there was no snapshot yet)")  # fmt: skip
+        where = (f"the snapshot {restored} taken at log seq {after}" if restored
+                 else "a fresh sandbox (there was no snapshot to restore)")  # fmt: skip
         who = ("keeping this session's sandbox warm after its last turn" if warm_lost
                else "running this session")  # fmt: skip
         parts = [f"The worker {who} stopped before snapshotting it; the sandbox was "
                  f"restored to {where}."]  # fmt: skip
         if lost:
             parts.append("Effects of these tool calls on the sandbox were lost and may need "
-                         "redoing: " + "; ".join(f"{c.tool_name}({c.arguments})" for c in lost))
+                         "redoing: " + "; ".join(f"{c.tool_name}({c.arguments})" for c in lost)
+                         + ".")  # fmt: skip
         if interrupted:
             parts.append("These calls were interrupted: " + "; ".join(
-                f"{c.tool_name}({c.arguments})" for c in interrupted))  # fmt: skip
+                f"{c.tool_name}({c.arguments})" for c in interrupted) + ".")  # fmt: skip
         tr.append([Entry.marker(
-            "recovery_note", text=" ".join(parts), snapshot=row.snapshot, after_seq=after,
+            "recovery_note", text=" ".join(parts), snapshot=restored, after_seq=after,
             lost=[c.tool_call_id for c in lost],
             interrupted=[c.tool_call_id for c in interrupted],
         )])  # fmt: skip
-        emit("recovered", lost=len(lost), interrupted=len(interrupted), snapshot=row.snapshot)
+        emit("recovered", lost=len(lost), interrupted=len(interrupted), snapshot=restored)
         for c in interrupted:
             tool_ok = c.tool_name in {s.name for s in registry.specs()}
             if tool_ok and registry.get(c.tool_name or "").safe_to_rerun:
@@ -1147,6 +1189,24 @@ def answer_open_calls(tr: _Transcript, text: str) -> list[str]:
         tr.append([Entry.tool_result(cid, text, meta={"is_error": True, "cancelled": True})],
                   key=f"cancel-{cid}")  # fmt: skip
     return open_
+
+
+def snapshot_seqs(entries: list[Entry]) -> dict[str, int]:
+    """Each snapshot of the log's `snapshot_taken` markers -> the log seq it was taken at."""
+    out = {}
+    for e in entries:
+        c = e.content if e.kind == "marker" and isinstance(e.content, dict) else {}
+        if c.get("marker") == "snapshot_taken" and c.get("snapshot"):
+            out[str(c["snapshot"])] = int(c.get("seq") or e.seq)
+    return out
+
+
+def lost_calls(entries: list[Entry], after: int, until: int) -> list[Entry]:
+    """The answered tool calls logged after seq `after` and up to seq `until`: what a
+    sandbox restored to the snapshot at `after` lost when the one at `until` was lost."""
+    answered = {e.tool_call_id for e in entries if e.kind == "tool_result"}
+    return [e for e in entries if e.kind == "tool_call" and after < e.seq <= until
+            and e.tool_call_id in answered]  # fmt: skip
 
 
 def recoveries_in_a_row(entries: list[Entry]) -> int:

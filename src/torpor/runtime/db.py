@@ -68,6 +68,13 @@ CREATE TABLE IF NOT EXISTS torpor_snapshots (
     process TEXT NOT NULL,
     created_at DOUBLE PRECISION NOT NULL
 );
+CREATE INDEX IF NOT EXISTS torpor_snapshots_created ON torpor_snapshots (created_at);
+CREATE TABLE IF NOT EXISTS torpor_copies (
+    snapshot TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (snapshot, machine)
+);
 """
 
 
@@ -324,21 +331,25 @@ class RuntimeDB:
         now = time.time()
         lock = " FOR UPDATE SKIP LOCKED" if self.kind == "postgres" else ""
         mine, params = "", [now, owner, now]
+        # the machines with a hot copy of a session's latest snapshot: the one that took
+        # it, and those that fetched it ahead (runtime/prefetch.py)
+        holders = ("(SELECT p.machine AS machine FROM torpor_snapshots p WHERE p.id = "
+                   "s.snapshot UNION SELECT c.machine FROM torpor_copies c WHERE "
+                   "c.snapshot = s.snapshot)")  # fmt: skip
         if machine is not None and affinity > 0:
-            # (the holder's free slots: over its processes whose heartbeat is fresh)
+            # (a holder's free slots: over its processes whose heartbeat is fresh)
             mine = (
-                "AND NOT EXISTS (SELECT 1 FROM torpor_snapshots p WHERE p.id = s.snapshot "
-                "  AND p.machine <> %s AND (SELECT COALESCE(SUM(h.slots - h.running), 0) "
-                "    FROM torpor_heartbeats h WHERE h.machine = p.machine "
-                "    AND h.heartbeat_at > %s) > 0 "
-                "  AND NOT EXISTS (SELECT 1 FROM torpor_inbox i WHERE i.session = s.id "
+                f"AND (%s IN {holders} OR NOT EXISTS (SELECT 1 FROM {holders} hm "
+                "  WHERE hm.machine <> %s AND (SELECT COALESCE(SUM(h.slots - h.running), 0) "
+                "    FROM torpor_heartbeats h WHERE h.machine = hm.machine "
+                "    AND h.heartbeat_at > %s) > 0) "
+                "  OR EXISTS (SELECT 1 FROM torpor_inbox i WHERE i.session = s.id "
                 "    AND i.consumed = 0 AND i.created_at <= %s)) "
             )
-            params += [machine, now - machine_ttl, now - affinity]
+            params += [machine, machine, now - machine_ttl, now - affinity]
         order = "updated_at"
         if machine is not None:
-            order = ("CASE WHEN EXISTS (SELECT 1 FROM torpor_snapshots p WHERE p.id = "
-                     "s.snapshot AND p.machine = %s) THEN 0 ELSE 1 END, updated_at")
+            order = f"CASE WHEN %s IN {holders} THEN 0 ELSE 1 END, updated_at"
             params.append(machine)
         with self.tx() as cur:
             cur.execute(
@@ -397,6 +408,38 @@ class RuntimeDB:
             cur.execute("INSERT INTO torpor_snapshots (id, session, machine, process, "
                         "created_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                         (snapshot, session, machine, process, time.time()))  # fmt: skip
+
+    def record_copy(self, snapshot: str, machine: str) -> None:
+        """`machine` has a hot copy of `snapshot`, fetched ahead of a turn that may come
+        to it (affinity then counts it as a holder)."""
+        with self.tx() as cur:
+            cur.execute("INSERT INTO torpor_copies (snapshot, machine, at) VALUES "
+                        "(%s, %s, %s) ON CONFLICT DO NOTHING",
+                        (snapshot, machine, time.time()))  # fmt: skip
+
+    def snapshot_copies(self, snapshot: str) -> list[str]:
+        """The machines that fetched a copy of `snapshot` ahead (besides its taker)."""
+        with self.tx() as cur:
+            cur.execute("SELECT machine FROM torpor_copies WHERE snapshot = %s ORDER BY at",
+                        (snapshot,))  # fmt: skip
+            return [str(r[0]) for r in cur.fetchall()]
+
+    def snapshots_since(self, since: float) -> list[tuple[str, str, str, float]]:
+        """(snapshot, session, machine, created_at) recorded after `since`, oldest first,
+        where the snapshot is still its session's latest."""
+        with self.tx() as cur:
+            cur.execute("SELECT p.id, p.session, p.machine, p.created_at FROM torpor_snapshots "
+                        "p JOIN torpor_sessions s ON s.id = p.session AND s.snapshot = p.id "
+                        "WHERE p.created_at > %s AND s.state NOT IN ('closed', 'failed') "
+                        "ORDER BY p.created_at", (since,))  # fmt: skip
+            return [(str(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in cur.fetchall()]
+
+    def live_machines(self, ttl: float) -> list[str]:
+        """Machines with a process whose heartbeat is fresher than ttl seconds."""
+        with self.tx() as cur:
+            cur.execute("SELECT DISTINCT machine FROM torpor_heartbeats WHERE heartbeat_at > %s",
+                        (time.time() - ttl,))  # fmt: skip
+            return sorted(str(r[0]) for r in cur.fetchall())
 
     def snapshot_holder(self, snapshot: str) -> tuple[str, str] | None:
         """(machine, process) that took the snapshot, if recorded."""
