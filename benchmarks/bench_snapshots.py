@@ -68,7 +68,7 @@ def gvisor_checkpoints(work: Path) -> list[dict[str, Any]]:
 
     home = work / "gvhome"
     engine = GVisorEngine(home=home, images=ImageStore(Path(
-        os.environ.get("TORPOR_HOME", "/var/lib/torpor")) / "images"), self_test=False)
+        os.environ.get("TORPOR_HOME", "/var/lib/torpor")) / "images"))
     setups = {
         "http-server": (["python3", "-m", "http.server", "8000", "--directory", "/tmp"],
                         ["sh", "-c", "for i in 1 2 3 4 5; do curl -s localhost:8000/ "

@@ -27,6 +27,7 @@ from torpor.agent.tools import (
 from torpor.agent.types import ToolResult, ToolSpec
 from torpor.runtime.workspace import SandboxWorkspace
 from torpor.sandbox.engine import SandboxSpec
+from torpor.sandbox.factory import open_engine
 from torpor.sandbox.gvisor import GVisorEngine
 from torpor.sandbox.images import ImageStore
 
@@ -42,8 +43,8 @@ pytestmark = [
 @pytest.fixture(scope="session")
 def tools_engine() -> Iterator[GVisorEngine]:
     home = Path(tempfile.mkdtemp(prefix="torpor-test-tools-"))
-    # Constructing the engine runs torpor's runsc self-test (a few seconds): once per run.
-    engine = GVisorEngine(home, images=ImageStore())
+    # open_engine runs torpor's runsc self-test (a few seconds): once per run.
+    engine = open_engine(home, images=ImageStore())
     yield engine
     for info in engine.list(all=True):
         with contextlib.suppress(Exception):

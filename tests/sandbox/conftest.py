@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from torpor.sandbox.engine import SandboxSpec
+from torpor.sandbox.factory import open_engine
 from torpor.sandbox.gvisor import GVisorEngine
 from torpor.sandbox.images import ImageStore
 
@@ -56,8 +57,9 @@ def images() -> ImageStore:
 
 @pytest.fixture(scope="session")
 def engine(torpor_home: Path, images: ImageStore) -> GVisorEngine:
-    # Constructing the engine runs torpor's runsc self-test (the doctor's gate).
-    return GVisorEngine(torpor_home, images=images)
+    # open_engine runs torpor's runsc self-test (the doctor's gate); GVisorEngine() alone
+    # does not.
+    return open_engine(torpor_home, images=images)
 
 
 @pytest.fixture()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from torpor.sandbox.factory import open_engine
 from torpor.sandbox.gvisor import GVisorEngine
 
 
@@ -249,10 +251,21 @@ def test_runsc_that_fails_the_self_test_is_refused(tmp_path: Path, images):
         f'exec {real} "$@"\n'
     )
     fake.chmod(0o755)
+    # Constructing an engine runs nothing; open_engine, the CLI's and the runtime's way to
+    # an engine, runs the self-test.
+    GVisorEngine(tmp_path / "home", images=images, runsc=str(fake))
+    assert not (tmp_path / "home" / "doctor.json").exists()
     with pytest.raises(Exception, match="fails torpor's self-test"):
-        GVisorEngine(tmp_path / "home", images=images, runsc=str(fake))
+        open_engine(tmp_path / "home", images=images, runsc=str(fake))
     # The verdict is remembered: the next engine refuses at once, with the same reason.
     t0 = time.monotonic()
     with pytest.raises(Exception, match="fails torpor's self-test"):
-        GVisorEngine(tmp_path / "home", images=images, runsc=str(fake))
+        open_engine(tmp_path / "home", images=images, runsc=str(fake))
     assert time.monotonic() - t0 < 1
+    # ... and so does the torpor command, with that runsc first on its PATH.
+    env = dict(os.environ, TORPOR_HOME=str(tmp_path / "home"),
+               PATH=f"{fake.parent}:{os.environ['PATH']}")  # fmt: skip
+    proc = subprocess.run([str(Path(sys.executable).with_name("torpor")), "ps"],
+                          capture_output=True, env=env, timeout=60)  # fmt: skip
+    assert proc.returncode != 0
+    assert "fails torpor's self-test" in " ".join(proc.stderr.decode().split()), proc.stderr

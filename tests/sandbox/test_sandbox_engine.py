@@ -314,7 +314,7 @@ def test_host_channel_and_checkpoints_made_without_it(engine: GVisorEngine, imag
     finally:
         engine.remove(info.name, force=True)
 
-    legacy = GVisorEngine(engine.home, images=images, self_test=False, host_channel=False)
+    legacy = GVisorEngine(engine.home, images=images, host_channel=False)
     old = legacy.run(SandboxSpec(image="base"))
     try:
         assert not old.channel

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from torpor.agent.registry import Tool, ToolError, Workspace
+from torpor.agent.tool import Tool, ToolError, Workspace
 from torpor.agent.types import ToolResult
 
 __all__ = ["DEFAULT_OUTPUT_CAP", "builtin_tools"]

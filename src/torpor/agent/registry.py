@@ -1,8 +1,9 @@
-"""The tool registry: what a tool is (`Tool`), the `Workspace` a tool acts on, and the
-`ToolRegistry` that holds a session's tools by name, validates each call's arguments
-against the tool's JSON Schema and runs it.
+"""The tool registry: the `ToolRegistry` that holds a session's tools by name (the
+built-in ones by default), validates each call's arguments against the tool's JSON Schema
+and runs it. What a tool is (`Tool`), the `Workspace` a tool acts on and `ToolError`,
+`UnknownTool` live in `torpor.agent.tool` and are re-exported here.
 
-Tools see the sandbox only through the small `Workspace` protocol below, so this module
+Tools see the sandbox only through the small `Workspace` protocol, so this module
 knows nothing of engines; `torpor.runtime.workspace.SandboxWorkspace` adapts an engine
 sandbox to it. A tool is `fn(workspace, **arguments)` returning text (or a `ToolResult`);
 `ToolRegistry.run` never raises for a tool's failure, it returns an error result the model
@@ -14,13 +15,14 @@ from __future__ import annotations
 import inspect
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import jsonschema
 
+from torpor.agent.builtins import builtin_tools
 from torpor.agent.schemas import schema_from_signature
+from torpor.agent.tool import Tool, ToolError, UnknownTool, Workspace
 from torpor.agent.types import ToolResult, ToolSpec
 
 __all__ = [
@@ -43,67 +45,6 @@ HOW_TO_LOAD = (
 )
 
 
-@runtime_checkable
-class Workspace(Protocol):
-    """What tools need from a sandbox. torpor.runtime.workspace.SandboxWorkspace
-    satisfies it."""
-
-    def exec(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        env: Sequence[str] = (),
-        workdir: str | None = None,
-        timeout: float | None = None,
-    ) -> Any:  # has .exit_code (int), .stdout and .stderr (bytes)
-        ...
-
-    def read_file(self, path: str) -> bytes: ...
-
-    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None: ...
-
-    def spawn(
-        self, argv: Sequence[str], *, env: Sequence[str] = (), workdir: str | None = None
-    ) -> int: ...
-
-    def processes(self) -> list[dict[str, Any]]:  # id, pid, state, exit, argv
-        ...
-
-
-class ToolError(Exception):
-    """An expected tool failure: its message alone becomes the error result's content."""
-
-
-class UnknownTool(KeyError):
-    """A tool name this registry does not hold; the message says how to load it."""
-
-    def __str__(self) -> str:  # KeyError's own str() is the repr of its argument
-        return str(self.args[0]) if self.args else "unknown tool"
-
-
-@dataclass
-class Tool:
-    name: str
-    description: str
-    parameters: dict[str, Any]  # JSON Schema of the arguments object
-    fn: Callable[..., str | ToolResult]  # fn(workspace, **arguments)
-    safe_to_rerun: bool = False  # may be re-run after a crash without asking the model
-    _validator: Any = field(default=None, init=False, repr=False, compare=False)
-
-    def spec(self) -> ToolSpec:
-        return ToolSpec(self.name, self.description, self.parameters)
-
-    def validator(self) -> Any:
-        if self._validator is None:
-            cls = jsonschema.validators.validator_for(
-                self.parameters, default=jsonschema.Draft202012Validator
-            )
-            cls.check_schema(self.parameters)
-            self._validator = cls(self.parameters)
-        return self._validator
-
-
 # ---------------------------------------------------------------------------- registry
 
 
@@ -115,9 +56,6 @@ class ToolRegistry:
     def __init__(self, tools: Iterable[Tool] | None = None) -> None:
         self._tools: dict[str, Tool] = {}
         if tools is None:
-            # Imported here: torpor.agent.builtins builds its tools from this module.
-            from torpor.agent.builtins import builtin_tools
-
             tools = builtin_tools()
         for tool in tools:
             self.add(tool)

@@ -2,8 +2,10 @@
 long-running processes), user-defined Python tools, and the registry that validates and
 runs calls. This module only re-exports; the code lives in
 
-- `torpor.agent.registry`: `Tool`, the `Workspace` protocol, `ToolRegistry` (validation,
-  running a call), `ToolError`, `UnknownTool`, `tool_from_function`;
+- `torpor.agent.tool`: `Tool`, the `Workspace` protocol, `ToolError`, `UnknownTool` (the
+  base the other modules build on);
+- `torpor.agent.registry`: `ToolRegistry` (validation, running a call; the built-in tools
+  by default), `tool_from_function`;
 - `torpor.agent.schemas`: `schema_from_signature`, JSON Schemas from type hints;
 - `torpor.agent.tool_modules`: `load_tools` and tool modules (`--tools`, `TORPOR_TOOLS`,
   `torpor.tools` entry points), `ToolModuleError`;

@@ -58,16 +58,19 @@ def command(typer_app: typer.Typer, name: str | None = None, **kw: Any) -> Calla
     return deco
 
 
-def engine():  # type: ignore[no-untyped-def]
+def engine(check: bool = True):  # type: ignore[no-untyped-def]
     """The gVisor engine, with its checkpoints kept in the snapshot store
-    (TORPOR_SNAPSHOTS, default file://$TORPOR_HOME/snapshots)."""
+    (TORPOR_SNAPSHOTS, default file://$TORPOR_HOME/snapshots), its runsc checked by
+    torpor's self-test unless check is False (`torpor doctor` runs that check itself)."""
     from torpor.home import torpor_home
     from torpor.runtime.checkpoints import SnapshotCheckpointStorage
-    from torpor.sandbox.gvisor import GVisorEngine
+    from torpor.sandbox.factory import open_engine
     from torpor.snapshots import open_store
 
     home = torpor_home()
-    return GVisorEngine(home, checkpoints=SnapshotCheckpointStorage(open_store(), home))
+    return open_engine(
+        home, checkpoints=SnapshotCheckpointStorage(open_store(), home), check=check
+    )
 
 
 def _check_format(fmt: str) -> str:
@@ -447,7 +450,8 @@ def doctor(
         err.print(f"     {'':<12} [dim]{line}[/dim]", markup=True, highlight=False)
 
     checks = []
-    for c in run_checks(engine, build_base=build_base, progress=progress):
+    for c in run_checks(lambda: engine(check=False), build_base=build_base,
+                        progress=progress):  # fmt: skip
         checks.append(c)
         if fmt == "text":  # each check as it finishes: the base image build takes minutes
             mark = ("[green]ok[/green]  " if c.ok else "[red]FAIL[/red]" if c.blocking

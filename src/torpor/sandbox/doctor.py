@@ -6,6 +6,10 @@ reads). So before torpor uses a runsc binary it runs a tiny self-test sandbox: r
 from the image, write one into the overlay, run a process, checkpoint, restore, and read
 both again. The verdict is cached per binary (path, size, mtime) in TORPOR_HOME/doctor.json;
 a binary that fails is refused with the reason.
+
+This module does not import the engine (torpor.sandbox.gvisor imports it, for the runsc
+it needs): the gate and the checks take a `GVisorEngine` from their caller, and
+`torpor.sandbox.factory.open_engine` is what builds an engine and runs the gate.
 """
 
 from __future__ import annotations
@@ -20,14 +24,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torpor.sandbox.engine import SandboxError, SandboxSpec
 from torpor.sandbox.images import Image, ImageNotFound
 
-if TYPE_CHECKING:
-    from torpor.sandbox.gvisor import GVisorEngine
-
+PINNED_RUNSC = "0.0~20240729.0-4+b7"
+RUNSC_INSTALL_HINT = (
+    "runsc (gVisor) is not installed: run scripts/setup.sh, or on Debian 13 "
+    f"`apt-get install runsc={PINNED_RUNSC}` (on Debian 12 from the trixie suite, pinned)"
+)
 SELFTEST_TEXT = b"torpor self-test: read from the image\n"
 
 
@@ -100,21 +106,21 @@ def debian_runsc_version() -> str | None:
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
-def self_test(engine: GVisorEngine) -> float:
-    """Run the self-test sandbox; returns seconds taken, raises SandboxError on failure."""
+def self_test(engine: Any) -> float:
+    """Run the self-test sandbox with the runsc of engine (a GVisorEngine); returns seconds
+    taken, raises SandboxError on failure."""
     from torpor.sandbox.checkpoints import LocalCheckpointStorage
-    from torpor.sandbox.gvisor import GVisorEngine
 
     home = engine.home
     images = _SelfTestImages(home)
     ck_root = home / "selftest" / "checkpoints"
-    probe = GVisorEngine(
+    # An engine of the same class on the self-test's rootfs and checkpoint directory.
+    probe = type(engine)(
         home,
         platform=engine.platform,
-        images=images,  # type: ignore[arg-type]
+        images=images,
         checkpoints=LocalCheckpointStorage(ck_root),
         runsc=engine.runsc,
-        self_test=False,
     )
     probe.owner_kind = "runtime"  # this process's: reaped if it dies before removing it
     name = f"torpor-selftest-{os.getpid()}"
@@ -144,8 +150,9 @@ def self_test(engine: GVisorEngine) -> float:
     return time.monotonic() - t0
 
 
-def require_working_runsc(engine: GVisorEngine) -> None:
-    """Refuse a runsc that fails the self-test; run it once per binary and cache the verdict."""
+def require_working_runsc(engine: Any) -> None:
+    """Refuse the runsc of engine (a GVisorEngine) if it fails the self-test; run it once per
+    binary and cache the verdict. `open_engine` calls it."""
     cache = engine.home / "doctor.json"
     key = _binary_key(engine.runsc)
     key["platform"] = engine.platform
@@ -186,10 +193,10 @@ def run_checks(
     engine_factory: Any, *, build_base: bool = False, progress: Any = None
 ) -> Iterator[Check]:
     """The checks `torpor doctor` shows, each yielded as soon as it is done (the base image
-    build can take minutes), with the seconds it took. engine_factory() builds the engine,
-    which runs the self-test gate; progress(line) hears the base image build's steps."""
+    build can take minutes), with the seconds it took. engine_factory() builds the engine
+    (`open_engine(check=False)`: the self-test gate is run here, to time it and say whether
+    its verdict was cached); progress(line) hears the base image build's steps."""
     from torpor.home import torpor_home
-    from torpor.sandbox.gvisor import PINNED_RUNSC, RUNSC_INSTALL_HINT
     from torpor.sandbox.images import BASE_RECIPE
     from torpor.sandbox.initbin import ensure_init_binary
 
@@ -218,6 +225,7 @@ def run_checks(
     t0 = time.monotonic()
     try:
         engine = engine_factory()
+        require_working_runsc(engine)
         verdict = json.loads((engine.home / "doctor.json").read_text())
     except SandboxError as e:
         yield Check("self-test", False, str(e), time.monotonic() - t0)

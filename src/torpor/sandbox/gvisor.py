@@ -53,6 +53,7 @@ from torpor.sandbox.checkpoints import (
     CheckpointStorage,
     LocalCheckpointStorage,
 )
+from torpor.sandbox.doctor import PINNED_RUNSC, RUNSC_INSTALL_HINT  # noqa: F401 (re-exported)
 from torpor.sandbox.engine import (
     CheckpointError,
     CheckpointInfo,
@@ -72,11 +73,6 @@ PLATFORMS = ("systrap", "ptrace", "kvm")
 _ID_RE = re.compile(r"[0-9a-f]{12}")
 CHANNEL_MOUNT = "/.torpor-ctl"  # where a sandbox sees its host-channel directory
 INIT_DIR = "/run/torpor"  # torpor-init's own state in the sandbox (process records, ...)
-PINNED_RUNSC = "0.0~20240729.0-4+b7"
-RUNSC_INSTALL_HINT = (
-    "runsc (gVisor) is not installed: run scripts/setup.sh, or on Debian 13 "
-    f"`apt-get install runsc={PINNED_RUNSC}` (on Debian 12 from the trixie suite, pinned)"
-)
 
 # Docker's default capability set: enough for package managers, chown, binding low ports.
 DEFAULT_CAPS = [
@@ -176,9 +172,11 @@ class GVisorEngine(Engine):
         images: ImageStore | None = None,
         checkpoints: CheckpointStorage | None = None,
         runsc: str | None = None,
-        self_test: bool = True,
         host_channel: bool | None = None,
     ) -> None:
+        """An engine over TORPOR_HOME (creates its state directories, runs nothing). It
+        does not check runsc: `torpor.sandbox.open_engine` does (torpor's self-test, the
+        doctor's gate), and is what the CLI and the runtime use."""
         self.home = home or torpor_home()
         # New sandboxes get the host channel unless told otherwise (TORPOR_HOST_CHANNEL=0):
         # the way back to one `runsc exec` per call, should a gVisor lack --host-uds.
@@ -201,10 +199,6 @@ class GVisorEngine(Engine):
         self._version: str | None = None
         self.standby_misses: list[str] = []  # the last 20 standbys taken but not used
         self.self_test_cached = True  # False when the self-test ran for this engine
-        if self_test:
-            from torpor.sandbox.doctor import require_working_runsc
-
-            require_working_runsc(self)
 
     # ------------------------------------------------------------------ plumbing
 
