@@ -137,12 +137,13 @@ def turn_done(rt: Runtime, sid: str, i: int) -> bool:
 
 
 def throughput(pg: TempCluster, root: Path, machines: int, affinity: float, sessions: int,
-               args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+               args: argparse.Namespace, prefetch: bool = True) -> dict[str, Any]:  # fmt: skip
     c = Cluster(root / f"tp-{machines}-{affinity:g}", pg.url(pg.create_db()),
                 f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}")  # fmt: skip
     try:
         for _ in range(machines):
-            c.machine("--affinity", f"{affinity:g}")
+            c.machine("--affinity", f"{affinity:g}",
+                      "--prefetch" if prefetch else "--no-prefetch")
         sids = [c.rt.create_session(model=turns_script(c.root / f"s{k}.jsonl", 2000)).id
                 for k in range(sessions)]  # fmt: skip
         # a first turn each (cold starts) before the clock starts
@@ -175,6 +176,7 @@ def throughput(pg: TempCluster, root: Path, machines: int, affinity: float, sess
             paths[key].append(float(m["ms"]))
         return {
             "machines": machines, "affinity": affinity, "sessions": len(sids),
+            "prefetch": prefetch,
             "seconds": round(elapsed, 1), "turns": turns,
             "turns_per_minute": round(turns / elapsed * 60, 1),
             "bad_turns": sum(u.get("bad", 0) for u in users.values()),
@@ -374,18 +376,20 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         f"{m['nproc']} machines they contend rather than add capacity.",
         "",
         f"Each phase: a user per session who answers at once, {data['duration']:g} s. "
-        "Every turn is checked: its line count and the in-memory process's token. The last "
-        "row is the race of issue 15: one session, no affinity, so that either machine "
-        "takes each turn and resumes from the store.",
+        "Every turn is checked: its line count and the in-memory process's token. The row "
+        "with prefetch off shows what the followers' fetches cost in turns per minute (on "
+        "these 2 shared cores). The last row is the race of issue 15: one session, no "
+        "affinity, so that either machine takes each turn and resumes from the store.",
         "",
-        "| machines | affinity | sessions | turns/min | resumes from a hot copy | restore ms: "
-        "hot copy + standby | hot copy | store | waited for an upload | lost changes | "
-        "recovery notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| machines | affinity | prefetch | sessions | turns/min | resumes from a hot copy | "
+        "restore ms: hot copy + standby | hot copy | store | waited for an upload | lost "
+        "changes | recovery notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["throughput"]:
         lines.append(
-            f"| {r['machines']} | {r['affinity']:g} s | {r['sessions']} | "
+            f"| {r['machines']} | {r['affinity']:g} s | "
+            f"{'on' if r.get('prefetch', True) else 'off'} | {r['sessions']} | "
             f"{r['turns_per_minute']:.0f} | "
             f"{r['hot_share'] * 100:.0f} % of {r['restores']} | "
             f"{fmt_ms(r['restore_ms']['hot copy, standby'])} | "
@@ -489,12 +493,13 @@ def main() -> int:
         with TempCluster() as pg, moto_server():
             # with affinity, and the race of the issue: one session, no affinity, so that
             # turns go to either machine and the store path is measured too
-            phases = [(int(n), 0.5, args.sessions) for n in args.machines.split(",")]
-            phases.append((2, 0.0, 1))
-            for n, aff, k in phases:
-                console.print(f"throughput: {n} machine(s), affinity {aff:g} s, {k} "
-                              "session(s) ...")  # fmt: skip
-                r = throughput(pg, root, n, aff, k, args)
+            phases = [(int(n), 0.5, args.sessions, True) for n in args.machines.split(",")]
+            phases.append((2, 0.5, args.sessions, False))  # what prefetch costs
+            phases.append((2, 0.0, 1, True))
+            for n, aff, k, pf in phases:
+                console.print(f"throughput: {n} machine(s), affinity {aff:g} s, prefetch "
+                              f"{pf}, {k} session(s) ...")  # fmt: skip
+                r = throughput(pg, root, n, aff, k, args, prefetch=pf)
                 console.print(f"  {r['turns_per_minute']:.0f} turns/min, hot "
                               f"{r['hot_share'] * 100:.0f} %, lost "
                               f"{r['bad_turns'] + r['processes_restarted']}")  # fmt: skip

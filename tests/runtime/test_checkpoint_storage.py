@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from torpor.runtime.checkpoints import META, SnapshotCheckpointStorage
+from torpor.sandbox.checkpoints import CheckpointNotFound
 from torpor.snapshots import open_store
 
 
@@ -32,11 +35,17 @@ def stored_checkpoint(tmp_path: Path) -> tuple[SnapshotCheckpointStorage, dict[s
     return storage, files, home / "checkpoint-cache" / "ck-1"
 
 
-def test_hot_copy_checksums_are_taken_off_the_wait_point_and_catch_damage(tmp_path: Path):
-    storage, files, hot = stored_checkpoint(tmp_path)
-    # The uploader recorded the checksums that put() left out.
+def test_hot_copy_digests_are_taken_at_the_wait_point_and_catch_damage(tmp_path: Path):
+    home = tmp_path / "home"
+    storage = SnapshotCheckpointStorage(open_store(f"file://{tmp_path / 'store'}"), home)
+    staging = storage.staging_dir()
+    files = fake_checkpoint(staging / "ck")
+    storage.put("ck-1", staging / "ck", {"engine": "gvisor"})
+    hot = home / "checkpoint-cache" / "ck-1"
+    # recorded by put() itself, before the wait point is acknowledged
     recorded = json.loads((hot / META).read_text())["files"]
-    assert all("xxh3" in f for f in recorded.values())
+    assert set(recorded) == set(files) and all("xxh3" in f for f in recorded.values())
+    storage.flush()
 
     # A flipped byte, same size: the hot copy is refused and refetched from the store.
     pages = bytearray((hot / "pages.img").read_bytes())
@@ -47,34 +56,51 @@ def test_hot_copy_checksums_are_taken_off_the_wait_point_and_catch_damage(tmp_pa
         assert {n: (path / n).read_bytes() for n in files} == files
     finally:
         if temporary:
-            import shutil
-
             shutil.rmtree(path, ignore_errors=True)
 
 
-def test_a_checkpoint_recorded_with_an_older_crc32_is_still_checked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    # Checkpoints stored by versions that recorded CRC-32s (in the store's metadata and the
-    # hot copy's) are verified with them, not trusted.
-    import zlib
-
-    from torpor.runtime import checkpoints
-
-    def describe_as_before(d: Path, *, digest: bool = True) -> dict[str, dict[str, int]]:
-        return {f.name: {"size": f.stat().st_size, "crc32": zlib.crc32(f.read_bytes())}
-                for f in d.iterdir() if f.is_file() and not f.name.startswith(".")}  # fmt: skip
-
+def unuploaded_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A checkpoint put as ck-1 by a process that died right after its wait point (its
+    upload never started): the hot copy, left for the next process to upload."""
+    home = tmp_path / "home"
+    storage = SnapshotCheckpointStorage(open_store(f"file://{tmp_path / 'store'}"), home)
     with monkeypatch.context() as m:
-        m.setattr(checkpoints, "_describe", describe_as_before)
-        storage, files, hot = stored_checkpoint(tmp_path)
-    assert all("crc32" in f and "xxh3" not in f for f in storage.meta("ck-1")["files"].values())
-    assert storage.open_dir("ck-1") == (hot, False)  # intact: used in place
-    pages = bytearray((hot / "pages.img").read_bytes())
-    pages[123] ^= 0x01
-    (hot / "pages.img").write_bytes(bytes(pages))
-    path, temporary = storage.open_dir("ck-1")  # damaged: refetched from the store
-    assert (path / "pages.img").read_bytes() == files["pages.img"]
+        m.setattr(storage, "_enqueue", lambda ckpt_id: None)  # the process is gone
+        staging = storage.staging_dir()
+        fake_checkpoint(staging / "ck")
+        storage.put("ck-1", staging / "ck", {"engine": "gvisor"})
+    return home / "checkpoint-cache" / "ck-1"
+
+
+@pytest.mark.parametrize("damage", ["torn data", "torn metadata"])
+def test_a_hot_copy_torn_before_its_upload_is_dropped_not_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:  # fmt: skip
+    # A power cut after the wait point: the files were never fsynced. The next process
+    # resumes the upload; it must not store what is on disk as the truth.
+    hot = unuploaded_checkpoint(tmp_path, monkeypatch)
+    if damage == "torn data":
+        with open(hot / "pages.img", "r+b") as f:
+            f.truncate(4096 * 10)  # what was flushed to disk before the cut
+    else:
+        (hot / META).write_text('{"id": "ck-1", "fil')
+    store = open_store(f"file://{tmp_path / 'store'}")
+    nxt = SnapshotCheckpointStorage(store, tmp_path / "home")  # resumes the upload
+    nxt.flush()
+    assert not store.exists("ck-1")
+    assert not hot.exists()  # dropped: nothing restores it later
+    assert "ck-1" in nxt._errors and "torn" in nxt._errors["ck-1"]
+    with pytest.raises(CheckpointNotFound):
+        nxt.open_dir("ck-1")
+
+
+def test_an_intact_hot_copy_left_by_a_dead_process_is_uploaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    hot = unuploaded_checkpoint(tmp_path, monkeypatch)
+    store = open_store(f"file://{tmp_path / 'store'}")
+    SnapshotCheckpointStorage(store, tmp_path / "home").flush()
+    assert store.exists("ck-1") and (hot / ".stored").exists()
 
 
 def test_an_upload_left_at_exit_is_finished_with_its_page_deltas(tmp_path: Path):
@@ -109,3 +135,30 @@ for n, parent in ((1, None), (2, "ck-1")):
     store = open_store(f"file://{tmp_path / 'store'}")
     second = store.info("ck-2")
     assert second.new_bytes < 64 * 4096 // 4  # 64 changed pages, stored as small deltas
+
+
+def test_an_upload_that_fails_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # The store is unreachable for a moment (here its directory is gone and a file stands
+    # in its way): the upload fails, and succeeds when tried again.
+    from torpor.runtime import checkpoints
+
+    monkeypatch.setattr(checkpoints, "UPLOAD_RETRIES", (1.0,))
+    root = tmp_path / "store"
+    store = open_store(f"file://{root}")
+    storage = SnapshotCheckpointStorage(store, tmp_path / "home")
+    root.rename(tmp_path / "away")
+    root.write_text("in the way")
+    staging = storage.staging_dir()
+    files = fake_checkpoint(staging / "ck")
+    storage.put("ck-1", staging / "ck", {"engine": "gvisor"})
+    deadline = time.monotonic() + 10
+    while "ck-1" not in storage._errors:  # the first attempt failed
+        assert time.monotonic() < deadline, "the upload did not fail"
+        time.sleep(0.02)
+    root.unlink()
+    (tmp_path / "away").rename(root)
+    storage.flush()
+    assert storage._errors == {} and store.exists("ck-1")
+    out = tmp_path / "out"
+    store.get("ck-1", out)
+    assert {n: (out / n).read_bytes() for n in files} == files

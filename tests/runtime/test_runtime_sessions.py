@@ -362,10 +362,15 @@ def test_keep_snapshots_prunes_old_ones_but_not_a_forks(runtime: Runtime, script
                   {"text": f"done {i}"}]  # fmt: skip
     turns += [{"text": "check", "tool_calls": [shell("cat /root/f")]}, {"text": "ok"}]
     s = runtime.create_session(model=script(turns), policy={"keep_snapshots": 2})
-    snaps = [s.send(str(i)).snapshot for i in range(2)]
-    fork = s.fork(at=snaps[0])  # made before it would be pruned: it must survive
-    snaps += [s.send(str(i)).snapshot for i in range(2, 4)]
     storage = runtime.engine.checkpoints
+
+    def send(i: int) -> str:
+        storage.flush()  # type: ignore[attr-defined]  # the last upload done (see below)
+        return str(s.send(str(i)).snapshot)
+
+    snaps = [send(i) for i in range(2)]
+    fork = s.fork(at=snaps[0])  # made before it would be pruned: it must survive
+    snaps += [send(i) for i in range(2, 4)]
     storage.flush()  # type: ignore[attr-defined]
     assert s.info().snapshots == snaps[-2:]
     with pytest.raises(CheckpointNotFound):
@@ -376,6 +381,35 @@ def test_keep_snapshots_prunes_old_ones_but_not_a_forks(runtime: Runtime, script
     assert last.state == "waiting"
     assert results(s.log())[-1].split("stdout:")[-1].split() == ["0", "1", "2", "3"]
     assert fork.info().snapshot == snaps[0]
+
+
+def test_keep_snapshots_keeps_the_newest_stored_one_until_a_newer_one_is_stored(
+    runtime: Runtime, script, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    # keep_snapshots=1: the one kept must not be a snapshot still uploading, or losing the
+    # machine (or a power cut) before the upload leaves nothing to fall back to.
+    turns: list[dict[str, Any]] = []
+    for i in range(3):
+        turns += [{"text": f"t{i}", "tool_calls": [shell(f"echo {i} >> /root/f")]},
+                  {"text": f"done {i}"}]  # fmt: skip
+    s = runtime.create_session(model=script(turns), policy={"keep_snapshots": 1})
+    storage = runtime.engine.checkpoints
+    s1 = s.send("1").snapshot
+    storage.flush()  # type: ignore[attr-defined]
+    queued: list[str] = []
+    with monkeypatch.context() as m:  # uploads stall (a slow link): s2 is not stored yet
+        m.setattr(storage, "_enqueue", queued.append)
+        s2 = s.send("2").snapshot
+    assert s.info().snapshots == [s1, s2]  # s1, the newest stored one, stays
+    assert storage.stored(s1) and not storage.stored(s2)  # type: ignore[attr-defined]
+    for ckpt in queued:
+        storage._enqueue(ckpt)  # type: ignore[attr-defined]
+    storage.flush()  # type: ignore[attr-defined]
+    s3 = s.send("3").snapshot  # s2 is stored now: s1 goes, s2 stays while s3 uploads
+    storage.flush()  # type: ignore[attr-defined]
+    assert s.info().snapshots == [s2, s3]
+    with pytest.raises(CheckpointNotFound):
+        storage.meta(s1)
 
 
 def test_a_standby_sandbox_takes_the_resume(runtime: Runtime, script):

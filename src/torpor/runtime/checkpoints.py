@@ -6,18 +6,20 @@ knows nothing of sandboxes; this adapter is where they meet.
 - **Hot copy.** A checkpoint's raw files stay in TORPOR_HOME/checkpoint-cache (capped,
   least recently used out first). runsc reads the whole pages file at restore, so
   restoring from a raw local copy skips decompressing the snapshot on the critical path.
-  Each file's size and XXH3-128 digest are recorded (hashed from a memory map: 3 ms for
-  a 52 MB checkpoint, against 19 ms for the CRC-32 used before and more for SHA-256; it
-  catches truncation and corruption, not tampering: the store's content hashes remain
-  the authority); a damaged copy is dropped and the snapshot fetched from the store.
-  Hot copies recorded with a CRC-32 by older versions are still checked with it.
+  Each file's size and XXH3-128 digest are recorded at the wait point, before it is
+  acknowledged (hashed from a memory map: 3 ms for a 52 MB checkpoint; it catches
+  truncation and corruption, not tampering: the store's content hashes remain the
+  authority). The files are not fsynced (that would cost every wait point ~100 ms):
+  every restore and the upload check them against the digests, and a damaged copy is
+  dropped (a stored one is fetched again from the store).
 - **Background upload.** `put` returns once the raw files are in the hot cache and
   queues the upload into the snapshot store (compressed, deduplicated, verified,
   optionally encrypted), so a wait point does not wait for compression. The upload is
   resumed by the next process that opens the cache if this one dies first, and
   `flush()` (also run at exit) waits for it. Until it is stored, a checkpoint exists on
-  this machine only: a machine lost in that window loses that snapshot, and the runtime
-  falls back to the previous one (the log is never lost).
+  this machine only: a machine lost in that window, or a power cut that tears the
+  copy, loses that snapshot, and the runtime falls back to the previous one, which is
+  kept until a newer one is stored (the log is never lost).
 - **Fetching.** A checkpoint with no hot copy here is fetched from the store into the
   hot cache, with this machine's older hot copies of the same sandbox as seeds (the
   chunks they share are copied, only the changed pages fetched), and without an fsync
@@ -38,14 +40,12 @@ import sys
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import xxhash
 
-from torpor.files import write_atomic
 from torpor.sandbox.checkpoints import CheckpointCorrupt, CheckpointNotFound
 from torpor.sandbox.engine import CheckpointError
 from torpor.snapshots import (
@@ -60,7 +60,8 @@ KIND = "sandbox-checkpoint"
 DEFAULT_HOT_BYTES = 2 << 30
 META = ".torpor-meta.json"  # in a hot copy: the checkpoint's metadata (pending upload)
 STORED = ".stored"  # in a hot copy: it is in the snapshot store
-SEEDS = 2  # older hot copies of the same sandbox a fetch copies shared chunks from
+UPLOAD_RETRIES = (1.0, 5.0, 20.0)  # pauses before an upload that failed is tried again
+SEEDS = 1  # older hot copies of the same sandbox a fetch copies shared chunks from
 
 
 def _mapped(path: Path, digest: Callable[[Any], Any]) -> Any:
@@ -78,13 +79,9 @@ def _xxh3(path: Path) -> str:
     return str(_mapped(path, xxhash.xxh3_128_hexdigest))
 
 
-def _crc(path: Path) -> int:  # what hot copies of older versions recorded
-    return int(_mapped(path, zlib.crc32))
-
-
-def _describe(d: Path, *, digest: bool = True) -> dict[str, dict[str, Any]]:
+def _describe(d: Path) -> dict[str, dict[str, Any]]:
     return {
-        f.name: {"size": f.stat().st_size, **({"xxh3": _xxh3(f)} if digest else {})}
+        f.name: {"size": f.stat().st_size, "xxh3": _xxh3(f)}
         for f in sorted(d.iterdir())
         if f.is_file() and not f.name.startswith(".")
     }
@@ -140,10 +137,23 @@ class SnapshotCheckpointStorage:
                         return
                 continue
             try:
-                self._upload(ckpt_id)
-            except Exception as e:  # noqa: BLE001 - kept for flush() and the next process
-                self._errors[ckpt_id] = str(e)
-                print(f"torpor: uploading checkpoint {ckpt_id} failed: {e}", file=sys.stderr)
+                for attempt, pause in enumerate((*UPLOAD_RETRIES, None)):
+                    try:
+                        self._upload(ckpt_id)
+                        self._errors.pop(ckpt_id, None)
+                        break
+                    except CheckpointCorrupt as e:  # the copy is bad: trying again is futile
+                        self._errors[ckpt_id] = str(e)
+                        print(f"torpor: checkpoint {ckpt_id} not uploaded: {e}", file=sys.stderr)
+                        break
+                    except Exception as e:  # noqa: BLE001 - kept for flush() and the next process
+                        self._errors[ckpt_id] = str(e)
+                        more = f"; trying again in {pause:g} s" if pause is not None else ""
+                        print(f"torpor: uploading checkpoint {ckpt_id} failed (attempt "
+                              f"{attempt + 1}): {e}{more}", file=sys.stderr)  # fmt: skip
+                        if pause is None:
+                            break
+                        time.sleep(pause)
             finally:
                 with self._lock:
                     self._pending.discard(ckpt_id)
@@ -153,11 +163,20 @@ class SnapshotCheckpointStorage:
         d = self.hot / ckpt_id
         try:
             meta = json.loads((d / META).read_text())
-            if any("xxh3" not in f and "crc32" not in f for f in meta.get("files", {}).values()):
-                meta["files"] = _describe(d)
-                write_atomic(d / META, json.dumps(meta).encode())
         except FileNotFoundError:
             return None  # deleted meanwhile
+        except ValueError:  # torn by a power cut: nothing to trust, and no other copy
+            shutil.rmtree(d, ignore_errors=True)
+            raise CheckpointCorrupt(f"checkpoint {ckpt_id}: its hot copy's metadata is "
+                                    "damaged (torn by a crash?); dropped, never stored") from None
+        # The files must be those the wait point recorded (sizes and XXH3 digests, taken
+        # before the wait point was acknowledged): a copy torn by a power cut (its data
+        # is never fsynced) is dropped, not stored as the truth.
+        if not self._intact(d, meta.get("files", {})):
+            shutil.rmtree(d, ignore_errors=True)
+            raise CheckpointCorrupt(f"checkpoint {ckpt_id}: its hot copy differs from what its "
+                                    "wait point recorded (torn by a crash?); dropped, never "
+                                    "stored")  # fmt: skip
         if self.store.exists(ckpt_id):
             info = self.store.info(ckpt_id)
         else:
@@ -176,6 +195,15 @@ class SnapshotCheckpointStorage:
     def has_hot_copy(self, ckpt_id: str) -> bool:
         """Is the checkpoint's raw copy on this machine (a restore then fetches nothing)?"""
         return bool(ckpt_id) and "/" not in ckpt_id and (self.hot / ckpt_id / META).exists()
+
+    def stored(self, ckpt_id: str) -> bool:
+        """Is the checkpoint in the snapshot store (its upload done)?"""
+        if ckpt_id and "/" not in ckpt_id and (self.hot / ckpt_id / STORED).exists():
+            return True
+        try:
+            return self.store.exists(ckpt_id)
+        except SnapshotError:
+            return False
 
     def available(self, ckpt_id: str) -> bool:
         """Can this machine restore the checkpoint now: a hot copy here, or it is in the
@@ -205,14 +233,16 @@ class SnapshotCheckpointStorage:
         return d
 
     def put(self, ckpt_id: str, src_dir: Path, meta: dict[str, Any]) -> int:
-        # With background uploads the digests of the hot copy (~2 ms for a 33 MiB
-        # checkpoint) are taken by the uploader, off the wait point; until then a restore
-        # checks the sizes only.
-        files = _describe(src_dir, digest=not self.background)
+        # The digests are taken here, before the wait point is acknowledged (~3 ms for a
+        # 34 MiB checkpoint): the files are not fsynced (that would cost the wait point
+        # ~100 ms), so after a power cut they may be torn, and the uploader and every
+        # restore check them against these. The metadata is written whole or not at all
+        # (rename); a copy without it is not one (never uploaded, never restored).
+        files = _describe(src_dir)
         if "checkpoint.img" not in files:
             raise CheckpointError("engine wrote no checkpoint.img")
         meta = dict(meta, kind=KIND, files=files, size=sum(f["size"] for f in files.values()))
-        (src_dir / META).write_text(json.dumps(meta))
+        (src_dir / META).write_text(json.dumps(meta))  # appears with the rename below
         os.rename(src_dir, self.hot / ckpt_id)
         if self.background:
             self._enqueue(ckpt_id)
@@ -373,8 +403,6 @@ class SnapshotCheckpointStorage:
                 if f.stat().st_size != w["size"]:
                     return False
                 if "xxh3" in w and _xxh3(f) != w["xxh3"]:
-                    return False
-                if "xxh3" not in w and "crc32" in w and _crc(f) != w["crc32"]:
                     return False
             except OSError:
                 return False

@@ -250,11 +250,11 @@ class Runtime:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            from torpor.sandbox.gvisor import GVisorEngine
+            from torpor.sandbox.factory import open_engine
 
             if self._store is None:
                 self._store = open_store(self.store_url)
-            self._engine = GVisorEngine(
+            self._engine = open_engine(
                 self.home, checkpoints=SnapshotCheckpointStorage(self._store, self.home)
             )
             # Sandboxes it starts without an owner of their own (a debugging restore, say)
@@ -996,10 +996,17 @@ class Worker:
         keep = Policy.from_json(row.policy).keep_snapshots
         snaps = [*row.snapshots, ck.id]
         kept = snaps[-keep:] if keep > 0 else snaps[-16:]
+        drop = snaps[:-keep] if keep > 0 else []
+        stored = self.rt.checkpoint_storage("stored")
+        if drop and stored is not None and not any(stored(k) for k in kept):
+            # None of the kept ones is in the store yet (the new one is uploading): the
+            # newest that is stays, so that losing this machine (or a power cut) before
+            # the upload leaves a snapshot to fall back to. It goes at a later wait point.
+            kept, drop = [drop[-1], *kept], drop[:-1]
         if not self.rt.db.update(tr.session, owner=self.owner, snapshot=ck.id,
                                  snapshot_seq=seq, snapshots=kept):
             raise LeaseLost(f"worker {self.owner} lost the lease on {tr.session}")  # fmt: skip
-        for old in snaps[: -keep] if keep > 0 else []:
+        for old in drop:
             self._drop_snapshot(tr.session, old)
         emit("snapshot", snapshot=ck.id, bytes=ck.size, ms=round(ms, 1), mid_turn=leave_running)
         return ck.id, ck.size, ms

@@ -107,7 +107,10 @@ class FileBackend(Backend):
         return self.root / key
 
     def put(self, key: str, data: bytes) -> None:
-        write_atomic(self._path(key), data)
+        # The directory is synced too: a snapshot's info document (its commit point) must
+        # not be there after a power cut while a pack it needs is not (they live in
+        # different directories), nor vanish once put() has returned.
+        write_atomic(self._path(key), data, sync_dir=True)
         self.stats.add(puts=1, bytes_written=len(data))
 
     def get(self, key: str) -> bytes:

@@ -185,6 +185,12 @@ class ChunkIndex:
 
     def _load(self, pack_id: str) -> bool:
         data = self._idx_cache(pack_id) if self._idx_cache else None
+        if data is not None:
+            try:
+                self.add(pack_id, decode_index(pack_id, data))
+                return True
+            except SnapshotCorrupt:  # a cached copy torn by a crash: read it again
+                data = None
         if data is None:
             try:
                 data = self.backend.get(idx_key(pack_id))

@@ -6,20 +6,20 @@ seekable magic 0x8F92EAB1, so tools that know the format (zstd's contrib/seekabl
 pyzstd.SeekableZstdFile, t2sz readers) can seek in it, and plain ``zstd -d`` still
 decompresses it whole. Frames already stored compressed (unencrypted) are copied
 as they are; others are compressed on the way.
+
+A pure format writer: the chunks' plain bytes come from a `fetch` callable (the
+store's `fetch_chunks`), so this module knows nothing of the store.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .codec import Codec
-from .manifest import FileTable, Manifest
-
-if TYPE_CHECKING:
-    from .store import SnapshotStore
+from .manifest import FileTable
 
 SKIPPABLE_MAGIC = 0x184D2A5E
 SEEKABLE_MAGIC = 0x8F92EAB1
@@ -34,15 +34,17 @@ def seek_table(frames: list[tuple[int, int]]) -> bytes:
     return struct.pack("<II", SKIPPABLE_MAGIC, len(body)) + body
 
 
-def write_seekable(store: SnapshotStore, manifest: Manifest, codec: Codec, table: FileTable,
-                   out: Path) -> Path:
+def write_seekable(fetch: Callable[[list[bytes]], dict[bytes, bytes]], codec: Codec,
+                   table: FileTable, out: Path) -> Path:
+    """Write table's file to out in the seekable format; fetch(ids) gives the plain bytes
+    of the chunks with those ids (verified)."""
     tmp = out.with_name(f".{out.name}.part-{os.getpid()}")
     frames: list[tuple[int, int]] = []
     try:
         with open(tmp, "wb") as fh:
             for start in range(0, len(table.ids), BATCH):
                 ids = table.ids[start:start + BATCH]
-                got = store._fetch(manifest.id, codec, list(dict.fromkeys(ids)))
+                got = fetch(list(dict.fromkeys(ids)))
                 framed: dict[bytes, bytes] = {}
                 for cid in ids:
                     frame = framed.get(cid)
