@@ -138,7 +138,7 @@ def turn_done(rt: Runtime, sid: str, i: int) -> bool:
 
 def throughput(pg: TempCluster, root: Path, machines: int, affinity: float, sessions: int,
                args: argparse.Namespace, prefetch: bool = True) -> dict[str, Any]:  # fmt: skip
-    c = Cluster(root / f"tp-{machines}-{affinity:g}", pg.url(pg.create_db()),
+    c = Cluster(root / f"tp-{machines}-{affinity:g}-{int(prefetch)}", pg.url(pg.create_db()),
                 f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}")  # fmt: skip
     try:
         for _ in range(machines):
