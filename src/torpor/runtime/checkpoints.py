@@ -236,8 +236,9 @@ class SnapshotCheckpointStorage:
         # The digests are taken here, before the wait point is acknowledged (~3 ms for a
         # 34 MiB checkpoint): the files are not fsynced (that would cost the wait point
         # ~100 ms), so after a power cut they may be torn, and the uploader and every
-        # restore check them against these. The metadata is written whole or not at all
-        # (rename); a copy without it is not one (never uploaded, never restored).
+        # restore check them against these. The metadata appears with the directory's
+        # rename; a copy without it is none, and one whose metadata a power cut tore is
+        # dropped (never uploaded, never restored).
         files = _describe(src_dir)
         if "checkpoint.img" not in files:
             raise CheckpointError("engine wrote no checkpoint.img")

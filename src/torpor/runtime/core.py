@@ -943,7 +943,10 @@ class Worker:
         # where the sandbox really is: the snapshot this turn restored (an older one than
         # the session's latest if that one was lost with its machine), or a fresh one
         restored = tr.restored
-        after = snapshot_seqs(entries).get(restored, 0) if restored else 0
+        after = 0
+        if restored:  # (the row's seq for a snapshot whose marker is not in this log)
+            after = snapshot_seqs(entries).get(
+                restored, (row.snapshot_seq or 0) if restored == row.snapshot else 0)
         calls = {e.tool_call_id: e for e in entries if e.kind == "tool_call" and e.seq > after}
         answered = {e.tool_call_id for e in entries if e.kind == "tool_result"}
         lost = [c for cid, c in calls.items() if cid in answered and cid not in tr.noted]
