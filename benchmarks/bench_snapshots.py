@@ -198,7 +198,7 @@ def measure(ds: dict[str, Any], work: Path, s3: bool) -> dict[str, Any]:
                     "new_second_pct_of_first": 100 * i2.new_bytes / i1.stored_bytes,
                     "stored_second": i2.stored_bytes, "put_second_s": put2_s,
                     "new_second_by_file": new_bytes_by_file(st, i2.id),
-                    "delta_chunks_second": st._info_doc(i2.id).get("new_delta_chunks", 0),
+                    "delta_chunks_second": st.info_doc(i2.id).get("new_delta_chunks", 0),
                     "chunks_second": doc["unique_chunks"]}
         if key == "page_dedup":
             res["put_mb_s_file"] = raw / put_s / 1e6
@@ -250,13 +250,13 @@ def new_bytes_by_file(st: Any, sid: str) -> dict[str, int]:
     """Stored bytes of the chunks a put added, by the file that first used each."""
     from torpor.snapshots.packs import decode_index, idx_key
 
-    doc = st._info_doc(sid)
+    doc = st.info_doc(sid)
     added: dict[bytes, int] = {}
     for pack in doc["packs"]:
         for cid, loc in decode_index(pack, st.backend.get(idx_key(pack))):
             added[cid] = loc.length
     out: dict[str, int] = {}
-    for ft in st._manifest(sid).files:
+    for ft in st.manifest(sid).files:
         n = 0
         for cid in ft.ids:
             n += added.pop(cid, 0)

@@ -60,14 +60,14 @@ def _pair(tmp_path: Path, data, store, **kw):
 
 def test_snapshots_delta_round_trip_and_size(store, tmp_path, data):
     a, b, ia, ib, changed = _pair(tmp_path, data, store)
-    doc = store._info_doc(ib.id)
+    doc = store.info_doc(ib.id)
     assert doc["format"] == FORMAT_DELTA and doc["new_delta_chunks"] >= len(changed) - 2
-    assert store._info_doc(ia.id)["format"] == FORMAT  # no deltas: format 1, as before
+    assert store.info_doc(ia.id)["format"] == FORMAT  # no deltas: format 1, as before
     # the same pair without deltas costs several times more
     plain = open_store(str(tmp_path / "plain"), use_key_env=False, deltas=False)
     pa = plain.put(a)
     pb = plain.put(b, parent=pa.id)
-    assert plain._info_doc(pb.id)["format"] == FORMAT
+    assert plain.info_doc(pb.id)["format"] == FORMAT
     assert ib.new_bytes * 3 < pb.new_bytes
     # the bases are counted in what the snapshot needs (stored), not in what it added
     assert ib.stored_bytes >= pb.stored_bytes - pb.new_bytes + ib.new_bytes
@@ -83,7 +83,7 @@ def test_snapshots_delta_round_trip_and_size(store, tmp_path, data):
     assert fresh.stats.chunks_decoded == 2 and fresh.stats.chunks_fetched == 2
     # the seek table names each delta's base; the pack index agrees
     entries = _entries(Path(store.backend.root))
-    table = store._manifest(ib.id).file("pages.img")
+    table = store.manifest(ib.id).file("pages.img")
     assert table.bases
     for cid, base in table.bases.items():
         loc = entries[cid][1]
@@ -95,7 +95,7 @@ def test_snapshots_delta_shifted_pages_use_neighbours(store, tmp_path, data):
     """Two pages inserted near the start shift every later page: the same-offset page
     of the parent is then unrelated, the neighbour-anchored one is the right base."""
     _a, b, _ia, ib, changed = _pair(tmp_path, data, store, insert_at=5)
-    doc = store._info_doc(ib.id)
+    doc = store.info_doc(ib.id)
     assert doc["new_delta_chunks"] >= len(changed) - 4
     assert ib.new_bytes < 0.1 * ib.stored_bytes
     assert data.tree_bytes(store.get(ib.id, tmp_path / "out")) == data.tree_bytes(b)
@@ -109,8 +109,8 @@ def test_snapshots_delta_of_delta_uses_the_full_base(store, tmp_path, data):
     ib = store.put(tmp_path / "b", parent=ia.id)
     ic = store.put(tmp_path / "c", parent=ib.id)
     entries = _entries(Path(store.backend.root))
-    a_ids = set(store._manifest(ia.id).file("pages.img").ids)
-    bases = store._manifest(ic.id).file("pages.img").bases
+    a_ids = set(store.manifest(ia.id).file("pages.img").ids)
+    bases = store.manifest(ic.id).file("pages.img").bases
     assert bases and all(entries[base][1].base is None for base in bases.values())
     assert set(bases.values()) <= a_ids  # deltas of deltas resolve to a's pages
     assert data.tree_bytes(store.get(ic.id, tmp_path / "out")) == \
@@ -126,7 +126,7 @@ def _flip(pack: Path, loc, at: int = 0) -> None:
 def test_snapshots_corrupt_delta_is_reported(store, tmp_path, data):
     _a, _b, ia, ib, _changed = _pair(tmp_path, data, store)
     entries = _entries(Path(store.backend.root))
-    table = store._manifest(ib.id).file("pages.img")
+    table = store.manifest(ib.id).file("pages.img")
     cid = next(iter(table.bases))
     pack, loc = entries[cid]
     _flip(pack, loc, loc.length // 2)
@@ -145,7 +145,7 @@ def test_snapshots_corrupt_delta_is_reported(store, tmp_path, data):
 def test_snapshots_corrupt_base_is_reported(store, tmp_path, data):
     _a, _b, _ia, ib, _changed = _pair(tmp_path, data, store)
     entries = _entries(Path(store.backend.root))
-    table = store._manifest(ib.id).file("pages.img")
+    table = store.manifest(ib.id).file("pages.img")
     cid, base = next(iter(table.bases.items()))
     pack, loc = entries[base]
     _flip(pack, loc, 7)
@@ -158,7 +158,7 @@ def test_snapshots_corrupt_base_is_reported(store, tmp_path, data):
 def test_snapshots_delta_index_entry_lost_base(store, tmp_path, data):
     """A pack index that claims a delta chunk is full (no base) fails decoding."""
     _a, _b, _ia, ib, _changed = _pair(tmp_path, data, store)
-    table = store._manifest(ib.id).file("pages.img")
+    table = store.manifest(ib.id).file("pages.img")
     cid = next(iter(table.bases))
     fresh = open_store(str(store.backend.root), use_key_env=False)
     fresh.index.refresh()
@@ -171,9 +171,9 @@ def test_snapshots_delta_index_entry_lost_base(store, tmp_path, data):
 
 def test_snapshots_gc_keeps_bases_of_live_deltas(store, tmp_path, data):
     _a, b, ia, ib, _changed = _pair(tmp_path, data, store, replace=10)
-    bases = set(store._manifest(ib.id).file("pages.img").bases.values())
-    a_only = set(store._manifest(ia.id).file("pages.img").ids) - \
-        set(store._manifest(ib.id).file("pages.img").ids) - bases
+    bases = set(store.manifest(ib.id).file("pages.img").bases.values())
+    a_only = set(store.manifest(ia.id).file("pages.img").ids) - \
+        set(store.manifest(ib.id).file("pages.img").ids) - bases
     store.delete(ia.id)
     res = store.gc(repack_below=1.0)  # rewrite every pack that holds a dead chunk
     assert res.aborted is None and res.repacked_packs >= 1
@@ -193,8 +193,8 @@ def test_snapshots_gc_keeps_base_of_a_reused_delta(store, tmp_path, data):
     _a, b, ia, ib, _changed = _pair(tmp_path, data, store)
     again = store.put(b)  # no parent: every chunk already stored, deltas included
     assert again.new_bytes == 0
-    assert store._manifest(again.id).file("pages.img").bases == \
-        store._manifest(ib.id).file("pages.img").bases
+    assert store.manifest(again.id).file("pages.img").bases == \
+        store.manifest(ib.id).file("pages.img").bases
     store.delete(ia.id)
     store.delete(ib.id)
     store.gc(repack_below=1.0)
@@ -206,9 +206,9 @@ def test_snapshots_delta_encrypted(tmp_path, data):
     key = os.urandom(32)
     store = open_store(str(tmp_path / "s"), key=key)
     _a, b, _ia, ib, _changed = _pair(tmp_path, data, store)
-    assert store._info_doc(ib.id)["new_delta_chunks"] > 0
+    assert store.info_doc(ib.id)["new_delta_chunks"] > 0
     entries = _entries(tmp_path / "s")
-    bases = store._manifest(ib.id).file("pages.img").bases
+    bases = store.manifest(ib.id).file("pages.img").bases
     for cid in bases:
         assert entries[cid][1].flags & FLAG_AES and entries[cid][1].flags & FLAG_DELTA
     fresh = open_store(str(tmp_path / "s"), key=key)
@@ -218,7 +218,7 @@ def test_snapshots_delta_encrypted(tmp_path, data):
     # a parent under another key gives no deltas (and no error)
     other = open_store(str(tmp_path / "s"), key=os.urandom(32))
     ic = other.put(b, parent=ib.id)
-    assert other._info_doc(ic.id)["format"] == FORMAT
+    assert other.info_doc(ic.id)["format"] == FORMAT
     assert data.tree_bytes(other.get(ic.id, tmp_path / "out2")) == data.tree_bytes(b)
 
 
@@ -226,7 +226,7 @@ def test_snapshots_delta_parent_missing_or_deltas_off(store, tmp_path, data):
     a = data.make_checkpoint(tmp_path / "a", seed=3, npages=128)
     edit_pages(a, tmp_path / "b", seed=4, pages=10)
     info = store.put(tmp_path / "b", parent="20000101T000000-00000000")
-    assert store._info_doc(info.id)["format"] == FORMAT
+    assert store.info_doc(info.id)["format"] == FORMAT
     assert data.tree_bytes(store.get(info.id, tmp_path / "out")) == \
         data.tree_bytes(tmp_path / "b")
 
@@ -246,7 +246,7 @@ def test_snapshots_delta_formats_and_old_stores(store, tmp_path, data):
     assert data.tree_bytes(new.get(ib.id, tmp_path / "o1")) == data.tree_bytes(tmp_path / "b")
     edit_pages(tmp_path / "b", tmp_path / "c", seed=6, pages=10)
     ic = new.put(tmp_path / "c", parent=ib.id)
-    assert new._info_doc(ic.id)["format"] == FORMAT_DELTA
+    assert new.info_doc(ic.id)["format"] == FORMAT_DELTA
     magics = {idx.read_bytes()[:len(IDX_MAGIC)]
               for idx in Path(tmp_path / "old", "packs").glob("*.idx")}
     assert magics == {IDX_MAGIC, IDX_MAGIC2}
@@ -274,7 +274,7 @@ def test_snapshots_delta_s3_with_cache(s3_bucket, tmp_path, data):
     cache = tmp_path / "cache"
     writer = open_store(url, cache_dir=cache, cache_bytes=64 << 20, use_key_env=False)
     _a, b, _ia, ib, _changed = _pair(tmp_path, data, writer)
-    assert writer._info_doc(ib.id)["new_delta_chunks"] > 0
+    assert writer.info_doc(ib.id)["new_delta_chunks"] > 0
     cold = open_store(url, cache_bytes=0, use_key_env=False)
     assert data.tree_bytes(cold.get(ib.id, tmp_path / "cold")) == data.tree_bytes(b)
     # warm: the machine that took it restores it from its cache, deltas included
@@ -283,7 +283,7 @@ def test_snapshots_delta_s3_with_cache(s3_bucket, tmp_path, data):
     assert data.tree_bytes(warm.get(ib.id, tmp_path / "warm")) == data.tree_bytes(b)
     assert warm.backend.stats.bytes_read == 0
     # a damaged cached delta is dropped and fetched again from S3
-    cid = next(iter(warm._manifest(ib.id).file("pages.img").bases))
+    cid = next(iter(warm.manifest(ib.id).file("pages.img").bases))
     hit = False
     for seg in (cache / "segments").glob("*.seg"):
         raw = bytearray(seg.read_bytes())

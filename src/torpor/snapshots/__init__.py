@@ -17,8 +17,10 @@ from .backends import Backend, FileBackend, S3Backend, parse_s3_url
 from .cache import ChunkCache
 from .codec import load_key
 from .errors import SnapshotCorrupt, SnapshotError, SnapshotKeyError, SnapshotNotFound
+from .gc import GCResult
 from .manifest import SnapshotInfo
-from .store import GCResult, SnapshotReader, SnapshotStore
+from .read import SnapshotReader
+from .store import SnapshotStore
 
 __all__ = [
     "GCResult", "SnapshotCorrupt", "SnapshotError", "SnapshotInfo", "SnapshotKeyError",
@@ -26,8 +28,6 @@ __all__ = [
 ]
 
 DEFAULT_CACHE_BYTES = 2 << 30
-
-
 
 
 def default_store_url() -> str:

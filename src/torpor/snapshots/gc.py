@@ -1,0 +1,241 @@
+"""Deleting snapshots and collecting garbage: `delete` and `retain` remove info documents
+and seek tables; `gc` then deletes the packs no snapshot references and rewrites
+(repacks) those mostly dead, following the GC protocol of store.py's docstring.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .backends import new_object_id
+from .catalog import Catalog, check_id
+from .errors import ObjectMissing, SnapshotCorrupt, SnapshotNotFound
+from .manifest import SnapshotInfo, info_key, table_key
+from .markers import live_markers, scan_markers, write_marker
+from .packs import Location, decode_index, encode_index, idx_key, pack_key
+from .parts import StoreParts
+
+log = logging.getLogger(__name__)
+
+Entries = list[tuple[bytes, Location]]
+
+
+@dataclass
+class GCResult:
+    """What a gc() run did."""
+
+    deleted_packs: int = 0
+    deleted_bytes: int = 0
+    repacked_packs: int = 0
+    kept_packs: int = 0
+    live_chunks: int = 0
+    deleted_other: int = 0
+    waited_for: int = 0
+    seconds: float = 0.0
+    aborted: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in (
+            "deleted_packs", "deleted_bytes", "repacked_packs", "kept_packs", "live_chunks",
+            "deleted_other", "waited_for", "seconds", "aborted")}
+
+
+@dataclass
+class _Candidates:
+    """What existed when a gc started: the only objects it may delete."""
+
+    packs: dict[str, int]  # pack id -> size of its .pack (0 if only its index was seen)
+    with_idx: set[str]     # packs whose index was seen
+    tables: list[str]      # seek table keys
+
+
+class Collector:
+    """`delete`, `retain` and `gc` of a store: see the module docstring."""
+
+    def __init__(self, parts: StoreParts, catalog: Catalog) -> None:
+        self.parts = parts
+        self.catalog = catalog
+
+    def delete(self, snapshot_id: str) -> None:
+        """Remove a snapshot (its chunks go at the next gc)."""
+        check_id(snapshot_id)
+        backend, cache = self.parts.backend, self.parts.cache
+        if not backend.exists(info_key(snapshot_id)):
+            raise SnapshotNotFound(snapshot_id, backend.url)
+        backend.delete(info_key(snapshot_id))
+        backend.delete(table_key(snapshot_id))
+        if cache is not None:
+            cache.discard_meta(info_key(snapshot_id))
+            cache.discard_meta(table_key(snapshot_id))
+
+    def retain(self, keep_last: int, by: str, filter: dict[str, Any]) -> list[str]:
+        """Keep the newest `keep_last` snapshots per value of meta[by]; delete the rest."""
+        if keep_last < 0:
+            raise ValueError("keep_last must be >= 0")
+        groups: dict[str, list[SnapshotInfo]] = defaultdict(list)
+        for info in self.catalog.list(filter):
+            if by in info.meta:
+                groups[str(info.meta[by])].append(info)
+        deleted = []
+        for infos in groups.values():
+            old = infos[:len(infos) - keep_last] if keep_last else infos
+            for info in old:
+                self.delete(info.id)
+                deleted.append(info.id)
+        return deleted
+
+    def gc(self, wait_timeout: float, repack_below: float, poll: float,
+           on_wait: Callable[[], None] | None) -> GCResult:
+        """Delete chunks no manifest references; rewrite packs mostly dead (see
+        SnapshotStore.gc)."""
+        t0 = time.perf_counter()
+        res = GCResult()
+        backend = self.parts.backend
+        cands = self._candidates()
+        marker = write_marker(backend, "gc")
+        try:
+            if not self._wait_for_puts(res, wait_timeout, poll, on_wait):
+                return res
+            live = self._live_chunks(res, cands)
+            if live is None:
+                return res
+            indexes = self._read_indexes(res, cands)
+            # a delta copy of a live chunk keeps its base, whichever copy a reader finds
+            live.update(loc.base for entries in indexes.values() if entries
+                        for c, loc in entries if loc.base is not None and c in live)
+            res.live_chunks = len(live)
+            self._sweep(res, cands, indexes, live, repack_below)
+            for kind in ("put", "gc"):
+                for key in scan_markers(backend, kind, self.parts.stale_after)[1]:
+                    log.info("removing stale %s marker %s (its writer died)", kind, key)
+                    backend.delete(key)
+        finally:
+            backend.delete(marker)
+            res.seconds = round(time.perf_counter() - t0, 6)
+        return res
+
+    def _candidates(self) -> _Candidates:
+        backend = self.parts.backend
+        packs: dict[str, int] = {}
+        with_idx: set[str] = set()
+        for key, _m, size in backend.list("packs/"):
+            pid = key[len("packs/"):].rsplit(".", 1)[0]
+            if key.endswith(".pack"):
+                packs[pid] = size
+            elif key.endswith(".idx"):
+                with_idx.add(pid)
+                packs.setdefault(pid, 0)
+        tables = [k for k, _m, _s in backend.list("snapshots/") if k.endswith(".table.zst")]
+        return _Candidates(packs, with_idx, tables)
+
+    def _wait_for_puts(self, res: GCResult, wait_timeout: float, poll: float,
+                       on_wait: Callable[[], None] | None) -> bool:
+        """Wait for the puts running now to end; False (and res.aborted) on timeout."""
+        backend, stale_after = self.parts.backend, self.parts.stale_after
+        running = live_markers(backend, "put", stale_after)
+        res.waited_for = len(running)
+        deadline = time.monotonic() + wait_timeout
+        while running:
+            if on_wait:
+                on_wait()
+            if time.monotonic() > deadline:
+                res.aborted = f"{len(running)} put(s) still running after {wait_timeout}s"
+                log.warning("gc aborted: %s", res.aborted)
+                return False
+            time.sleep(poll)
+            still = set(live_markers(backend, "put", stale_after))
+            running = [k for k in running if k in still]
+        return True
+
+    def _live_chunks(self, res: GCResult, cands: _Candidates) -> set[bytes] | None:
+        """The chunks every snapshot references (delta bases included); deletes the seek
+        tables of snapshots without an info document. None (and res.aborted) if a
+        manifest cannot be read: nothing may be deleted then."""
+        backend = self.parts.backend
+        live: set[bytes] = set()
+        ids = self.catalog.ids()
+        for sid in ids:
+            try:
+                m = self.catalog.manifest(sid, check=False)
+            except SnapshotNotFound:
+                continue  # deleted since the listing
+            except SnapshotCorrupt as exc:
+                res.aborted = f"cannot read a manifest, nothing deleted: {exc}"
+                log.warning("gc aborted: %s", res.aborted)
+                return None
+            for ft in m.files:
+                live.update(ft.ids)
+                live.update(ft.bases.values())  # delta bases are needed to read
+        idset = set(ids)
+        for tkey in cands.tables:
+            sid = tkey[len("snapshots/"):-len(".table.zst")]
+            if sid not in idset and not backend.exists(info_key(sid)):
+                backend.delete(tkey)
+                res.deleted_other += 1
+        return live
+
+    def _read_indexes(self, res: GCResult, cands: _Candidates) -> dict[str, Entries | None]:
+        """The index of every candidate pack (None: unreadable); deletes the packs
+        without an index (left by an interrupted put)."""
+        backend = self.parts.backend
+        indexes: dict[str, Entries | None] = {}
+        for pid, size in sorted(cands.packs.items()):
+            try:
+                indexes[pid] = decode_index(pid, backend.get(idx_key(pid)))
+            except ObjectMissing:
+                if pid in cands.with_idx:
+                    continue  # deleted meanwhile by another gc
+                backend.delete(pack_key(pid))  # orphan of an interrupted put
+                res.deleted_packs += 1
+                res.deleted_bytes += size
+            except SnapshotCorrupt as exc:
+                log.warning("gc keeps pack %s: its index is unreadable (%s)", pid, exc)
+                indexes[pid] = None
+        return indexes
+
+    def _sweep(self, res: GCResult, cands: _Candidates, indexes: dict[str, Entries | None],
+               live: set[bytes], repack_below: float) -> None:
+        """Delete the packs with no live chunk, repack those mostly dead."""
+        backend, index = self.parts.backend, self.parts.index
+        for pid, entries in indexes.items():
+            size = cands.packs[pid]
+            if entries is None:
+                res.kept_packs += 1  # an unreadable index: keep the pack
+                continue
+            keep = [(c, loc) for c, loc in entries if c in live]
+            total = sum(loc.length for _c, loc in entries) or 1
+            if not keep:
+                backend.delete(idx_key(pid))
+                backend.delete(pack_key(pid))
+                index.forget_pack(pid)
+                res.deleted_packs += 1
+                res.deleted_bytes += size
+            elif sum(loc.length for _c, loc in keep) / total < repack_below:
+                self._repack(pid, keep)
+                res.repacked_packs += 1
+                res.deleted_bytes += total - sum(loc.length for _c, loc in keep)
+            else:
+                res.kept_packs += 1
+
+    def _repack(self, pid: str, keep: Entries) -> None:
+        """Write a pack's live chunks to a new pack, then delete the old one."""
+        backend, index = self.parts.backend, self.parts.index
+        data = backend.get(pack_key(pid))
+        parts, entries, off = [], [], 0
+        new = new_object_id()
+        for cid, loc in keep:
+            piece = data[loc.offset:loc.offset + loc.length]
+            parts.append(piece)
+            entries.append((cid, loc._replace(pack=new, offset=off)))
+            off += loc.length
+        backend.put(pack_key(new), b"".join(parts))
+        backend.put(idx_key(new), encode_index(entries, self.parts.codec.key_id))
+        index.add(new, entries)
+        backend.delete(idx_key(pid))
+        backend.delete(pack_key(pid))
+        index.forget_pack(pid)
