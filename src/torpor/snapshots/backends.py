@@ -8,6 +8,7 @@ bytes so that tests and benchmarks can show what a read really fetched.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -20,6 +21,8 @@ from typing import Any
 from torpor.files import write_atomic
 
 from .errors import ObjectMissing, SnapshotError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -173,7 +176,10 @@ class S3Backend(Backend):
         super().__init__()
         import boto3
         from botocore.config import Config
+        from botocore.exceptions import ClientError
 
+        # botocore is imported here, as boto3: only an S3 store loads them
+        self._client_error: type[Exception] = ClientError
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
@@ -198,9 +204,11 @@ class S3Backend(Backend):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     @staticmethod
-    def _missing(exc: Exception) -> bool:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-        return code in ("NoSuchKey", "404", "NotFound")
+    def _code(exc: Exception) -> str:
+        return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+    def _missing(self, exc: Exception) -> bool:
+        return self._code(exc) in ("NoSuchKey", "404", "NotFound")
 
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
@@ -209,7 +217,7 @@ class S3Backend(Backend):
     def get(self, key: str) -> bytes:
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except Exception as exc:
+        except self._client_error as exc:
             if self._missing(exc):
                 raise ObjectMissing(key) from None
             raise
@@ -223,11 +231,11 @@ class S3Backend(Backend):
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key),
                                           Range=f"bytes={offset}-{offset + length - 1}")
-        except Exception as exc:
+        except self._client_error as exc:
             if self._missing(exc):
                 raise ObjectMissing(key) from None
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-            if code == "InvalidRange":
+            if self._code(exc) == "InvalidRange":  # the range starts past the object's end
+                log.debug("ranged read of %s at %d past its end", key, offset)
                 return b""
             raise
         data = resp["Body"].read()
@@ -239,7 +247,7 @@ class S3Backend(Backend):
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
-        except Exception as exc:
+        except self._client_error as exc:
             if self._missing(exc):
                 return False
             raise

@@ -14,11 +14,14 @@ and pack indexes are immutable and small; they are kept as files outside the cap
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import tempfile
 import threading
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 RECORD = struct.Struct("<32sI")  # chunk id, stored length; then the bytes
 
@@ -34,8 +37,6 @@ class ChunkCache:
         self._members: dict[int, list[bytes]] = {}
         self._sizes: dict[int, int] = {}
         self._fds: dict[int, int] = {}
-        self.hits = 0
-        self.misses = 0
         self._segdir = self.root / "segments"
         self._segdir.mkdir(parents=True, exist_ok=True)
         (self.root / "meta").mkdir(parents=True, exist_ok=True)
@@ -65,6 +66,8 @@ class ChunkCache:
             members.append(cid)
             pos += RECORD.size + length
         if pos < len(data):  # a torn record from a crash: cut it off
+            log.warning("chunk cache segment %s ends in a torn record: cut at %d of %d bytes",
+                        path, pos, len(data))
             os.truncate(path, pos)
         self._members[seg] = members
         self._sizes[seg] = pos
@@ -81,17 +84,15 @@ class ChunkCache:
             where = self._index.get(cid)
             fd = self._fds.get(where[0]) if where else None
         if where is None or fd is None:
-            self.misses += 1
             return None
         seg, off, length = where
         try:
             data = os.pread(fd, length, off)
-        except OSError:
-            data = b""
-        if len(data) != length:
-            self.misses += 1
+        except OSError as exc:  # a miss: the chunk is fetched from the store
+            log.warning("chunk cache read of %s failed: %s", name, exc)
             return None
-        self.hits += 1
+        if len(data) != length:
+            return None
         with self._lock:
             segs = sorted(self._sizes)
             if len(segs) > 2 and seg in segs[: len(segs) // 2] and self._index.get(cid) == where:

@@ -18,6 +18,7 @@ and for GC to rewrite cheaply.
 from __future__ import annotations
 
 import hashlib
+import logging
 import struct
 import threading
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from typing import NamedTuple
 
 from .backends import Backend, new_object_id
 from .errors import ObjectMissing, SnapshotCorrupt
+
+log = logging.getLogger(__name__)
 
 PACK_TARGET = 4 * 1024 * 1024
 IDX_MAGIC = b"TORPORIDX1\n"
@@ -108,14 +111,12 @@ class PackWriter:
         self._size = 0
         self._pack = new_object_id()
         self.packs_written: list[str] = []
-        self.pending: dict[bytes, Location] = {}
 
     def add(self, cid: bytes, stored: bytes, plain_len: int, flags: int,
             base: bytes | None = None) -> Location:
         loc = Location(self._pack, self._size, len(stored), plain_len, flags, base)
         self._parts.append(stored)
         self._entries.append((cid, loc))
-        self.pending[cid] = loc
         self._size += len(stored)
         if self._size >= self.target:
             self.flush()
@@ -189,13 +190,15 @@ class ChunkIndex:
             try:
                 self.add(pack_id, decode_index(pack_id, data))
                 return True
-            except SnapshotCorrupt:  # a cached copy torn by a crash: read it again
+            except SnapshotCorrupt as exc:  # a cached copy torn by a crash: read it again
+                log.warning("cached index of pack %s is damaged (%s): reading it again",
+                            pack_id, exc)
                 data = None
         if data is None:
             try:
                 data = self.backend.get(idx_key(pack_id))
             except ObjectMissing:
-                return False
+                return False  # deleted since the listing (by a gc)
             if self._idx_cache_put:
                 self._idx_cache_put(pack_id, data)
         self.add(pack_id, decode_index(pack_id, data))
@@ -211,10 +214,6 @@ class ChunkIndex:
     def get(self, cid: bytes) -> Location | None:
         with self._lock:
             return self._map.get(cid)
-
-    def __contains__(self, cid: bytes) -> bool:
-        with self._lock:
-            return cid in self._map
 
     def forget_pack(self, pack_id: str) -> None:
         self._drop({pack_id})
