@@ -195,16 +195,19 @@ def test_snapshots_gc_stress_with_concurrent_writers(tmp_path, data):
     for t in threads:
         t.start()
     deadline = time.monotonic() + 3
-    gcs = 0
+    gcs = waited = 0
     while time.monotonic() < deadline:
         admin.retain(2, by="writer")
-        assert admin.gc(wait_timeout=10).aborted is None
+        res = admin.gc(wait_timeout=10)
+        assert res.aborted is None
         gcs += 1
+        waited += res.waited_for
     stop.set()
     for t in threads:
         t.join(20)
     assert not errors, errors
     assert gcs >= 2 and len(committed) >= 4
+    assert waited >= 1  # some gc did run while a put was under way
     admin.gc()
     alive = {i.id for i in admin.list()}
     assert alive

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from torpor.snapshots import SnapshotCorrupt, SnapshotKeyError, open_store
+from torpor.snapshots import SnapshotCorrupt, SnapshotError, SnapshotKeyError, open_store
 
 
 @pytest.fixture
@@ -84,5 +84,5 @@ def test_snapshots_tampered_ciphertext(tmp_path, checkpoint):
 def test_snapshots_bad_key_material(tmp_path):
     bad = tmp_path / "bad.key"
     bad.write_text("too short")
-    with pytest.raises(Exception, match="32 bytes"):
+    with pytest.raises(SnapshotError, match="32 bytes"):
         open_store(str(tmp_path / "s"), key_file=bad)

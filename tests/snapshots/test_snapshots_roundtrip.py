@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torpor.snapshots import SnapshotNotFound, open_store
+from torpor.snapshots import SnapshotCorrupt, SnapshotNotFound, open_store
 
 
 def test_snapshots_directory_round_trip(store, checkpoint, tmp_path, data):
@@ -107,7 +107,7 @@ def test_snapshots_get_leaves_no_partial_file_on_error(store, checkpoint, tmp_pa
     info = store.put(checkpoint)
     for p in Path(store.backend.root, "packs").glob("*.pack"):
         p.write_bytes(b"\0" * p.stat().st_size)
-    with pytest.raises(Exception):  # noqa: B017 - the corrupt type is tested elsewhere
+    with pytest.raises(SnapshotCorrupt, match=info.id):
         store.get(info.id, tmp_path / "out")
     out = tmp_path / "out"
     names = {p.name for p in out.rglob("*")} if out.exists() else set()

@@ -87,6 +87,10 @@ def test_a_seed_that_is_unknown_or_the_wrong_size_is_ignored(store: SnapshotStor
     with open(short / "pages.img", "r+b") as f:
         f.truncate(PAGE * 10)
     out = tmp_path / "out"
+    store.stats.reset()
     store.get(s2, out, seeds=[("no-such-snapshot", v1), (s1, short), (s1, tmp_path / "gone")])
     assert (out / "pages.img").read_bytes() == (v2 / "pages.img").read_bytes()
     assert (out / "checkpoint.img").read_bytes() == (v2 / "checkpoint.img").read_bytes()
+    # the short copy's other files are the right size and are used; its pages.img is not
+    others = sum((short / n).stat().st_size for n in ("checkpoint.img", "pages_meta.img"))
+    assert 0 < store.stats.bytes_from_seeds <= others
