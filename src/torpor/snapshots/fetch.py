@@ -119,6 +119,7 @@ class ChunkFetcher:
         return out
 
     def _use_cache(self) -> bool:
+        """Chunks are cached in front of a remote store only."""
         return self.parts.cache is not None and self.parts.backend.remote
 
     def _fetch(self, snapshot_id: str, codec: Codec, cids: list[bytes],
@@ -161,7 +162,7 @@ class ChunkFetcher:
         """Decode into `out` the chunks the cache holds (delta ones into `deltas`);
         returns the others, to fetch from the store."""
         cache = self.parts.cache
-        if cache is None or not self.parts.backend.remote:
+        if cache is None or not self._use_cache():
             return list(cids)
         stats = self.parts.stats
         todo = []
