@@ -104,13 +104,13 @@ def gvisor_checkpoints(work: Path) -> list[dict[str, Any]]:
                 # A direct `runsc checkpoint` must close init's host channel first, as the
                 # engine's own checkpoint does (gVisor cannot save that socket).
                 if live.channel:
-                    engine._client(live, ["prepare"], timeout=60)
+                    engine.client.run(live, ["prepare"], timeout=60)
                 try:
-                    engine._runsc(live, "checkpoint", f"--image-path={flate}",
-                                  "--leave-running", live.id, timeout=600)
+                    engine.driver.run(live, "checkpoint", f"--image-path={flate}",
+                                      "--leave-running", live.id, timeout=600)
                 finally:
                     if live.channel:
-                        engine._channel_token(live, "resumed")
+                        engine.client.channel_token(live, "resumed")
                 sets["none"].append(dst)
                 sets["flate"].append(flate)
             out.append({"name": name, **sets})

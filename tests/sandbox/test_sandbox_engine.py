@@ -335,7 +335,7 @@ def test_checkpoint_caller_dying_after_prepare_does_not_strand_the_sandbox(
     # A caller that asked init to prepare and died before checkpointing leaves init with
     # no host socket; the next call notices, tells init to listen again, and goes on.
     info = engine.inspect(sandbox)
-    engine._client(info, ["prepare"], timeout=30)
+    engine.client.run(info, ["prepare"], timeout=30)
     t0 = time.monotonic()
     assert engine.exec(sandbox, ["echo", "back"]).stdout == b"back\n"
     assert time.monotonic() - t0 < 15
@@ -350,14 +350,14 @@ def test_sandboxes_are_found_without_reading_every_record(engine: GVisorEngine, 
     def every_record() -> None:
         raise AssertionError("read every sandbox record")
 
-    monkeypatch.setattr(engine, "_all", every_record)
+    monkeypatch.setattr(engine.records, "all", every_record)
     assert engine.inspect(sandbox).id == info.id
     assert engine.inspect(info.id).name == sandbox
     assert engine.exec(sandbox, ["true"]).exit_code == 0
     monkeypatch.undo()
     renamed = f"{sandbox}-x"
     engine.rename(sandbox, renamed)
-    monkeypatch.setattr(engine, "_all", every_record)
+    monkeypatch.setattr(engine.records, "all", every_record)
     assert engine.exec(renamed, ["true"]).exit_code == 0
     monkeypatch.undo()
     with pytest.raises(SandboxNotFound):

@@ -1,0 +1,356 @@
+"""The torpor-init client: how the host asks a sandbox's init to run commands.
+
+Every process torpor starts in a sandbox is a child of torpor-init (PID 1), because on
+the pinned runsc build processes started by `runsc exec` do not survive
+checkpoint/restore. The host talks to init through the host channel: init listens on a
+Unix socket in a per-sandbox host directory bind-mounted at /.torpor-ctl
+(`--host-uds=create`), and the host runs the same static binary as a client
+(`init --connect SOCKET VERB ...`), a ~1 ms process instead of a `runsc exec` (~50 ms of
+Go start-up). gVisor cannot checkpoint a socket bound on a host file, so a checkpoint
+first asks init to `prepare` (close it), and the host writes a token file that tells
+init when it was restored (or kept running) so it listens again. Sandboxes restored
+from checkpoints made before the channel existed keep using `runsc exec /.torpor/init
+...` as the client. docs/sandbox-init.md has the protocol.
+
+`InitClient` acts on a sandbox record the caller holds locked (see the engine); file
+transfer is in `files.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from torpor.sandbox.engine import (
+    ExecResult,
+    SandboxConflict,
+    SandboxError,
+    SandboxInfo,
+)
+from torpor.sandbox.gvisor.records import Records
+from torpor.sandbox.gvisor.runsc import Driver, last_line
+from torpor.sandbox.initbin import INIT_PATH
+
+CANCEL_GRACE = 5.0  # seconds a cancelled command has between SIGTERM and its client's end
+
+
+def communicate(proc: subprocess.Popen[bytes], stdin: bytes | None, timeout: float | None,
+                cancel: threading.Event | None) -> tuple[bytes, bytes]:  # fmt: skip
+    """proc.communicate, watching `cancel`: once it is set the client is sent SIGTERM,
+    which torpor-init's client forwards to the command's process group in the sandbox; if
+    the command outlives CANCEL_GRACE, the client itself is killed (the command may then
+    still run in the sandbox, which its caller snapshots and removes)."""
+    if cancel is None:
+        return proc.communicate(stdin, timeout=timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    signalled: float | None = None
+    first = True
+    while True:
+        step = 0.1
+        if deadline is not None:
+            step = max(0.0, min(step, deadline - time.monotonic()))
+        try:
+            # communicate may be called again after a timeout; its input only the first time
+            return proc.communicate(stdin if first else None, timeout=step)
+        except subprocess.TimeoutExpired:
+            first = False
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+        if cancel.is_set() and signalled is None:
+            signalled = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        elif signalled is not None and time.monotonic() - signalled > CANCEL_GRACE:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+
+def client_args(
+    argv: Sequence[str],
+    *,
+    interactive: bool,
+    detach: bool,
+    env: Sequence[str],
+    workdir: str | None,
+    user_ids: tuple[int, int] | None,
+    timeout: float | None = None,
+) -> list[str]:
+    """The arguments of init's `exec` verb."""
+    if not argv:
+        raise SandboxError("no command given")
+    args = ["exec"]
+    if timeout is not None:
+        args += ["-t", f"{timeout:g}"]
+    if detach:
+        args.append("-d")
+    if interactive:
+        args.append("-i")
+    if workdir:
+        args += ["-w", workdir]
+    for e in env:
+        if "=" not in e:
+            raise SandboxError(f"invalid environment entry {e!r}: expected KEY=VALUE")
+        args += ["-e", e]
+    if user_ids is not None:
+        args += ["-u", f"{user_ids[0]}:{user_ids[1]}"]
+    return [*args, "--", *argv]
+
+
+class InitClient:
+    """torpor-init's client side for the sandboxes of one engine."""
+
+    def __init__(self, records: Records, driver: Driver,
+                 init_dir: Callable[[], Path]) -> None:  # fmt: skip
+        self.records = records
+        self.driver = driver
+        self._init_dir = init_dir
+
+    # ---------------------------------------------------------------- the channel
+
+    def channel_dir(self, info: SandboxInfo) -> Path:
+        return self.records.dir(info.id) / "ctl"
+
+    def channel_token(self, info: SandboxInfo, kind: str) -> None:
+        """Tell a prepared init (see `prepare`) that it was restored or kept running.
+        Written by rename, so a link planted in the directory by the sandbox is replaced,
+        never followed."""
+        d = self.channel_dir(info)
+        d.mkdir(mode=0o700, exist_ok=True)
+        tmp = d / f".token-{os.getpid()}-{threading.get_ident()}"
+        tmp.write_text(f"{kind} {secrets.token_hex(8)}\n")
+        os.replace(tmp, d / "token")
+
+    def command(self, info: SandboxInfo, args: Sequence[str]) -> list[str]:
+        """The command line that runs torpor-init's client side for info's sandbox.
+
+        After a restore, init must be told (restore generation, hooks) before anything
+        else runs. Rather than pay a `runsc exec` for that alone, the first call after
+        a restore carries the announcement (`--restored TOKEN`); init acts on each token
+        once, so concurrent first calls are harmless.
+
+        With the host channel, the client runs on the host (init itself notices a restore
+        through the channel's token file)."""
+        if info.channel:
+            sock = self.channel_dir(info) / "init.sock"
+            alive = ["--alive", str(info.pid)] if info.pid else []
+            return [str(self._init_dir() / "init"), "--connect", str(sock), *alive, *args]
+        announce: list[str] = []
+        if info.restore_token:
+            announce = ["--restored", info.restore_token]
+            info.restore_token = None
+            fresh = self.records.load(info.id)
+            if fresh is not None and fresh.restore_token:
+                fresh.restore_token = None
+                self.records.save(fresh)
+        return [
+            self.driver.binary, *self.driver.flags(info), "exec", info.id, INIT_PATH,
+            *announce, *args,
+        ]  # fmt: skip
+
+    def ping(self, info: SandboxInfo) -> subprocess.CompletedProcess[bytes]:
+        """init's `ping`, without the retries and checks of `run` (see Driver.wait_ready)."""
+        if info.channel:
+            return subprocess.run(self.command(info, ["ping"]), capture_output=True, timeout=20)
+        return self.driver.run(info, "exec", info.id, INIT_PATH, "ping", check=False,
+                               timeout=20)  # fmt: skip
+
+    def run(
+        self,
+        info: SandboxInfo,
+        args: Sequence[str],
+        *,
+        input: bytes | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+        retry: bool = True,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run torpor-init's client side (on the host through the channel, or inside the
+        sandbox with `runsc exec`)."""
+        kw: dict[str, Any] = {"input": input} if input is not None else {}
+        try:
+            proc = subprocess.run(
+                self.command(info, args),
+                capture_output=True,
+                timeout=timeout,
+                stdin=None if input is not None else subprocess.DEVNULL,
+                **kw,
+            )
+        except subprocess.TimeoutExpired:
+            raise SandboxError(f"{args[0]} in sandbox {info.name} timed out") from None
+        if retry and self.unstuck(info, proc.returncode, proc.stderr):
+            return self.run(info, args, input=input, timeout=timeout, check=check, retry=False)
+        if check and proc.returncode != 0:
+            self.raise_if_gone(info)
+            msg = last_line(proc.stderr) or f"exit status {proc.returncode}"
+            raise SandboxError(f"{args[0]} in sandbox {info.name} failed: {msg}")
+        return proc
+
+    def unstuck(self, info: SandboxInfo, code: int, err: bytes) -> bool:
+        """After a client could not reach init through the host channel: if the sandbox
+        runs, init was left prepared by a checkpoint that never happened (its caller died
+        in between). Tell it to listen again; True means: try once more."""
+        if not (info.channel and code == 125 and b"cannot connect to init" in err):
+            return False
+        if self.driver.runsc_state(info.id) != "running":
+            return False
+        self.channel_token(info, "resumed")
+        return True
+
+    @staticmethod
+    def maybe_gone(code: int, err: bytes) -> bool:
+        """After a failed command: could the sandbox itself have died? Not when init's
+        client reported the command's own failure; yes when it exited 125 (it could not
+        reach init, or lost it) or when runsc (not init) complained."""
+        return code != 0 and (code == 125 or not err.startswith(b"torpor-init"))
+
+    def raise_if_gone(self, info: SandboxInfo) -> None:
+        if self.driver.runsc_state(info.id) != "running":
+            self.driver.reconcile(info)
+            raise SandboxConflict(f"sandbox {info.name} is not running (it exited)")
+
+    # ---------------------------------------------------------------- processes
+
+    def exec(
+        self,
+        info: SandboxInfo,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user_ids: tuple[int, int] | None = None,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ExecResult:
+        """Run a command to completion and collect its output (see Engine.exec)."""
+        args = client_args(argv, interactive=stdin is not None, detach=False, env=env,
+                           workdir=workdir, user_ids=user_ids, timeout=timeout)  # fmt: skip
+        for _attempt in range(2):
+            proc = subprocess.Popen(
+                self.command(info, args),
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            # The timeout is enforced by init's client (`exec -t`: SIGTERM, then SIGKILL
+            # 5 s later, exit 124). The host only gives up if the client itself stops
+            # answering, well after that.
+            try:
+                out, err = communicate(
+                    proc, stdin, None if timeout is None else timeout + 30, cancel
+                )
+            except subprocess.TimeoutExpired:
+                _abandon(proc)
+                raise SandboxError(
+                    f"command in sandbox {info.name} did not stop after its {timeout} s "
+                    "timeout; the client was abandoned"
+                ) from None
+            if not self.unstuck(info, proc.returncode, err):
+                break
+        if timeout is not None and proc.returncode == 124 and b"timed out after" in err:
+            raise SandboxError(f"command timed out after {timeout} s in sandbox {info.name}")
+        if self.maybe_gone(proc.returncode, err):
+            self.raise_if_gone(info)
+        return ExecResult(proc.returncode, out, err)
+
+    def exec_stream(
+        self,
+        info: SandboxInfo,
+        argv: Sequence[str],
+        *,
+        interactive: bool = False,
+        detach: bool = False,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user_ids: tuple[int, int] | None = None,
+    ) -> int:
+        """Run a command with this process's stdin/stdout/stderr; returns its exit code."""
+        args = client_args(argv, interactive=interactive, detach=detach, env=env,
+                           workdir=workdir, user_ids=user_ids)  # fmt: skip
+        # Output goes through pipes that we copy, never our own fds handed to runsc:
+        # gVisor writes a donated regular file at its own offset, so with stdout
+        # redirected to a file it would overwrite what is already there.
+        proc = subprocess.Popen(
+            self.command(info, args),
+            stdin=None if interactive else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        err_head = bytearray()
+
+        def pump(src: BinaryIO, dst: BinaryIO, head: bytearray | None) -> None:
+            while chunk := src.read1(1 << 16):  # type: ignore[attr-defined]
+                if head is not None and len(head) < 64:
+                    head += chunk[:64]
+                dst.write(chunk)
+                dst.flush()
+
+        t = threading.Thread(
+            target=pump, args=(proc.stderr, sys.stderr.buffer, err_head), daemon=True
+        )
+        t.start()
+        pump(proc.stdout, sys.stdout.buffer, None)
+        t.join()
+        code = proc.wait()
+        if self.maybe_gone(code, bytes(err_head)):
+            self.raise_if_gone(info)
+        return code
+
+    def spawn(
+        self,
+        info: SandboxInfo,
+        argv: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user_ids: tuple[int, int] | None = None,
+    ) -> int:
+        """Start a background process (a child of init, so it survives checkpoints);
+        returns its init process id (see `processes`)."""
+        args = client_args(argv, interactive=False, detach=True, env=env, workdir=workdir,
+                           user_ids=user_ids)  # fmt: skip
+        proc = self.run(info, args, timeout=60)
+        try:
+            return int(proc.stdout.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise SandboxError(
+                f"starting {argv[0]} in {info.name} failed: {last_line(proc.stderr)}"
+            ) from None
+
+    def processes(self, info: SandboxInfo) -> list[dict[str, Any]]:
+        """Processes started through init: id, pid, state, exit code, argv."""
+        out = self.run(info, ["ps"], timeout=30).stdout.decode(errors="replace")
+        rows = []
+        for line in out.splitlines():
+            parts = line.split(None, 4)
+            if len(parts) < 4 or not parts[0].isdigit():
+                continue
+            rows.append(
+                {
+                    "id": int(parts[0]),
+                    "pid": int(parts[1]) if parts[1].isdigit() else None,
+                    "state": parts[2],
+                    "exit": None if parts[3] == "-" else int(parts[3]),
+                    "argv": parts[4] if len(parts) > 4 else "",
+                }
+            )
+        return rows
+
+
+def _abandon(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a client that stopped answering and close its pipes."""
+    proc.kill()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    proc.wait()
