@@ -514,6 +514,70 @@ def test_get_put_round_trip(binary: Path, root: Path) -> None:
     assert res.returncode == 1 and res.stdout == b""
 
 
+def entries(out: bytes) -> list[tuple[str, ...]]:
+    """The records `stat -l` and `ls` print: (TYPE MODE UID GID SIZE MTIME, PATH, TARGET)."""
+    fields = out.split(b"\0")
+    assert fields[-1] == b"" and len(fields) % 3 == 1, out
+    return [tuple(f.decode() for f in fields[i:i + 3]) for i in range(0, len(fields) - 1, 3)]
+
+
+def test_stat_ls_mkdir_rm_mv(binary: Path, root: Path) -> None:
+    def run(*args: str | Path) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([str(binary), *map(str, args)], capture_output=True)
+
+    top = root / "files"
+    (top / "d" / "e").mkdir(parents=True)
+    (top / "f").write_bytes(b"12345")
+    (top / "f").chmod(0o640)
+    os.utime(top / "f", ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    (top / "l").symlink_to("f")
+    (top / "name with\nnewline").write_text("")
+
+    res = run("stat", "-l", top / "f")
+    assert res.returncode == 0
+    [(head, path, target)] = entries(res.stdout)
+    uid, gid = os.getuid(), os.getgid()
+    assert head == f"f 640 {uid} {gid} 5 1700000000.123456789" and path == str(top / "f")
+    assert target == ""
+    [(head, path, target)] = entries(run("stat", "-l", top / "l").stdout)
+    assert head.startswith("l 777 ") and (path, target) == (str(top / "l"), "f")
+    [(head, path, target)] = entries(run("stat", "-l", "-L", top / "l").stdout)
+    assert head.startswith("f 640 ") and (path, target) == (str(top / "f"), "")
+    assert run("stat", top / "l").stdout == b"f\n"  # the short form is unchanged
+
+    res = run("ls", top)
+    assert res.returncode == 0
+    assert [(h[0], p, t) for h, p, t in entries(res.stdout)] == [
+        ("d", "d", ""), ("f", "f", ""), ("l", "l", "f"), ("f", "name with\nnewline", "")]
+    deep = [(h[0], p) for h, p, _ in entries(run("ls", "-d", "3", top).stdout)]
+    assert deep[:2] == [("d", "d"), ("d", "d/e")] and len(deep) == 5
+
+    # failures: the exit status says what it was, the message names the path
+    for args, code, text in [
+        (("stat", "-l", top / "missing"), 3, "No such file or directory"),
+        (("ls", top / "f"), 4, "Not a directory"),
+        (("mkdir", top / "d"), 5, "File exists"),
+        (("mkdir", "-p", top / "f"), 5, "File exists"),
+        (("rm", top / "d"), 6, "not empty"),
+        (("mv", top / "missing", top / "x"), 3, "No such file or directory"),
+        (("rm", "-r", "/"), 1, "refusing to remove /"),
+        (("ls", "-d", "0", top), 2, "usage"),
+    ]:
+        res = run(*args)
+        assert res.returncode == code and text.encode() in res.stderr, (args, res)
+
+    assert run("mkdir", "-p", "-m", "700", top / "x" / "y" / "z").stdout == b"1\n"
+    assert run("mkdir", "-p", top / "x" / "y" / "z").stdout == b"0\n"
+    assert stat.S_IMODE((top / "x" / "y" / "z").stat().st_mode) == 0o700
+    assert stat.S_IMODE((top / "x" / "y").stat().st_mode) == 0o755
+    assert run("mv", top / "f", top / "x" / "g").returncode == 0
+    assert (top / "x" / "g").read_bytes() == b"12345" and not (top / "f").exists()
+    (top / "x" / "y" / "link").symlink_to(top / "d")  # rm -r removes links, never follows
+    assert run("rm", "-r", top / "x").returncode == 0
+    assert not (top / "x").exists() and (top / "d" / "e").is_dir()
+    assert run("rm", top / "l").returncode == 0 and not (top / "l").is_symlink()
+
+
 @pytest.mark.parametrize(
     "archive",
     [

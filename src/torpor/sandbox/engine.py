@@ -12,13 +12,19 @@ import abc
 import posixpath
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 NetworkMode = Literal["none", "sandbox"]
 SandboxState = Literal["created", "running", "exited", "checkpointed", "standby"]
+FileType = Literal["file", "dir", "symlink", "other"]
+FileErrorReason = Literal[
+    "not_found", "exists", "not_a_directory", "is_a_directory", "not_empty",
+    "permission_denied", "other",
+]  # fmt: skip
+OutputCallback = Callable[[bytes], None]  # gets each chunk of a stream as it comes
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
@@ -35,8 +41,45 @@ class SandboxConflict(SandboxError):
     """The request does not fit the sandbox's state (duplicate name, not running, ...)."""
 
 
+class SandboxNotRunning(SandboxConflict):
+    """A command or file operation on a sandbox that is not running (stopped, exited, or
+    checkpointed): start it again, or restore one of its checkpoints."""
+
+
 class CheckpointError(SandboxError):
     pass
+
+
+class CommandTimeout(SandboxError):
+    """A command ran past its timeout and was stopped; `result` holds what it printed
+    until then (exit code 124)."""
+
+    def __init__(self, message: str, result: ExecResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class ProcessNotFound(SandboxError):
+    """No process of the sandbox has this id (ids come from spawn, or the processes
+    listing)."""
+
+
+class SandboxFileError(SandboxError):
+    """A file operation in the sandbox failed; `reason` says how, `path` where."""
+
+    def __init__(self, message: str, *, path: str = "",
+                 reason: FileErrorReason = "other") -> None:  # fmt: skip
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+class SandboxFileNotFound(SandboxFileError):
+    """The path does not exist in the sandbox."""
+
+
+class SandboxFileExists(SandboxFileError):
+    """Something is in the way at the path (mkdir of an existing file, ...)."""
 
 
 def check_name(name: str) -> str:
@@ -202,6 +245,25 @@ class ExecResult:
         return self.stdout.decode(errors="replace")
 
 
+@dataclass(frozen=True)
+class FileEntry:
+    """A file in a sandbox, as a listing or a stat describes it (the link itself for a
+    symlink, unless the stat followed it)."""
+
+    name: str  # the last component (a listing with depth > 1: relative to the directory)
+    path: str  # absolute, in the sandbox
+    type: FileType
+    size: int  # bytes (a symlink: its target's length)
+    mode: int  # permission bits, e.g. 0o644
+    mtime: float  # seconds since the epoch
+    uid: int
+    gid: int
+    link_target: str | None = None  # for a symlink
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class CheckpointInfo:
     id: str
@@ -250,16 +312,24 @@ class Engine(abc.ABC):
         sandbox: str,
         argv: Sequence[str],
         *,
-        stdin: bytes | None = None,
+        stdin: bytes | BinaryIO | None = None,
         env: Sequence[str] = (),
         workdir: str | None = None,
         user: str | None = None,
         timeout: float | None = None,
         cancel: threading.Event | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        capture: bool = True,
     ) -> ExecResult:
         """Run a command to completion inside the sandbox and collect its output. When
         `cancel` is set while it runs, the command is sent SIGTERM (its process group),
-        and the call returns with whatever it printed and its exit status."""
+        and the call returns with whatever it printed and its exit status.
+
+        `stdin` is bytes, or a binary stream read (in another thread) until its end.
+        `on_stdout`/`on_stderr` get the output as it comes; with `capture=False` it is
+        not kept for the result too. A command past its `timeout` is stopped (TERM,
+        then KILL) and raises CommandTimeout."""
 
     @abc.abstractmethod
     def exec_stream(
@@ -327,9 +397,6 @@ class Engine(abc.ABC):
         """Give a sandbox another name (and, with `owner`, another owner)."""
 
     @abc.abstractmethod
-    def list(self, *, all: bool = False) -> list[SandboxInfo]: ...
-
-    @abc.abstractmethod
     def checkpoint(
         self, sandbox: str, checkpoint: str | None = None, *, leave_running: bool = False
     ) -> CheckpointInfo: ...
@@ -343,6 +410,64 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def remove_checkpoint(self, sandbox: str | None, checkpoint: str) -> None:
         """Delete a checkpoint (by id, or by name within `sandbox`)."""
+
+    # What the `Sandbox` handle (handle.py) needs beyond the above. Engines that lack one
+    # say so when it is called.
+
+    def _unsupported(self, what: str) -> SandboxError:
+        return SandboxError(f"the {self.name} engine cannot {what}")
+
+    def kill_process(self, sandbox: str, process: int, signal: str | int = "TERM") -> None:
+        """Signal a process started in the sandbox (its process group); nothing happens
+        if it has exited. ProcessNotFound for an unknown id."""
+        raise self._unsupported("signal processes")
+
+    def process_output(
+        self,
+        sandbox: str,
+        process: int,
+        *,
+        follow: bool = False,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> tuple[bytes, bytes]:
+        """A process's output so far, (stdout, stderr); with `follow`, until it exits,
+        passed to the callbacks as it comes. ProcessNotFound for an unknown id."""
+        raise self._unsupported("show a process's output")
+
+    def list_files(self, sandbox: str, path: str, *, depth: int = 1) -> list[FileEntry]:
+        """The entries of a directory (down to `depth` levels), sorted by name."""
+        raise self._unsupported("list directories")
+
+    def stat_file(self, sandbox: str, path: str, *, follow: bool = False) -> FileEntry:
+        """What is at `path` (with `follow`, what a symlink there leads to)."""
+        raise self._unsupported("stat files")
+
+    def remove_file(self, sandbox: str, path: str, *, recursive: bool = False) -> None:
+        """Remove a file, a symlink or an empty directory (`recursive`: any directory)."""
+        raise self._unsupported("remove files")
+
+    def make_dir(self, sandbox: str, path: str, *, parents: bool = True,
+                 mode: int = 0o755) -> bool:  # fmt: skip
+        """Create a directory (and its missing parents); False if it was there already
+        (with `parents`; without, SandboxFileExists)."""
+        raise self._unsupported("make directories")
+
+    def move_file(self, sandbox: str, src: str, dst: str) -> None:
+        """Rename `src` to `dst` (within one filesystem of the sandbox)."""
+        raise self._unsupported("move files")
+
+    def console_path(self, sandbox: str) -> Path:
+        """The host file that holds the output of the sandbox's main process."""
+        raise self._unsupported("show the main process's output")
+
+    def wait(self, sandbox: str) -> int:
+        """Block until the sandbox's main process exits; returns its exit code."""
+        raise self._unsupported("wait for a sandbox")
+
+    def list_checkpoints(self, sandbox: str | None = None) -> list[dict[str, Any]]:
+        """The checkpoints' metadata (of one sandbox, or all)."""
+        raise self._unsupported("list checkpoints")
 
     def standby(
         self, spec: SandboxSpec, count: int = 1, *, owner: dict[str, Any] | None = None
@@ -366,3 +491,7 @@ class Engine(abc.ABC):
         that is not empty), which a mount there would hide. Engines that cannot tell say
         True."""
         return True
+
+    # Last: below it, `list` in the class's annotations would name this method.
+    @abc.abstractmethod
+    def list(self, *, all: bool = False) -> list[SandboxInfo]: ...

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from torpor.sandbox.doctor import PINNED_RUNSC, RUNSC_INSTALL_HINT
 from torpor.sandbox.gvisor.bundle import CHANNEL_MOUNT, DEFAULT_CAPS, INIT_DIR
-from torpor.sandbox.gvisor.client import CANCEL_GRACE
 from torpor.sandbox.gvisor.engine import GVisorEngine
 from torpor.sandbox.gvisor.runsc import PLATFORMS
+from torpor.sandbox.gvisor.streams import CANCEL_GRACE
 
 __all__ = [
     "CANCEL_GRACE",

@@ -41,7 +41,8 @@ def check_mounts(spec: SandboxSpec) -> None:
     """Volumes and tmpfs mounts may not hide what the sandbox needs, nor each other."""
     reserved = ("/proc", "/dev", "/sys", INIT_MOUNT, CHANNEL_MOUNT, INIT_DIR)
     seen: set[str] = set()
-    for target in [posixpath.normpath(m.target) for m in [*spec.tmpfs, *spec.volumes]]:
+    targets = [t.target for t in spec.tmpfs] + [v.target for v in spec.volumes]
+    for target in map(posixpath.normpath, targets):
         if any(target == r or target.startswith(r + "/") for r in reserved):
             raise SandboxError(f"cannot mount over {target}: torpor uses it")
         if target in seen:

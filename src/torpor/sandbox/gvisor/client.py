@@ -18,60 +18,35 @@ transfer is in `files.py`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from torpor.sandbox.engine import (
+    CommandTimeout,
     ExecResult,
-    SandboxConflict,
+    OutputCallback,
+    ProcessNotFound,
     SandboxError,
     SandboxInfo,
+    SandboxNotRunning,
 )
+from torpor.sandbox.gvisor import streams
 from torpor.sandbox.gvisor.records import Records
 from torpor.sandbox.gvisor.runsc import Driver, last_line
 from torpor.sandbox.initbin import INIT_PATH
 
-CANCEL_GRACE = 5.0  # seconds a cancelled command has between SIGTERM and its client's end
 
-
-def communicate(proc: subprocess.Popen[bytes], stdin: bytes | None, timeout: float | None,
-                cancel: threading.Event | None) -> tuple[bytes, bytes]:  # fmt: skip
-    """proc.communicate, watching `cancel`: once it is set the client is sent SIGTERM,
-    which torpor-init's client forwards to the command's process group in the sandbox; if
-    the command outlives CANCEL_GRACE, the client itself is killed (the command may then
-    still run in the sandbox, which its caller snapshots and removes)."""
-    if cancel is None:
-        return proc.communicate(stdin, timeout=timeout)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    signalled: float | None = None
-    first = True
-    while True:
-        step = 0.1
-        if deadline is not None:
-            step = max(0.0, min(step, deadline - time.monotonic()))
-        try:
-            # communicate may be called again after a timeout; its input only the first time
-            return proc.communicate(stdin if first else None, timeout=step)
-        except subprocess.TimeoutExpired:
-            first = False
-            if deadline is not None and time.monotonic() >= deadline:
-                raise
-        if cancel.is_set() and signalled is None:
-            signalled = time.monotonic()
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        elif signalled is not None and time.monotonic() - signalled > CANCEL_GRACE:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+def not_running(info: SandboxInfo, why: str = "") -> SandboxNotRunning:
+    return SandboxNotRunning(
+        f"sandbox {info.name} is not running ({why or f'state: {info.state}'}): start it "
+        "again, or restore one of its checkpoints"
+    )
 
 
 def client_args(
@@ -215,7 +190,7 @@ class InitClient:
     def raise_if_gone(self, info: SandboxInfo) -> None:
         if self.driver.runsc_state(info.id) != "running":
             self.driver.reconcile(info)
-            raise SandboxConflict(f"sandbox {info.name} is not running (it exited)")
+            raise not_running(info, "it exited")
 
     # ---------------------------------------------------------------- processes
 
@@ -224,14 +199,17 @@ class InitClient:
         info: SandboxInfo,
         argv: Sequence[str],
         *,
-        stdin: bytes | None = None,
+        stdin: bytes | BinaryIO | None = None,
         env: Sequence[str] = (),
         workdir: str | None = None,
         user_ids: tuple[int, int] | None = None,
         timeout: float | None = None,
         cancel: threading.Event | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        capture: bool = True,
     ) -> ExecResult:
-        """Run a command to completion and collect its output (see Engine.exec)."""
+        """Run a command to completion, its output passed on and kept (see Engine.exec)."""
         args = client_args(argv, interactive=stdin is not None, detach=False, env=env,
                            workdir=workdir, user_ids=user_ids, timeout=timeout)  # fmt: skip
         for _attempt in range(2):
@@ -245,22 +223,30 @@ class InitClient:
             # 5 s later, exit 124). The host only gives up if the client itself stops
             # answering, well after that.
             try:
-                out, err = communicate(
-                    proc, stdin, None if timeout is None else timeout + 30, cancel
-                )
+                got = streams.run(
+                    proc, stdin=stdin, timeout=None if timeout is None else timeout + 30,
+                    cancel=cancel, on_stdout=on_stdout, on_stderr=on_stderr, capture=capture,
+                )  # fmt: skip
             except subprocess.TimeoutExpired:
                 _abandon(proc)
                 raise SandboxError(
                     f"command in sandbox {info.name} did not stop after its {timeout} s "
                     "timeout; the client was abandoned"
                 ) from None
-            if not self.unstuck(info, proc.returncode, err):
+            if not self.unstuck(info, proc.returncode, got.head):
                 break
-        if timeout is not None and proc.returncode == 124 and b"timed out after" in err:
-            raise SandboxError(f"command timed out after {timeout} s in sandbox {info.name}")
-        if self.maybe_gone(proc.returncode, err):
+        if got.held and on_stderr is not None:
+            on_stderr(got.held)
+        result = ExecResult(proc.returncode, got.stdout, got.stderr)
+        if timeout is not None and proc.returncode == 124 and b"timed out after" in got.tail:
+            raise CommandTimeout(
+                f"command timed out after {timeout} s in sandbox {info.name} (it was stopped: "
+                "give it a longer timeout, or start it in the background with spawn)",
+                result,
+            )
+        if self.maybe_gone(proc.returncode, got.head):
             self.raise_if_gone(info)
-        return ExecResult(proc.returncode, out, err)
+        return result
 
     def exec_stream(
         self,
@@ -288,7 +274,7 @@ class InitClient:
         assert proc.stdout is not None and proc.stderr is not None
         err_head = bytearray()
 
-        def pump(src: BinaryIO, dst: BinaryIO, head: bytearray | None) -> None:
+        def pump(src: IO[bytes], dst: BinaryIO, head: bytearray | None) -> None:
             while chunk := src.read1(1 << 16):  # type: ignore[attr-defined]
                 if head is not None and len(head) < 64:
                     head += chunk[:64]
@@ -347,10 +333,56 @@ class InitClient:
         return rows
 
 
+    def kill_process(self, info: SandboxInfo, process: int, sig: str | int = "TERM") -> None:
+        """Signal a process started through init (its process group); nothing happens if
+        it has exited."""
+        proc = self.run(info, ["kill", str(process), str(sig)], timeout=30, check=False)
+        if proc.returncode == 0:
+            return
+        msg = last_line(proc.stderr).removeprefix("torpor-init:").strip()
+        if proc.returncode == 1 and msg.startswith("no such process"):
+            raise ProcessNotFound(_no_such_process(info, process))
+        if proc.returncode == 2 and msg.startswith("bad signal"):
+            raise SandboxError(f"{msg} (use a name such as TERM, KILL, INT, HUP, or a number)")
+        self.raise_if_gone(info)
+        raise SandboxError(f"kill in sandbox {info.name} failed: {msg or proc.returncode}")
+
+    def process_output(
+        self,
+        info: SandboxInfo,
+        process: int,
+        *,
+        follow: bool = False,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> tuple[bytes, bytes]:
+        """A process's output kept by init, (stdout, stderr); with `follow`, until the
+        process exits, passed to the callbacks as it comes."""
+        args = ["logs", *(["-f"] if follow else []), str(process)]
+        for _attempt in range(2):
+            proc = subprocess.Popen(self.command(info, args), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+            got = streams.run(proc, on_stdout=on_stdout, on_stderr=on_stderr)
+            if not self.unstuck(info, proc.returncode, got.head):
+                break
+        if proc.returncode == 1 and got.stderr.startswith(b"torpor-init: no such process"):
+            raise ProcessNotFound(_no_such_process(info, process))
+        if got.held and on_stderr is not None:
+            on_stderr(got.held)
+        if proc.returncode != 0:
+            self.raise_if_gone(info)
+            raise SandboxError(
+                f"output of process {process} in sandbox {info.name}: {last_line(got.stderr)}"
+            )
+        return got.stdout, got.stderr
+
+
+def _no_such_process(info: SandboxInfo, process: int) -> str:
+    return (f"no such process: {process} in sandbox {info.name} (ids come from spawn, or "
+            "the processes listing)")  # fmt: skip
+
+
 def _abandon(proc: subprocess.Popen[bytes]) -> None:
-    """Kill a client that stopped answering and close its pipes."""
+    """Kill a client that stopped answering (its output threads then end)."""
     proc.kill()
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
     proc.wait()

@@ -32,6 +32,8 @@ from torpor.sandbox.engine import (
     CheckpointInfo,
     Engine,
     ExecResult,
+    FileEntry,
+    OutputCallback,
     SandboxConflict,
     SandboxError,
     SandboxInfo,
@@ -42,7 +44,7 @@ from torpor.sandbox.engine import (
 from torpor.sandbox.gvisor import bundle
 from torpor.sandbox.gvisor.boot import Booter
 from torpor.sandbox.gvisor.checkpoint import Checkpointer
-from torpor.sandbox.gvisor.client import InitClient
+from torpor.sandbox.gvisor.client import InitClient, not_running
 from torpor.sandbox.gvisor.files import Files
 from torpor.sandbox.gvisor.records import Records
 from torpor.sandbox.gvisor.runsc import PLATFORMS, Driver
@@ -136,7 +138,7 @@ class GVisorEngine(Engine):
         """A running sandbox, its lock held shared (for commands and files)."""
         with self._locked(ref, exclusive=False, reconcile=False) as info:
             if info.state != "running":
-                raise SandboxConflict(f"sandbox {info.name} is not running (state: {info.state})")
+                raise not_running(info)
             yield info
 
     def _image(self, spec: SandboxSpec) -> Image:
@@ -274,17 +276,6 @@ class GVisorEngine(Engine):
             self.records.rename(info, new_name)
             return info
 
-    def list(self, *, all: bool = False) -> list[SandboxInfo]:
-        out = []
-        for info in self.records.all():
-            with contextlib.suppress(SandboxNotFound), self._locked(
-                info.id, exclusive=False
-            ) as fresh:
-                info = fresh
-            if all or info.state == "running":
-                out.append(info)
-        return out
-
     def logs(self, sandbox: str, *, follow: bool = False) -> int:
         """Copy the main process's output to stdout; with follow, until the sandbox stops."""
         info = self.inspect(sandbox)
@@ -339,17 +330,22 @@ class GVisorEngine(Engine):
         sandbox: str,
         argv: Sequence[str],
         *,
-        stdin: bytes | None = None,
+        stdin: bytes | BinaryIO | None = None,
         env: Sequence[str] = (),
         workdir: str | None = None,
         user: str | None = None,
         timeout: float | None = None,
         cancel: threading.Event | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        capture: bool = True,
     ) -> ExecResult:
         with self._running(sandbox) as info:
-            return self.client.exec(info, argv, stdin=stdin, env=env, workdir=workdir,
-                                    user_ids=self._user_ids(info, user), timeout=timeout,
-                                    cancel=cancel)  # fmt: skip
+            return self.client.exec(
+                info, argv, stdin=stdin, env=env, workdir=workdir,
+                user_ids=self._user_ids(info, user), timeout=timeout, cancel=cancel,
+                on_stdout=on_stdout, on_stderr=on_stderr, capture=capture,
+            )  # fmt: skip
 
     def exec_stream(
         self,
@@ -387,6 +383,23 @@ class GVisorEngine(Engine):
         with self._running(sandbox) as info:
             return self.client.processes(info)
 
+    def kill_process(self, sandbox: str, process: int, signal: str | int = "TERM") -> None:
+        with self._running(sandbox) as info:
+            self.client.kill_process(info, process, signal)
+
+    def process_output(
+        self,
+        sandbox: str,
+        process: int,
+        *,
+        follow: bool = False,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> tuple[bytes, bytes]:
+        with self._running(sandbox) as info:
+            return self.client.process_output(info, process, follow=follow,
+                                              on_stdout=on_stdout, on_stderr=on_stderr)  # fmt: skip
+
     # ------------------------------------------------------------------ files
 
     def copy_in(self, sandbox: str, src: Path, dest: str) -> None:
@@ -413,6 +426,27 @@ class GVisorEngine(Engine):
             raise SandboxError(f"path must be absolute: {path}")
         with self._running(sandbox) as info:
             self.files.write_file(info, path, payload, mode)
+
+    def list_files(self, sandbox: str, path: str, *, depth: int = 1) -> list[FileEntry]:
+        with self._running(sandbox) as info:
+            return self.files.list(info, path, depth=depth)
+
+    def stat_file(self, sandbox: str, path: str, *, follow: bool = False) -> FileEntry:
+        with self._running(sandbox) as info:
+            return self.files.stat(info, path, follow=follow)
+
+    def remove_file(self, sandbox: str, path: str, *, recursive: bool = False) -> None:
+        with self._running(sandbox) as info:
+            self.files.remove(info, path, recursive=recursive)
+
+    def make_dir(self, sandbox: str, path: str, *, parents: bool = True,
+                 mode: int = 0o755) -> bool:  # fmt: skip
+        with self._running(sandbox) as info:
+            return self.files.mkdir(info, path, parents=parents, mode=mode)
+
+    def move_file(self, sandbox: str, src: str, dst: str) -> None:
+        with self._running(sandbox) as info:
+            self.files.move(info, src, dst)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -488,9 +522,21 @@ class GVisorEngine(Engine):
             try:
                 with self._locked(info.id) as locked:
                     self._boot(locked, image, standby=True)
-                    self.standbys.list(locked)
+                    self.standbys.add(locked)
                     ready.append(locked)
             except BaseException:
                 self._discard(info)
                 raise
         return ready
+
+    # Last: below it, `list` in the class's annotations would name this method.
+    def list(self, *, all: bool = False) -> list[SandboxInfo]:
+        out = []
+        for info in self.records.all():
+            with contextlib.suppress(SandboxNotFound), self._locked(
+                info.id, exclusive=False
+            ) as fresh:
+                info = fresh
+            if all or info.state == "running":
+                out.append(info)
+        return out

@@ -55,7 +55,7 @@ class Standbys:
         d = self.dir(info.spec, info.image_digest, info.channel, info.init_tmpfs)
         (d / info.id).unlink(missing_ok=True)
 
-    def list(self, info: SandboxInfo) -> None:
+    def add(self, info: SandboxInfo) -> None:
         """Make info (a standby just created) available to restores."""
         d = self.dir(info.spec, info.image_digest, info.channel, info.init_tmpfs)
         d.mkdir(parents=True, exist_ok=True)

@@ -6,9 +6,10 @@
  * this program. `init init` is the long-lived PID 1: it listens on a Unix
  * socket, starts processes on request, stores their output in files, streams
  * it to the client that asked, and reaps every zombie. All other roles
- * (exec, ps, kill, logs, get, put, restored, ping) are short-lived clients: run
- * on the host as `init --connect SOCKET ROLE ...` through the host channel (see
- * below), or inside the sandbox with `runsc exec /.torpor/init ROLE ...`.
+ * (exec, ps, kill, logs, get, put, stat, ls, mkdir, rm, mv, restored, ping) are
+ * short-lived clients: run on the host as `init --connect SOCKET ROLE ...` through
+ * the host channel (see below), or inside the sandbox with
+ * `runsc exec /.torpor/init ROLE ...`.
  * `supervise` runs on the host too: it is what runsc runs under.
  *
  * The contract (argv, wire protocol, file layout) is docs/sandbox-init.md.
@@ -1333,7 +1334,8 @@ static int remote_role(int argc, char **argv, int fwd_stdin)
 static int usage(void)
 {
     msg("usage: init {init [-- CMD...] | exec [-d] [-i] [-t SECS] [-w DIR] [-e K=V]... [-u UID[:GID]] -- CMD... |"
-        " ps | kill ID [SIG] | logs [-f] ID | get PATH | put DIR | stat PATH | restored | ping}");
+        " ps | kill ID [SIG] | logs [-f] ID | get PATH | put DIR | stat [-l [-L]] PATH |"
+        " ls [-d DEPTH] DIR | mkdir [-p] [-m MODE] PATH | rm [-r] PATH | mv SRC DST | restored | ping}");
     return 2;
 }
 
@@ -1627,16 +1629,220 @@ static int cmd_supervise(int argc, char **argv)
     return code;
 }
 
+/* --- file operations (stat, ls, mkdir, rm, mv) --- */
+
+/* The exit status of a failed file operation says what went wrong, so that the host can
+ * tell a missing path from a refusal without reading the message: */
+#define EXIT_NOENT 3     /* no such file or directory */
+#define EXIT_NOTDIR 4    /* a path component (or the path itself) is not a directory */
+#define EXIT_EXIST 5     /* it exists already */
+#define EXIT_NOTEMPTY 6  /* the directory is not empty */
+#define EXIT_ISDIR 7     /* it is a directory */
+#define EXIT_ACCES 8     /* permission denied */
+
+static int fail_errno(const char *verb, const char *path, int e)
+{
+    msg("%s: %s: %s", verb, path, strerror(e));
+    switch (e) {
+    case ENOENT: return EXIT_NOENT;
+    case ENOTDIR: return EXIT_NOTDIR;
+    case EEXIST: return EXIT_EXIST;
+    case ENOTEMPTY: return EXIT_NOTEMPTY;
+    case EISDIR: return EXIT_ISDIR;
+    case EACCES: case EPERM: return EXIT_ACCES;
+    default: return 1;
+    }
+}
+
+/* One entry, as `stat -l` and `ls` print it:
+ * "TYPE MODE UID GID SIZE MTIME\0PATH\0TARGET\0" with TYPE f, d, l or o (other), MODE
+ * the permission bits in octal, MTIME seconds.nanoseconds, TARGET a symlink's target
+ * (empty for anything else). Names may hold any byte but NUL, hence the NULs. */
+static int print_entry(const struct stat *st, const char *shown, const char *fs)
+{
+    char t[PATH_MAX] = "";
+    if (S_ISLNK(st->st_mode)) {
+        ssize_t n = readlink(fs, t, sizeof t - 1);
+        t[n > 0 ? n : 0] = 0;
+    }
+    char type = S_ISREG(st->st_mode) ? 'f' : S_ISDIR(st->st_mode) ? 'd' : S_ISLNK(st->st_mode) ? 'l' : 'o';
+    char h[160];
+    int n = fmt(h, sizeof h, "%c %o %u %u %llu %lld.%09ld", type, (unsigned)(st->st_mode & 07777),
+                (unsigned)st->st_uid, (unsigned)st->st_gid, (unsigned long long)st->st_size,
+                (long long)st->st_mtim.tv_sec, (long)st->st_mtim.tv_nsec);
+    if (write_all(1, h, (size_t)n + 1) < 0 || write_all(1, shown, strlen(shown) + 1) < 0 ||
+        write_all(1, t, strlen(t) + 1) < 0) { msg("write: %s", strerror(errno)); exit(1); }
+    return 0;
+}
+
 /* `stat PATH`: print the kind of PATH (following symlinks) as one letter: d directory,
  * f regular file, o anything else. Exit 1 if it does not exist. Used by the host to give
- * `cp` Docker's semantics (copy into an existing directory, else create/rename). */
+ * `cp` Docker's semantics (copy into an existing directory, else create/rename).
+ * `stat -l [-L] PATH`: print PATH's entry (see print_entry) without following a final
+ * symlink; with -L, the entry of what PATH leads to, under its real path. */
 static int cmd_stat(int argc, char **argv)
 {
-    if (argc != 3) return usage();
+    int lng = 0, follow = 0, i = 2;
+    for (; i < argc - 1 && argv[i][0] == '-'; i++) {
+        if (!strcmp(argv[i], "-l")) lng = 1;
+        else if (!strcmp(argv[i], "-L")) follow = 1;
+        else return usage();
+    }
+    if (i != argc - 1 || (follow && !lng)) return usage();
+    const char *path = argv[i];
     struct stat st;
-    if (stat(argv[2], &st) < 0) { msg("stat: %s: %s", argv[2], strerror(errno)); return 1; }
-    const char *k = S_ISDIR(st.st_mode) ? "d\n" : S_ISREG(st.st_mode) ? "f\n" : "o\n";
-    return write_all(1, k, 2) < 0;
+    if (!lng) {
+        if (stat(path, &st) < 0) { msg("stat: %s: %s", path, strerror(errno)); return 1; }
+        const char *k = S_ISDIR(st.st_mode) ? "d\n" : S_ISREG(st.st_mode) ? "f\n" : "o\n";
+        return write_all(1, k, 2) < 0;
+    }
+    if (!follow) {
+        if (lstat(path, &st) < 0) return fail_errno("stat", path, errno);
+        return print_entry(&st, path, path);
+    }
+    char real[PATH_MAX];
+    if (!realpath(path, real)) return fail_errno("stat", path, errno);
+    if (lstat(real, &st) < 0) return fail_errno("stat", path, errno);
+    return print_entry(&st, real, real);
+}
+
+/* List dir's entries (sorted by name) down to depth levels, as "rel/name". Entries are
+ * not followed (a symlink to a directory is listed, not entered). */
+static void ls_dir(const char *dir, const char *rel, int depth, int *rc)
+{
+    DIR *d = opendir(dir);
+    if (!d) { msg("ls: %s: %s", dir, strerror(errno)); *rc = 1; return; }
+    char **names = NULL;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        names = xrealloc(names, sizeof(char *) * (size_t)(n + 1));
+        names[n++] = xstrdup(e->d_name);
+    }
+    closedir(d);
+    qsort(names, (size_t)n, sizeof(char *), cmp_str);
+    for (int i = 0; i < n; i++) {
+        char fs[PATH_MAX], shown[PATH_MAX];
+        struct stat st;
+        fmt(fs, sizeof fs, "%s/%s", dir, names[i]);
+        fmt(shown, sizeof shown, "%s%s%s", rel, *rel ? "/" : "", names[i]);
+        if (lstat(fs, &st) < 0) { msg("ls: %s: %s", fs, strerror(errno)); *rc = 1; }
+        else {
+            print_entry(&st, shown, fs);
+            if (S_ISDIR(st.st_mode) && depth > 1) ls_dir(fs, shown, depth - 1, rc);
+        }
+        free(names[i]);
+    }
+    free(names);
+}
+
+/* `ls [-d DEPTH] DIR`: print DIR's entries (see print_entry; PATH relative to DIR) down
+ * to DEPTH levels (default 1). DIR itself is followed if it is a symlink. Entries that
+ * cannot be read are skipped with a message, and the exit status is then 1. */
+static int cmd_ls(int argc, char **argv)
+{
+    int depth = 1, i = 2;
+    if (i + 1 < argc && !strcmp(argv[i], "-d")) { depth = atoi(argv[i + 1]); i += 2; }
+    if (i != argc - 1 || depth < 1) return usage();
+    struct stat st;
+    if (stat(argv[i], &st) < 0) return fail_errno("ls", argv[i], errno);
+    if (!S_ISDIR(st.st_mode)) return fail_errno("ls", argv[i], ENOTDIR);
+    int rc = 0;
+    ls_dir(argv[i], "", depth, &rc);
+    return rc;
+}
+
+/* `mkdir [-p] [-m MODE] PATH`: create a directory (mode in octal, default 755), with -p
+ * its missing parents too (755). Prints 1 if it was created, 0 if (with -p) it was
+ * already there. */
+static int cmd_mkdir(int argc, char **argv)
+{
+    int parents = 0, i = 2;
+    mode_t mode = 0755;
+    for (; i < argc - 1 && argv[i][0] == '-'; i++) {
+        if (!strcmp(argv[i], "-p")) parents = 1;
+        else if (!strcmp(argv[i], "-m") && i + 2 < argc) mode = (mode_t)strtol(argv[++i], NULL, 8) & 07777;
+        else return usage();
+    }
+    if (i != argc - 1) return usage();
+    const char *path = argv[i];
+    struct stat st;
+    if (parents && stat(path, &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) return fail_errno("mkdir", path, EEXIST);
+        return write_all(1, "0\n", 2) < 0;
+    }
+    if (parents) {   /* the parents (a trailing slash is no extra component) */
+        char parent[PATH_MAX];
+        fmt(parent, sizeof parent, "%s", path);
+        size_t l = strlen(parent);
+        while (l > 1 && parent[l - 1] == '/') parent[--l] = 0;
+        char *slash = strrchr(parent, '/');
+        if (slash && slash != parent) {
+            *slash = 0;
+            if (mkdir_p(parent, 0755) < 0) return fail_errno("mkdir", parent, errno);
+        }
+    }
+    if (mkdir(path, 0700) < 0) return fail_errno("mkdir", path, errno);
+    if (chmod(path, mode) < 0) msg("mkdir: chmod %s: %s", path, strerror(errno));
+    return write_all(1, "1\n", 2) < 0;
+}
+
+/* Remove path and, if it is a directory, everything under it (links are removed, never
+ * followed). 0 or an errno. */
+static int remove_tree(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0) return errno;
+    if (!S_ISDIR(st.st_mode)) return unlink(path) < 0 ? errno : 0;
+    DIR *d = opendir(path);
+    if (!d) return errno;
+    int err = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char c[PATH_MAX];
+        fmt(c, sizeof c, "%s/%s", path, e->d_name);
+        int r = remove_tree(c);
+        if (r && !err) { err = r; msg("rm: %s: %s", c, strerror(r)); }
+    }
+    closedir(d);
+    if (rmdir(path) < 0 && !err) err = errno;
+    return err;
+}
+
+/* `rm [-r] PATH`: remove a file, a symlink or an empty directory; with -r a directory and
+ * everything in it. `/` is refused. */
+static int cmd_rm(int argc, char **argv)
+{
+    int recursive = argc == 4 && !strcmp(argv[2], "-r");
+    if (argc != 3 + recursive) return usage();
+    const char *path = argv[argc - 1];
+    char real[PATH_MAX];
+    if (realpath(path, real) && !strcmp(real, "/")) { msg("rm: refusing to remove /"); return 1; }
+    struct stat st;
+    if (lstat(path, &st) < 0) return fail_errno("rm", path, errno);
+    if (S_ISDIR(st.st_mode)) {
+        if (recursive) {
+            int e = remove_tree(path);
+            return e ? fail_errno("rm", path, e) : 0;
+        }
+        return rmdir(path) < 0 ? fail_errno("rm", path, errno) : 0;
+    }
+    return unlink(path) < 0 ? fail_errno("rm", path, errno) : 0;
+}
+
+/* `mv SRC DST`: rename SRC to DST (rename(2): DST is replaced if it is a file, or an
+ * empty directory when SRC is one; both on the same filesystem). */
+static int cmd_mv(int argc, char **argv)
+{
+    if (argc != 4) return usage();
+    if (rename(argv[2], argv[3]) < 0) {
+        int e = errno;
+        struct stat st;
+        return fail_errno("mv", lstat(argv[2], &st) < 0 ? argv[2] : argv[3], e);
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -1682,7 +1888,9 @@ int main(int argc, char **argv)
     const char *role = argv[1];
     if (g_remote) {
         g_prefd = connect_init(connect_wait);   /* wait for the socket once; run_client uses it */
-        if (!strcmp(role, "logs") || !strcmp(role, "get") || !strcmp(role, "stat"))
+        if (!strcmp(role, "logs") || !strcmp(role, "get") || !strcmp(role, "stat") ||
+            !strcmp(role, "ls") || !strcmp(role, "mkdir") || !strcmp(role, "rm") ||
+            !strcmp(role, "mv"))
             return remote_role(argc, argv, 0);
         if (!strcmp(role, "put")) return remote_role(argc, argv, 1);
         if (!strcmp(role, "prepare") && argc == 2) { g_wait_eof = 1; return run_client("prepare", 8, 0, 0, 0); }
@@ -1695,6 +1903,10 @@ int main(int argc, char **argv)
     if (!strcmp(role, "get")) return cmd_get(argc, argv);
     if (!strcmp(role, "put")) return cmd_put(argc, argv);
     if (!strcmp(role, "stat")) return cmd_stat(argc, argv);
+    if (!strcmp(role, "ls")) return cmd_ls(argc, argv);
+    if (!strcmp(role, "mkdir")) return cmd_mkdir(argc, argv);
+    if (!strcmp(role, "rm")) return cmd_rm(argc, argv);
+    if (!strcmp(role, "mv")) return cmd_mv(argc, argv);
     if (!strcmp(role, "supervise")) return cmd_supervise(argc, argv);
     if (!strcmp(role, "ps") && argc == 2) return run_client("ps", 3, 0, 0, 0);
     if (!strcmp(role, "restored") && argc == 2) return run_client("restored", 9, 0, 0, 0);
