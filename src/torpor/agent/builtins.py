@@ -1,6 +1,8 @@
 """The built-in tools, all executed inside the sandbox through the `Workspace`: a shell,
 file tools (read_file, write_file, edit_file, list_dir) and long-running processes
-(start_process, process_output, stop_process).
+(start_process, process_output, stop_process). Files are described and listed, and
+processes read and signalled, through the workspace's sandbox handle (`files`,
+`process`); writes go through a shell, so that a file keeps its mode and owner.
 
 Each tool is a module-level function `fn(workspace, **arguments)` (those whose result is
 capped also take `cap`, bound by `builtin_tools`), with its JSON Schema next to it;
@@ -18,6 +20,12 @@ from typing import Any
 
 from torpor.agent.tool import Tool, ToolError, Workspace
 from torpor.agent.types import ToolResult
+from torpor.sandbox.engine import (
+    ProcessNotFound,
+    SandboxError,
+    SandboxFileError,
+    SandboxFileNotFound,
+)
 
 __all__ = ["DEFAULT_OUTPUT_CAP", "builtin_tools"]
 
@@ -27,8 +35,6 @@ SHELL_MAX_TIMEOUT = 600.0
 SHELL_KILL_GRACE = 5  # seconds between TERM and KILL when a shell command times out
 READ_MAX_BYTES = 10 * 1024 * 1024  # read_file refuses larger files (use shell for parts)
 STOP_WAIT = 3.0  # seconds stop_process waits for the process to exit
-PROCS_DIR = "/run/torpor/procs"  # torpor-init's per-process output (docs/sandbox-init.md)
-INIT = "/.torpor/init"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -97,21 +103,14 @@ def _write(ws: Workspace, path: str, data: bytes) -> None:
 def _stat(ws: Workspace, path: str) -> tuple[str, int, str]:
     """(kind, size, resolved path) following symlinks; kind is 'file', 'directory' or
     'other'. Raises ToolError if the path does not exist."""
-    script = 'stat -L -c "%F|%s" -- "$1" && readlink -f -- "$1"'
-    res = ws.exec(["/bin/sh", "-c", script, "sh", path])
-    if res.exit_code != 0:
-        msg = _stderr_text(res)
-        if "No such file" in msg:
-            raise ToolError(f"{path}: no such file or directory")
-        raise ToolError(f"cannot stat {path}: {msg or _describe_exit(res.exit_code)}")
-    lines = bytes(res.stdout).decode(errors="replace").splitlines()
-    kind, _, size = lines[0].rpartition("|")
-    resolved = lines[1] if len(lines) > 1 else path
-    if kind.startswith("regular"):
-        kind = "file"
-    elif kind != "directory":
-        kind = "other"
-    return kind, int(size), resolved
+    try:
+        entry = ws.files.stat(path, follow=True)
+    except SandboxFileNotFound:
+        raise ToolError(f"{path}: no such file or directory") from None
+    except SandboxFileError as e:
+        raise ToolError(f"cannot stat {path}: {e}") from None
+    kind = {"file": "file", "dir": "directory"}.get(entry.type, "other")
+    return kind, entry.size, entry.path
 
 
 def _read_text(ws: Workspace, path: str) -> tuple[str, int]:
@@ -314,40 +313,28 @@ LIST_DIR_PARAMETERS: dict[str, Any] = {
 
 def list_dir(ws: Workspace, path: str, depth: int = 1, *, cap: int) -> ToolResult:
     _absolute(path)
-    script = (
-        '[ -d "$1" ] || { [ -e "$1" ] && echo "$1 is not a directory" >&2 '
-        '|| echo "$1: no such file or directory" >&2; exit 2; }; '
-        'find -H "$1" -mindepth 1 -maxdepth "$2" -printf \'%y\\t%s\\t%P\\t%l\\0\''
-    )
-    res = ws.exec(["/bin/sh", "-c", script, "sh", path, str(depth)])
-    if res.exit_code == 2:
-        raise ToolError(_stderr_text(res))
-    entries = []
-    for record in bytes(res.stdout).decode(errors="replace").split("\0"):
-        if not record:
-            continue
-        kind, size, rel, target = (record.split("\t", 3) + ["", "", "", ""])[:4]
-        entries.append((rel, kind, size, target))
-    entries.sort()
-    kinds = {"d": "dir", "f": "file", "l": "link"}
+    try:
+        entries = sorted(ws.files.list(path, depth=depth), key=lambda e: e.name)
+    except SandboxFileNotFound:
+        raise ToolError(f"{path}: no such file or directory") from None
+    except SandboxFileError as e:
+        if e.reason == "not_a_directory":
+            raise ToolError(f"{path} is not a directory") from None
+        raise ToolError(str(e)) from None
     lines = []
-    for rel, kind, size, target in entries:
-        label = kinds.get(kind, "other")
-        if kind == "d":
-            lines.append(f"dir   {'-':>10}  {rel}/")
-        elif kind == "l":
-            lines.append(f"link  {'-':>10}  {rel} -> {target}")
+    for e in entries:
+        if e.type == "dir":
+            lines.append(f"dir   {'-':>10}  {e.name}/")
+        elif e.type == "symlink":
+            lines.append(f"link  {'-':>10}  {e.name} -> {e.link_target}")
         else:
-            lines.append(f"{label:<5} {size:>10}  {rel}")
+            lines.append(f"{'file' if e.type == 'file' else 'other':<5} {e.size:>10}  {e.name}")
     header = f"{path}: {len(entries)} entries (depth {depth}; type, size in bytes, name)"
     body = "\n".join(lines)
     shown, cut = _cut(body.encode(), cap)
     text = header + ("\n" + shown if lines else "\n(empty)")
     if cut:
         text += f"\n[listing truncated: {cut} bytes cut; the cap is {cap} bytes]"
-    warn = _stderr_text(res)
-    if res.exit_code != 0 and warn:
-        text += "\nwarnings:\n" + warn[-1000:]
     return ToolResult(text, meta={"path": path, "entries": len(entries), "truncated_bytes": cut})
 
 
@@ -403,12 +390,16 @@ def process_output(ws: Workspace, id: int, tail_bytes: int = 4096, *, cap: int) 
         "state": row.get("state"),
         "exit_code": row.get("exit"),
     }
+    try:
+        output = dict(zip(("stdout", "stderr"), ws.process(id).output(), strict=True))
+        failure = ""
+    except SandboxError as e:
+        output, failure = {}, str(e)
     for stream in ("stdout", "stderr"):
-        try:
-            data = ws.read_file(f"{PROCS_DIR}/{id}/{stream}")
-        except Exception as e:
-            parts.append(f"{stream}: cannot read ({e})")
+        if stream not in output:
+            parts.append(f"{stream}: cannot read ({failure})")
             continue
+        data = output[stream]
         meta[f"{stream}_bytes"] = len(data)
         if not data:
             parts.append(f"{stream}: (empty)")
@@ -439,10 +430,12 @@ STOP_PROCESS_PARAMETERS: dict[str, Any] = {
 
 def stop_process(ws: Workspace, id: int, signal: str | int = "TERM") -> ToolResult:
     sig = str(signal).upper() if isinstance(signal, str) else str(signal)
-    res = ws.exec([INIT, "kill", str(id), sig])
-    if res.exit_code != 0:
-        msg = _stderr_text(res).removeprefix("torpor-init:").strip()
-        raise ToolError(f"cannot signal process {id}: {msg or _describe_exit(res.exit_code)}")
+    try:
+        ws.process(id).kill(sig)
+    except ProcessNotFound:
+        raise ToolError(f"cannot signal process {id}: no such process: {id}") from None
+    except SandboxError as e:
+        raise ToolError(f"cannot signal process {id}: {e}") from None
     deadline = time.monotonic() + STOP_WAIT
     row = _find_process(ws, id)
     while row.get("state") == "running" and time.monotonic() < deadline:

@@ -4,8 +4,10 @@ tool call may end in (`ToolError`, `UnknownTool`). The base of the agent's tool 
 them; it imports neither.
 
 Tools see the sandbox only through the small `Workspace` protocol below, so this module
-knows nothing of engines; `torpor.runtime.workspace.SandboxWorkspace` adapts an engine
-sandbox to it. A tool is `fn(workspace, **arguments)` returning text (or a `ToolResult`).
+knows nothing of engines; `torpor.runtime.workspace.SandboxWorkspace` gives it on a
+`torpor.sandbox.Sandbox` handle, whose files and processes it offers as they are
+(`files`, `process`). A tool is `fn(workspace, **arguments)` returning text (or a
+`ToolResult`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import jsonschema
 
 from torpor.agent.types import ToolResult, ToolSpec
+from torpor.sandbox.handle import Process, SandboxFiles
 
 __all__ = ["Tool", "ToolError", "UnknownTool", "Workspace"]
 
@@ -46,6 +49,13 @@ class Workspace(Protocol):
     ) -> int: ...
 
     def processes(self) -> list[dict[str, Any]]:  # id, pid, state, exit, argv
+        ...
+
+    @property
+    def files(self) -> SandboxFiles:  # list, stat, read, write, ... (torpor.sandbox.handle)
+        ...
+
+    def process(self, id: int) -> Process:  # output, kill, wait, ... of a spawned process
         ...
 
 

@@ -8,12 +8,17 @@ independent sandbox. The agent-session demo (scripted model, context log) builds
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import secrets
 import time
 from typing import Any
 
 from rich.console import Console
+
+from torpor.sandbox.engine import SandboxError
+from torpor.sandbox.handle import Checkpoint, Sandbox
+
+log = logging.getLogger(__name__)
 
 COUNTER = (
     "import os, time\n"
@@ -27,47 +32,46 @@ COUNTER = (
 )
 
 
-def _counter(eng: Any, name: str) -> tuple[str, int]:
+def _counter(sb: Sandbox) -> tuple[str, int]:
     for _ in range(100):
         try:
-            token, n = eng.read_file(name, "/tmp/counter").decode().split()
+            token, n = sb.files.read_text("/tmp/counter").split()
             return token, int(n)
-        except Exception:  # noqa: BLE001 - not written yet
+        except (SandboxError, ValueError):  # not written yet
             time.sleep(0.05)
     raise RuntimeError("the counter process never wrote its counter")
 
 
 def sandbox_round_trip(eng: Any, image: str, out: Console) -> None:
-    from torpor.sandbox.engine import SandboxSpec
-
     suffix = secrets.token_hex(3)
-    name, fork = f"demo-{suffix}", f"demo-{suffix}-fork"
-    ck_id = None
+    name, fork_name = f"demo-{suffix}", f"demo-{suffix}-fork"
+    made: list[Sandbox] = []
+    ck: Checkpoint | None = None
     try:
         t0 = time.monotonic()
-        eng.run(SandboxSpec(image=image), name=name)
+        sb = Sandbox.create(image, engine=eng, name=name)
+        made.append(sb)
         out.print(f"[bold]1.[/bold] started sandbox {name} from {image} "
                   f"in {(time.monotonic() - t0) * 1000:.0f} ms")
-        eng.spawn(name, ["python3", "-c", COUNTER])
-        eng.write_file(name, "/root/notes.txt", b"written before the checkpoint\n")
+        sb.spawn(["python3", "-c", COUNTER])
+        sb.files.write("/root/notes.txt", "written before the checkpoint\n")
         time.sleep(0.5)
-        token, before = _counter(eng, name)
+        token, before = _counter(sb)
         out.print(f"[bold]2.[/bold] a process in it counts in memory: token {token}, n = {before}")
 
-        ck = eng.checkpoint(name, "demo")
-        ck_id = ck.id
+        ck = sb.checkpoint("demo", leave_running=False)
         out.print(
             f"[bold]3.[/bold] checkpoint {ck.id}: {ck.size / 1e6:.1f} MB on disk, "
-            f"{ck.seconds * 1000:.0f} ms; sandbox state now: {eng.inspect(name).state} "
+            f"{ck.info.seconds * 1000:.0f} ms; sandbox state now: {sb.state} "
             "(no process, no memory)"
         )
         time.sleep(1.0)
 
         t0 = time.monotonic()
-        eng.start(name, checkpoint=ck.id)
+        sb.start(checkpoint=ck)
         restore_ms = (time.monotonic() - t0) * 1000
-        token2, after = _counter(eng, name)
-        notes = eng.read_file(name, "/root/notes.txt").decode().strip()
+        token2, after = _counter(sb)
+        notes = sb.files.read_text("/root/notes.txt").strip()
         out.print(f"[bold]4.[/bold] restored in {restore_ms:.0f} ms: token {token2}, n = {after}; "
                   f"notes.txt: {notes!r}")
         if token2 != token or after < before:
@@ -77,18 +81,23 @@ def sandbox_round_trip(eng: Any, image: str, out: Console) -> None:
         )
 
         t0 = time.monotonic()
-        eng.restore(ck.id, name=fork)
-        eng.write_file(fork, "/root/only-in-fork.txt", b"fork\n")
-        in_original = eng.exec(name, ["test", "-e", "/root/only-in-fork.txt"]).exit_code == 0
-        out.print(f"[bold]5.[/bold] forked the checkpoint as {fork} "
+        fork = ck.restore(name=fork_name)
+        made.append(fork)
+        fork.files.write("/root/only-in-fork.txt", "fork\n")
+        in_original = sb.files.exists("/root/only-in-fork.txt")
+        out.print(f"[bold]5.[/bold] forked the checkpoint as {fork_name} "
                   f"in {(time.monotonic() - t0) * 1000:.0f} ms; "
                   f"a file written in the fork is {'ALSO' if in_original else 'not'} "
                   "in the original")
         out.print("[bold green]demo finished[/bold green]")
     finally:
-        for n in (fork, name):
-            with contextlib.suppress(Exception):
-                eng.remove(n, force=True)
-        if ck_id:
-            with contextlib.suppress(Exception):
-                eng.checkpoints.delete(ck_id)
+        for box in reversed(made):
+            try:
+                box.kill()
+            except SandboxError as e:  # the demo's result stands; say what was left
+                log.warning("demo: cannot remove sandbox %s: %s", box.ref, e)
+        if ck is not None:
+            try:
+                ck.remove()
+            except SandboxError as e:
+                log.warning("demo: cannot remove checkpoint %s: %s", ck.id, e)

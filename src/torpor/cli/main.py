@@ -1,17 +1,17 @@
 """The `torpor` command: Docker-style sandbox verbs, checkpoints, images and tools.
 
 Every command that outputs data takes `--format json`. Errors are one line on stderr and
-a non-zero exit code; `exec` exits with the code of the command it ran.
+a non-zero exit code; `exec` exits with the code of the command it ran. The sandbox verbs
+hold their sandbox through `torpor.sandbox.Sandbox`; listings (`ps`, `checkpoint ls`)
+and standbys ask the engine.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -30,6 +30,7 @@ from torpor.sandbox.engine import (
     Volume,
     parse_bytes,
 )
+from torpor.sandbox.handle import Sandbox
 
 app = typer.Typer(
     help="torpor: durable sandboxes for AI agents, snapshotted whole at every wait point.",
@@ -125,49 +126,41 @@ def run(
     """Create and start a sandbox (Docker's `run`)."""
     if network not in ("none", "sandbox"):
         raise typer.BadParameter(f"unknown network {network!r}: use none or sandbox")
-    spec = SandboxSpec(
-        image=image,
+    # parsed before the engine is opened: bad input is refused first
+    volumes, mounts = [Volume.parse(v) for v in volume], [Tmpfs.parse(t) for t in tmpfs]
+    ports, limit = [PortMapping.parse(p) for p in publish], parse_size(memory) if memory else None
+    sb = Sandbox.create(
+        image,
+        engine=engine(),
+        name=name,
         cmd=list(cmd or []),
         env=list(env),
         workdir=workdir,
         user=user,
-        volumes=[Volume.parse(v) for v in volume],
-        tmpfs=[Tmpfs.parse(t) for t in tmpfs],
+        volumes=volumes,
+        tmpfs=mounts,
         network=network,  # type: ignore[arg-type]
-        ports=[PortMapping.parse(p) for p in publish],
-        memory=parse_size(memory) if memory else None,
+        ports=ports,
+        memory=limit,
         cpus=cpus,
         pids=pids,
     )
-    eng = engine()
-    info = eng.run(spec, name=name)
     if detach:
-        print(info.id)
+        print(sb.id)
         return
-    code = _follow_until_exit(eng, info)
+    sb.logs(follow=True, on_output=_write_to(sys.stdout.buffer))  # until it exits
+    code = sb.wait()
     if rm:
-        eng.remove(info.id, force=True)
+        sb.remove(force=True)
     raise typer.Exit(code)
 
 
-def _follow_until_exit(eng: Any, info: SandboxInfo) -> int:
-    result: dict[str, int] = {}
-    waiter = threading.Thread(target=lambda: result.update(code=eng.wait(info.id)), daemon=True)
-    waiter.start()
-    path = eng.console_path(info.id)
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(1 << 16)
-            if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-                continue
-            if not waiter.is_alive():
-                rest = f.read()
-                sys.stdout.buffer.write(rest)
-                sys.stdout.buffer.flush()
-                return result.get("code", 0)
-            time.sleep(0.05)
+def _write_to(stream: Any) -> Callable[[bytes], None]:
+    def write(chunk: bytes) -> None:
+        stream.write(chunk)
+        stream.flush()
+
+    return write
 
 
 @command(app, "exec", context_settings=_RUN_SETTINGS)
@@ -181,10 +174,18 @@ def exec_(
     user: str = typer.Option(None, "-u", "--user", help="User (name or uid[:gid])."),
 ) -> None:
     """Run a command in a running sandbox; exits with the command's exit code."""
-    code = engine().exec_stream(
-        sandbox, cmd, interactive=interactive, detach=detach, env=env, workdir=workdir, user=user
-    )
-    raise typer.Exit(code)
+    sb = Sandbox(sandbox, engine=engine())
+    if detach:
+        print(sb.spawn(cmd, env=env, cwd=workdir, user=user).id)
+        return
+    # Output goes through pipes that are copied, never our own fds handed to runsc:
+    # gVisor writes a donated regular file at its own offset, so with stdout redirected
+    # to a file it would overwrite what is already there.
+    res = sb.exec(cmd, env=env, cwd=workdir, user=user,
+                  stdin=sys.stdin.buffer if interactive else None,
+                  on_stdout=_write_to(sys.stdout.buffer), on_stderr=_write_to(sys.stderr.buffer),
+                  capture=False)  # fmt: skip
+    raise typer.Exit(res.exit_code)
 
 
 def _status(info: SandboxInfo) -> str:
@@ -236,7 +237,7 @@ def logs(
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep following the output."),
 ) -> None:
     """Show the output of a sandbox's main process."""
-    engine().logs(sandbox, follow=follow)
+    Sandbox(sandbox, engine=engine()).logs(follow=follow, on_output=_write_to(sys.stdout.buffer))
 
 
 @command(app, "stop")
@@ -247,7 +248,7 @@ def stop(
     """Stop running sandboxes (SIGTERM, then SIGKILL after the timeout)."""
     eng = engine()
     for s in sandboxes:
-        eng.stop(s, timeout=timeout)
+        Sandbox(s, engine=eng).stop(timeout=timeout)
         print(s)
 
 
@@ -262,7 +263,8 @@ def start(
     """Start a stopped sandbox: fresh from its image, or from a checkpoint."""
     _check_format(fmt)
     t0 = time.monotonic()
-    info = engine().start(sandbox, checkpoint=checkpoint)
+    info = Sandbox(sandbox, engine=engine()).start(checkpoint=checkpoint).last_info
+    assert info is not None
     ms = (time.monotonic() - t0) * 1000
     if fmt == "json":
         _print_json({**info.to_json(), "ms": round(ms, 1)})
@@ -282,7 +284,7 @@ def rm(
     failed = False
     for s in sandboxes:
         try:
-            eng.remove(s, force=force)
+            Sandbox(s, engine=eng).remove(force=force)
             print(s)
         except Exception as e:
             if not is_user_error(e):
@@ -296,14 +298,14 @@ def rm(
 @command(app, "rename")
 def rename(sandbox: str = typer.Argument(...), new_name: str = typer.Argument(...)) -> None:
     """Rename a sandbox."""
-    engine().rename(sandbox, new_name)
+    Sandbox(sandbox, engine=engine()).rename(new_name)
 
 
 @command(app, "inspect")
 def inspect(sandbox: str = typer.Argument(...), fmt: str = FormatOpt) -> None:
     """Show a sandbox's full record as JSON."""
     _check_format(fmt)
-    _print_json(engine().inspect(sandbox).to_json())
+    _print_json(Sandbox(sandbox, engine=engine()).info.to_json())
 
 
 @command(app, "cp")
@@ -324,10 +326,10 @@ def cp(
         raise typer.BadParameter("exactly one of SRC and DEST must be SANDBOX:PATH")
     eng = engine()
     if d_box is not None:
-        eng.copy_in(d_box, Path(s_path), d_path)
+        Sandbox(d_box, engine=eng).files.upload(s_path, d_path)
     else:
         assert s_box is not None
-        eng.copy_out(s_box, s_path, Path(d_path))
+        Sandbox(s_box, engine=eng).files.download(s_path, d_path)
 
 
 @command(app, "restore")
@@ -339,7 +341,8 @@ def restore(
     """Start a new, independent sandbox from a checkpoint (a fork)."""
     _check_format(fmt)
     t0 = time.monotonic()
-    info = engine().restore(checkpoint, name=name)
+    info = Sandbox.restore(checkpoint, engine=engine(), name=name).last_info
+    assert info is not None
     ms = (time.monotonic() - t0) * 1000
     if fmt == "json":
         _print_json({**info.to_json(), "ms": round(ms, 1)})
@@ -383,7 +386,7 @@ def checkpoint_create(
     """Checkpoint a running sandbox: every process, its memory, and its files."""
     _check_format(fmt)
     eng = engine()
-    ck = eng.checkpoint(sandbox, checkpoint, leave_running=leave_running)
+    ck = Sandbox(sandbox, engine=eng).checkpoint(checkpoint, leave_running=leave_running).info
     if fmt == "json":
         _print_json(ck.to_json())
     else:
@@ -419,7 +422,7 @@ def checkpoint_rm(
     checkpoint: str = typer.Argument(...),
 ) -> None:
     """Remove a checkpoint of a sandbox."""
-    engine().remove_checkpoint(sandbox, checkpoint)
+    Sandbox(sandbox, engine=engine()).remove_checkpoint(checkpoint)
     print(checkpoint)
 
 

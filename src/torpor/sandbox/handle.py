@@ -297,11 +297,15 @@ class Checkpoint:
 class Sandbox:
     """A handle on one sandbox of an engine (see the module's docstring)."""
 
-    def __init__(self, ref: str, *, engine: Engine | None = None) -> None:
+    def __init__(self, ref: str, *, engine: Engine | None = None,
+                 info: SandboxInfo | None = None) -> None:  # fmt: skip
         """Bind to the sandbox `ref` names (a name or an id), checking nothing: `get`
         checks. Cheap: no engine call."""
         self.engine = engine if engine is not None else default_engine()
         self.ref = ref
+        # The record as the call that made (or last started) this handle saw it: create,
+        # get, restore, list and start set it; `info` reads it again.
+        self.last_info = info
 
     def __repr__(self) -> str:
         return f"Sandbox({self.ref!r})"
@@ -364,7 +368,7 @@ class Sandbox:
             tmpfs=[t if isinstance(t, Tmpfs) else Tmpfs.parse(t) for t in tmpfs],
         )
         info = engine.run(spec, name=name, owner=owner)
-        return cls(info.id, engine=engine)
+        return cls(info.id, engine=engine, info=info)
 
     @classmethod
     def get(cls, ref: str, *, engine: Engine | None = None) -> Sandbox:
@@ -378,7 +382,7 @@ class Sandbox:
                 f"no such sandbox: {ref} (Sandbox.list(all=True) lists this engine's "
                 f"sandboxes, in {getattr(engine, 'home', 'its home')})"
             ) from None
-        return cls(info.id, engine=engine)
+        return cls(info.id, engine=engine, info=info)
 
     @classmethod
     def restore(
@@ -396,7 +400,7 @@ class Sandbox:
             checkpoint = checkpoint.id
         engine = engine if engine is not None else default_engine()
         info = engine.restore(checkpoint, name=name, owner=owner)
-        return cls(info.id, engine=engine)
+        return cls(info.id, engine=engine, info=info)
 
     # ------------------------------------------------------------------ what it is
 
@@ -488,6 +492,11 @@ class Sandbox:
         return [Checkpoint(CheckpointInfo.from_json(m), self.engine)
                 for m in self.engine.list_checkpoints(self.ref)]  # fmt: skip
 
+    def remove_checkpoint(self, checkpoint: Checkpoint | str) -> None:
+        """Delete one of its checkpoints (a `Checkpoint`, or its id or name)."""
+        ref = checkpoint.id if isinstance(checkpoint, Checkpoint) else checkpoint
+        self.engine.remove_checkpoint(self.ref, ref)
+
     def fork(self, *, name: str | None = None, owner: dict[str, Any] | None = None) -> Sandbox:
         """A new, independent sandbox from a checkpoint of this one, which keeps running
         (the checkpoint is kept: the fork's `info.restored_from`)."""
@@ -500,7 +509,7 @@ class Sandbox:
         """Start it again: fresh from its image, or from one of its checkpoints (a
         restore in place: same name and id)."""
         ref = checkpoint.id if isinstance(checkpoint, Checkpoint) else checkpoint
-        self.engine.start(self.ref, checkpoint=ref)
+        self.last_info = self.engine.start(self.ref, checkpoint=ref)
         return self
 
     def stop(self, *, timeout: float = 10.0) -> None:
@@ -544,4 +553,4 @@ class Sandbox:
     def list(cls, *, engine: Engine | None = None, all: bool = False) -> list[Sandbox]:
         """The running sandboxes of the engine (`all`: stopped ones too)."""
         engine = engine if engine is not None else default_engine()
-        return [cls(info.id, engine=engine) for info in engine.list(all=all)]
+        return [cls(info.id, engine=engine, info=info) for info in engine.list(all=all)]

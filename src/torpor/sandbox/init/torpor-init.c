@@ -1707,11 +1707,12 @@ static int cmd_stat(int argc, char **argv)
 }
 
 /* List dir's entries (sorted by name) down to depth levels, as "rel/name". Entries are
- * not followed (a symlink to a directory is listed, not entered). */
-static void ls_dir(const char *dir, const char *rel, int depth, int *rc)
+ * not followed (a symlink to a directory is listed, not entered). What cannot be read
+ * below the top is skipped with a message (an entry deleted meanwhile, silently). */
+static void ls_dir(const char *dir, const char *rel, int depth)
 {
     DIR *d = opendir(dir);
-    if (!d) { msg("ls: %s: %s", dir, strerror(errno)); *rc = 1; return; }
+    if (!d) { msg("ls: skipping %s: %s", dir, strerror(errno)); return; }
     char **names = NULL;
     int n = 0;
     struct dirent *e;
@@ -1727,10 +1728,11 @@ static void ls_dir(const char *dir, const char *rel, int depth, int *rc)
         struct stat st;
         fmt(fs, sizeof fs, "%s/%s", dir, names[i]);
         fmt(shown, sizeof shown, "%s%s%s", rel, *rel ? "/" : "", names[i]);
-        if (lstat(fs, &st) < 0) { msg("ls: %s: %s", fs, strerror(errno)); *rc = 1; }
-        else {
+        if (lstat(fs, &st) == 0) {
             print_entry(&st, shown, fs);
-            if (S_ISDIR(st.st_mode) && depth > 1) ls_dir(fs, shown, depth - 1, rc);
+            if (S_ISDIR(st.st_mode) && depth > 1) ls_dir(fs, shown, depth - 1);
+        } else if (errno != ENOENT) {
+            msg("ls: skipping %s: %s", fs, strerror(errno));
         }
         free(names[i]);
     }
@@ -1738,8 +1740,7 @@ static void ls_dir(const char *dir, const char *rel, int depth, int *rc)
 }
 
 /* `ls [-d DEPTH] DIR`: print DIR's entries (see print_entry; PATH relative to DIR) down
- * to DEPTH levels (default 1). DIR itself is followed if it is a symlink. Entries that
- * cannot be read are skipped with a message, and the exit status is then 1. */
+ * to DEPTH levels (default 1). DIR itself is followed if it is a symlink. */
 static int cmd_ls(int argc, char **argv)
 {
     int depth = 1, i = 2;
@@ -1748,9 +1749,11 @@ static int cmd_ls(int argc, char **argv)
     struct stat st;
     if (stat(argv[i], &st) < 0) return fail_errno("ls", argv[i], errno);
     if (!S_ISDIR(st.st_mode)) return fail_errno("ls", argv[i], ENOTDIR);
-    int rc = 0;
-    ls_dir(argv[i], "", depth, &rc);
-    return rc;
+    DIR *d = opendir(argv[i]);   /* the top must be readable: that is an error */
+    if (!d) return fail_errno("ls", argv[i], errno);
+    closedir(d);
+    ls_dir(argv[i], "", depth);
+    return 0;
 }
 
 /* `mkdir [-p] [-m MODE] PATH`: create a directory (mode in octal, default 755), with -p
