@@ -24,6 +24,7 @@ from torpor.sandbox import (
     SandboxFileNotFound,
     SandboxNotFound,
     SandboxNotRunning,
+    set_default_engine,
 )
 from torpor.sandbox.gvisor import GVisorEngine
 
@@ -242,6 +243,12 @@ def test_checkpoint_and_restore_keep_a_process_in_memory(sb: Sandbox):
     assert sb.state == "running"  # leave_running is the default
     assert ck in sb.checkpoints()
 
+    # checkpoints without a name, one right after the other, get names of their own
+    quick = [sb.checkpoint(), sb.checkpoint()]
+    assert quick[0].name != quick[1].name
+    for c in quick:
+        c.remove()
+
     copy = Sandbox.restore(ck)
     try:
         assert copy.id != sb.id and copy.engine is sb.engine
@@ -332,3 +339,15 @@ def test_bad_references(engine: GVisorEngine):
         Sandbox.restore("t-no-such-checkpoint", engine=engine)
     with pytest.raises(SandboxError, match="no such image"):
         Sandbox.create(image="t-no-such-image", engine=engine)
+
+
+def test_the_example_in_the_docs_runs(engine: GVisorEngine):
+    page = (Path(__file__).resolve().parents[2] / "docs" / "sandboxes.md").read_text()
+    example = page.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    before = {s.id for s in Sandbox.list(engine=engine, all=True)}
+    set_default_engine(engine)  # the example uses the default engine
+    try:
+        exec(compile(example, "docs/sandboxes.md", "exec"), {})
+    finally:
+        set_default_engine(None)
+    assert {s.id for s in Sandbox.list(engine=engine, all=True)} == before  # all killed

@@ -299,8 +299,9 @@ class Sandbox:
 
     def __init__(self, ref: str, *, engine: Engine | None = None,
                  info: SandboxInfo | None = None) -> None:  # fmt: skip
-        """Bind to the sandbox `ref` names (a name or an id), checking nothing: `get`
-        checks. Cheap: no engine call."""
+        """Bind to the sandbox `ref` names (a name or an id), checking nothing (`get`
+        checks): no call about the sandbox is made. Without `engine`, the default one
+        (opened on first use: see `default_engine`)."""
         self.engine = engine if engine is not None else default_engine()
         self.ref = ref
         # The record as the call that made (or last started) this handle saw it: create,

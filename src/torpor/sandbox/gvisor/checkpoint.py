@@ -57,16 +57,7 @@ class Checkpointer:
             raise SandboxConflict(
                 f"cannot checkpoint sandbox {info.name}: it is not running (state: {info.state})"
             )
-        ck_name = name or datetime.now(UTC).strftime("ck-%Y%m%d-%H%M%S")
-        # The id follows from the sandbox and the name, so checking that the name is free
-        # is one lookup, whatever the number of checkpoints.
-        ck_id = f"{info.name}-{ck_name}-{info.id[:6]}"
-        try:
-            self.storage.meta(ck_id)
-        except CheckpointNotFound:
-            pass
-        else:
-            raise SandboxConflict(f"sandbox {info.name} already has a checkpoint named {ck_name}")
+        ck_name, ck_id = self._free_name(info, name)
         if info.restore_token:  # init has not heard of the last restore yet: tell it now
             self.client.run(info, ["ping"], timeout=60)
         if info.channel:  # init closes its host socket, which gVisor cannot save
@@ -97,6 +88,23 @@ class Checkpointer:
             self.records.save(info)
             self.driver.after_stop_later(info)
         return CheckpointInfo.from_json({**meta, "size": size})
+
+    def _free_name(self, info: SandboxInfo, name: str | None) -> tuple[str, str]:
+        """(name, id) of a new checkpoint of info: `name`, which must be free, else a
+        timestamp (with a counter after it when that one is taken: two checkpoints in
+        one second). The id follows from the sandbox and the name, so checking that the
+        name is free is one lookup, whatever the number of checkpoints."""
+        stamp = datetime.now(UTC).strftime("ck-%Y%m%d-%H%M%S")
+        for n in range(1, 100):
+            ck_name = name or (stamp if n == 1 else f"{stamp}-{n}")
+            ck_id = f"{info.name}-{ck_name}-{info.id[:6]}"
+            try:
+                self.storage.meta(ck_id)
+            except CheckpointNotFound:
+                return ck_name, ck_id
+            if name is not None:
+                break
+        raise SandboxConflict(f"sandbox {info.name} already has a checkpoint named {ck_name}")
 
     def _meta(self, info: SandboxInfo, ck_id: str, ck_name: str, seconds: float,
               leave_running: bool) -> dict[str, Any]:  # fmt: skip
