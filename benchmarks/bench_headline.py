@@ -63,7 +63,8 @@ from torpor.agent.tools import ToolRegistry  # noqa: E402
 from torpor.context import from_openai, open_log, to_openai  # noqa: E402
 from torpor.context.pgtemp import TempCluster, server_bindir  # noqa: E402
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage  # noqa: E402
-from torpor.runtime.core import WORKSPACE, Policy, Runtime  # noqa: E402
+from torpor.runtime.core import Policy, Runtime  # noqa: E402
+from torpor.runtime.types import WORKSPACE  # noqa: E402
 from torpor.runtime.workspace import SandboxWorkspace  # noqa: E402
 from torpor.sandbox.engine import SandboxSpec  # noqa: E402
 from torpor.sandbox.gvisor import GVisorEngine  # noqa: E402

@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Runtime": "torpor.runtime.core",
-    "Session": "torpor.runtime.core",
-    "Policy": "torpor.runtime.core",
-    "Worker": "torpor.runtime.core",
+    "Session": "torpor.runtime.session",
+    "Policy": "torpor.runtime.types",
+    "Worker": "torpor.runtime.worker",
     "Client": "torpor.api.client",
 }
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.cluster.conftest import Cluster, Machine, needs_pg, wait_until
-from torpor.runtime.core import DEFAULT_LEASE_TTL, MACHINE_TTL, UPLOAD_WAIT
+from torpor.runtime.types import DEFAULT_LEASE_TTL, MACHINE_TTL, UPLOAD_WAIT
 
 pytestmark = needs_pg
 

@@ -11,13 +11,8 @@ import pytest
 
 from tests.runtime.test_runtime_sessions import markers, shell
 from torpor.context import Entry
-from torpor.runtime.core import (
-    MAX_RECOVERIES,
-    InvalidSession,
-    Runtime,
-    Worker,
-    recoveries_in_a_row,
-)
+from torpor.runtime.core import InvalidSession, Runtime, Worker
+from torpor.runtime.recovery import MAX_RECOVERIES, recoveries_in_a_row
 
 
 @pytest.fixture()

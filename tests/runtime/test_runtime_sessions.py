@@ -335,7 +335,7 @@ def test_a_warm_sandbox_lost_with_its_worker_is_recovered(runtime: Runtime, scri
     warm_worker = Worker(runtime)
     s.post("2")
     warm_worker.run_session(s.id)  # its sandbox now also holds "lost", unsnapshotted
-    warm_worker._warm.clear()  # that worker is gone: nobody will snapshot it
+    warm_worker.warm.take(s.id)  # that worker is gone: nobody will snapshot it
     runtime.db.update(s.id, lease_until=time.time() - 1)  # ... and its lease ran out
     s.post("3")
     outcome = Worker(runtime).run_once()

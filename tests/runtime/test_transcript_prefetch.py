@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from torpor.context import BlobMissing, Entry, open_log
-from torpor.runtime.core import _Transcript
+from torpor.runtime.transcript import Transcript
 
 
 def test_prefetch_loads_what_the_model_will_be_sent(tmp_path: Path):
@@ -21,7 +21,7 @@ def test_prefetch_loads_what_the_model_will_be_sent(tmp_path: Path):
                      Entry.tool_call("c1", "shell", '{"command": "make"}'),
                      Entry.tool_result("c1", big),
                      Entry.message("assistant", "done")])  # fmt: skip
-    tr = _Transcript(log, sid, epoch=log.acquire(sid))
+    tr = Transcript(log, sid, epoch=log.acquire(sid))
     tr.prefetch().join()
     # The payloads are in memory now: the blob store is no longer needed to build the
     # request, and what the transcript hands out is the whole log, once.
@@ -30,6 +30,6 @@ def test_prefetch_loads_what_the_model_will_be_sent(tmp_path: Path):
     assert [e.seq for e in entries] == [1, 2, 3, 4]
     assert entries[2].content == big
     # A transcript that did not prefetch goes to the blob store, which is gone.
-    cold = _Transcript(log, sid, epoch=log.acquire(sid))
+    cold = Transcript(log, sid, epoch=log.acquire(sid))
     with pytest.raises(BlobMissing):
         _ = [e.content for e in cold.entries()]

@@ -36,7 +36,8 @@ from torpor.api.routes import messages, ops, sandbox, sessions
 from torpor.api.schemas import API_VERSION, ApiError, error_response
 from torpor.api.tokens import TokenStore
 from torpor.context import StaleEpoch
-from torpor.runtime.core import LeaseLost, Runtime
+from torpor.runtime.core import Runtime
+from torpor.runtime.types import LeaseLost
 
 try:  # FastAPI >= 0.137.2: included routers stay routers; this walks down into them
     from fastapi.routing import iter_route_contexts as _flat_routes

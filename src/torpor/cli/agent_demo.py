@@ -104,7 +104,7 @@ def run_demo(out: Console, *, model: str | None = None, as_json: bool = False) -
 
 def _run_demo(rt: Any, out: Console, *, model: str | None, as_json: bool) -> dict[str, Any]:
     from torpor.cli.session_cmd import print_event
-    from torpor.runtime.core import Worker
+    from torpor.runtime.worker import Worker
 
     report: dict[str, Any] = {"turns": []}
     say = (lambda *a, **k: None) if as_json else out.print

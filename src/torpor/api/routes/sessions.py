@@ -20,7 +20,7 @@ from torpor.api.schemas import (
     errors,
 )
 from torpor.api.tokens import Principal
-from torpor.runtime.core import InvalidSession, Policy, SessionError
+from torpor.runtime.types import InvalidSession, Policy, SessionError
 
 CANCEL_WAIT = 10.0  # seconds a cancel or close request waits for the turn to stop (then 202)
 

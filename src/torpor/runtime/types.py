@@ -1,0 +1,85 @@
+"""The runtime's shared vocabulary: when to snapshot (`Policy`), what a turn ends with
+(`TurnOutcome`), the errors a session's requests raise, and the timings every part of
+the runtime (and the machines of a cluster) agree on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_LEASE_TTL = 15.0
+CANCEL_POLL = 0.5  # how often a running turn looks for a cancel asked for in the database
+# Several machines (docs/cluster.md): each one's heartbeat, and how long without one makes
+# it gone; how long a new message waits for the machine that holds the session's latest
+# snapshot before any machine may take it; how long a machine restoring a snapshot that
+# another (live) machine is still uploading waits for that upload.
+MACHINE_BEAT = 1.0
+MACHINE_TTL = 10.0
+AFFINITY_DELAY = 0.5
+UPLOAD_WAIT = 300.0
+WORKSPACE = "/work"  # a tmpfs in every session's sandbox (Runtime.sandbox_spec)
+
+
+class SessionError(Exception):
+    """A request that does not fit the session (busy, closed, no snapshot yet, ...)."""
+
+
+class InvalidSession(SessionError, ValueError):
+    """A session that could not run as asked (its model, image or a tool): refused when it
+    is created, rather than failing at its first turn."""
+
+
+class LeaseLost(Exception):
+    """Another worker took the session (this one was too slow or presumed dead)."""
+
+
+class Cancelled(Exception):
+    """The user asked for the running turn to stop (Session.cancel, or close)."""
+
+
+@dataclass
+class Policy:
+    """When to snapshot. Defaults: snapshot at every wait point, none mid-turn."""
+
+    snapshot_every_calls: int = 0  # mid-turn snapshot every K tool calls (0: never)
+    snapshot_every_seconds: float = 0.0  # ... or every T seconds of turn time (0: never)
+    max_attempts: int = 8  # model failures in a row before the turn is given up
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    # Keep the sandbox running this long after a wait point, so that a quick reply does
+    # not pay for a restore; it is snapshotted when the time is up (0: snapshot at once).
+    # Only a worker that stays up (torpor worker / serve / a Runtime kept open) keeps it.
+    warm_seconds: float = 0.0
+    # Keep only the newest N snapshots of the session (0: all of them). Older ones are
+    # deleted from the store as new ones are taken, unless a fork still needs them; their
+    # chunks are reclaimed by `torpor snapshot gc`.
+    keep_snapshots: int = 0
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> Policy:
+        known = {k: v for k, v in (d or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TurnOutcome:
+    session: str
+    state: str  # waiting | retrying | failed | closed
+    error: str | None = None  # why the session failed
+    text: str = ""
+    snapshot: str | None = None
+    snapshot_bytes: int = 0
+    snapshot_ms: float = 0.0
+    restore_ms: float | None = None
+    recovered: bool = False
+    cancelled: bool = False
+    wake_at: float | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+Event = dict[str, Any]
+EventSink = Callable[[Event], None]

@@ -1,0 +1,120 @@
+"""Snapshots and wait points: checkpoint the sandbox into the store (mid-turn or at the
+wait point), keep the newest N (Policy.keep_snapshots), let the session wait (or close,
+when asked), or defer the wait point by keeping the sandbox warm."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from torpor.context import Entry
+from torpor.runtime.turn import Turn
+from torpor.runtime.types import LeaseLost, Policy
+from torpor.sandbox.engine import CheckpointError, SandboxError
+
+if TYPE_CHECKING:
+    from torpor.runtime.parts import RuntimeParts
+    from torpor.runtime.transcript import Transcript
+
+
+def snapshot(turn: Turn, *, leave_running: bool) -> tuple[str, int, float]:
+    """Checkpoint the sandbox, record the snapshot (marker, holder, the session's row);
+    returns (snapshot id, bytes, ms)."""
+    rt, tr = turn.rt, turn.tr
+    t0 = time.monotonic()
+    ck = rt.engine.checkpoint(turn.sandbox, f"e{tr.epoch}-{secrets.token_hex(2)}",
+                              leave_running=leave_running)  # fmt: skip
+    ms = (time.monotonic() - t0) * 1000
+    # which machine holds it (until its upload is done, the only copy)
+    rt.db.record_snapshot(ck.id, tr.session, rt.machine, rt.process)
+    seq = rt.log.head_seq(tr.session)
+    turn.append([Entry.marker("snapshot_taken", snapshot=ck.id, seq=seq, bytes=ck.size,
+                              ms=round(ms, 1), mid_turn=leave_running,
+                              machine=rt.machine)])  # fmt: skip
+    row = rt.db.get(tr.session)
+    kept, drop = _kept(rt, row.snapshots, ck.id, Policy.from_json(row.policy).keep_snapshots)
+    if not turn.update(snapshot=ck.id, snapshot_seq=seq, snapshots=kept):
+        raise LeaseLost(f"worker {turn.owner} lost the lease on {tr.session}")
+    for old in drop:
+        drop_snapshot(rt, tr.session, old)
+    turn.emit("snapshot", snapshot=ck.id, bytes=ck.size, ms=round(ms, 1), mid_turn=leave_running)
+    return ck.id, ck.size, ms
+
+
+def _kept(rt: RuntimeParts, snapshots: list[str], new: str,
+          keep: int) -> tuple[list[str], list[str]]:  # fmt: skip
+    """The session's snapshots to keep (at most `keep`; 0: the newest 16 are listed, none
+    deleted) and those to delete, `new` taken."""
+    snaps = [*snapshots, new]
+    kept = snaps[-keep:] if keep > 0 else snaps[-16:]
+    drop = snaps[:-keep] if keep > 0 else []
+    stored = rt.checkpoint_storage("stored")
+    if drop and stored is not None and not any(stored(k) for k in kept):
+        # None of the kept ones is in the store yet (the new one is uploading): the
+        # newest that is stays, so that losing this machine (or a power cut) before
+        # the upload leaves a snapshot to fall back to. It goes at a later wait point.
+        kept, drop = [drop[-1], *kept], drop[:-1]
+    return kept, drop
+
+
+def drop_snapshot(rt: RuntimeParts, session: str, snapshot: str) -> None:
+    """Policy.keep_snapshots: delete a snapshot that fell out of the kept ones."""
+    if rt.db.snapshot_in_use(snapshot, besides=session):
+        return  # a fork starts from it
+    with contextlib.suppress(CheckpointError):
+        rt.engine.remove_checkpoint(None, snapshot)
+
+
+def snapshot_and_remove(turn: Turn) -> None:
+    """The sandbox's last snapshot of the turn, into the outcome; then the sandbox goes."""
+    out = turn.outcome
+    out.snapshot, out.snapshot_bytes, out.snapshot_ms = snapshot(turn, leave_running=False)
+    with contextlib.suppress(SandboxError):
+        turn.rt.engine.remove(turn.sandbox, force=True)  # nothing left running: no memory
+
+
+def wait_point(turn: Turn) -> None:
+    """Snapshot, remove the sandbox, let go: the session waits (or, if a close was
+    asked for meanwhile, is closed). A cancel asked for is done: the turn ended."""
+    snapshot_and_remove(turn)
+    let_wait(turn)
+    if turn.rt.standby_size > 0:  # ready for when this session (or another) resumes
+        turn.rt.standbys(turn.row.image).refill()
+
+
+def let_wait(turn: Turn) -> None:
+    rt, sid = turn.rt, turn.sid
+    asked = rt.db.cancel_requested(sid)
+    turn.append([Entry.marker("state", state="waiting")])
+    turn.update(state="waiting", attempt=0, wake_at=None, error=None, lease_owner=None,
+                lease_until=None, cancel=None if asked != "close" else "close")  # fmt: skip
+    turn.emit("state", state="waiting")
+    turn.outcome.state = "waiting"
+    if asked == "close":
+        close_session(rt, turn.tr, sid)
+        turn.emit("state", state="closed")
+        turn.outcome.state = "closed"
+
+
+def go_warm(turn: Turn, seconds: float, keep_warm: Callable[[str, float], None]) -> None:
+    """A deferred wait point: the sandbox keeps running (and this worker keeps the
+    lease) for `seconds`; then the janitor snapshots it. wake_at marks it warm."""
+    until = time.time() + seconds
+    turn.append([Entry.marker("state", state="waiting", warm_until=round(until, 3))])
+    turn.update(state="waiting", attempt=0, wake_at=until, error=None,
+                lease_until=until + turn.lease_ttl)  # fmt: skip
+    keep_warm(turn.sid, until)
+    turn.emit("state", state="waiting", warm_until=until)
+    turn.outcome.state = "waiting"
+
+
+def close_session(rt: RuntimeParts, tr: Transcript, sid: str) -> None:
+    """The session takes no more messages; its log stays (and is marked closed)."""
+    tr.append([Entry.marker("state", state="closed")])
+    rt.db.update(sid, state="closed", lease_owner=None, lease_until=None, wake_at=None,
+                 cancel=None)  # fmt: skip
+    with contextlib.suppress(Exception):
+        rt.log.close_session(sid)
