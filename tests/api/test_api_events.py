@@ -36,7 +36,10 @@ def test_every_entry_kind_maps_to_an_event():
         (Entry.marker("recovery_note", text="worker died", lost=["c1"]), "recovery",
          {"text": "worker died", "lost": ["c1"]}),
         (Entry.marker("state", state="waiting"), "state", {"state": "waiting"}),
-        (Entry.marker("fork", parent="ses-a"), "marker", {"marker": "fork", "parent": "ses-a"}),
+        (Entry.marker("fork", parent="ses-a"), "fork", {"parent": "ses-a"}),
+        (Entry.marker("sandbox_started", image="base", ms=80.0), "sandbox_started",
+         {"image": "base", "ms": 80.0}),
+        (Entry.marker("my_own", x=1), "marker", {"marker": "my_own", "x": 1}),
     ]  # fmt: skip
     for i, (entry, kind, subset) in enumerate(cases, 1):
         entry.seq = i

@@ -50,7 +50,7 @@ def test_a_crash_after_a_snapshot_loses_answered_calls_and_interrupts_open_ones(
     assert rec.after == 3
     assert [c.tool_call_id for c in rec.lost] == ["c1"]
     assert [c.tool_call_id for c in rec.interrupted] == ["c2"]
-    note = rec.note()
+    note = rec.note().fields()  # as the recovery_note marker is written
     assert note["snapshot"] == "s1" and note["after_seq"] == 3
     assert note["lost"] == ["c1"] and note["interrupted"] == ["c2"]
     assert "restored to the snapshot s1 taken at log seq 3" in note["text"]
@@ -65,7 +65,7 @@ def test_a_crash_without_a_snapshot_names_a_fresh_sandbox_and_everything_since_s
     rec = recovery.crash_recovery(entries, restored=None, row_snapshot=None,
                                   row_snapshot_seq=None, warm_lost=True)  # fmt: skip
     assert rec.after == 0 and [c.tool_call_id for c in rec.lost] == ["c1"]
-    assert rec.note()["snapshot"] is None and rec.note()["interrupted"] == []
+    assert rec.note().snapshot is None and rec.note().interrupted == []
     assert "a fresh sandbox" in rec.text and "keeping this session's sandbox warm" in rec.text
 
 
@@ -89,7 +89,7 @@ def test_a_fallback_names_the_calls_between_the_restored_and_the_lost_snapshot()
         call("c3", "three"), result("c3"),                 # 7, 8: after s2, not lost by it
     )  # fmt: skip
     fb = recovery.fallback(entries, ["s2: corrupt"], "restored the older snapshot s1", "s1")
-    note = fb.note()
+    note = fb.note().fields()
     assert note["since_seq"] == 2 and note["lost"] == ["c2"] and note["snapshot"] == "s1"
     assert note["failures"] == ["s2: corrupt"] and "after_seq" not in note
     assert note["text"].startswith("The session's latest snapshot could not be restored "

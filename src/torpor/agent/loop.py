@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from torpor.agent.models import Model
 from torpor.agent.tools import ToolRegistry, Workspace
 from torpor.agent.types import ModelTurn, ToolCall, ToolResult
-from torpor.context import Entry
+from torpor.context import Entry, markers
 
 COMPACT_AT = 0.8  # compact when a request would use this share of the context window
 KEEP_AFTER_COMPACTION = 0.4  # ... keeping recent entries worth this share
@@ -43,21 +43,15 @@ class LoopHooks:
 
 def marker_note(e: Entry) -> str | None:
     """The text a model should see for a torpor marker, or None to hide it."""
-    c = e.content if isinstance(e.content, dict) else {}
-    name = c.get("marker")
-    if name in ("recovery_note", "cancelled"):
-        return f"[torpor] {c.get('text', '')}"
-    if name == "fork":
-        return f"[torpor] This session is a fork of session {c.get('parent')}: {c.get('text', '')}"
-    return None
+    return markers.model_note(e)
 
 
 def latest_summary(entries: list[Entry]) -> tuple[str | None, int]:
     """The text of the newest summary marker and the last seq it covers ((None, 0): none)."""
     for e in reversed(entries):
-        c = e.content if e.kind == "marker" and isinstance(e.content, dict) else {}
-        if c.get("marker") == "summary":
-            return str(c.get("text", "")), int(c.get("upto_seq", 0))
+        m = markers.of(e, markers.Summary)
+        if m is not None:
+            return str(m.text), int(m.upto_seq)
     return None, 0
 
 
@@ -147,7 +141,7 @@ def maybe_compact(
     text = summarize(dropped) if previous is None else previous + "\n" + summarize(dropped)
     # ~4 characters per token, as Model.estimate_tokens counts
     text = bounded(text, int(SUMMARY_SHARE * budget * 4))
-    transcript.append([Entry.marker("summary", upto_seq=upto, text=text, entries=len(dropped))])
+    transcript.append([markers.Summary(upto_seq=upto, text=text, entries=len(dropped)).entry()])
     return model_view(transcript.entries())
 
 
@@ -198,5 +192,5 @@ def run_turn(
             if hooks.on_tool_end:
                 hooks.on_tool_end(call, result)
         if step == max_steps - 1:
-            transcript.append([Entry.marker("step_limit", steps=max_steps)])
+            transcript.append([markers.StepLimit(steps=max_steps).entry()])
     return turn

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from torpor.runtime.events import Event
+
 
 class ApiError(Exception):
     """The server answered with an error (status and its message)."""
@@ -24,13 +26,6 @@ class ApiError(Exception):
         super().__init__(f"{message} (HTTP {status})")
         self.status = status
         self.message = message
-
-
-@dataclass
-class Event:
-    id: int | None
-    type: str
-    data: dict[str, Any]
 
 
 @dataclass
@@ -59,7 +54,7 @@ def _raise(r: httpx.Response) -> None:
     raise ApiError(r.status_code, str(msg))
 
 
-def parse_sse(lines: Iterator[str]) -> Iterator[Event]:
+def parse_sse(lines: Iterator[str], session: str | None = None) -> Iterator[Event]:
     """Events of a text/event-stream, one per blank-line-terminated block."""
     eid: int | None = None
     kind = "message"
@@ -67,7 +62,7 @@ def parse_sse(lines: Iterator[str]) -> Iterator[Event]:
     for line in lines:
         if line == "":
             if data:
-                yield Event(eid, kind, json.loads("\n".join(data)))
+                yield Event(kind, json.loads("\n".join(data)), session=session, id=eid)
             eid, kind, data = None, "message", []
             continue
         if line.startswith(":"):
@@ -226,7 +221,7 @@ class RemoteSession:
                     if r.status_code >= 400:
                         r.read()
                         _raise(r)
-                    for ev in parse_sse(lines(r)):
+                    for ev in parse_sse(lines(r), self.id):
                         if ev.id is not None:
                             last = ev.id
                         yield ev

@@ -115,9 +115,9 @@ def _run_demo(rt: Any, out: Console, *, model: str | None, as_json: bool) -> dic
         model = f"script:{script}"
     events = [] if as_json else None
 
-    def on_event(ev: dict[str, Any]) -> None:
+    def on_event(ev: Any) -> None:
         if events is not None:
-            events.append(ev)
+            events.append(ev.to_json())
         else:
             print_event(ev)
 

@@ -13,7 +13,15 @@ from typing import Annotated, Any
 import typer
 
 from torpor.cli.output import human_bytes
-from torpor.context import ContextError, ContextLog, Entry, default_url, open_log, to_anthropic
+from torpor.context import (
+    ContextError,
+    ContextLog,
+    Entry,
+    default_url,
+    markers,
+    open_log,
+    to_anthropic,
+)
 from torpor.context import to_openai as _to_openai
 
 app = typer.Typer(help="Inspect the context log: show, verify, export and prune sessions.",
@@ -79,9 +87,7 @@ def _line(e: Entry) -> str:
         err = " (error)" if isinstance(e.meta.get("anthropic"), dict) and e.meta[
             "anthropic"].get("extra", {}).get("is_error") else ""
         return f"{head} result of {e.tool_call_id}{err}: {_clip(_text_of(e.content))}"
-    content = e.content if isinstance(e.content, dict) else {"marker": e.content}
-    name = content.get("marker", "marker")
-    rest = {k: v for k, v in content.items() if k != "marker"}
+    name, rest = markers.name_of(e), markers.fields_of(e)
     return f"{head} -- {name} {json.dumps(rest, ensure_ascii=False) if rest else ''}".rstrip()
 
 

@@ -55,20 +55,6 @@ def _row(d: dict[str, Any]):  # type: ignore[no-untyped-def]
     return SessionRow(**{k: v for k, v in d.items() if k in SessionRow.__dataclass_fields__})
 
 
-def _remote_event(ev: Any) -> None:
-    """Print a server-sent event the way print_event prints a local worker's."""
-    d = {"type": ev.type, **ev.data}
-    if ev.type == "tool_call_started":
-        with contextlib.suppress(TypeError, ValueError):
-            d["arguments"] = json.loads(d.get("arguments") or "null")
-    elif ev.type == "recovery":
-        d.update(type="recovered", lost=len(d.get("lost") or []),
-                 interrupted=len(d.get("interrupted") or []))  # fmt: skip
-    elif ev.type == "marker" and d.get("marker") == "sandbox_started":
-        d["type"] = "sandbox_started"
-    print_event(d)
-
-
 def runtime(db: str | None, store: str | None, tools: str | None = None) -> Any:
     """A Runtime; its tools are the built-in ones plus those of the `tools` modules
     (default: TORPOR_TOOLS) and the torpor.tools entry points (a bad one: one line, exit 1)."""
@@ -82,12 +68,15 @@ def _json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def print_event(ev: dict[str, Any]) -> None:
-    """One line per event, on stderr (stdout carries the answer)."""
+def print_event(ev: Any) -> None:
+    """One line per event (a local worker's or the server's: the same Event), on stderr
+    (stdout carries the answer)."""
     t = ev["type"]
     if t == "tool_call_started":
-        args = json.dumps(ev.get("arguments"), ensure_ascii=False)
-        line = f"  → {ev['name']} {args[:120]}"
+        args = ev.get("arguments")  # the call's JSON text
+        with contextlib.suppress(TypeError, ValueError):
+            args = json.dumps(json.loads(args), ensure_ascii=False)
+        line = f"  → {ev['name']} {str(args)[:120]}"
     elif t == "tool_call_finished":
         mark = "✗" if ev.get("is_error") else "✓"
         out = (ev.get("output") or "").strip().replace("\n", " ⏎ ")
@@ -107,9 +96,12 @@ def print_event(ev: dict[str, Any]) -> None:
         line = f"  ◆ fresh sandbox from {ev['image']} in {ev['ms']:.0f} ms"
     elif t == "retry_scheduled":
         line = f"  ⟳ model failed ({ev['error']}); retry {ev['attempt']} in {ev['delay']:.1f} s"
-    elif t == "recovered":
-        line = (f"  ⚠ recovered after a dead worker: {ev['lost']} calls lost, "
-                f"{ev['interrupted']} interrupted")  # fmt: skip
+    elif t == "recovery" and ev.get("after_seq") is not None:
+        line = (f"  ⚠ recovered after a dead worker: {len(ev.get('lost') or [])} calls lost, "
+                f"{len(ev.get('interrupted') or [])} interrupted")  # fmt: skip
+    elif t == "recovery":
+        line = (f"  ⚠ the latest snapshot could not be restored: "
+                f"{len(ev.get('lost') or [])} calls' effects lost")  # fmt: skip
     elif t == "state":
         line = f"  · {ev['state']}"
     elif t == "assistant":
@@ -174,9 +166,9 @@ def send(
         if no_wait:
             print(rs.post(text))
             return
-        out = rs.send(text, on_event=None if fmt == "json" else _remote_event)
+        out = rs.send(text, on_event=None if fmt == "json" else print_event)
         if fmt == "json":
-            _json({**out.__dict__, "events": [e.__dict__ for e in out.events]})
+            _json(out.to_json())
         else:
             print(out.text)
         _say_failed(session, out.state, out.error)
@@ -191,7 +183,7 @@ def send(
     finally:
         rt.close()  # this process ends here: a sandbox kept warm is snapshotted now
     if fmt == "json":
-        _json({k: v for k, v in outcome.__dict__.items()})
+        _json(outcome.to_json())
     else:
         print(outcome.text)
         if outcome.state == "retrying":
@@ -235,6 +227,8 @@ def ls(state: str = typer.Option(None, "--state"), db: str = DbOpt, fmt: str = F
 def show(session: str = typer.Argument(...), db: str = DbOpt, fmt: str = FormatOpt,
          server: str = ServerOpt, token: str = TokenOpt) -> None:  # fmt: skip
     """Show a session's record and its log as a timeline."""
+    from torpor.context import markers
+
     if server:
         from torpor.context import Entry
 
@@ -249,9 +243,8 @@ def show(session: str = typer.Argument(...), db: str = DbOpt, fmt: str = FormatO
     print(f"session {info.id}  state {info.state}  model {info.model}  image {info.image}")
     for e in entries:
         if e.kind == "marker":
-            c = dict(e.content) if isinstance(e.content, dict) else {}
-            name = c.pop("marker", "?")
-            c.pop("text", None) if name != "recovery_note" else None
+            c, name = markers.fields_of(e), markers.name_of(e)
+            c.pop("text", None) if name != markers.RecoveryNote.NAME else None
             detail = " ".join(f"{k}={v}" for k, v in c.items())
             print(f"{e.seq:>5}  ◆ {name} {detail}"[:200])
         elif e.kind == "tool_call":

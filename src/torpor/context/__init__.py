@@ -17,7 +17,6 @@ from .blobs import BlobStore, FileBlobStore, open_blobs
 from .convert import from_anthropic, from_openai, to_anthropic, to_openai
 from .entry import (
     KINDS,
-    MARKERS,
     BlobMissing,
     BlobRef,
     ContextError,
@@ -28,10 +27,11 @@ from .entry import (
     chain_hash,
 )
 from .log import DEFAULT_BLOB_THRESHOLD, ContextLog, SessionClosed, SessionInfo, VerifyResult
+from .markers import MARKERS, Marker
 
 __all__ = [
     "KINDS", "MARKERS", "BlobMissing", "BlobRef", "BlobStore", "ContextError", "ContextLog",
-    "Entry",
+    "Entry", "Marker",
     "FileBlobStore", "InvalidEntry", "SessionClosed", "SessionInfo", "StaleEpoch",
     "UnknownSession", "VerifyResult", "chain_hash", "default_url", "from_anthropic",
     "from_openai", "open_blobs", "open_log", "to_anthropic", "to_openai",

@@ -14,10 +14,6 @@ from typing import Any, Protocol
 
 KINDS: frozenset[str] = frozenset({"message", "tool_call", "tool_result", "marker"})
 ROLES: frozenset[str] = frozenset({"system", "developer", "user", "assistant", "tool", "torpor"})
-# Marker names torpor itself writes (others are allowed): content is {"marker": name, ...}.
-MARKERS: frozenset[str] = frozenset({
-    "snapshot_taken", "session_restored", "retry_scheduled", "recovery_note", "size_warning",
-})
 HASH_VERSION = 1
 GENESIS = ""  # prev_hash of seq 1
 
@@ -169,7 +165,8 @@ class Entry:
 
     @classmethod
     def marker(cls, name: str, **data: Any) -> Entry:
-        """A torpor marker, e.g. Entry.marker("snapshot_taken", snapshot="snap-1")."""
+        """A marker: content {"marker": name, **data}. torpor's own are written through
+        their classes in torpor.context.markers (SnapshotTaken(...).entry())."""
         return cls(kind="marker", role="torpor", content={"marker": name, **data})
 
     # -- payload access without loading blobs -------------------------------------------

@@ -31,6 +31,7 @@ from .entry import (
     sha256_hex,
     validate_batch,
 )
+from .markers import SizeWarning
 
 DEFAULT_BLOB_THRESHOLD = 64 * 1024
 PAGE = 2000
@@ -441,8 +442,8 @@ class ContextLog(ABC):
                 total += p.size
                 seqs.append(seq)
             if self.warn_bytes is not None and total >= self.warn_bytes and not warned:
-                m = self._prepare(Entry.marker("size_warning", bytes=total,
-                                               limit=self.warn_bytes, entries=seq + 1), 0)
+                m = self._prepare(SizeWarning(bytes=total, limit=self.warn_bytes,
+                                              entries=seq + 1).entry(), 0)
                 seq += 1
                 rows.append(self._row(session, m, seq, epoch, ts, prev))
                 prev = m.e.hash

@@ -8,8 +8,9 @@ from __future__ import annotations
 import contextlib
 import time
 
-from torpor.context import Entry
+from torpor.context import Entry, markers
 from torpor.runtime import recovery
+from torpor.runtime.events import EventType
 from torpor.runtime.turn import Turn
 from torpor.runtime.types import MACHINE_TTL, SessionError
 from torpor.sandbox import owners
@@ -25,8 +26,7 @@ def bring_up(turn: Turn, *, reuse: bool = False) -> float | None:
     if reuse:  # kept warm by this worker since the last turn
         with contextlib.suppress(SandboxError):
             if eng.inspect(name).state == "running":
-                turn.append([Entry.marker("sandbox_warm", sandbox=name)])
-                turn.emit("warm", sandbox=name)
+                turn.record(markers.SandboxWarm(sandbox=name))
                 return 0.0
     # A sandbox left by an earlier worker (one that died mid-turn) is in an unknown
     # state: the session always continues from its last snapshot.
@@ -52,9 +52,8 @@ def bring_up(turn: Turn, *, reuse: bool = False) -> float | None:
             continue
         ms = (time.monotonic() - t0) * 1000
         turn.tr.restored = snap
-        turn.append([Entry.marker("session_restored", snapshot=snap, ms=round(ms, 1),
-                                  standby=info.from_standby, hot=hot)])  # fmt: skip
-        turn.emit("restored", snapshot=snap, ms=round(ms, 1), standby=info.from_standby, hot=hot)
+        turn.record(markers.SessionRestored(snapshot=snap, ms=round(ms, 1),
+                                            standby=info.from_standby, hot=hot))  # fmt: skip
         if failures:
             note_fallback(turn, failures, f"restored the older snapshot {snap}", snap)
         return ms
@@ -63,9 +62,7 @@ def bring_up(turn: Turn, *, reuse: bool = False) -> float | None:
     if not pooled:
         eng.run(rt.sandbox_spec(row.image), name=name, owner=owner)
     ms = (time.monotonic() - t0) * 1000
-    turn.append([Entry.marker("sandbox_started", image=row.image, ms=round(ms, 1),
-                              pooled=pooled)])  # fmt: skip
-    turn.emit("sandbox_started", image=row.image, ms=round(ms, 1), pooled=pooled)
+    turn.record(markers.SandboxStarted(image=row.image, ms=round(ms, 1), pooled=bool(pooled)))
     if failures:
         note_fallback(turn, failures, f"started a fresh sandbox from image {row.image}", None)
     return None
@@ -89,12 +86,12 @@ def await_upload(turn: Turn, snap: str) -> str | None:
         if time.monotonic() - t0 > rt.upload_wait:
             return f"machine {holder} had not uploaded it after {rt.upload_wait:g} s"
         if not waited:
-            turn.emit("awaiting_upload", snapshot=snap, machine=holder)
+            turn.emit(EventType.AWAITING_UPLOAD, snapshot=snap, machine=holder)
             waited = True
         time.sleep(0.05)
     if waited:
         ms = round((time.monotonic() - t0) * 1000, 1)
-        turn.append([Entry.marker("upload_awaited", snapshot=snap, machine=holder, ms=ms)])
+        turn.record(markers.UploadAwaited(snapshot=snap, machine=holder, ms=ms))
     return None
 
 
@@ -103,7 +100,7 @@ def note_fallback(turn: Turn, failures: list[str], what: str, restored: str | No
     restored instead, and the tool calls whose effects on the sandbox went with them."""
     fb = recovery.fallback(turn.tr.entries(), failures, what, restored)
     turn.tr.noted.update(c.tool_call_id or "" for c in fb.lost)
-    turn.append([Entry.marker("recovery_note", **fb.note())])
+    turn.record(fb.note())
 
 
 def recover(turn: Turn, *, warm_lost: bool = False) -> None:
@@ -116,9 +113,7 @@ def recover(turn: Turn, *, warm_lost: bool = False) -> None:
     rec = recovery.crash_recovery(
         entries, restored=turn.tr.restored, row_snapshot=turn.row.snapshot,
         row_snapshot_seq=turn.row.snapshot_seq, noted=turn.tr.noted, warm_lost=warm_lost)
-    turn.append([Entry.marker("recovery_note", **rec.note())])
-    turn.emit("recovered", lost=len(rec.lost), interrupted=len(rec.interrupted),
-              snapshot=rec.restored)  # fmt: skip
+    turn.record(rec.note())
     registry, ws = turn.registry, turn.workspace
     assert registry is not None and ws is not None  # the sandbox is up
     for c in rec.interrupted:
@@ -129,5 +124,5 @@ def recover(turn: Turn, *, warm_lost: bool = False) -> None:
         else:
             content = rec.interrupted_result()
             meta = {"is_error": True, "interrupted": True}
-        turn.append([Entry.tool_result(c.tool_call_id or "", content, meta=meta)],
-                    key=f"recover-{c.tool_call_id}")  # fmt: skip
+        turn.write(Entry.tool_result(c.tool_call_id or "", content, meta=meta),
+                   key=f"recover-{c.tool_call_id}")  # fmt: skip

@@ -34,8 +34,8 @@ from typing import Any
 
 from torpor.agent.models import Model, open_model
 from torpor.agent.tools import ToolRegistry, load_tools
-from torpor.context import Entry, open_log
 from torpor.context import default_url as default_log_url
+from torpor.context import markers, open_log
 from torpor.home import machine_id, torpor_home
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
@@ -207,7 +207,7 @@ class Runtime:
             )
         )  # fmt: skip
         epoch = self.log.acquire(sid)
-        self.log.append(sid, [Entry.marker("state", state="created", image=image, model=model)],
+        self.log.append(sid, [markers.State(state="created", image=image, model=model).entry()],
                         epoch=epoch)  # fmt: skip
         return Session(self, sid)
 

@@ -10,7 +10,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-from torpor.context import Entry
+from torpor.context import markers
 from torpor.runtime.transcript import Transcript, answer_open_calls
 from torpor.runtime.turn import Turn
 from torpor.runtime.waitpoint import (
@@ -39,11 +39,10 @@ def cancelled(turn: Turn) -> TurnOutcome:
     says so, and the sandbox is snapshotted as at any wait point. A close asked for
     closes the session after that."""
     skipped = answer_open_calls(turn.tr, NOT_RUN)
-    turn.append([Entry.marker("cancelled", skipped=len(skipped), text=(
+    turn.record(markers.Cancelled(skipped=len(skipped), text=(
         "The user cancelled the turn: the command running then (if any) was stopped and "
         f"{len(skipped)} tool call(s) not yet run were skipped; the sandbox was "
-        "snapshotted as it was."))])  # fmt: skip
-    turn.emit("cancelled", skipped=len(skipped))
+        "snapshotted as it was.")))  # fmt: skip
     turn.outcome.cancelled = True
     try:
         running = turn.rt.engine.inspect(turn.sandbox).state == "running"
@@ -71,10 +70,10 @@ def settle_cancel(rt: RuntimeParts, owner: str, lease_ttl: float, sid: str, *,
         Turn(rt, owner, lease_ttl, tr, row).take_inbox()
         skipped = answer_open_calls(tr, NOT_RUN)
         where = f"snapshot {row.snapshot}" if row.snapshot else "a fresh sandbox"
-        tr.append([Entry.marker("cancelled", skipped=len(skipped), text=(
+        tr.write(markers.Cancelled(skipped=len(skipped), text=(
             f"The user cancelled the turn before it ran on; the sandbox continues "
-            f"from {where}."))])  # fmt: skip
-        tr.append([Entry.marker("state", state="waiting")])
+            f"from {where}.")))  # fmt: skip
+        tr.write(markers.State(state="waiting"))
     state = "waiting" if pending else row.state
     rt.db.update(sid, owner=owner, state=state, attempt=0, error=None,
                  wake_at=None if pending else row.wake_at, cancel=None,
@@ -99,12 +98,12 @@ def fail(turn: Turn, err: Exception) -> TurnOutcome:
                 turn, leave_running=False)
     with contextlib.suppress(SandboxError):
         eng.remove(turn.sandbox, force=True)
-    turn.append([Entry.marker("error", error=message, kind=type(err).__name__)])
-    turn.append([Entry.marker("state", state="failed", error=message)])
+    error = turn.write(markers.Error(error=message, kind=type(err).__name__))
+    failed = turn.write(markers.State(state="failed", error=message))
     turn.update(state="failed", attempt=0, wake_at=None, error=message, lease_owner=None,
                 lease_until=None)  # fmt: skip
-    turn.emit("error", error=message)
-    turn.emit("state", state="failed", error=message)
+    turn.publish(error)
+    turn.publish(failed)
     out.state, out.error = "failed", message
     return out
 
@@ -118,12 +117,13 @@ def schedule_retry(turn: Turn, err: ModelError) -> TurnOutcome:
     snapshot_and_remove(turn)
     if not err.retryable or attempt >= policy.max_attempts:
         why = "not retryable" if not err.retryable else f"failed {attempt} times"
-        turn.append([Entry.marker("model_error", error=str(err), status=err.status,
-                                  attempts=attempt, gave_up=True)])  # fmt: skip
-        turn.append([Entry.marker("state", state="waiting")])
+        gave_up = turn.write(markers.ModelError(error=str(err), status=err.status,
+                                                attempts=attempt, gave_up=True))  # fmt: skip
+        waiting = turn.write(markers.State(state="waiting"))
         turn.update(state="waiting", attempt=0, wake_at=None, error=f"model {why}: {err}",
                     lease_owner=None, lease_until=None)  # fmt: skip
-        turn.emit("model_error", error=str(err), gave_up=True)
+        turn.publish(gave_up)
+        turn.publish(waiting)
         turn.outcome.state = "waiting"
         return turn.outcome
     if err.retry_after is not None:
@@ -132,10 +132,11 @@ def schedule_retry(turn: Turn, err: ModelError) -> TurnOutcome:
         delay = min(policy.backoff_max, policy.backoff_base * 2 ** (attempt - 1))
         delay *= 0.5 + secrets.randbelow(1000) / 1000  # jitter: 50-150 %
     wake = time.time() + delay
-    turn.append([Entry.marker("retry_scheduled", attempt=attempt, delay=round(delay, 3),
-                              wake_at=wake, error=str(err), status=err.status)])  # fmt: skip
+    retry = turn.write(markers.RetryScheduled(attempt=attempt, delay=round(delay, 3),
+                                              wake_at=wake, error=str(err),
+                                              status=err.status))  # fmt: skip
     turn.update(state="retrying", attempt=attempt, wake_at=wake, error=str(err),
                 lease_owner=None, lease_until=None)  # fmt: skip
-    turn.emit("retry_scheduled", attempt=attempt, delay=round(delay, 3), error=str(err))
+    turn.publish(retry)
     turn.outcome.state, turn.outcome.wake_at = "retrying", wake
     return turn.outcome

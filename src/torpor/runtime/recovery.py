@@ -7,27 +7,19 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
 
-from torpor.context import Entry
+from torpor.context import Entry, markers
+from torpor.context.markers import RecoveryNote
 
 # A session whose turns died this many times in a row (the worker gone each time, no wait
 # point reached in between) fails with the last error instead of being recovered again.
 MAX_RECOVERIES = 3
 
 
-def _marker(e: Entry) -> dict[str, Any]:
-    return e.content if e.kind == "marker" and isinstance(e.content, dict) else {}
-
-
 def snapshot_seqs(entries: list[Entry]) -> dict[str, int]:
     """Each snapshot of the log's `snapshot_taken` markers -> the log seq it was taken at."""
-    out = {}
-    for e in entries:
-        c = _marker(e)
-        if c.get("marker") == "snapshot_taken" and c.get("snapshot"):
-            out[str(c["snapshot"])] = int(c.get("seq") or e.seq)
-    return out
+    return {m.snapshot: int(m.seq or e.seq)
+            for e, m in markers.each(entries, markers.SnapshotTaken) if m.snapshot}
 
 
 def lost_calls(entries: list[Entry], after: int, until: int) -> list[Entry]:
@@ -44,10 +36,10 @@ def recoveries_in_a_row(entries: list[Entry]) -> int:
     failing)."""
     n = 0
     for e in reversed(entries):
-        c = _marker(e)
-        if c.get("marker") == "state" and c.get("state") in ("waiting", "failed", "closed"):
+        m = markers.parse(e)
+        if isinstance(m, markers.State) and m.ends_turn:
             break
-        if c.get("marker") == "recovery_note" and "after_seq" in c:
+        if isinstance(m, RecoveryNote) and m.after_crash:
             n += 1
     return n
 
@@ -99,11 +91,10 @@ class CrashRecovery:
             parts.append("These calls were interrupted: " + calls_text(self.interrupted) + ".")
         return " ".join(parts)
 
-    def note(self) -> dict[str, Any]:
-        """The `recovery_note` marker's fields."""
-        return {"text": self.text, "snapshot": self.restored, "after_seq": self.after,
-                "lost": [c.tool_call_id for c in self.lost],
-                "interrupted": [c.tool_call_id for c in self.interrupted]}  # fmt: skip
+    def note(self) -> RecoveryNote:
+        return RecoveryNote(text=self.text, snapshot=self.restored, after_seq=self.after,
+                            lost=[c.tool_call_id or "" for c in self.lost],
+                            interrupted=[c.tool_call_id or "" for c in self.interrupted])
 
     def interrupted_result(self) -> str:
         """The result an interrupted call that is not safe to re-run gets."""
@@ -151,10 +142,9 @@ class Fallback:
             text += " " + LOST + calls_text(self.lost) + "."
         return text
 
-    def note(self) -> dict[str, Any]:
-        """The `recovery_note` marker's fields."""
-        return {"text": self.text, "failures": self.failures, "snapshot": self.restored,
-                "since_seq": self.since, "lost": [c.tool_call_id for c in self.lost]}
+    def note(self) -> RecoveryNote:
+        return RecoveryNote(text=self.text, failures=self.failures, snapshot=self.restored,
+                            since_seq=self.since, lost=[c.tool_call_id or "" for c in self.lost])
 
 
 def fallback(entries: list[Entry], failures: list[str], what: str,

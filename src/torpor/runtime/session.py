@@ -11,10 +11,11 @@ import time
 from collections.abc import Iterator
 from typing import Protocol
 
-from torpor.context import Entry
+from torpor.context import Entry, markers
 from torpor.runtime.db import SessionRow
+from torpor.runtime.events import Event, EventType
 from torpor.runtime.parts import RuntimeParts
-from torpor.runtime.types import Event, EventSink, SessionError, TurnOutcome
+from torpor.runtime.types import EventSink, SessionError, TurnOutcome
 from torpor.runtime.worker import Worker
 
 
@@ -44,8 +45,10 @@ class Session:
 
     def send(self, text: str, *, on_event: EventSink | None = None) -> TurnOutcome:
         """Queue a user message and run the turn in this process until its wait point."""
-        self.post(text)
-        return self.runtime.worker().run_session(self.id, on_event=on_event)
+        turn = self.post(text)
+        outcome = self.runtime.worker().run_session(self.id, on_event=on_event)
+        outcome.turn = turn
+        return outcome
 
     async def asend(self, text: str, *, on_event: EventSink | None = None) -> TurnOutcome:
         """`send` for asyncio code: the turn runs in a thread, the event loop stays free."""
@@ -55,13 +58,13 @@ class Session:
 
     def stream(self, text: str) -> Iterator[Event]:
         """`send` as a generator of events (tool calls, snapshot, state, ...) as they
-        happen; the last one is {"type": "outcome", "outcome": TurnOutcome}."""
+        happen; the last one is the `outcome` event (ev["outcome"]: the TurnOutcome)."""
         q: queue.Queue[Event | BaseException] = queue.Queue()
 
         def run() -> None:
             try:
                 outcome = self.send(text, on_event=q.put)
-                q.put({"type": "outcome", "session": self.id, "outcome": outcome})
+                q.put(Event(EventType.OUTCOME.value, {"outcome": outcome}, session=self.id))
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller
                 q.put(e)
 
@@ -71,7 +74,7 @@ class Session:
             if isinstance(item, BaseException):
                 raise item
             yield item
-            if item.get("type") == "outcome":
+            if item.type == EventType.OUTCOME:
                 return
 
     def resume(self, *, on_event: EventSink | None = None) -> TurnOutcome:
@@ -87,9 +90,8 @@ class Session:
         if snap is None:
             raise SessionError(f"session {self.id} has no snapshot to fork from yet")
         seq = None
-        for e in self.log():
-            c = e.content if e.kind == "marker" and isinstance(e.content, dict) else {}
-            if c.get("marker") == "snapshot_taken" and c.get("snapshot") == snap:
+        for e, m in markers.each(self.log(), markers.SnapshotTaken):
+            if m.snapshot == snap:
                 seq = e.seq
         if seq is None:
             raise SessionError(f"snapshot {snap} is not one of session {self.id}'s")
@@ -105,9 +107,9 @@ class Session:
         epoch = rt.log.acquire(new)
         rt.log.append(
             new,
-            [Entry.marker("fork", parent=self.id, snapshot=snap, at_seq=seq,
+            [markers.Fork(parent=self.id, snapshot=snap, at_seq=seq,
                           text=f"it continues from snapshot {snap} (log seq {seq}); "
-                               "the two sessions diverge from here")],
+                               "the two sessions diverge from here").entry()],
             epoch=epoch,
         )  # fmt: skip
         return Session(rt, new)

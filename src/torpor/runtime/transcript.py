@@ -8,7 +8,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from torpor.agent.loop import model_view
-from torpor.context import Entry
+from torpor.context import Entry, Marker
+from torpor.context.entry import now_iso
 
 if TYPE_CHECKING:
     from torpor.context import ContextLog
@@ -51,6 +52,14 @@ class Transcript:
 
     def append(self, entries: list[Entry], key: str | None = None) -> list[int]:
         return self.log.append(self.session, entries, epoch=self.epoch, idempotency_key=key)
+
+    def write(self, item: Entry | Marker, key: str | None = None) -> Entry:
+        """Append one entry (or marker); returns the entry with its seq and session (and
+        about the time it was written: the event a worker emits for it has it)."""
+        e = item.entry() if isinstance(item, Marker) else item
+        [e.seq] = self.append([e], key=key)
+        e.session, e.created_at = self.session, now_iso()
+        return e
 
 
 def answer_open_calls(tr: Transcript, text: str) -> list[str]:

@@ -6,12 +6,12 @@ the sandbox is up, the tools and the workspace they act on."""
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from torpor.context import Entry
-from torpor.runtime.types import Cancelled, Event, EventSink, LeaseLost, Policy, TurnOutcome
+from torpor.context import Entry, Marker, markers
+from torpor.runtime.events import Event, event_of
+from torpor.runtime.types import Cancelled, EventSink, LeaseLost, Policy, TurnOutcome
 
 if TYPE_CHECKING:
     from torpor.agent.registry import ToolRegistry
@@ -57,13 +57,27 @@ class Turn:
         return Policy.from_json(self.row.policy)
 
     def emit(self, kind: str, **data: Any) -> None:
-        ev = {"type": kind, "session": self.sid, "t": time.time(), **data}
+        """An event of the worker's own (no log entry: see runtime/events.py)."""
+        self._emit(Event(str(kind), data, session=self.sid))
+
+    def publish(self, e: Entry) -> None:
+        """The event that reports an entry this turn wrote (as the SSE stream has it)."""
+        self._emit(event_of(e, self.sid))
+
+    def _emit(self, ev: Event) -> None:
         self.events.append(ev)
         if self.on_event:
             self.on_event(ev)
 
-    def append(self, entries: list[Entry], key: str | None = None) -> list[int]:
-        return self.tr.append(entries, key=key)
+    def write(self, item: Entry | Marker, key: str | None = None) -> Entry:
+        """Append one entry or marker (its event is `publish`ed when the step is done)."""
+        return self.tr.write(item, key=key)
+
+    def record(self, item: Entry | Marker, key: str | None = None) -> Entry:
+        """Append one entry or marker and emit its event."""
+        e = self.write(item, key=key)
+        self.publish(e)
+        return e
 
     def update(self, **fields: Any) -> bool:
         """Update the session's row as its lease holder (False: the lease is gone)."""
@@ -74,12 +88,11 @@ class Turn:
         self.update(lease_owner=None, lease_until=None)
 
     def set_state(self, state: str) -> None:
-        self.append([Entry.marker("state", state=state, worker=self.owner,
-                                  epoch=self.tr.epoch)])  # fmt: skip
+        e = self.write(markers.State(state=state, worker=self.owner, epoch=self.tr.epoch))
         if not self.update(state=state):
             raise LeaseLost(f"worker {self.owner} lost the lease on {self.sid}")
         self.row.state = state
-        self.emit("state", state=state)
+        self.publish(e)
 
     def check(self) -> None:
         """A safe point (between the loop's steps): stop if the lease is gone or the user
@@ -92,6 +105,6 @@ class Turn:
     def take_inbox(self) -> None:
         """Append the session's queued user messages (each once: idempotency keys)."""
         for inbox_id, text in self.rt.db.unread(self.sid):
-            self.append([Entry.message("user", text)], key=f"inbox-{inbox_id}")
+            e = self.write(Entry.message("user", text), key=f"inbox-{inbox_id}")
             self.rt.db.consume([inbox_id])
-            self.emit("user", text=text)
+            self.publish(e)

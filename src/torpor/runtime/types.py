@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from torpor.runtime.events import Event
+
 DEFAULT_LEASE_TTL = 15.0
 CANCEL_POLL = 0.5  # how often a running turn looks for a cancel asked for in the database
 # Several machines (docs/cluster.md): each one's heartbeat, and how long without one makes
@@ -67,19 +69,24 @@ class Policy:
 
 @dataclass
 class TurnOutcome:
+    """How a turn ended: what Session.send and RemoteSession.send return."""
+
     session: str
     state: str  # waiting | retrying | failed | closed
     error: str | None = None  # why the session failed
-    text: str = ""
-    snapshot: str | None = None
+    text: str = ""  # the model's last answer
+    snapshot: str | None = None  # the wait point's snapshot
     snapshot_bytes: int = 0
     snapshot_ms: float = 0.0
-    restore_ms: float | None = None
-    recovered: bool = False
+    restore_ms: float | None = None  # None: a fresh (or warm) sandbox, no restore
+    recovered: bool = False  # a dead worker's turn was recovered first
     cancelled: bool = False
-    wake_at: float | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
+    wake_at: float | None = None  # retrying: when
+    events: list[Event] = field(default_factory=list)
+    turn: int | None = None  # the message's turn (inbox) id
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "events": [e.to_json() for e in self.events]}
 
 
-Event = dict[str, Any]
 EventSink = Callable[[Event], None]

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from torpor.context import Entry
+from torpor.context import Entry, markers
 from torpor.runtime.turn import Turn
 from torpor.runtime.types import LeaseLost, Policy
 from torpor.sandbox.engine import CheckpointError, SandboxError
@@ -31,16 +31,16 @@ def snapshot(turn: Turn, *, leave_running: bool) -> tuple[str, int, float]:
     # which machine holds it (until its upload is done, the only copy)
     rt.db.record_snapshot(ck.id, tr.session, rt.machine, rt.process)
     seq = rt.log.head_seq(tr.session)
-    turn.append([Entry.marker("snapshot_taken", snapshot=ck.id, seq=seq, bytes=ck.size,
-                              ms=round(ms, 1), mid_turn=leave_running,
-                              machine=rt.machine)])  # fmt: skip
+    taken = turn.write(markers.SnapshotTaken(snapshot=ck.id, seq=seq, bytes=ck.size,
+                                             ms=round(ms, 1), mid_turn=leave_running,
+                                             machine=rt.machine))  # fmt: skip
     row = rt.db.get(tr.session)
     kept, drop = _kept(rt, row.snapshots, ck.id, Policy.from_json(row.policy).keep_snapshots)
     if not turn.update(snapshot=ck.id, snapshot_seq=seq, snapshots=kept):
         raise LeaseLost(f"worker {turn.owner} lost the lease on {tr.session}")
     for old in drop:
         drop_snapshot(rt, tr.session, old)
-    turn.emit("snapshot", snapshot=ck.id, bytes=ck.size, ms=round(ms, 1), mid_turn=leave_running)
+    turn.publish(taken)  # once the row has it
     return ck.id, ck.size, ms
 
 
@@ -88,14 +88,13 @@ def wait_point(turn: Turn) -> None:
 def let_wait(turn: Turn) -> None:
     rt, sid = turn.rt, turn.sid
     asked = rt.db.cancel_requested(sid)
-    turn.append([Entry.marker("state", state="waiting")])
+    waiting = turn.write(markers.State(state="waiting"))
     turn.update(state="waiting", attempt=0, wake_at=None, error=None, lease_owner=None,
                 lease_until=None, cancel=None if asked != "close" else "close")  # fmt: skip
-    turn.emit("state", state="waiting")
+    turn.publish(waiting)
     turn.outcome.state = "waiting"
     if asked == "close":
-        close_session(rt, turn.tr, sid)
-        turn.emit("state", state="closed")
+        turn.publish(close_session(rt, turn.tr, sid))
         turn.outcome.state = "closed"
 
 
@@ -103,18 +102,20 @@ def go_warm(turn: Turn, seconds: float, keep_warm: Callable[[str, float], None])
     """A deferred wait point: the sandbox keeps running (and this worker keeps the
     lease) for `seconds`; then the janitor snapshots it. wake_at marks it warm."""
     until = time.time() + seconds
-    turn.append([Entry.marker("state", state="waiting", warm_until=round(until, 3))])
+    waiting = turn.write(markers.State(state="waiting", warm_until=round(until, 3)))
     turn.update(state="waiting", attempt=0, wake_at=until, error=None,
                 lease_until=until + turn.lease_ttl)  # fmt: skip
     keep_warm(turn.sid, until)
-    turn.emit("state", state="waiting", warm_until=until)
+    turn.publish(waiting)
     turn.outcome.state = "waiting"
 
 
-def close_session(rt: RuntimeParts, tr: Transcript, sid: str) -> None:
-    """The session takes no more messages; its log stays (and is marked closed)."""
-    tr.append([Entry.marker("state", state="closed")])
+def close_session(rt: RuntimeParts, tr: Transcript, sid: str) -> Entry:
+    """The session takes no more messages; its log stays (and is marked closed). Returns
+    the `state` marker that says so."""
+    closed = tr.write(markers.State(state="closed"))
     rt.db.update(sid, state="closed", lease_owner=None, lease_until=None, wake_at=None,
                  cancel=None)  # fmt: skip
     with contextlib.suppress(Exception):
         rt.log.close_session(sid)
+    return closed

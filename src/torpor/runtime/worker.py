@@ -19,7 +19,7 @@ from torpor.agent.loop import LoopHooks, run_turn
 from torpor.agent.registry import ToolRegistry
 from torpor.agent.types import ModelError, ModelTurn, ToolCall, ToolResult
 from torpor.context import StaleEpoch
-from torpor.runtime import endings
+from torpor.runtime import endings, events
 from torpor.runtime.bringup import bring_up, recover
 from torpor.runtime.keepwarm import KeepWarm
 from torpor.runtime.transcript import Transcript
@@ -193,7 +193,8 @@ class Worker:
         except ModelError as e:
             return endings.schedule_retry(turn, e)
         turn.outcome.text = final.text
-        turn.emit("turn_finished", seconds=round(time.monotonic() - turn_started, 3))
+        turn.emit(events.EventType.TURN_FINISHED,
+                  seconds=round(time.monotonic() - turn_started, 3))
         warm_seconds = turn.policy.warm_seconds
         if warm_seconds > 0 and not rt.db.cancel_requested(sid):
             go_warm(turn, warm_seconds, self.warm.keep)
@@ -209,12 +210,14 @@ class Worker:
 
         def on_tool_start(call: ToolCall) -> None:
             turn.check()
-            turn.emit("tool_call_started", id=call.id, name=call.name, arguments=call.arguments)
+            turn.emit(events.EventType.TOOL_CALL_STARTED,
+                      **events.tool_call_started(call.id, call.name, call.arguments))
 
         def on_tool_end(call: ToolCall, result: ToolResult) -> None:
-            turn.emit("tool_call_finished", id=call.id, name=call.name,
-                      is_error=result.is_error, ms=result.meta.get("ms"),
-                      output=result.content[:500])  # fmt: skip
+            turn.emit(events.EventType.TOOL_CALL_FINISHED, name=call.name,
+                      **events.tool_call_finished(call.id, result.content,
+                                                  is_error=result.is_error,
+                                                  ms=result.meta.get("ms")))  # fmt: skip
             turn.check()
             since["calls"] += 1
             by_calls = policy.snapshot_every_calls and (
@@ -227,7 +230,7 @@ class Worker:
 
         def on_model_turn(mt: ModelTurn, seconds: float) -> None:
             turn.check()
-            turn.emit("assistant", text=mt.text, tool_calls=len(mt.tool_calls),
+            turn.emit(events.EventType.ASSISTANT, delta=mt.text, tool_calls=len(mt.tool_calls),
                       ms=round(seconds * 1000, 1))  # fmt: skip
 
         return LoopHooks(on_model_turn, on_tool_start, on_tool_end)

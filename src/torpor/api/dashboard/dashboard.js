@@ -162,15 +162,26 @@ function sessionPage() {
       loadPlot();
     },
     restored: (d) => { add("mark restored", `restored in ${ms(d.ms)}`, el("code", null, d.snapshot)); loadPlot(); },
+    sandbox_started: (d) => add("mark started",
+      `fresh sandbox from ${d.image} in ${ms(d.ms)}` + (d.pooled ? " (pooled)" : "")),
+    sandbox_warm: () => add("mark restored", "warm sandbox, kept running since the last turn"),
+    upload_awaited: (d) => add("mark", `waited ${ms(d.ms)} for machine ${d.machine}'s upload`),
     retry_scheduled: (d) => add("mark retry",
       `retry ${d.attempt} in ${d.delay} s` + (d.error ? ": " + d.error : "")),
+    model_error: (d) => add("mark retry", "model error, gave up: " + (d.error || "")),
     recovery: (d) => add("mark recovery", "recovery: " + (d.text || "")),
+    cancelled: (d) => add("mark recovery", "cancelled: " + (d.text || "")),
+    error: (d) => add("mark recovery", "error: " + (d.error || "")),
+    fork: (d) => add("mark", "fork of " + d.parent + ": " + (d.text || "")),
+    summary: (d) => add("mark", `summary of ${d.entries} earlier entries`),
+    step_limit: (d) => add("mark retry", `stopped after ${d.steps} steps`),
+    size_warning: (d) => add("mark retry", `log size ${bytes(d.bytes)} (warning at ${bytes(d.limit)})`),
     state: (d) => {
       setState(d.state);
       refreshSession();
       if (d.state !== "running") add("mark state", d.state);
     },
-    marker: (d) => add("mark", d.marker),
+    marker: (d) => add("mark", d.marker),  // a marker torpor does not define
   };
 
   function connect() {

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query
 
 from torpor.api.deps import Api, ApiState, Drive, Limits, auth_errors
 from torpor.api.schemas import API_VERSION, MAX_SEQ, SessionId, errors
-from torpor.context import to_anthropic, to_openai
+from torpor.context import markers, to_anthropic, to_openai
 
 
 def snapshots_of(api: ApiState, sid: str) -> list[dict[str, Any]]:
@@ -15,19 +15,16 @@ def snapshots_of(api: ApiState, sid: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     by_id: dict[str, dict[str, Any]] = {}
     for e in api.runtime.log.iter(sid):
-        c = e.content if e.kind == "marker" and isinstance(e.content, dict) else None
-        if c is None:
-            continue
-        if c.get("marker") == "snapshot_taken":
-            s = {"snapshot": c.get("snapshot"), "log_seq": e.seq, "covers_seq": c.get("seq"),
-                 "bytes": c.get("bytes"), "ms": c.get("ms"),
-                 "mid_turn": bool(c.get("mid_turn")), "at": e.created_at,
+        m = markers.parse(e)
+        if isinstance(m, markers.SnapshotTaken):
+            s = {"snapshot": m.snapshot, "log_seq": e.seq, "covers_seq": m.seq,
+                 "bytes": m.bytes, "ms": m.ms, "mid_turn": m.mid_turn, "at": e.created_at,
                  "restores": []}  # fmt: skip
             out.append(s)
-            by_id[str(c.get("snapshot"))] = s
-        elif c.get("marker") == "session_restored" and str(c.get("snapshot")) in by_id:
-            by_id[str(c.get("snapshot"))]["restores"].append(
-                {"log_seq": e.seq, "ms": c.get("ms"), "at": e.created_at})
+            by_id[m.snapshot] = s
+        elif isinstance(m, markers.SessionRestored) and m.snapshot in by_id:
+            by_id[m.snapshot]["restores"].append(
+                {"log_seq": e.seq, "ms": m.ms, "at": e.created_at})
     return out
 
 
