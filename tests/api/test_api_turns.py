@@ -127,16 +127,16 @@ def test_python_client_send_fork_close(server: Server, script):
         assert "tool_call_started" in seen and "snapshot" in seen
         out2 = s.send("read")
         assert out2.text == "second done" and out2.restore_ms is not None
-        results = [e["content"] for e in s.log() if e["kind"] == "tool_result"]
+        results = [e.content for e in s.log() if e.kind == "tool_result"]
         assert results[-1].strip().endswith("41")
         assert [x["id"] for x in c.sessions()] == [s.id]
         child = s.fork(out.snapshot)
         info = child.info()
-        assert info["parent"] == s.id and info["tenant"] == "t-client"
-        assert info["snapshot"] == out.snapshot
+        assert info.parent == s.id and info.tenant == "t-client"
+        assert info.snapshot == out.snapshot
         assert len(c.sessions()) == 2
         s.close()
-        assert s.info()["state"] == "closed"
+        assert s.info().state == "closed"
         # an event stream on a closed session ends by itself
         evs = list(s.events(after=0))
         assert evs[-1].type == "state" and evs[-1].data["state"] == "closed"

@@ -1,4 +1,6 @@
-"""A small Python client for torpor's HTTP API, shaped like the in-process one.
+"""A small Python client for torpor's HTTP API. A RemoteSession is a SessionLike, as the
+in-process Session is: the same calls, returning the same types (TurnOutcome, SessionRow,
+Entry, Event).
 
     c = Client("http://127.0.0.1:8420", token="tpk_...")
     s = c.create_session(model="openai:gpt-4o-mini")
@@ -8,15 +10,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
-from torpor.runtime.events import Event
+from torpor.context import Entry
+from torpor.runtime.db import SessionRow
+from torpor.runtime.events import Event, EventType
+from torpor.runtime.types import EventSink, TurnOutcome
+
+RemoteTurn = TurnOutcome  # what RemoteSession.send returned before it was a TurnOutcome
 
 
 class ApiError(Exception):
@@ -28,22 +35,6 @@ class ApiError(Exception):
         self.message = message
 
 
-@dataclass
-class RemoteTurn:
-    """What `RemoteSession.send` returns: like the in-process TurnOutcome."""
-
-    session: str
-    turn: int
-    state: str
-    text: str = ""
-    snapshot: str | None = None
-    snapshot_bytes: int = 0
-    snapshot_ms: float = 0.0
-    restore_ms: float | None = None
-    error: str | None = None  # why the session failed
-    events: list[Event] = field(default_factory=list)
-
-
 def _raise(r: httpx.Response) -> None:
     if r.status_code < 400:
         return
@@ -52,6 +43,11 @@ def _raise(r: httpx.Response) -> None:
     except ValueError:
         msg = r.text
     raise ApiError(r.status_code, str(msg))
+
+
+def session_row(view: dict[str, Any]) -> SessionRow:
+    """The session record of the API's view of a session (which adds head_seq, busy)."""
+    return SessionRow(**{k: v for k, v in view.items() if k in SessionRow.__dataclass_fields__})
 
 
 def parse_sse(lines: Iterator[str], session: str | None = None) -> Iterator[Event]:
@@ -137,6 +133,8 @@ class Client:
 
 
 class RemoteSession:
+    """A session over HTTP; a SessionLike (torpor.runtime.types), as Session is."""
+
     def __init__(self, client: Client, sid: str) -> None:
         self.client = client
         self.id = sid
@@ -147,8 +145,12 @@ class RemoteSession:
     def _path(self, rest: str = "") -> str:
         return f"/v1/sessions/{self.id}{rest}"
 
-    def info(self) -> dict[str, Any]:
+    def view(self) -> dict[str, Any]:
+        """The API's view of the session: its record plus `head_seq` and `busy`."""
         return self.client.request("GET", self._path())
+
+    def info(self) -> SessionRow:
+        return session_row(self.view())
 
     def post(self, text: str, *, idempotency_key: str | None = None) -> int:
         """Queue a user message; returns its turn id."""
@@ -156,13 +158,13 @@ class RemoteSession:
         return int(self.client.request("POST", self._path("/messages"), json={"text": text},
                                        headers=headers)["turn"])  # fmt: skip
 
-    def log(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def log(self) -> list[Entry]:
+        out: list[Entry] = []
         after: int | None = 0
         while after is not None:
             page = self.client.request("GET", self._path("/log"),
                                        params={"after": after, "limit": 500})  # fmt: skip
-            out.extend(page["entries"])
+            out.extend(Entry(**d) for d in page["entries"])
             after = page["next_after"]
         return out
 
@@ -177,14 +179,15 @@ class RemoteSession:
         info = self.client.request("POST", self._path("/fork"), json=body)
         return RemoteSession(self.client, info["id"])
 
-    def cancel(self) -> dict[str, Any]:
-        """Stop the running turn at its next safe point; returns the session's view
+    def cancel(self) -> SessionRow:
+        """Stop the running turn at its next safe point; returns the session's record
         (`cancel` still set: its worker has not reached a safe point yet)."""
-        return self.client.request("POST", self._path("/cancel"))
+        return session_row(self.client.request("POST", self._path("/cancel")))
 
-    def close(self) -> dict[str, Any]:
-        """Close the session (a running turn is cancelled first)."""
-        return self.client.request("POST", self._path("/close"))
+    def close(self) -> SessionRow:
+        """Close the session (a running turn is cancelled first); its record (state
+        `closed`, or `cancel` still set while the turn runs on to its safe point)."""
+        return session_row(self.client.request("POST", self._path("/close")))
 
     def exec(self, argv: list[str], timeout: float = 30.0) -> dict[str, Any]:
         return self.client.request("POST", self._path("/sandbox/exec"),
@@ -232,41 +235,36 @@ class RemoteSession:
                     raise
                 time.sleep(0.2)
 
-    def send(self, text: str, *, on_event: Callable[[Event], None] | None = None,
-             timeout: float = 600.0) -> RemoteTurn:  # fmt: skip
+    def send(self, text: str, *, on_event: EventSink | None = None,
+             timeout: float = 600.0) -> TurnOutcome:  # fmt: skip
         """Post a message and follow the events until the turn's wait point."""
-        head = int(self.info().get("head_seq", 0))
-        turn = self.post(text)
-        out = RemoteTurn(session=self.id, turn=turn, state="running")
-        seen_user = False
-        deadline = time.time() + timeout
-        for ev in self._turn_events(head, turn, deadline, timeout):
-            out.events.append(ev)
+        for ev in self.stream(text, timeout=timeout):
+            if ev.type == EventType.OUTCOME:
+                outcome: TurnOutcome = ev["outcome"]
+                return outcome
             if on_event:
                 on_event(ev)
-            d = ev.data
-            if ev.type == "user":
-                seen_user = True
-            elif ev.type == "assistant" and seen_user:
-                out.text = d.get("delta", "")
-            elif ev.type == "snapshot" and seen_user:
-                out.snapshot, out.snapshot_bytes = d.get("snapshot"), int(d.get("bytes") or 0)
-                out.snapshot_ms = float(d.get("ms") or 0)
-            elif ev.type == "restored":  # comes before the turn's user message
-                out.restore_ms = float(d.get("ms") or 0)
-            elif ev.type == "retry_scheduled" and seen_user:
-                out.state = "retrying"
-                return out
-            elif ev.type == "state" and d.get("state") in ("waiting", "retrying", "closed") \
-                    and seen_user:  # fmt: skip
-                out.state = d["state"]
-                return out
-            elif ev.type == "state" and d.get("state") in ("closed", "failed"):
-                out.state = d["state"]
-                out.error = d.get("error")
-                return out
-        out.state = self.info()["state"]
-        return out
+        raise AssertionError("unreachable: stream ends with its outcome")
+
+    def stream(self, text: str, *, timeout: float = 600.0) -> Iterator[Event]:
+        """`send` as a generator of the turn's events from the server's stream; the last
+        one is the `outcome` event (ev["outcome"]: the TurnOutcome), as Session.stream."""
+        head = int(self.view().get("head_seq", 0))
+        turn = self.post(text)
+        out = TurnOutcome(session=self.id, state="running", turn=turn)
+        deadline = time.time() + timeout
+        seen_user = done = False
+        with contextlib.closing(self._turn_events(head, turn, deadline, timeout)) as evs:
+            for ev in evs:
+                out.events.append(ev)
+                yield ev
+                seen_user = seen_user or ev.type == EventType.USER
+                if _settle(out, ev, seen_user):
+                    done = True
+                    break
+        if not done:  # the server ended the stream (the session was closed)
+            out.state = self.info().state
+        yield Event(EventType.OUTCOME.value, {"outcome": out}, session=self.id)
 
     def _turn_events(self, head: int, turn: int, deadline: float,
                      timeout: float) -> Iterator[Event]:  # fmt: skip
@@ -274,3 +272,33 @@ class RemoteSession:
             yield from self.events(after=head, deadline=deadline)
         except TimeoutError:
             raise TimeoutError(f"turn {turn} of {self.id} not done after {timeout} s") from None
+
+
+def _settle(out: TurnOutcome, ev: Event, seen_user: bool) -> bool:
+    """Take what one event of a turn says into its outcome; True once the turn ended."""
+    d, t = ev.data, ev.type
+    if t == EventType.ASSISTANT and seen_user:
+        out.text = d.get("delta", "")
+    elif t == EventType.SNAPSHOT and seen_user:
+        out.snapshot, out.snapshot_bytes = d.get("snapshot"), int(d.get("bytes") or 0)
+        out.snapshot_ms = float(d.get("ms") or 0)
+    elif t == EventType.RESTORED:  # comes before the turn's user message
+        out.restore_ms = float(d.get("ms") or 0)
+    elif t == EventType.SANDBOX_WARM:  # no restore: the sandbox kept running
+        out.restore_ms = 0.0
+    elif t == EventType.RECOVERY and d.get("after_seq") is not None:  # a dead worker's
+        out.recovered = True
+    elif t == EventType.CANCELLED:
+        out.cancelled = True
+    elif t == EventType.RETRY_SCHEDULED and seen_user:
+        out.state, out.wake_at, out.error = "retrying", d.get("wake_at"), None
+        return True
+    elif t == EventType.STATE and d.get("state") in ("waiting", "retrying", "closed") \
+            and seen_user:  # fmt: skip
+        out.state = d["state"]
+        return True
+    elif t == EventType.STATE and d.get("state") in ("closed", "failed"):
+        out.state = d["state"]
+        out.error = d.get("error")
+        return True
+    return False

@@ -49,12 +49,6 @@ def client(server: str, token: str | None):  # type: ignore[no-untyped-def]
     return Client(server, token)
 
 
-def _row(d: dict[str, Any]):  # type: ignore[no-untyped-def]
-    from torpor.runtime.db import SessionRow
-
-    return SessionRow(**{k: v for k, v in d.items() if k in SessionRow.__dataclass_fields__})
-
-
 def runtime(db: str | None, store: str | None, tools: str | None = None) -> Any:
     """A Runtime; its tools are the built-in ones plus those of the `tools` modules
     (default: TORPOR_TOOLS) and the torpor.tools entry points (a bad one: one line, exit 1)."""
@@ -207,7 +201,9 @@ def ls(state: str = typer.Option(None, "--state"), db: str = DbOpt, fmt: str = F
     from torpor.cli.image_cmd import format_table, human_age
 
     if server:
-        rows = [_row(d) for d in client(server, token).sessions(state)]
+        from torpor.api.client import session_row
+
+        rows = [session_row(d) for d in client(server, token).sessions(state)]
     else:
         rows = runtime(db, None).sessions(state)
     if fmt == "json":
@@ -229,14 +225,9 @@ def show(session: str = typer.Argument(...), db: str = DbOpt, fmt: str = FormatO
     """Show a session's record and its log as a timeline."""
     from torpor.context import markers
 
-    if server:
-        from torpor.context import Entry
-
-        rs = client(server, token).get_session(session)
-        info, entries = _row(rs.info()), [Entry(**d) for d in rs.log()]
-    else:
-        s = runtime(db, None).get_session(session)
-        info, entries = s.info(), s.log()
+    s = client(server, token).get_session(session) if server \
+        else runtime(db, None).get_session(session)  # fmt: skip
+    info, entries = s.info(), s.log()
     if fmt == "json":
         _json({"session": info.to_json(), "log": [e.to_dict() for e in entries]})
         return
@@ -280,15 +271,13 @@ def cancel(session: str = typer.Argument(...), db: str = DbOpt, server: str = Se
     """Stop a session's running turn at its next safe point (the running tool call is
     stopped, the sandbox snapshotted); prints the session's state."""
     if server:
-        info = client(server, token).get_session(session).cancel()
-        state, pending = info["state"], info.get("cancel") is not None
+        row = client(server, token).get_session(session).cancel()
     else:
         row = runtime(db, None).get_session(session).cancel(wait=wait)
-        state, pending = row.state, row.cancel is not None
-    if pending:
+    if row.cancel is not None:
         print(f"{session}: cancel asked for; its worker stops the turn at its next safe point")
     else:
-        print(f"{session}: {state}")
+        print(f"{session}: {row.state}")
 
 
 @command("close")
@@ -297,8 +286,7 @@ def close(session: str = typer.Argument(...), db: str = DbOpt, server: str = Ser
     """Close a session (its log stays; it takes no more messages); a running turn is
     cancelled first."""
     if server:
-        info = client(server, token).get_session(session).close()
-        if info.get("state") != "closed":
+        if client(server, token).get_session(session).close().state != "closed":
             print(f"{session}: close asked for; it closes at its turn's next safe point")
             return
     else:

@@ -1,14 +1,19 @@
 """The runtime's shared vocabulary: when to snapshot (`Policy`), what a turn ends with
-(`TurnOutcome`), the errors a session's requests raise, and the timings every part of
-the runtime (and the machines of a cluster) agree on."""
+(`TurnOutcome`), what a session is to its user whether in-process or over HTTP
+(`SessionLike`), the errors a session's requests raise, and the timings every part of the
+runtime (and the machines of a cluster) agree on."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from torpor.runtime.events import Event
+
+if TYPE_CHECKING:
+    from torpor.context import Entry
+    from torpor.runtime.db import SessionRow
 
 DEFAULT_LEASE_TTL = 15.0
 CANCEL_POLL = 0.5  # how often a running turn looks for a cancel asked for in the database
@@ -90,3 +95,45 @@ class TurnOutcome:
 
 
 EventSink = Callable[[Event], None]
+
+
+@runtime_checkable
+class SessionLike(Protocol):
+    """A session, in-process (torpor.Session) or over HTTP (torpor.api.client.RemoteSession):
+    the same calls with the same types, so that code written against one runs on the
+    other."""
+
+    id: str
+
+    def info(self) -> SessionRow:
+        """The session's record (state, snapshots, lease, ...)."""
+        ...
+
+    def log(self) -> list[Entry]:
+        """The whole context log."""
+        ...
+
+    def post(self, text: str) -> int:
+        """Queue a user message for a worker; returns its turn (inbox) id."""
+        ...
+
+    def send(self, text: str, *, on_event: EventSink | None = None) -> TurnOutcome:
+        """Post a message and follow the turn to its wait point."""
+        ...
+
+    def stream(self, text: str) -> Iterator[Event]:
+        """`send` as a generator of events; the last is `outcome` (ev["outcome"])."""
+        ...
+
+    def fork(self, at: str | None = None) -> SessionLike:
+        """A new session from snapshot `at` (default: the latest)."""
+        ...
+
+    def cancel(self) -> SessionRow:
+        """Stop the running turn at its next safe point; the record (`cancel` still set:
+        not acted on yet)."""
+        ...
+
+    def close(self) -> SessionRow:
+        """Close the session (a running turn is cancelled first)."""
+        ...
