@@ -162,9 +162,9 @@ class Timers:
 def instrument(rt: Runtime) -> Timers:
     t = Timers()
     eng = rt.engine
-    t.wrap(eng, "_checkpoint_info", "checkpoint_info")
+    t.wrap(eng.checkpointer, "find", "checkpoint_info")
     t.wrap(eng, "_image", "image")
-    t.wrap(eng, "_boot", "boot")
+    t.wrap(eng.booter, "boot", "boot")
     t.wrap(eng.checkpoints, "open_dir", "open_dir")
     t.wrap(eng.checkpoints, "put", "store_put")
     if hasattr(eng.checkpoints, "_upload"):  # background upload into the snapshot store
