@@ -184,3 +184,29 @@ def test_sigterm_lets_a_turn_finish_within_the_grace(kind: str, rt: Runtime, tmp
     assert row.state == "waiting" and row.snapshot, proc.output()  # its wait point, as usual
     assert rt.engine.list(all=True) == [], proc.output()
     assert "stopped before the turn" not in proc.output()
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler of its own for SIGTERM (/proc's SigCgt mask)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigCgt")),
+                 16)  # fmt: skip
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.parametrize("kind", ["worker", "serve"])
+def test_sigterm_during_start_up_stops_it_cleanly(kind: str, rt: Runtime, tmp_path: Path):
+    """A SIGTERM that comes while the process is still starting (its runtime opened, its
+    orphans reaped, its server not yet listening) is neither lost nor fatal: from the
+    moment the process catches SIGTERM at all, it exits 0 and leaves nothing. Before,
+    the ready line came before the server's handlers, and a SIGTERM right after it
+    killed the process (-15) without closing its runtime."""
+    proc = Proc(rt, kind, tmp_path / f"{kind}.log")
+    wait("a SIGTERM handler", lambda: catches_sigterm(proc.p.pid), proc, timeout=30)
+    assert proc.signal(signal.SIGTERM) == 0, proc.output()
+    assert rt.engine.list(all=True) == [], proc.output()
+    ready = "serving http" if kind == "serve" else "waiting for work"
+    proc = Proc(rt, kind, tmp_path / f"{kind}-2.log")  # and right after the ready line
+    wait("the ready line", lambda: ready in proc.output(), proc)
+    assert proc.signal(signal.SIGTERM) == 0, proc.output()
+    assert rt.engine.list(all=True) == [], proc.output()

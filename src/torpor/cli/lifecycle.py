@@ -48,32 +48,39 @@ def say_abandoned(sessions: list[str]) -> None:
                          "snapshot\n")  # fmt: skip
 
 
-def run_until_signalled(work: Callable[[], Any], stop: threading.Event) -> bool:
-    """Run `work` in a thread until it returns or SIGTERM/SIGINT sets `stop` (the signals
-    are handled in this, the main, thread meanwhile). Re-raises what `work` raised unless
-    a signal came; returns whether one did."""
-    signalled = threading.Event()
+class StopOnSignal:
+    """From the moment it is made, SIGTERM and SIGINT set `stop` instead of killing the
+    process (made first thing in a command, so that a signal during start-up stops it
+    cleanly too); `run` then runs the command's work until it returns or a signal came."""
 
-    def on_signal(*_: Any) -> None:
-        signalled.set()
-        stop.set()
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.signalled = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, *_: Any) -> None:
+        self.signalled.set()
+        self.stop.set()
         # A second Ctrl-C quits at once (what is left running is reaped by the next start).
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    failure: list[BaseException] = []
+    def run(self, work: Callable[[], Any]) -> bool:
+        """Run `work` in a thread until it returns or a signal sets `stop` (the signals
+        are handled in this, the main, thread meanwhile). Re-raises what `work` raised
+        unless a signal came; returns whether one did."""
+        failure: list[BaseException] = []
 
-    def target() -> None:
-        try:
-            work()
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            failure.append(e)
+        def target() -> None:
+            try:
+                work()
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                failure.append(e)
 
-    t = threading.Thread(target=target, name="torpor-work", daemon=True)
-    t.start()
-    while t.is_alive() and not stop.wait(0.2):
-        pass
-    if failure and not signalled.is_set():
-        raise failure[0]
-    return signalled.is_set()
+        t = threading.Thread(target=target, name="torpor-work", daemon=True)
+        t.start()
+        while t.is_alive() and not self.stop.wait(0.2):
+            pass
+        if failure and not self.signalled.is_set():
+            raise failure[0]
+        return self.signalled.is_set()

@@ -35,18 +35,38 @@ class ServeError(Exception):
 ServeError.__module__ = "torpor.cli.serve_cmd"
 
 
-def graceful_server(config: Any, rt: Any, grace: float) -> Any:
+class EarlySignals:
+    """SIGTERM and SIGINT received before the server has its own handlers: remembered
+    (not the default action, which would kill the process before the runtime is
+    closed), then handed to the server as soon as it installs its handlers."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda sig, _frame: self.received.append(sig))
+
+
+def graceful_server(config: Any, rt: Any, grace: float, *, ready: str = "",
+                    early: EarlySignals | None = None) -> Any:  # fmt: skip
     """A uvicorn server that, on SIGTERM or SIGINT, stops the runtime's workers claiming
     turns at once and abandons the turns still running after `grace` seconds (while
     uvicorn drains its connections and the app's lifespan joins its worker threads), and
     that does not re-raise the signal when it is done (uvicorn does: the default action
-    then kills the process before `finally` can close the runtime)."""
+    then kills the process before `finally` can close the runtime). `ready` is written
+    to stderr once it listens with its handlers installed; a signal that came before
+    them (`early`) stops it as soon as they are."""
     import uvicorn
 
     from torpor.runtime.shutdown import abandon_running_turns
 
     class Server(uvicorn.Server):
         timer: threading.Timer | None = None
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if ready and not self.should_exit:
+                sys.stderr.write(ready)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
@@ -65,6 +85,8 @@ def graceful_server(config: Any, rt: Any, grace: float) -> Any:
                 return
             sigs = (signal.SIGINT, signal.SIGTERM)
             old = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+            for sig in early.received if early is not None else []:
+                self.handle_exit(sig, None)
             try:
                 yield
             finally:
@@ -103,6 +125,7 @@ def serve(
     prefetch: bool = lifecycle.PrefetchOpt,
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs)."""
+    early = EarlySignals()  # first: a SIGTERM from here on stops it cleanly
     import uvicorn
 
     from torpor.agent.tools import load_tools
@@ -129,10 +152,10 @@ def serve(
         raise ServeError(f"--scripts {scripts}: no such directory")
     lifecycle.reap(rt)
     app = create_app(rt, auth=has_tokens, limits=limits, workers=workers, scripts=scripts)
-    sys.stderr.write(f"torpor: serving http://{host}:{port} (docs at /docs)\n")
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             timeout_graceful_shutdown=grace)  # fmt: skip
-    server = graceful_server(config, rt, grace)
+    server = graceful_server(config, rt, grace, early=early,
+                             ready=f"torpor: serving http://{host}:{port} (docs at /docs)\n")
     try:
         server.run()
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import threading
 from typing import Any
 
 import typer
@@ -314,6 +313,7 @@ def worker(
     """Run sessions' turns as they come (messages, due retries, dead workers' turns).
     At start it removes the sandboxes of dead torpor processes of this home; SIGTERM or
     SIGINT stops it cleanly (see --grace), leaving no sandbox behind."""
+    signals = lifecycle.StopOnSignal()  # first: a SIGTERM from here on stops it cleanly
     from torpor.runtime.shutdown import shutdown
 
     rt = runtime(db, store, tools)
@@ -323,7 +323,7 @@ def worker(
     rt.prefetch = prefetch and rt.prefetch  # (it starts with the first worker)
     w = rt.worker(lease_ttl=lease_ttl)
     lifecycle.reap(rt)
-    stop = threading.Event()
+    stop = signals.stop
 
     def work() -> None:
         if session:
@@ -336,6 +336,6 @@ def worker(
     if not (session or once):
         sys.stderr.write(f"worker {w.owner} waiting for work\n")
     try:
-        lifecycle.run_until_signalled(work, stop)
+        signals.run(work)
     finally:
         lifecycle.say_abandoned(shutdown(rt, grace))
