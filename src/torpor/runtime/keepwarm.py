@@ -51,11 +51,21 @@ class KeepWarm:
         with self._mu:
             return list(self._warm)
 
+    def janitor_running(self) -> bool:
+        with self._mu:
+            return self._janitor is not None
+
     def _janitor_loop(self) -> None:
+        """Runs while some session is warm; ends when none is (keep starts a new one), so
+        a worker that is dropped without rt.close() leaves no thread polling a database
+        that may be closed by then."""
         looked = 0.0
         while True:
             time.sleep(0.2)
             with self._mu:
+                if not self._warm:
+                    self._janitor = None
+                    return
                 warm = dict(self._warm)
             due = [sid for sid, until in warm.items() if until <= time.time()]
             if time.monotonic() - looked >= CANCEL_POLL:  # a cancel or close asked for
