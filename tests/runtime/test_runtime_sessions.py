@@ -405,9 +405,14 @@ def test_keep_snapshots_keeps_the_newest_stored_one_until_a_newer_one_is_stored(
     for ckpt in queued:
         storage._enqueue(ckpt)  # type: ignore[attr-defined]
     storage.flush()  # type: ignore[attr-defined]
-    s3 = s.send("3").snapshot  # s2 is stored now: s1 goes, s2 stays while s3 uploads
-    storage.flush()  # type: ignore[attr-defined]
+    queued.clear()
+    with monkeypatch.context() as m:  # s3's upload stalls too (else it may end first)
+        m.setattr(storage, "_enqueue", queued.append)
+        s3 = s.send("3").snapshot  # s2 is stored now: s1 goes, s2 stays while s3 uploads
     assert s.info().snapshots == [s2, s3]
+    for ckpt in queued:
+        storage._enqueue(ckpt)  # type: ignore[attr-defined]
+    storage.flush()  # type: ignore[attr-defined]
     with pytest.raises(CheckpointNotFound):
         storage.meta(s1)
 
