@@ -143,7 +143,7 @@ def test_sessions_that_could_never_run_are_refused_at_creation(api, monkeypatch,
     monkeypatch.delenv("OPENAI_API_KEY")
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     m = msg(c.post("/v1/sessions", json={"model": "openai:gpt-4o-mini"}), 422)
-    assert "no API key (set OPENAI_API_KEY" in m
+    assert "no API key: set OPENAI_API_KEY" in m
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     m = msg(c.post("/v1/sessions", json={"model": "openai:x", "image": "nope"}), 422)
     assert "no such image" in m and "torpor image pull" in m

@@ -25,8 +25,8 @@ def no_provider_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     "kw, says",
     [
-        ({"model": "openai:gpt-4o-mini"}, "no API key (set OPENAI_API_KEY"),
-        ({"model": "anthropic:claude-sonnet-4-5"}, "no API key (set ANTHROPIC_API_KEY"),
+        ({"model": "openai:gpt-4o-mini"}, "no API key: set OPENAI_API_KEY"),
+        ({"model": "anthropic:claude-sonnet-4-5"}, "no API key: set ANTHROPIC_API_KEY"),
         ({"model": "script:/nonexistent/turns.jsonl"}, "/nonexistent/turns.jsonl"),
         ({"model": "script:/etc/passwd"}, "/etc/passwd:1"),
         ({"model": "gpt-4o"}, "should look like provider:name"),
@@ -48,6 +48,27 @@ def test_refused_at_creation_with_what_is_wrong(
     if "image" in kw:
         assert "torpor image pull" in str(err.value)
     assert runtime.sessions() == []  # nothing was made
+
+
+def test_a_home_without_the_base_image_says_how_to_build_it(
+    rt_home: Path, script, tmp_path: Path
+) -> None:
+    """A new TORPOR_HOME has an empty image store: 'base' is refused with the command
+    that builds it, not with advice to pull it or to use 'base'."""
+    from torpor.sandbox.gvisor import GVisorEngine
+    from torpor.sandbox.images import ImageStore
+
+    engine = GVisorEngine(tmp_path / "home", images=ImageStore(tmp_path / "images"))
+    rt = Runtime(db=f"sqlite:///{tmp_path / 'torpor.db'}", store=f"file://{tmp_path / 's'}",
+                 home=tmp_path / "home", engine=engine)  # fmt: skip
+    try:
+        for image in ("base", "torpor/base", "torpor/base:latest"):
+            with pytest.raises(InvalidSession) as err:
+                rt.create_session(model=script([{"text": "hi"}]), image=image)
+            assert "torpor image build-base" in str(err.value), err.value
+            assert str(tmp_path / "images") in str(err.value)
+    finally:
+        rt.close()
 
 
 def test_a_session_that_breaks_after_creation_fails_once(

@@ -250,8 +250,9 @@ class OpenAIModel(Model):
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
         if api_key is None:
             if base_url is None:
-                raise ValueError(f"{self.name}: no API key (set OPENAI_API_KEY or pass "
-                                 "api_key=), or pass base_url= for a local server")
+                raise ValueError(f"{self.name}: no API key: set OPENAI_API_KEY (or "
+                                 "OPENAI_BASE_URL for a local server) where turns run, or "
+                                 "pass api_key= (base_url=) to the model")
             api_key = "not-needed"  # vLLM, Ollama, llama.cpp ignore it
         self.base_url = base_url
         self._sdk = openai
@@ -331,8 +332,9 @@ class AnthropicModel(Model):
         api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
         if api_key is None and not os.environ.get("ANTHROPIC_AUTH_TOKEN"):
             if base_url is None:  # refused now, as OpenAIModel does, not at the first turn
-                raise ValueError(f"{self.name}: no API key (set ANTHROPIC_API_KEY or pass "
-                                 "api_key=), or pass base_url= for a local server")
+                raise ValueError(f"{self.name}: no API key: set ANTHROPIC_API_KEY (or "
+                                 "ANTHROPIC_BASE_URL for a local server) where turns run, or "
+                                 "pass api_key= (base_url=) to the model")
             api_key = "not-needed"  # a local or proxy server
         self.base_url = base_url
         self._sdk = anthropic

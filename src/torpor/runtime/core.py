@@ -56,7 +56,7 @@ from torpor.runtime.types import (
 )
 from torpor.runtime.worker import Worker
 from torpor.sandbox.engine import Engine, SandboxSpec, Tmpfs
-from torpor.sandbox.images import ImageError, ImageNotFound
+from torpor.sandbox.images import BASE_IMAGE, ImageError, ImageNotFound
 from torpor.snapshots import open_store
 
 
@@ -225,6 +225,11 @@ class Runtime:
             try:
                 images.get(image)
             except ImageNotFound as e:
+                if image.strip() in ("base", "torpor/base", BASE_IMAGE):
+                    raise InvalidSession(
+                        f"the base image is not built in this image store ({images.root}): "
+                        "build it with `torpor image build-base` (or `torpor doctor`), or "
+                        "set TORPOR_IMAGES to the store that has it") from None  # fmt: skip
                 raise InvalidSession(
                     f"{e}; pull it first (`torpor image pull REF --name {image}`) or use 'base'"
                 ) from None
@@ -232,8 +237,9 @@ class Runtime:
                 raise InvalidSession(f"image {image!r}: {e}") from None
         try:
             self.model(model)
-        except ValueError as e:
-            raise InvalidSession(f"model {model!r}: {e}") from None
+        except ValueError as e:  # (the model's own errors name it already)
+            raise InvalidSession(str(e) if model in str(e) else f"model {model!r}: {e}") \
+                from None
 
     def get_session(self, sid: str) -> Session:
         self.db.get(sid)
