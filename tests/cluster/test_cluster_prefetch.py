@@ -10,6 +10,8 @@ from pathlib import Path
 from tests.cluster.conftest import Cluster, needs_pg, wait_until
 from tests.cluster.test_cluster_durability import quick_user, restores, script
 from torpor.runtime.prefetch import follower
+from torpor.sandbox.gvisor import GVisorEngine
+from torpor.sandbox.images import ImageStore
 
 pytestmark = needs_pg
 
@@ -40,6 +42,10 @@ def test_a_turn_its_machine_cannot_take_resumes_hot_on_the_follower(cluster: Clu
     (mid,) = (b.home / "machine-id").read_text().split()
     assert copies(cluster, snap) == [mid]
     assert (b.home / "checkpoint-cache" / snap).is_dir()
+    # and b has a standby for the session's image, set up when it took the copy
+    b_engine = GVisorEngine(b.home, images=ImageStore())
+    wait_until(lambda: [i for i in b_engine.list(all=True) if i.state == "standby"], 60,
+               "the follower's standby", cluster)  # fmt: skip
     a.kill()  # a is gone: b takes the next turn at once, and restores its copy
     t0 = time.monotonic()
     rest = quick_user(cluster, s.id, 3, first=2)
@@ -47,4 +53,5 @@ def test_a_turn_its_machine_cannot_take_resumes_hot_on_the_follower(cluster: Clu
     assert [c for c, _ in rest] == [2, 3]  # nothing lost
     last = restores(s.log())[-2]  # turn 2's restore, on b
     assert last["snapshot"] == snap and last.get("hot") is True, last
+    assert last.get("standby") is True, last  # into the standby: as fast as on a
     print(f"\nturn 2 on the follower after the kill: {took:.1f} s for turns 2-3, restore hot")

@@ -267,6 +267,14 @@ class Runtime:
         the heartbeat count their turns)."""
         return list(self._workers)
 
+    def _ready_for_handover(self, sid: str) -> None:
+        """This machine now holds a copy of another machine's session (it follows it):
+        a standby for its image, so that a turn handed over here restores into a ready
+        sandbox, as a turn on the session's own machine does."""
+        if self.standby_size > 0 and not self.stopping.is_set():
+            with contextlib.suppress(SessionNotFound):  # (deleted since its snapshot)
+                self.standbys(self.db.get(sid).image)
+
     def checkpoint_storage(self, method: str) -> Callable[..., Any] | None:
         """A method of the engine's checkpoint storage (SnapshotCheckpointStorage: hot
         copies, uploads), or None for an engine without one."""
@@ -301,7 +309,8 @@ class Runtime:
         has = self.checkpoint_storage("has_hot_copy")
         if self.prefetch and fetch is not None and has is not None:
             self.prefetcher = Prefetcher(self.db, self.machine, fetch, has,
-                                         machine_ttl=MACHINE_TTL)  # fmt: skip
+                                         machine_ttl=MACHINE_TTL,
+                                         on_copy=self._ready_for_handover)  # fmt: skip
             self._prefetching = threading.Thread(target=self.prefetcher.run,
                                                  args=(self._beat_stop,),
                                                  name="torpor-prefetch", daemon=True)

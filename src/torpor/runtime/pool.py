@@ -15,7 +15,7 @@ trade-off, 0 turns the pool off.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import re
 import secrets
 import threading
@@ -23,6 +23,8 @@ from typing import Any
 
 from torpor.sandbox import owners
 from torpor.sandbox.engine import Engine, SandboxError, SandboxSpec
+
+logger = logging.getLogger("torpor.runtime")
 
 
 def _tag(image: str) -> str:
@@ -60,8 +62,9 @@ class _Refilled:
     def _run_fill(self) -> None:
         try:
             self._fill()
-        except SandboxError:
-            pass  # a sandbox is then set up when needed, and the next refill tries again
+        except SandboxError as e:  # one is then set up when needed; the next refill tries again
+            logger.warning("setting up %s failed: %s", self.thread_name.removeprefix("torpor-"),
+                           e)  # fmt: skip
         finally:
             with self._lock:
                 self._refilling = False
@@ -119,8 +122,10 @@ class SandboxPool(_Refilled):
         """Stop refilling and remove every ready sandbox of this pool."""
         self._stop_refilling()
         for name in self._ready():
-            with contextlib.suppress(SandboxError):
+            try:
                 self.engine.remove(name, force=True)
+            except SandboxError as e:  # reaped at the next start (its owner is gone then)
+                logger.warning("removing pooled sandbox %s failed: %s", name, e)
 
 
 class StandbyPool(_Refilled):
@@ -141,5 +146,7 @@ class StandbyPool(_Refilled):
     def drain(self) -> None:
         """Stop refilling and remove this pool's (this process's) standbys."""
         self._stop_refilling()
-        with contextlib.suppress(SandboxError):
+        try:
             self.engine.standby(self.spec, 0, owner=owners.this_process("standby"))
+        except SandboxError as e:  # reaped at the next start (its owner is gone then)
+            logger.warning("removing standbys failed: %s", e)

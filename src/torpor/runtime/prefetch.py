@@ -22,7 +22,7 @@ capped and least recently used copies go first), and the fetch's CPU on the foll
 from __future__ import annotations
 
 import hashlib
-import sys
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +30,8 @@ from typing import Any
 
 PREFETCH_POLL = 0.5  # seconds between looks at the snapshots other machines took
 LOOKBACK = 120.0  # how old a snapshot may be and still be fetched ahead
+
+logger = logging.getLogger("torpor.runtime")
 
 
 def follower(session: str, machines: list[str], taker: str) -> str | None:
@@ -56,9 +58,11 @@ class Prefetcher:
 
     def __init__(self, db: Any, machine: str, fetch: Callable[[str], bool],
                  has_copy: Callable[[str], bool], *, machine_ttl: float,
-                 lookback: float = LOOKBACK) -> None:  # fmt: skip
+                 lookback: float = LOOKBACK,
+                 on_copy: Callable[[str], None] | None = None) -> None:  # fmt: skip
         self.db, self.machine = db, machine
         self.fetch, self.has_copy = fetch, has_copy
+        self.on_copy = on_copy  # called with the session once a copy of it is recorded
         self.machine_ttl, self.lookback = machine_ttl, lookback
         self.done: dict[str, float] = {}  # snapshots fetched (or found here): when
         self.fetched = 0
@@ -83,6 +87,8 @@ class Prefetcher:
                 self.db.record_copy(snap, self.machine)
                 self.done[snap] = now
                 fetched += 0 if here else 1
+                if self.on_copy is not None:
+                    self.on_copy(session)
         self.fetched += fetched
         return fetched
 
@@ -90,6 +96,6 @@ class Prefetcher:
         while not stop.wait(PREFETCH_POLL):
             try:
                 self.step()
-            except Exception as e:  # noqa: BLE001 - a background helper: log, go on
-                print(f"torpor: prefetching snapshots failed: {e}", file=sys.stderr)
+            except Exception:  # a background helper: log, go on
+                logger.exception("prefetching snapshots failed; trying again in 5 s")
                 stop.wait(5)
