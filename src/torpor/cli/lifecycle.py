@@ -8,6 +8,7 @@ closed, so the process leaves no sandbox behind and exits 0 (torpor.runtime.shut
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -29,6 +30,24 @@ GraceOpt = typer.Option(DEFAULT_GRACE, "--grace", help="On SIGTERM/SIGINT, secon
                         "running turns get to finish; then they are left to another worker "
                         "to recover from their last snapshot (their sandboxes "
                         "removed).")  # fmt: skip
+LogLevelOpt = typer.Option("info", "--log-level", help="What torpor logs to stderr: debug, "
+                           "info, warning or error (default: TORPOR_LOG_LEVEL, else "
+                           "info).", envvar="TORPOR_LOG_LEVEL")  # fmt: skip
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def setup_logging(level: str) -> None:
+    """torpor's loggers (torpor.*) to stderr at `level`, one line each with its time."""
+    if level.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(f"{level!r}: use one of {', '.join(LOG_LEVELS)}",
+                                 param_hint="--log-level")  # fmt: skip
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s torpor %(levelname)s %(name)s: "
+                                           "%(message)s"))  # fmt: skip
+    root = logging.getLogger("torpor")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
 
 
 def reap(rt: Any) -> None:

@@ -123,9 +123,11 @@ def serve(
     grace: float = GraceOpt,
     affinity: float = lifecycle.AffinityOpt,
     prefetch: bool = lifecycle.PrefetchOpt,
+    log_level: str = lifecycle.LogLevelOpt,
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs)."""
     early = EarlySignals()  # first: a SIGTERM from here on stops it cleanly
+    lifecycle.setup_logging(log_level)
     import uvicorn
 
     from torpor.agent.tools import load_tools

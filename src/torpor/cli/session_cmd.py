@@ -309,11 +309,13 @@ def worker(
     grace: float = GraceOpt,
     affinity: float = lifecycle.AffinityOpt,
     prefetch: bool = lifecycle.PrefetchOpt,
+    log_level: str = lifecycle.LogLevelOpt,
 ) -> None:
     """Run sessions' turns as they come (messages, due retries, dead workers' turns).
     At start it removes the sandboxes of dead torpor processes of this home; SIGTERM or
     SIGINT stops it cleanly (see --grace), leaving no sandbox behind."""
     signals = lifecycle.StopOnSignal()  # first: a SIGTERM from here on stops it cleanly
+    lifecycle.setup_logging(log_level)
     from torpor.runtime.shutdown import shutdown
 
     rt = runtime(db, store, tools)
