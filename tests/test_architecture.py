@@ -118,3 +118,14 @@ def test_the_graph_sees_real_imports():
     g = graph()
     assert "torpor.sandbox.engine" in g["torpor.runtime.core"]
     assert len(g) > 60
+
+
+def test_the_package_face_exports_real_names():
+    """Every name `torpor.__all__` promises imports, and a type checker sees each one
+    (the TYPE_CHECKING imports of torpor/__init__.py name them all)."""
+    import torpor
+
+    face = (SRC / "torpor" / "__init__.py").read_text()
+    for name in torpor.__all__:
+        assert getattr(torpor, name) is not None
+        assert name == "__version__" or f" {name}" in face.split("_LAZY")[0], name

@@ -129,7 +129,7 @@ def test_python_client_send_fork_close(server: Server, script):
         assert out2.text == "second done" and out2.restore_ms is not None
         results = [e.content for e in s.log() if e.kind == "tool_result"]
         assert results[-1].strip().endswith("41")
-        assert [x["id"] for x in c.sessions()] == [s.id]
+        assert [x.id for x in c.sessions()] == [s.id]
         child = s.fork(out.snapshot)
         info = child.info()
         assert info.parent == s.id and info.tenant == "t-client"
@@ -140,7 +140,7 @@ def test_python_client_send_fork_close(server: Server, script):
         # an event stream on a closed session ends by itself
         evs = list(s.events(after=0))
         assert evs[-1].type == "state" and evs[-1].data["state"] == "closed"
-        assert [x["id"] for x in c.sessions(state="closed")] == [s.id]
+        assert [x.id for x in c.sessions(state="closed")] == [s.id]
 
 
 def test_exec_reaches_the_live_sandbox_while_a_turn_runs(server: Server, script):

@@ -118,16 +118,16 @@ class Client:
         self.request("GET", f"/v1/sessions/{sid}")
         return RemoteSession(self, sid)
 
-    def sessions(self, state: str | None = None) -> list[dict[str, Any]]:
-        """Every session the token may see (all pages)."""
-        out: list[dict[str, Any]] = []
+    def sessions(self, state: str | None = None) -> list[SessionRow]:
+        """Every session the token may see (all pages), as Runtime.sessions gives them."""
+        out: list[SessionRow] = []
         offset: int | None = 0
         while offset is not None:
             params: dict[str, Any] = {"offset": offset, "limit": 500}
             if state:
                 params["state"] = state
             page = self.request("GET", "/v1/sessions", params=params)
-            out.extend(page["sessions"])
+            out.extend(session_row(d) for d in page["sessions"])
             offset = page["next_offset"]
         return out
 

@@ -200,9 +200,7 @@ def ls(state: str = typer.Option(None, "--state"), db: str = DbOpt, fmt: str = F
     from torpor.cli.image_cmd import format_table, human_age
 
     if server:
-        from torpor.api.client import session_row
-
-        rows = [session_row(d) for d in client(server, token).sessions(state)]
+        rows = client(server, token).sessions(state)
     else:
         rows = runtime(db, None).sessions(state)
     if fmt == "json":
