@@ -199,10 +199,7 @@ def ls(state: str = typer.Option(None, "--state"), db: str = DbOpt, fmt: str = F
     """List sessions."""
     from torpor.cli.image_cmd import format_table, human_age
 
-    if server:
-        rows = client(server, token).sessions(state)
-    else:
-        rows = runtime(db, None).sessions(state)
+    rows = client(server, token).sessions(state) if server else runtime(db, None).sessions(state)
     if fmt == "json":
         _json([r.to_json() for r in rows])
         return
