@@ -3,7 +3,7 @@ command, read a file. While a turn runs they use its live sandbox; otherwise a t
 restore of the latest snapshot, whose changes are discarded."""
 
 import base64
-import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -15,20 +15,23 @@ from torpor.api.deps import Api, ApiState, Exec, auth_errors
 from torpor.api.schemas import API_VERSION, ApiError, ExecIn, SessionId, errors
 from torpor.runtime.db import SessionRow
 from torpor.sandbox.engine import SandboxError
+from torpor.sandbox.handle import Sandbox
+
+log = logging.getLogger("torpor.api")
 
 OUTPUT_LIMIT = 64 * 1024  # bytes of stdout/stderr (exec) or file content returned
 
 
-def in_sandbox(api: ApiState, row: SessionRow, fn: Callable[[str], Any]) -> Any:
-    """Run fn(sandbox name) on the session's live sandbox while a turn runs, else on a
+def in_sandbox(api: ApiState, row: SessionRow, fn: Callable[[Sandbox], Any]) -> Any:
+    """Run fn(sandbox) on the session's live sandbox while a turn runs, else on a
     throwaway restore of its latest snapshot (changes there are discarded). fn runs
     once: when it fails in the live sandbox, that is the answer (a command that timed
     out there may have done its work; it is never run a second time elsewhere)."""
     eng = api.runtime.engine
     if row.lease_owner and (row.lease_until or 0) > time.time():
-        live = f"s-{row.id}"
         try:
-            running = eng.inspect(live).state == "running"
+            live = Sandbox.get(f"s-{row.id}", engine=eng)
+            running = live.state == "running"
         except SandboxError:
             running = False  # between a restore and the next: look at the snapshot
         if running:
@@ -36,16 +39,18 @@ def in_sandbox(api: ApiState, row: SessionRow, fn: Callable[[str], Any]) -> Any:
     if not row.snapshot:
         raise ApiError(409, f"session {row.id} has no sandbox to look at yet (no "
                             "snapshot: send it a message first)")  # fmt: skip
-    name = f"dbg-{row.id}-{secrets.token_hex(3)}"
     try:
-        eng.restore(row.snapshot, name=name)
+        throwaway = Sandbox.restore(row.snapshot, engine=eng,
+                                    name=f"dbg-{row.id}-{secrets.token_hex(3)}")  # fmt: skip
     except SandboxError as e:
         raise ApiError(409, f"cannot restore snapshot {row.snapshot}: {e}") from None
     try:
-        return fn(name)
+        return fn(throwaway)
     finally:
-        with contextlib.suppress(SandboxError):
-            eng.remove(name, force=True)
+        try:
+            throwaway.kill()
+        except SandboxError as e:  # reaped with this process's other orphans otherwise
+            log.warning("removing the debugging sandbox %s failed: %s", throwaway.ref, e)
 
 
 def router(auth: bool) -> APIRouter:
@@ -59,9 +64,8 @@ def router(auth: bool) -> APIRouter:
         On a waiting session it runs in a throwaway restore of the latest snapshot."""
         row = api.row_of(p, sid)
 
-        def run(name: str) -> Any:
-            return api.runtime.engine.exec(name, body.argv, workdir=body.workdir,
-                                           timeout=body.timeout)  # fmt: skip
+        def run(sb: Sandbox) -> Any:
+            return sb.exec(body.argv, cwd=body.workdir, timeout=body.timeout)
 
         try:
             r = in_sandbox(api, row, run)
@@ -83,9 +87,9 @@ def router(auth: bool) -> APIRouter:
         row = api.row_of(p, sid)
         if not path.startswith("/"):
             raise ApiError(422, "path must be absolute")
-        rt, max_bytes = api.runtime, api.limits.file_bytes
+        max_bytes = api.limits.file_bytes
         try:
-            data: bytes = in_sandbox(api, row, lambda name: rt.engine.read_file(name, path))
+            data: bytes = in_sandbox(api, row, lambda sb: sb.files.read(path))
         except (SandboxError, OSError) as e:
             raise ApiError(404, f"cannot read {path}: {e}") from None
         cut = data[:max_bytes]
