@@ -13,11 +13,13 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # the shared leaves every package may use
 LEAVES = {"files", "home"}
 MAY_IMPORT: dict[str, set[str]] = {
-    "cli": {"api", "runtime", "agent", "context", "sandbox", "snapshots"},
-    "api": {"runtime", "agent", "context", "sandbox", "snapshots"},
-    "runtime": {"agent", "context", "sandbox", "snapshots"},
+    "cli": {"api", "runtime", "agent", "context", "sandbox", "snapshots", "db"},
+    "api": {"runtime", "agent", "context", "sandbox", "snapshots", "db"},
+    "runtime": {"agent", "context", "sandbox", "snapshots", "db"},
     "agent": {"context", "sandbox", "snapshots"},
-    "context": set(),
+    "context": {"db"},
+    # the database layer: connections, transactions, migrations, every SQL statement
+    "db": set(),
     "sandbox": set(),
     "snapshots": set(),
     "files": set(),

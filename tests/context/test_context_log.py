@@ -21,6 +21,7 @@ from torpor.context import (
     UnknownSession,
     open_log,
 )
+from torpor.db import SCHEMA_VERSION
 
 
 def _turn(i: int) -> list[Entry]:
@@ -215,16 +216,16 @@ def test_sessions_listing_close_and_delete(log):
 
 def test_schema_is_versioned_and_reopen_is_idempotent(store_url):
     with open_log(store_url) as log:
-        assert log.schema_version() == 1
+        assert log.schema_version() == SCHEMA_VERSION
         log.append("s", [Entry.message("user", "kept")], epoch=0)
     with open_log(store_url) as log:
-        assert log.schema_version() == 1
+        assert log.schema_version() == SCHEMA_VERSION
         assert log.read("s")[0].content == "kept"
 
 
 def test_newer_schema_refused(store_url):
     open_log(store_url).close()
-    _tamper(store_url, "INSERT INTO context_schema VALUES (99, 'future')")
+    _tamper(store_url, "INSERT INTO torpor_schema VALUES (99, 'future', 'x')")
     with pytest.raises(ContextError, match="newer"):
         open_log(store_url)
 
@@ -284,9 +285,9 @@ def test_concurrent_writers_never_interleave_or_gap(store_url):
 def test_sqlite_append_is_on_disk_settings(tmp_path):
     log = open_log(f"sqlite:///{tmp_path / 'c.db'}")
     try:
-        db = log._db  # the store's own connection: the settings an append runs under
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        with log.db.write() as tx:  # the settings an append runs under
+            assert tx.value("PRAGMA journal_mode") == "wal"
+            assert tx.value("PRAGMA synchronous") == 2  # FULL
     finally:
         log.close()
 

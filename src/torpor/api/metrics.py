@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from torpor.db.queries import metrics as q
 from torpor.runtime.db import STATES
 
 _MS_BUCKETS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
@@ -32,10 +33,8 @@ class _StateCollector(Collector):
             return self._cache
         by_state = dict.fromkeys(STATES, 0)
         log_bytes = 0
-        with self.rt.db.tx() as cur:
-            cur.execute("SELECT state, COUNT(*) FROM torpor_sessions GROUP BY state")
-            for state, n in cur.fetchall():
-                by_state[state] = int(n)
+        with self.rt.db.database.read() as tx:
+            by_state.update(q.sessions_by_state(tx))
         for info in self.rt.log.sessions():
             log_bytes += int(info.bytes or 0)
         self._cache = (by_state, log_bytes)

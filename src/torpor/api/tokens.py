@@ -1,5 +1,6 @@
 """API tokens: a small table next to the runtime's own (Idempotency-Keys live with the
-messages they were posted with, in the runtime's inbox).
+messages they were posted with, in the runtime's inbox); its statements and migration
+belong to the database layer (`torpor.db.queries.tokens`).
 
 A token is shown once when it is made (`tpk_<id>_<secret>`); only its SHA-256 is stored.
 Each token belongs to one tenant and carries scopes: `drive` (sessions, messages, events,
@@ -17,21 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from torpor.db.queries import tokens as q
 from torpor.runtime.db import RuntimeDB
 
 SCOPES = ("drive", "exec", "admin")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS torpor_tokens (
-    id TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    scopes TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    note TEXT,
-    created_at DOUBLE PRECISION NOT NULL,
-    revoked_at DOUBLE PRECISION
-);
-"""
 
 
 class TokenError(Exception):
@@ -72,12 +62,8 @@ class TokenStore:
     """Tokens in the runtime's database (SQLite or PostgreSQL)."""
 
     def __init__(self, db: RuntimeDB) -> None:
-        self.db = db
-        with db.tx() as cur:
-            db.lock_schema(cur)
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    cur.execute(stmt)
+        self.db = db  # (its database was migrated when it was opened: the table is there)
+        self._read, self._write = db.database.read, db.database.write
 
     # -- tokens ------------------------------------------------------------------------
 
@@ -93,49 +79,31 @@ class TokenStore:
         tid = secrets.token_hex(4)
         token = f"tpk_{tid}_{secrets.token_urlsafe(24)}"
         now = time.time()
-        with self.db.tx() as cur:
-            cur.execute(
-                "INSERT INTO torpor_tokens (id, tenant, scopes, hash, note, created_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s)",
-                (tid, tenant, json.dumps(scopes), _hash(token), note, now),
-            )
+        with self._write() as tx:
+            q.insert_token(tx, tid, tenant, json.dumps(scopes), _hash(token), note, now)
         return token, TokenInfo(tid, tenant, scopes, note, now, None)
 
     def list(self, include_revoked: bool = False) -> list[TokenInfo]:
-        sql = "SELECT id, tenant, scopes, note, created_at, revoked_at FROM torpor_tokens"
-        if not include_revoked:
-            sql += " WHERE revoked_at IS NULL"
-        with self.db.tx() as cur:
-            cur.execute(sql + " ORDER BY created_at")
-            rows = cur.fetchall()
+        with self._read() as tx:
+            rows = q.tokens(tx, include_revoked=include_revoked)
         return [TokenInfo(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5]) for r in rows]
 
     def revoke(self, tid: str) -> None:
-        with self.db.tx() as cur:
-            cur.execute(
-                "UPDATE torpor_tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
-                (time.time(), tid),
-            )
-            if cur.rowcount != 1:
+        with self._write() as tx:
+            if not q.revoke(tx, tid, time.time()):
                 raise TokenError(f"no such live token: {tid}")
 
     def any(self) -> bool:
-        with self.db.tx() as cur:
-            cur.execute("SELECT 1 FROM torpor_tokens WHERE revoked_at IS NULL LIMIT 1")
-            return cur.fetchone() is not None
+        with self._read() as tx:
+            return q.any_live(tx)
 
     def check(self, token: str) -> Principal | None:
         """The principal of a live token, or None."""
         parts = token.split("_")
         if len(parts) < 3 or parts[0] != "tpk":
             return None
-        with self.db.tx() as cur:
-            cur.execute(
-                "SELECT tenant, scopes, hash FROM torpor_tokens "
-                "WHERE id = %s AND revoked_at IS NULL",
-                (parts[1],),
-            )
-            r = cur.fetchone()
+        with self._read() as tx:
+            r = q.live_token(tx, parts[1])
         if r is None or not hmac.compare_digest(r[2], _hash(token)):
             return None
         return Principal(tenant=r[0], scopes=frozenset(json.loads(r[1])), token_id=parts[1])
@@ -143,22 +111,10 @@ class TokenStore:
     # -- per-tenant counts (limits) ----------------------------------------------------
 
     def open_sessions(self, tenant: str | None) -> int:
-        with self.db.tx() as cur:
-            cur.execute(
-                "SELECT COUNT(*) FROM torpor_sessions WHERE state != 'closed' AND "
-                + ("tenant IS NULL" if tenant is None else "tenant = %s"),
-                () if tenant is None else (tenant,),
-            )
-            return int(cur.fetchone()[0])
+        with self._read() as tx:
+            return q.open_sessions(tx, tenant)
 
     def busy_sessions(self, tenant: str | None) -> int:
         """Sessions of the tenant with a turn queued, running, recovering or retrying."""
-        with self.db.tx() as cur:
-            cur.execute(
-                "SELECT COUNT(*) FROM torpor_sessions s WHERE state != 'closed' AND "
-                + ("s.tenant IS NULL" if tenant is None else "s.tenant = %s")
-                + " AND (state IN ('running', 'recovering', 'retrying') OR EXISTS ("
-                "  SELECT 1 FROM torpor_inbox i WHERE i.session = s.id AND i.consumed = 0))",
-                () if tenant is None else (tenant,),
-            )
-            return int(cur.fetchone()[0])
+        with self._read() as tx:
+            return q.busy_sessions(tx, tenant)

@@ -8,9 +8,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlencode, urlparse, urlunparse
 
+from torpor.db import DatabaseError, SchemaTooNew, open_database, split_url
 from torpor.home import torpor_home
 
 from .blobs import BlobStore, FileBlobStore, open_blobs
@@ -57,28 +56,17 @@ def open_log(url: str | None = None, *, blobs: str | BlobStore | None = None,
     `size_warning` marker once a session grows past this many bytes.
     """
     url = url or default_url()
-    parsed = urlparse(url)
-    query = dict(parse_qsl(parsed.query))
-    if blobs is None and "blobs" in query:
-        blobs = query.pop("blobs")
-        parsed = parsed._replace(query=urlencode(query))
-        url = urlunparse(parsed)
-    if parsed.scheme == "sqlite":
-        if parsed.netloc not in ("", "localhost"):
-            raise ValueError(f"SQLite URLs look like sqlite:///absolute/path.db, got {url!r}")
-        path = Path(unquote(parsed.path))
-        store = open_blobs(blobs) if isinstance(blobs, str) else blobs
-        if store is None:
-            store = FileBlobStore(path.with_name(path.name + ".blobs"))
-        from .sqlite import SqliteLog
-
-        return SqliteLog(path, blobs=store, blob_threshold=blob_threshold, warn_bytes=warn_bytes)
-    if parsed.scheme in ("postgresql", "postgres"):
-        store = open_blobs(blobs) if isinstance(blobs, str) else blobs
-        if store is None:
-            store = FileBlobStore(torpor_home() / "blobs")
-        from .postgres import PostgresLog
-
-        return PostgresLog(url, blobs=store, blob_threshold=blob_threshold,
-                           warn_bytes=warn_bytes)
-    raise ValueError(f"unsupported context log URL {url!r} (use sqlite:/// or postgresql://)")
+    bare, own = split_url(url)
+    if blobs is None:
+        blobs = own.get("blobs")
+    store = open_blobs(blobs) if isinstance(blobs, str) else blobs
+    try:
+        db = open_database(bare)
+    except SchemaTooNew as e:
+        raise ContextError(str(e)) from e
+    except DatabaseError as e:
+        raise ValueError(f"{e}") from e
+    if store is None:
+        store = (FileBlobStore(db.path.with_name(db.path.name + ".blobs")) if db.path
+                 else FileBlobStore(torpor_home() / "blobs"))
+    return ContextLog(db, blobs=store, blob_threshold=blob_threshold, warn_bytes=warn_bytes)

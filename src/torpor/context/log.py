@@ -1,8 +1,10 @@
-"""The context log API shared by every store: append, read, tail, verify, fork, fencing.
+"""The context log: append, read, tail, verify, fork, epoch fencing, idempotency keys.
 
-`ContextLog` holds all the logic and speaks SQL with `%s` placeholders through a small
-transaction wrapper (`Tx`); the SQLite and PostgreSQL stores only open connections, run
-migrations and say how a transaction starts and how a session row is locked.
+`ContextLog` holds the logic; its tables, their migrations, connections and
+transactions belong to the database layer (`torpor.db`: the statements are the named
+functions of `torpor.db.queries.log`), the same on SQLite and PostgreSQL. A write takes
+the database's write lock (SQLite) or the session row's lock (PostgreSQL); a read takes
+none and sees one consistent snapshot.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
+
+from torpor.db import Database, Tx, schema_version
+from torpor.db.queries import log as q
 
 from .blobs import BlobStore
 from .entry import (
@@ -36,40 +39,10 @@ from .markers import SizeWarning
 DEFAULT_BLOB_THRESHOLD = 64 * 1024
 PAGE = 2000
 
-SESSION_COLS = ("id, epoch, parent, fork_seq, head_seq, head_hash, bytes, warned, "
-                "created_at, updated_at, closed_at")
-ENTRY_COLS = ("seq, kind, role, content, content_blob, tool_call_id, tool_name, arguments, "
-              "arguments_blob, usage, meta, epoch, created_at, prev_hash, hash, size")
 
 
 class SessionClosed(ContextError):
     """The session was closed; it takes no more entries."""
-
-
-class Tx:
-    """A cursor wrapper: `%s` placeholders, fetch helpers. Stores adapt it to their driver."""
-
-    placeholder = "%s"
-
-    def __init__(self, cursor: Any) -> None:
-        self.cur = cursor
-
-    def _sql(self, sql: str) -> str:
-        return sql if self.placeholder == "%s" else sql.replace("%s", self.placeholder)
-
-    def run(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.cur.execute(self._sql(sql), params)
-
-    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        self.cur.execute(self._sql(sql), params)
-        return self.cur.fetchone()
-
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        self.cur.execute(self._sql(sql), params)
-        return list(self.cur.fetchall())
-
-    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.cur.executemany(self._sql(sql), rows)
 
 
 @dataclass(slots=True)
@@ -129,32 +102,27 @@ class VerifyResult:
         return self.ok
 
 
-class ContextLog(ABC):
-    """Append-only, hash-chained, fenced per-session log. Use `torpor.context.open_log`."""
+class ContextLog:
+    """Append-only, hash-chained, fenced per-session log on a migrated `Database` (SQLite
+    or PostgreSQL). Use `torpor.context.open_log`."""
 
-    url: str
-    lock_suffix = ""  # appended to the SELECT that locks a session row for the transaction
-
-    def __init__(self, *, blobs: BlobStore | None, blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
+    def __init__(self, db: Database, *, blobs: BlobStore | None,
+                 blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
                  warn_bytes: int | None = None) -> None:
+        self.db = db
+        self.url = db.url
         self.blobs = blobs
         self.blob_threshold = blob_threshold
         self.warn_bytes = warn_bytes
+        self._write = db.write  # a write transaction (the database's or the row's lock)
+        self._read = db.read  # a read transaction over one snapshot, no lock
 
-    # -- to be provided by a store ------------------------------------------------------
-    @abstractmethod
-    def _write(self) -> AbstractContextManager[Tx]:
-        """A write transaction (committed on normal exit, rolled back on error)."""
+    def close(self) -> None:
+        self.db.close()
 
-    @abstractmethod
-    def _read(self) -> AbstractContextManager[Tx]:
-        """A read-only transaction."""
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-    @abstractmethod
-    def schema_version(self) -> int: ...
+    def schema_version(self) -> int:
+        """The database's schema version (`torpor.db.SCHEMA_VERSION` once opened)."""
+        return schema_version(self.db)
 
     def __enter__(self) -> ContextLog:
         return self
@@ -164,16 +132,13 @@ class ContextLog(ABC):
 
     # -- sessions -----------------------------------------------------------------------
     def _session(self, tx: Tx, session: str, lock: bool = False) -> SessionInfo | None:
-        row = tx.one(f"SELECT {SESSION_COLS} FROM context_sessions WHERE id = %s"
-                     + (self.lock_suffix if lock else ""), (session,))
+        row = q.session(tx, session, lock=lock)
         return None if row is None else _info(row)
 
     def _create(self, tx: Tx, session: str) -> None:
         if not isinstance(session, str) or not session:
             raise InvalidEntry("a session id must be a non-empty string")
-        ts = now_iso()
-        tx.run("INSERT INTO context_sessions (id, created_at, updated_at) VALUES (%s, %s, %s) "
-               "ON CONFLICT (id) DO NOTHING", (session, ts, ts))
+        q.create_session(tx, session, now_iso())
 
     def session(self, session: str) -> SessionInfo:
         """The session's row (epoch, head, size, ...); UnknownSession if absent."""
@@ -192,27 +157,9 @@ class ContextLog(ABC):
                  closed_before: str | None = None, limit: int | None = None) -> list[SessionInfo]:
         """List sessions by id. `closed`: True only closed, False only open, None all.
         `closed_before`: ISO date/time; only sessions closed before it."""
-        where: list[str] = []
-        params: list[Any] = []
-        if prefix:
-            where.append("id >= %s AND id < %s")
-            params += [prefix, prefix + "\U0010ffff"]
-        if closed is True or closed_before:
-            where.append("closed_at IS NOT NULL")
-        elif closed is False:
-            where.append("closed_at IS NULL")
-        if closed_before:
-            where.append("closed_at < %s")
-            params.append(closed_before)
-        sql = f"SELECT {SESSION_COLS} FROM context_sessions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id"
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(int(limit))
         with self._read() as tx:
-            rows = tx.all(sql, params)
+            rows = q.sessions(tx, prefix=prefix, closed=closed, closed_before=closed_before,
+                              limit=limit)
         return [_info(r) for r in rows]
 
     def acquire(self, session: str) -> int:
@@ -223,8 +170,7 @@ class ContextLog(ABC):
             info = self._session(tx, session, lock=True)
             assert info is not None
             epoch = info.epoch + 1
-            tx.run("UPDATE context_sessions SET epoch = %s, updated_at = %s WHERE id = %s",
-                   (epoch, now_iso(), session))
+            q.set_epoch(tx, session, epoch, now_iso())
         return epoch
 
     def close_session(self, session: str) -> None:
@@ -232,23 +178,18 @@ class ContextLog(ABC):
         with self._write() as tx:
             if self._session(tx, session, lock=True) is None:
                 raise UnknownSession(session)
-            ts = now_iso()
-            tx.run("UPDATE context_sessions SET closed_at = %s, updated_at = %s WHERE id = %s",
-                   (ts, ts, session))
+            q.set_closed(tx, session, now_iso())
 
     def delete_session(self, session: str) -> None:
         """Delete a session and its entries. Refused while a fork still shares its prefix."""
         with self._write() as tx:
             if self._session(tx, session, lock=True) is None:
                 raise UnknownSession(session)
-            kids = tx.all("SELECT id FROM context_sessions WHERE parent = %s", (session,))
+            kids = q.forks_of(tx, session)
             if kids:
-                raise ContextError(
-                    f"session {session!r} is the parent of forks "
-                    f"{', '.join(k[0] for k in kids)}; delete those first")
-            tx.run("DELETE FROM context_entries WHERE session = %s", (session,))
-            tx.run("DELETE FROM context_idempotency WHERE session = %s", (session,))
-            tx.run("DELETE FROM context_sessions WHERE id = %s", (session,))
+                raise ContextError(f"session {session!r} is the parent of forks "
+                                   f"{', '.join(kids)}; delete those first")
+            q.delete_session(tx, session)
 
     # -- segments: where a (possibly forked) session's seqs live --------------------------
     def _segments(self, tx: Tx, info: SessionInfo) -> list[tuple[str, int, int]]:
@@ -278,13 +219,7 @@ class ContextLog(ABC):
             want = None if limit is None else limit - len(out)
             if want is not None and want <= 0:
                 break
-            sql = (f"SELECT {ENTRY_COLS} FROM context_entries WHERE session = %s AND seq > %s "
-                   "AND seq <= %s ORDER BY seq")
-            params: list[Any] = [owner, max(lo, after), hi]
-            if want is not None:
-                sql += " LIMIT %s"
-                params.append(want)
-            out.extend(tx.all(sql, params))
+            out.extend(q.entries(tx, owner, max(lo, after), hi, want))
         return out
 
     def _entry(self, session: str, r: tuple[Any, ...]) -> Entry:
@@ -386,12 +321,7 @@ class ContextLog(ABC):
                 e.hash, p.size)
 
     def _has_call(self, tx: Tx, segs: list[tuple[str, int, int]], call_id: str) -> bool:
-        for owner, _lo, hi in segs:
-            if tx.one("SELECT 1 FROM context_entries WHERE session = %s AND seq <= %s "
-                      "AND tool_call_id = %s AND kind = 'tool_call' LIMIT 1",
-                      (owner, hi, call_id)):
-                return True
-        return False
+        return any(q.has_tool_call(tx, owner, hi, call_id) for owner, _lo, hi in segs)
 
     def append(self, session: str, entries: Entry | Sequence[Entry], *, epoch: int,
                idempotency_key: str | None = None) -> list[int]:
@@ -413,8 +343,7 @@ class ContextLog(ABC):
                 info = self._session(tx, session, lock=True)
                 assert info is not None
             if idempotency_key is not None:
-                hit = tx.one("SELECT first_seq, last_seq FROM context_idempotency "
-                             "WHERE session = %s AND key = %s", (session, idempotency_key))
+                hit = q.keyed_seqs(tx, session, idempotency_key)
                 if hit:
                     return list(range(hit[0], hit[1] + 1))
             if epoch != info.epoch:
@@ -449,14 +378,10 @@ class ContextLog(ABC):
                 prev = m.e.hash
                 total += m.size
                 warned = True
-            tx.many("INSERT INTO context_entries (session, " + ENTRY_COLS + ") VALUES ("
-                    + ", ".join(["%s"] * 17) + ")", rows)
-            tx.run("UPDATE context_sessions SET head_seq = %s, head_hash = %s, bytes = %s, "
-                   "warned = %s, updated_at = %s WHERE id = %s",
-                   (seq, prev, total, int(warned), ts, session))
+            q.insert_entries(tx, rows)
+            q.set_head(tx, session, seq=seq, hash_=prev, size=total, warned=warned, ts=ts)
             if idempotency_key is not None:
-                tx.run("INSERT INTO context_idempotency (session, key, first_seq, last_seq) "
-                       "VALUES (%s, %s, %s, %s)", (session, idempotency_key, seqs[0], seqs[-1]))
+                q.insert_key(tx, session, idempotency_key, seqs[0], seqs[-1])
         return seqs
 
     # -- forks --------------------------------------------------------------------------
@@ -474,20 +399,12 @@ class ContextLog(ABC):
             segs = [s for s in self._segments(tx, info) if s[1] < at_seq]
             segs = [(o, lo, min(hi, at_seq)) for o, lo, hi in segs]
             owner = segs[-1][0]
-            head = tx.one("SELECT hash FROM context_entries WHERE session = %s AND seq = %s",
-                          (owner, at_seq))
+            head = q.entry_hash(tx, owner, at_seq)
             assert head is not None
-            size = 0
-            for o, lo, hi in segs:
-                r = tx.one("SELECT COALESCE(SUM(size), 0) FROM context_entries WHERE "
-                           "session = %s AND seq > %s AND seq <= %s", (o, lo, hi))
-                size += int(r[0]) if r else 0
+            size = sum(q.entries_size(tx, o, lo, hi) for o, lo, hi in segs)
             # the fork points at the session that owns entry at_seq, so chains stay short
-            parent = owner
-            ts = now_iso()
-            tx.run("INSERT INTO context_sessions (id, parent, fork_seq, head_seq, head_hash, "
-                   "bytes, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                   (new_id, parent, at_seq, at_seq, head[0], size, ts, ts))
+            q.insert_fork(tx, new_id, parent=owner, at_seq=at_seq, head_hash=head, size=size,
+                          ts=now_iso())
         return new_id
 
     # -- verification -------------------------------------------------------------------

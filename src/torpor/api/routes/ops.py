@@ -23,9 +23,7 @@ def router(auth: bool) -> APIRouter:
     def readyz(api: Api) -> Response:
         """The database answers and the worker threads are alive."""
         try:
-            with api.runtime.db.tx() as cur:
-                cur.execute("SELECT 1")
-                cur.fetchone()
+            api.runtime.db.ping()
         except Exception as e:
             return error_response(503, f"database not ready: {type(e).__name__}")
         dead = [t.name for t in api.threads if not t.is_alive()]

@@ -1,0 +1,162 @@
+"""The tables torpor keeps, as DDL per dialect: the context log's, the runtime's, the
+API tokens', and the version table. `migrations.py` says in which order they are made.
+
+The text is the same on both databases except where a `{placeholder}` says otherwise:
+`{big}` (SQLite: INTEGER, PostgreSQL: BIGINT), `{without_rowid}` (SQLite tables
+clustered on their primary key), `{serial}` (an auto-numbered key).
+"""
+
+from __future__ import annotations
+
+from .connection import Dialect
+
+_FILL = {
+    "sqlite": {"big": "INTEGER", "without_rowid": " WITHOUT ROWID", "serial": "INTEGER"},
+    "postgres": {"big": "BIGINT", "without_rowid": "", "serial": "BIGSERIAL"},
+}
+
+
+def ddl(statements: tuple[str, ...], dialect: Dialect) -> list[str]:
+    """The statements with the dialect's fill-ins."""
+    return [s.format(**_FILL[dialect.name]) for s in statements]
+
+
+VERSION_TABLE = """CREATE TABLE IF NOT EXISTS torpor_schema (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)"""
+
+# -- the context log (context/log.py) ------------------------------------------------------
+CONTEXT_LOG = (
+    """CREATE TABLE context_sessions (
+        id TEXT PRIMARY KEY,
+        epoch {big} NOT NULL DEFAULT 0,
+        parent TEXT REFERENCES context_sessions(id),
+        fork_seq {big} NOT NULL DEFAULT 0,
+        head_seq {big} NOT NULL DEFAULT 0,
+        head_hash TEXT NOT NULL DEFAULT '',
+        bytes {big} NOT NULL DEFAULT 0,
+        warned INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        closed_at TEXT
+    )""",
+    "CREATE INDEX context_sessions_parent ON context_sessions(parent)",
+    "CREATE INDEX context_sessions_closed ON context_sessions(closed_at)",
+    # content: canonical JSON, NULL when None or in the blob store; *_blob: 'sha256hex:size'
+    # of a payload kept in the blob store. JSON is text, not jsonb, so the bytes that were
+    # hashed are the bytes stored.
+    """CREATE TABLE context_entries (
+        session TEXT NOT NULL,
+        seq {big} NOT NULL,
+        kind TEXT NOT NULL,
+        role TEXT,
+        content TEXT,
+        content_blob TEXT,
+        tool_call_id TEXT,
+        tool_name TEXT,
+        arguments TEXT,
+        arguments_blob TEXT,
+        usage TEXT,
+        meta TEXT NOT NULL,
+        epoch {big} NOT NULL,
+        created_at TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        size {big} NOT NULL,
+        PRIMARY KEY (session, seq)
+    ){without_rowid}""",
+    """CREATE INDEX context_entries_call ON context_entries(session, tool_call_id)
+        WHERE tool_call_id IS NOT NULL""",
+    """CREATE TABLE context_idempotency (
+        session TEXT NOT NULL,
+        key TEXT NOT NULL,
+        first_seq {big} NOT NULL,
+        last_seq {big} NOT NULL,
+        PRIMARY KEY (session, key)
+    ){without_rowid}""",
+)
+
+# -- the runtime (runtime/db.py) -------------------------------------------------------------
+# IF NOT EXISTS: torpor before the version table made these tables without recording a
+# version; migration 2 adopts them (and adds the columns of RUNTIME_ADDED they lack).
+RUNTIME = (
+    """CREATE TABLE IF NOT EXISTS torpor_sessions (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        image TEXT NOT NULL,
+        model TEXT NOT NULL,
+        system TEXT,
+        tools TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        snapshot TEXT,
+        snapshot_seq BIGINT,
+        snapshots TEXT NOT NULL,
+        lease_owner TEXT,
+        lease_until DOUBLE PRECISION,
+        wake_at DOUBLE PRECISION,
+        attempt INTEGER NOT NULL,
+        parent TEXT,
+        error TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        tenant TEXT,
+        cancel TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS torpor_inbox (
+        id {serial} PRIMARY KEY,
+        session TEXT NOT NULL,
+        text TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        consumed INTEGER NOT NULL,
+        key TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS torpor_inbox_session ON torpor_inbox (session, consumed)",
+    """CREATE TABLE IF NOT EXISTS torpor_heartbeats (
+        process TEXT PRIMARY KEY,
+        machine TEXT NOT NULL,
+        host TEXT NOT NULL,
+        heartbeat_at DOUBLE PRECISION NOT NULL,
+        slots INTEGER NOT NULL,
+        running INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS torpor_snapshots (
+        id TEXT PRIMARY KEY,
+        session TEXT NOT NULL,
+        machine TEXT NOT NULL,
+        process TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS torpor_snapshots_created ON torpor_snapshots (created_at)",
+    """CREATE TABLE IF NOT EXISTS torpor_copies (
+        snapshot TEXT NOT NULL,
+        machine TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (snapshot, machine)
+    )""",
+)
+# Columns that tables made by an older torpor lack: (table, column, type).
+RUNTIME_ADDED = (
+    ("torpor_sessions", "tenant", "TEXT"),
+    ("torpor_sessions", "cancel", "TEXT"),  # NULL | 'cancel' | 'close' (requested)
+    ("torpor_inbox", "key", "TEXT"),  # the Idempotency-Key the message was posted with
+)
+# One message per key and session, enforced by the database itself, so that two API
+# processes posting the same key at once queue it once (NULL keys are distinct).
+RUNTIME_INDEXES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS torpor_inbox_key ON torpor_inbox (session, key)",
+)
+
+# -- API tokens (api/tokens.py) ----------------------------------------------------------------
+TOKENS = (
+    """CREATE TABLE IF NOT EXISTS torpor_tokens (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        note TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        revoked_at DOUBLE PRECISION
+    )""",
+)
