@@ -61,7 +61,7 @@ def open_log(url: str | None = None, *, blobs: str | BlobStore | None = None,
         blobs = own.get("blobs")
     store = open_blobs(blobs) if isinstance(blobs, str) else blobs
     try:
-        db = open_database(bare)
+        db = open_database(bare, check=True)  # a writer outlives a server restart
     except SchemaTooNew as e:
         raise ContextError(str(e)) from e
     except DatabaseError as e:

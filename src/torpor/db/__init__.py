@@ -40,12 +40,11 @@ __all__ = [
 
 
 def open_database(url: str, *, busy_timeout: float = 30.0, pool_min: int = 1,
-                  pool_max: int = 8, timeout: float = 30.0) -> Database:
-    """A `Database` for the URL, migrated to `SCHEMA_VERSION` (see `migrations.py`);
-    `SchemaTooNew` when a newer torpor wrote it. busy_timeout: how long a SQLite writer
-    waits for the write lock; pool_min, pool_max, timeout: the PostgreSQL pool's."""
+                  pool_max: int = 8, timeout: float = 30.0, check: bool = False) -> Database:
+    """A `Database` for the URL (options: see `Database`), migrated to `SCHEMA_VERSION`
+    (see `migrations.py`); `SchemaTooNew` when a newer torpor wrote it."""
     db = Database(url, busy_timeout=busy_timeout, pool_min=pool_min, pool_max=pool_max,
-                  timeout=timeout)
+                  timeout=timeout, check=check)
     try:
         migrate(db)
     except BaseException:
