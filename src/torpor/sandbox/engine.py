@@ -64,6 +64,11 @@ class ProcessNotFound(SandboxError):
     listing)."""
 
 
+class ProcessStdinClosed(SandboxConflict):
+    """The process's stdin is not open: it was started without `stdin=True`, or it was
+    closed, or the process has exited."""
+
+
 class SandboxFileError(SandboxError):
     """A file operation in the sandbox failed; `reason` says how, `path` where."""
 
@@ -354,8 +359,10 @@ class Engine(abc.ABC):
         env: Sequence[str] = (),
         workdir: str | None = None,
         user: str | None = None,
+        stdin: bool = False,
     ) -> int:
-        """Start a background process that survives checkpoints; returns its id."""
+        """Start a background process that survives checkpoints; returns its id. With
+        `stdin`, its stdin stays open for `write_stdin` (else it reads /dev/null)."""
 
     @abc.abstractmethod
     def processes(self, sandbox: str) -> list[dict[str, Any]]:
@@ -421,6 +428,17 @@ class Engine(abc.ABC):
         """Signal a process started in the sandbox (its process group); nothing happens
         if it has exited. ProcessNotFound for an unknown id."""
         raise self._unsupported("signal processes")
+
+    def write_stdin(self, sandbox: str, process: int, data: bytes, *,
+                    close: bool = False) -> None:  # fmt: skip
+        """Write to the stdin of a process started with `stdin=True` (`close`: then close
+        it: the process reads EOF). ProcessStdinClosed if it is not open."""
+        raise self._unsupported("write to a process's stdin")
+
+    def forget_process(self, sandbox: str, process: int) -> None:
+        """Drop an exited process's kept output and its entry in `processes`
+        (SandboxConflict while it runs)."""
+        raise self._unsupported("forget processes")
 
     def process_output(
         self,

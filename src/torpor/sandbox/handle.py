@@ -180,6 +180,22 @@ class Process:
         number. Nothing happens if it has exited."""
         self.sandbox.engine.kill_process(self.sandbox.ref, self.id, signal)
 
+    def write(self, data: bytes | str) -> None:
+        """Write to its stdin (started with `spawn(..., stdin=True)`; a str as UTF-8).
+        ProcessStdinClosed if its stdin is not open."""
+        payload = data.encode() if isinstance(data, str) else data
+        self.sandbox.engine.write_stdin(self.sandbox.ref, self.id, payload)
+
+    def close_stdin(self) -> None:
+        """Close its stdin: it reads EOF."""
+        self.sandbox.engine.write_stdin(self.sandbox.ref, self.id, b"", close=True)
+
+    def forget(self) -> None:
+        """Drop its kept output and its entry in `processes`, once it has exited (its
+        output otherwise stays in the sandbox's memory, and every checkpoint, until the
+        sandbox goes)."""
+        self.sandbox.engine.forget_process(self.sandbox.ref, self.id)
+
 
 # ---------------------------------------------------------------------------------- files
 
@@ -462,10 +478,14 @@ class Sandbox:
         env: Mapping[str, str] | Sequence[str] | None = None,
         cwd: str | None = None,
         user: str | None = None,
+        stdin: bool = False,
     ) -> Process:
         """Start a command in the background; it survives checkpoints, and its output is
-        kept (`Process.output`, `Process.stream`)."""
-        pid = self.engine.spawn(self.ref, _argv(cmd), env=_env(env), workdir=cwd, user=user)
+        kept (`Process.output`, `Process.stream`). With `stdin`, its stdin stays open
+        for `Process.write` and `Process.close_stdin` (else it reads /dev/null)."""
+        kw: dict[str, Any] = {"stdin": True} if stdin else {}
+        pid = self.engine.spawn(self.ref, _argv(cmd), env=_env(env), workdir=cwd, user=user,
+                                **kw)  # fmt: skip
         return Process(self, pid)
 
     def process(self, id: int) -> Process:
