@@ -153,6 +153,7 @@ def serve(
     if scripts is not None and not scripts.is_dir():
         raise ServeError(f"--scripts {scripts}: no such directory")
     lifecycle.reap(rt)
+    lifecycle.recover_sandboxes(rt)
     app = create_app(rt, auth=has_tokens, limits=limits, workers=workers, scripts=scripts)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             timeout_graceful_shutdown=grace)  # fmt: skip
