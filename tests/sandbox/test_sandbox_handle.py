@@ -188,6 +188,12 @@ def test_background_process_stdin_and_forget(sb: Sandbox):
     running = sb.spawn("sleep 30")
     with pytest.raises(SandboxConflict, match="still running"):
         running.forget()
+    # following its output stops when asked; the process goes on
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    t0 = time.monotonic()
+    assert running.stream(cancel=cancel) is None
+    assert time.monotonic() - t0 < 8 and running.info().running
 
 
 def test_files_read_write_list_stat_remove_mkdir_move(sb: Sandbox, tmp_path: Path):

@@ -155,11 +155,14 @@ class Process:
         return self.sandbox.engine.process_output(self.sandbox.ref, self.id)
 
     def stream(self, on_stdout: OutputCallback | None = None,
-               on_stderr: OutputCallback | None = None) -> int | None:  # fmt: skip
+               on_stderr: OutputCallback | None = None,
+               cancel: threading.Event | None = None) -> int | None:  # fmt: skip
         """Pass its output (from the start) to the callbacks as it comes, until it
-        exits; returns its exit code."""
+        exits; returns its exit code. Setting `cancel` stops the streaming (not the
+        process: it then returns None if the process still runs)."""
         self.sandbox.engine.process_output(self.sandbox.ref, self.id, follow=True,
-                                           on_stdout=on_stdout, on_stderr=on_stderr)  # fmt: skip
+                                           on_stdout=on_stdout, on_stderr=on_stderr,
+                                           **({"cancel": cancel} if cancel else {}))  # fmt: skip
         return self.info().exit_code
 
     def wait(self, timeout: float | None = None) -> int | None:

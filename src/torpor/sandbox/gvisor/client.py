@@ -386,18 +386,22 @@ class InitClient:
         follow: bool = False,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> tuple[bytes, bytes]:
         """A process's output kept by init, (stdout, stderr); with `follow`, until the
-        process exits, passed to the callbacks as it comes."""
+        process exits (or `cancel` is set: the follower stops, the process goes on),
+        passed to the callbacks as it comes."""
         args = ["logs", *(["-f"] if follow else []), str(process)]
         for _attempt in range(2):
             proc = subprocess.Popen(self.command(info, args), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-            got = streams.run(proc, on_stdout=on_stdout, on_stderr=on_stderr)
+            got = streams.run(proc, on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel)
             if not self.unstuck(info, proc.returncode, got.head):
                 break
         if proc.returncode == 1 and got.stderr.startswith(b"torpor-init: no such process"):
             raise ProcessNotFound(_no_such_process(info, process))
+        if cancel is not None and cancel.is_set():  # stopped following: not a failure
+            return got.stdout, got.stderr
         if got.held and on_stderr is not None:
             on_stderr(got.held)
         if proc.returncode != 0:

@@ -405,10 +405,12 @@ class GVisorEngine(Engine):
         follow: bool = False,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> tuple[bytes, bytes]:
         with self._running(sandbox) as info:
             return self.client.process_output(info, process, follow=follow,
-                                              on_stdout=on_stdout, on_stderr=on_stderr)  # fmt: skip
+                                              on_stdout=on_stdout, on_stderr=on_stderr,
+                                              cancel=cancel)  # fmt: skip
 
     # ------------------------------------------------------------------ files
 
