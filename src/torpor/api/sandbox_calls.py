@@ -103,12 +103,13 @@ def encode(data: bytes, encoding: str) -> str:
 Emit = Callable[[str, bytes], None]
 
 
-async def from_thread(work: Callable[[Emit, threading.Event], Any]
-                      ) -> AsyncIterator[tuple[str, Any]]:  # fmt: skip
+async def from_thread(work: Callable[[Emit, threading.Event], Any], *,
+                      idle: float | None = None) -> AsyncIterator[tuple[str, Any]]:  # fmt: skip
     """Run `work(emit, cancel)` in a thread of its own and yield what it emits, as it
     comes: ("stdout" | "stderr", bytes) items, then ("result", what it returned) or
-    ("raised", the exception). When the consumer stops early (the client went away),
-    `cancel` is set for the work to stop."""
+    ("raised", the exception); with `idle`, also ("idle", None) after each `idle`
+    seconds without any. When the consumer stops early (the client went away), `cancel`
+    is set for the work to stop."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
     cancel = threading.Event()
@@ -127,7 +128,14 @@ async def from_thread(work: Callable[[Emit, threading.Event], Any]
 
     threading.Thread(target=run, name="torpor-api-stream", daemon=True).start()
     try:
-        while (item := await queue.get()) is not None:
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), idle)
+            except TimeoutError:
+                yield ("idle", None)
+                continue
+            if item is None:
+                return
             yield item
     finally:
         cancel.set()

@@ -448,10 +448,11 @@ class Engine(abc.ABC):
         follow: bool = False,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
-        cancel: threading.Event | None = None,
+        cancel: threading.Event | Sequence[threading.Event] | None = None,
     ) -> tuple[bytes, bytes]:
         """A process's output so far, (stdout, stderr); with `follow`, until it exits (or
-        `cancel` is set: the process goes on), passed to the callbacks as it comes.
+        `cancel` is set, or one of several: the process goes on), passed to the callbacks
+        as it comes.
         ProcessNotFound for an unknown id."""
         raise self._unsupported("show a process's output")
 

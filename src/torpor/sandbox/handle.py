@@ -156,7 +156,8 @@ class Process:
 
     def stream(self, on_stdout: OutputCallback | None = None,
                on_stderr: OutputCallback | None = None,
-               cancel: threading.Event | None = None) -> int | None:  # fmt: skip
+               cancel: threading.Event | Sequence[threading.Event] | None = None
+               ) -> int | None:  # fmt: skip
         """Pass its output (from the start) to the callbacks as it comes, until it
         exits; returns its exit code. Setting `cancel` stops the streaming (not the
         process: it then returns None if the process still runs)."""

@@ -157,9 +157,9 @@ def router(auth: bool) -> APIRouter:
         goes on)."""
 
         def work(sb: LiveSandbox, emit: Emit, cancel: threading.Event) -> int | None:
-            return Process(sb, pid).stream(on_stdout=lambda b: emit("stdout", b),
-                                           on_stderr=lambda b: emit("stderr", b),
-                                           cancel=cancel)  # fmt: skip
+            return api.runtime.sandboxes.follow(sb, pid, on_stdout=lambda b: emit("stdout", b),
+                                                on_stderr=lambda b: emit("stderr", b),
+                                                cancel=cancel)  # fmt: skip
 
         return await _streamed(api, p, sid, encoding.value, work,
                                lambda code: {"type": "exit", "exit_code": code})

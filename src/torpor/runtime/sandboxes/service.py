@@ -94,9 +94,11 @@ class LiveSandbox(Sandbox):
     """A sandbox of the resource, live for one call (`Sandboxes.use`): a `Sandbox` handle
     whose commands get the sandbox's env (a command's own env wins)."""
 
-    def __init__(self, ref: str, *, engine: Any, env: Mapping[str, str]) -> None:
+    def __init__(self, ref: str, *, engine: Any, env: Mapping[str, str],
+                 sandbox_id: str = "") -> None:  # fmt: skip
         super().__init__(ref, engine=engine)
         self.env = dict(env)
+        self.sandbox_id = sandbox_id  # the resource's id (`ref` is its engine sandbox's)
 
     def _with(self, env: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
         if env is None:
@@ -129,6 +131,8 @@ class Sandboxes:
         self.janitor = Janitor(self.sweep)
         self._mine: set[str] = set()  # live sandboxes this process holds (checked)
         self._mine_lock = threading.Lock()
+        # output followers (`follow`) of each sandbox: set to detach them for a checkpoint
+        self._followers: dict[str, set[threading.Event]] = {}
 
     # ------------------------------------------------------------------ reading
 
@@ -137,6 +141,10 @@ class Sandboxes:
         if row is None or not (tenant is EVERY_TENANT or row.tenant == tenant):
             raise NoSuchSandbox(f"no such sandbox: {sid}")
         return row
+
+    def row(self, sid: str, *, tenant: Tenant = EVERY_TENANT) -> SandboxRow:
+        """The sandbox's row as stored (its holder not checked: see `get`)."""
+        return self._row(sid, tenant)
 
     def get(self, sid: str, *, tenant: Tenant = EVERY_TENANT) -> SandboxRow:
         """The sandbox's row, made truthful first if its holder may be gone (see
@@ -192,7 +200,7 @@ class Sandboxes:
             row = self._live(self._row(sid, tenant))
             self.activity.begin(sid)
         try:
-            yield LiveSandbox(str(row.box), engine=self.rt.engine, env=row.env)
+            yield LiveSandbox(str(row.box), engine=self.rt.engine, env=row.env, sandbox_id=sid)
         except (SandboxNotFound, SandboxNotRunning):
             # its box went away under the call: the record says so from now on
             with self.activity.lock(sid), contextlib.suppress(Exception):
@@ -272,6 +280,60 @@ class Sandboxes:
             return self._row(row.id, EVERY_TENANT)
         logger.warning("sandbox %s: %s", row.id, note)
         return new
+
+    def follow(self, sb: LiveSandbox, process: int, *, on_stdout: Any = None,
+               on_stderr: Any = None, cancel: threading.Event | None = None) -> int | None:
+        """`Process.stream` of one of a live sandbox's processes (its output from the
+        start, until it exits or `cancel` is set; its exit code, None if cancelled) that
+        does not hold the sandbox against a checkpoint: a snapshot detaches it and it
+        follows on after, skipping what it passed on; a pause or a kill ends it with
+        SandboxPaused or SandboxKilled (the process goes on once resumed)."""
+        sid = sb.sandbox_id
+        cancel = cancel or threading.Event()
+        seen = {"out": 0, "err": 0}
+
+        def passed(kind: str, cb: Any, skip: dict[str, int]) -> Any:
+            def on(chunk: bytes) -> None:
+                cut = min(skip[kind], len(chunk))
+                skip[kind] -= cut
+                if chunk[cut:]:
+                    seen[kind] += len(chunk) - cut
+                    if cb is not None:
+                        cb(chunk[cut:])
+            return on
+
+        while True:
+            attempt = threading.Event()
+            skip = dict(seen)
+            with self._mine_lock:
+                self._followers.setdefault(sid, set()).add(attempt)
+            try:
+                code = Process(sb, process).stream(
+                    on_stdout=passed("out", on_stdout, skip),
+                    on_stderr=passed("err", on_stderr, skip), cancel=[cancel, attempt])
+            except SandboxError:
+                if not attempt.is_set():
+                    raise
+                code = None
+            finally:
+                with self._mine_lock:
+                    self._followers.get(sid, set()).discard(attempt)
+            if cancel.is_set() or not attempt.is_set():
+                return code
+            with self.activity.lock(sid):  # (held by the checkpoint that detached it)
+                row = self._row(sid, EVERY_TENANT)
+            if row.state == "paused":
+                raise SandboxPaused(f"sandbox {sid} was paused: its processes go on when it "
+                                    "is resumed")  # fmt: skip
+            if row.state != "running":
+                raise SandboxKilled(f"sandbox {sid} was killed{_why(row)}")
+            sb = LiveSandbox(str(row.box), engine=self.rt.engine, env=row.env, sandbox_id=sid)
+
+    def _detach(self, sid: str) -> None:
+        """Before a checkpoint: the output followers of the sandbox let go of it."""
+        with self._mine_lock:
+            for attempt in self._followers.get(sid, ()):
+                attempt.set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -409,6 +471,7 @@ class Sandboxes:
 
     def _pause_locked(self, row: SandboxRow, note: str | None = None) -> SandboxRow:
         eng = self.rt.engine
+        self._detach(row.id)
         try:
             ck = Sandbox(str(row.box), engine=eng).checkpoint(PAUSE_NAME, leave_running=False)
         except SandboxError as e:  # (it keeps running if it can: see Checkpointer.take)
@@ -462,6 +525,7 @@ class Sandboxes:
                                  "'_', '.', '-' (starting with a letter or digit)")  # fmt: skip
         with self.activity.lock(sid):
             row = self._live(self._row(sid, tenant))
+            self._detach(sid)
             try:
                 ck = Sandbox(str(row.box), engine=self.rt.engine).checkpoint(name)
             except SandboxError as e:
@@ -513,6 +577,7 @@ class Sandboxes:
                 raise HeldElsewhere(f"sandbox {sid} runs on machine {row.machine}: call the "
                                     "server there")  # fmt: skip
             if row.state == "running" and row.box and row.machine == self.rt.machine:
+                self._detach(sid)
                 with contextlib.suppress(SandboxNotFound):
                     self.rt.engine.remove(row.box, force=True)
             self._hold(sid, False)

@@ -386,7 +386,7 @@ class InitClient:
         follow: bool = False,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
-        cancel: threading.Event | None = None,
+        cancel: threading.Event | Sequence[threading.Event] | None = None,
     ) -> tuple[bytes, bytes]:
         """A process's output kept by init, (stdout, stderr); with `follow`, until the
         process exits (or `cancel` is set: the follower stops, the process goes on),
@@ -400,7 +400,8 @@ class InitClient:
                 break
         if proc.returncode == 1 and got.stderr.startswith(b"torpor-init: no such process"):
             raise ProcessNotFound(_no_such_process(info, process))
-        if cancel is not None and cancel.is_set():  # stopped following: not a failure
+        stops = [cancel] if isinstance(cancel, threading.Event) else list(cancel or [])
+        if any(e.is_set() for e in stops):  # stopped following: not a failure
             return got.stdout, got.stderr
         if got.held and on_stderr is not None:
             on_stderr(got.held)

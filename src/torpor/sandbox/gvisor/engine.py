@@ -405,7 +405,7 @@ class GVisorEngine(Engine):
         follow: bool = False,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
-        cancel: threading.Event | None = None,
+        cancel: threading.Event | Sequence[threading.Event] | None = None,
     ) -> tuple[bytes, bytes]:
         with self._running(sandbox) as info:
             return self.client.process_output(info, process, follow=follow,
