@@ -32,7 +32,15 @@ from torpor.api.guard import Guard
 from torpor.api.metrics import Metrics
 from torpor.api.routes import auth as auth_routes
 from torpor.api.routes import log as log_routes
-from torpor.api.routes import messages, ops, sandbox, sandbox_io, sandboxes, sessions
+from torpor.api.routes import (
+    messages,
+    ops,
+    sandbox,
+    sandbox_files,
+    sandbox_io,
+    sandboxes,
+    sessions,
+)
 from torpor.api.schemas import API_VERSION, ApiError, error_response
 from torpor.api.tokens import TokenStore
 from torpor.context import StaleEpoch
@@ -176,5 +184,6 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
     app.include_router(sandbox.router(auth))
     app.include_router(sandboxes.router(auth))
     app.include_router(sandbox_io.router(auth))
+    app.include_router(sandbox_files.router(auth))
     app.include_router(auth_routes.router(auth))
     return app

@@ -33,7 +33,7 @@ from torpor.runtime.sandboxes import (
     SandboxPaused,
     SandboxResourceError,
 )
-from torpor.runtime.sandboxes.service import LiveSandbox
+from torpor.runtime.sandboxes.live import LiveSandbox
 from torpor.sandbox.engine import SandboxError, SandboxFileError, SandboxFileNotFound
 
 RPC_PREFIXES = ("/process.Process/", "/filesystem.Filesystem/")

@@ -28,7 +28,7 @@ from torpor.api.deps import ApiState
 from torpor.api.e2b.common import E2BError, absolute, connect_error, home_of
 from torpor.api.e2b.envd import Caller
 from torpor.api.sandbox_calls import Emit, from_thread
-from torpor.runtime.sandboxes.service import LiveSandbox
+from torpor.runtime.sandboxes.live import LiveSandbox
 from torpor.sandbox.handle import Process, ProcessInfo
 
 Message = dict[str, Any]

@@ -26,7 +26,7 @@ from torpor.api.deps import ApiState
 from torpor.api.e2b.common import E2BError, absolute, connect_error, entry_json
 from torpor.api.e2b.envd import Caller, in_sandbox
 from torpor.api.e2b.process import Processes
-from torpor.runtime.sandboxes.service import LiveSandbox
+from torpor.runtime.sandboxes.live import LiveSandbox
 
 Message = dict[str, Any]
 # the caller of the request being served: set by `Rpc` for each request (a contextvar, so

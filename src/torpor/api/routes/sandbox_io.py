@@ -1,8 +1,8 @@
-"""The /v1/sandboxes routes into a running sandbox (`sandboxes` scope): a command with its
-output streamed (NDJSON, see torpor.api.sandbox_calls for why), background processes
-(start, list, output, stdin, signals), and files (read, write, list, stat, remove, mkdir,
-move). A call to a paused sandbox resumes it first when its auto_resume is on (else 409),
-and counts as activity for its idle timeout."""
+"""The /v1/sandboxes routes that run commands in a sandbox (`sandboxes` scope): a command
+with its output streamed (NDJSON, see torpor.api.sandbox_calls for why), and background
+processes (start, list, output, stdin, signals); its files are in sandbox_files.py. A
+call to a paused sandbox resumes it first when its auto_resume is on (else 409), and
+counts as activity for its idle timeout."""
 
 import base64
 import contextlib
@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -19,24 +19,17 @@ from torpor.api.sandbox_calls import (
     Emit,
     answering,
     encode,
-    file_view,
     from_thread,
     ndjson,
     process_view,
     tenant_of,
 )
 from torpor.api.schemas import (
-    ABS_PATH,
     API_VERSION,
     NDJSON,
     STREAM_DOC,
     ApiError,
     Encoding,
-    FileListOut,
-    FileOut,
-    MkdirIn,
-    MkdirOut,
-    MoveIn,
     ProcessIn,
     ProcessListOut,
     ProcessOut,
@@ -48,11 +41,9 @@ from torpor.api.schemas import (
     errors,
 )
 from torpor.api.tokens import Principal
-from torpor.runtime.sandboxes.service import LiveSandbox
+from torpor.runtime.sandboxes.live import LiveSandbox
 from torpor.sandbox.handle import Process
 
-Path = Annotated[str, Query(min_length=1, max_length=4096, pattern=ABS_PATH,
-                            description="An absolute path in the sandbox")]  # fmt: skip
 BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
 
@@ -63,7 +54,7 @@ def _live(api: ApiState, p: Principal, sid: str,
         return stack.enter_context(api.runtime.sandboxes.use(sid, tenant=tenant_of(p)))
 
 
-def _in(api: ApiState, p: Principal, sid: str, fn: Callable[[LiveSandbox], Any]) -> Any:
+def call_in(api: ApiState, p: Principal, sid: str, fn: Callable[[LiveSandbox], Any]) -> Any:
     """fn(the live sandbox), a call of the sandbox, its errors answered."""
     with contextlib.ExitStack() as stack, answering():
         return fn(_live(api, p, sid, stack))
@@ -119,19 +110,19 @@ def router(auth: bool) -> APIRouter:
                       api: Api) -> dict[str, Any]:  # fmt: skip
         """Start a command in the background: it survives pauses, and its output is kept
         until the sandbox goes. `stdin`: keep its stdin open for POST .../stdin."""
-        return _in(api, p, sid, lambda sb: _process(sb, sb.spawn(
+        return call_in(api, p, sid, lambda sb: _process(sb, sb.spawn(
             body.cmd, env=body.env, cwd=body.cwd, user=body.user, stdin=body.stdin).id))
 
     @r.get("/processes", response_model=ProcessListOut, responses=errors(*AUTH, 404, 409, 422))
     def list_processes(sid: SandboxId, p: SandboxUser, api: Api) -> dict[str, Any]:
         """The processes started in it (commands and background ones), running or exited."""
-        return {"processes": [process_view(i) for i in _in(api, p, sid,
+        return {"processes": [process_view(i) for i in call_in(api, p, sid,
                                                            lambda sb: sb.processes())]}
 
     @r.get("/processes/{pid}", response_model=ProcessOut,
            responses=errors(*AUTH, 404, 409, 422))  # fmt: skip
     def get_process(sid: SandboxId, pid: int, p: SandboxUser, api: Api) -> dict[str, Any]:
-        return _in(api, p, sid, lambda sb: _process(sb, pid))
+        return call_in(api, p, sid, lambda sb: _process(sb, pid))
 
     @r.get("/processes/{pid}/output", response_model=ProcessOutputOut,
            responses=errors(*AUTH, 404, 409, 422))  # fmt: skip
@@ -146,7 +137,7 @@ def router(auth: bool) -> APIRouter:
                     "encoding": encoding.value, "state": info.state,
                     "exit_code": info.exit_code}  # fmt: skip
 
-        return _in(api, p, sid, read)
+        return call_in(api, p, sid, read)
 
     @r.get("/processes/{pid}/output/stream", response_class=StreamingResponse,
            responses={200: STREAM_DOC, **errors(*AUTH, 404, 409, 422)})  # fmt: skip
@@ -175,7 +166,7 @@ def router(auth: bool) -> APIRouter:
             Process(sb, pid).kill(body.signal if body else "KILL")
             return _process(sb, pid)
 
-        return _in(api, p, sid, kill)
+        return call_in(api, p, sid, kill)
 
     @r.post("/processes/{pid}/stdin", status_code=204, response_class=Response,
             responses=errors(*AUTH, 404, 409, 415, 422))  # fmt: skip
@@ -195,68 +186,7 @@ def router(auth: bool) -> APIRouter:
             if body.close:
                 proc.close_stdin()
 
-        _in(api, p, sid, write)
-        return Response(status_code=204)
-
-    # -- files ----------------------------------------------------------------------------
-
-    @r.get("/files", response_class=Response,
-           responses={200: {"content": BINARY, "description": "The file's bytes"},
-                      **errors(*AUTH, 404, 409, 422)})  # fmt: skip
-    def read_file(sid: SandboxId, path: Path, p: SandboxUser, api: Api) -> Response:
-        """A regular file's contents."""
-        data = _in(api, p, sid, lambda sb: sb.files.read(path))
-        return Response(data, media_type="application/octet-stream")
-
-    @r.put("/files", response_model=FileOut, responses=errors(*AUTH, 404, 409, 413, 422),
-           openapi_extra={"requestBody": {"content": BINARY, "required": True}})  # fmt: skip
-    async def write_file(sid: SandboxId, path: Path, request: Request, p: SandboxUser,
-                         api: Api, mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644,
-                         ) -> dict[str, Any]:  # fmt: skip
-        """Create or replace a file with the request's body (any content type; missing
-        parent directories are created)."""
-        data = await request.body()
-
-        def write(sb: LiveSandbox) -> dict[str, Any]:
-            sb.files.write(path, data, mode=mode)
-            return file_view(sb.files.stat(path))
-
-        return await run_in_threadpool(_in, api, p, sid, write)
-
-    @r.delete("/files", status_code=204, response_class=Response,
-              responses=errors(*AUTH, 404, 409, 422))  # fmt: skip
-    def remove_file(sid: SandboxId, path: Path, p: SandboxUser, api: Api,
-                    recursive: bool = False) -> Response:  # fmt: skip
-        """Remove a file, a link or an empty directory (`recursive`: any directory)."""
-        _in(api, p, sid, lambda sb: sb.files.remove(path, recursive=recursive))
-        return Response(status_code=204)
-
-    @r.get("/files/list", response_model=FileListOut, responses=errors(*AUTH, 404, 409, 422))
-    def list_files(sid: SandboxId, path: Path, p: SandboxUser, api: Api,
-                   depth: Annotated[int, Query(ge=1, le=20)] = 1) -> dict[str, Any]:  # fmt: skip
-        """A directory's entries, sorted by name, down to `depth` levels."""
-        entries = _in(api, p, sid, lambda sb: sb.files.list(path, depth=depth))
-        return {"entries": [file_view(e) for e in entries]}
-
-    @r.get("/files/stat", response_model=FileOut, responses=errors(*AUTH, 404, 409, 422))
-    def stat_file(sid: SandboxId, path: Path, p: SandboxUser, api: Api,
-                  follow: bool = False) -> dict[str, Any]:  # fmt: skip
-        """What is at `path` (the link itself unless `follow`)."""
-        return file_view(_in(api, p, sid, lambda sb: sb.files.stat(path, follow=follow)))
-
-    @r.post("/files/mkdir", response_model=MkdirOut,
-            responses=errors(*AUTH, 404, 409, 415, 422))  # fmt: skip
-    def make_dir(sid: SandboxId, body: MkdirIn, p: SandboxUser, api: Api) -> dict[str, Any]:
-        """Create a directory (`created`: false if it was there already, with parents)."""
-        created = _in(api, p, sid, lambda sb: sb.files.mkdir(body.path, parents=body.parents,
-                                                             mode=body.mode))  # fmt: skip
-        return {"created": created}
-
-    @r.post("/files/move", status_code=204, response_class=Response,
-            responses=errors(*AUTH, 404, 409, 415, 422))  # fmt: skip
-    def move_file(sid: SandboxId, body: MoveIn, p: SandboxUser, api: Api) -> Response:
-        """Rename `src` to `dst` (replacing a file there)."""
-        _in(api, p, sid, lambda sb: sb.files.move(body.src, body.dst))
+        call_in(api, p, sid, write)
         return Response(status_code=204)
 
     return r

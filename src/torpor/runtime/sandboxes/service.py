@@ -37,10 +37,10 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from torpor.runtime.sandboxes.activity import FLUSH_EVERY, Activity, Janitor
+from torpor.runtime.sandboxes.activity import Activity, Janitor
 from torpor.runtime.sandboxes.errors import (
     AlreadyPaused,
     HeldElsewhere,
@@ -51,6 +51,8 @@ from torpor.runtime.sandboxes.errors import (
     SandboxKilled,
     SandboxPaused,
 )
+from torpor.runtime.sandboxes.housekeeping import Housekeeping
+from torpor.runtime.sandboxes.live import Followers, LiveSandbox
 from torpor.runtime.sandboxes.records import (
     ON_TIMEOUT,
     SandboxRecords,
@@ -66,7 +68,7 @@ from torpor.sandbox.engine import (
     SandboxNotFound,
     SandboxNotRunning,
 )
-from torpor.sandbox.handle import Process, Sandbox
+from torpor.sandbox.handle import Sandbox
 from torpor.sandbox.images import ImageError, ImageNotFound
 
 if TYPE_CHECKING:
@@ -90,29 +92,6 @@ Tenant = str | None | _Every
 _UNSET: Any = object()
 
 
-class LiveSandbox(Sandbox):
-    """A sandbox of the resource, live for one call (`Sandboxes.use`): a `Sandbox` handle
-    whose commands get the sandbox's env (a command's own env wins)."""
-
-    def __init__(self, ref: str, *, engine: Any, env: Mapping[str, str],
-                 sandbox_id: str = "") -> None:  # fmt: skip
-        super().__init__(ref, engine=engine)
-        self.env = dict(env)
-        self.sandbox_id = sandbox_id  # the resource's id (`ref` is its engine sandbox's)
-
-    def _with(self, env: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
-        if env is None:
-            return self.env
-        given = env if isinstance(env, Mapping) else dict(e.split("=", 1) for e in env)
-        return {**self.env, **given}
-
-    def exec(self, cmd: str | Sequence[str], *, env: Any = None, **kw: Any) -> Any:
-        return super().exec(cmd, env=self._with(env), **kw)
-
-    def spawn(self, cmd: str | Sequence[str], *, env: Any = None, **kw: Any) -> Process:
-        return super().spawn(cmd, env=self._with(env), **kw)
-
-
 def _check_settings(timeout: float | None, on_timeout: str) -> None:
     if timeout is not None and not 0 < timeout <= 30 * 86_400:
         raise InvalidSandbox(f"timeout {timeout!r}: use seconds between 1 and 2592000 (30 "
@@ -121,8 +100,10 @@ def _check_settings(timeout: float | None, on_timeout: str) -> None:
         raise InvalidSandbox(f"on_timeout {on_timeout!r}: use pause or kill")
 
 
-class Sandboxes:
-    """The sandbox resource over a runtime's database and engine (see the module)."""
+class Sandboxes(Housekeeping):
+    """The sandbox resource over a runtime's database and engine (see the module); what
+    its serving process does besides the calls (the janitor's round, recover, shutdown)
+    is in housekeeping.py."""
 
     def __init__(self, rt: RuntimeParts) -> None:
         self.rt = rt
@@ -131,8 +112,8 @@ class Sandboxes:
         self.janitor = Janitor(self.sweep)
         self._mine: set[str] = set()  # live sandboxes this process holds (checked)
         self._mine_lock = threading.Lock()
-        # output followers (`follow`) of each sandbox: set to detach them for a checkpoint
-        self._followers: dict[str, set[threading.Event]] = {}
+        # the output streams a checkpoint detaches (see `follow`)
+        self.followers = Followers(lambda: self.rt.engine, self._settled)
 
     # ------------------------------------------------------------------ reading
 
@@ -281,59 +262,16 @@ class Sandboxes:
         logger.warning("sandbox %s: %s", row.id, note)
         return new
 
-    def follow(self, sb: LiveSandbox, process: int, *, on_stdout: Any = None,
-               on_stderr: Any = None, cancel: threading.Event | None = None) -> int | None:
-        """`Process.stream` of one of a live sandbox's processes (its output from the
-        start, until it exits or `cancel` is set; its exit code, None if cancelled) that
-        does not hold the sandbox against a checkpoint: a snapshot detaches it and it
-        follows on after, skipping what it passed on; a pause or a kill ends it with
-        SandboxPaused or SandboxKilled (the process goes on once resumed)."""
-        sid = sb.sandbox_id
-        cancel = cancel or threading.Event()
-        seen = {"out": 0, "err": 0}
+    def follow(self, sb: LiveSandbox, process: int, **kw: Any) -> int | None:
+        """`Process.stream` that a snapshot does not wait for (see live.Followers)."""
+        return self.followers.follow(sb, process, **kw)
 
-        def passed(kind: str, cb: Any, skip: dict[str, int]) -> Any:
-            def on(chunk: bytes) -> None:
-                cut = min(skip[kind], len(chunk))
-                skip[kind] -= cut
-                if chunk[cut:]:
-                    seen[kind] += len(chunk) - cut
-                    if cb is not None:
-                        cb(chunk[cut:])
-            return on
-
-        while True:
-            attempt = threading.Event()
-            skip = dict(seen)
-            with self._mine_lock:
-                self._followers.setdefault(sid, set()).add(attempt)
-            try:
-                code = Process(sb, process).stream(
-                    on_stdout=passed("out", on_stdout, skip),
-                    on_stderr=passed("err", on_stderr, skip), cancel=[cancel, attempt])
-            except SandboxError:
-                if not attempt.is_set():
-                    raise
-                code = None
-            finally:
-                with self._mine_lock:
-                    self._followers.get(sid, set()).discard(attempt)
-            if cancel.is_set() or not attempt.is_set():
-                return code
-            with self.activity.lock(sid):  # (held by the checkpoint that detached it)
-                row = self._row(sid, EVERY_TENANT)
-            if row.state == "paused":
-                raise SandboxPaused(f"sandbox {sid} was paused: its processes go on when it "
-                                    "is resumed")  # fmt: skip
-            if row.state != "running":
-                raise SandboxKilled(f"sandbox {sid} was killed{_why(row)}")
-            sb = LiveSandbox(str(row.box), engine=self.rt.engine, env=row.env, sandbox_id=sid)
+    def _settled(self, sid: str) -> SandboxRow:
+        with self.activity.lock(sid):  # (held by a checkpoint under way)
+            return self._row(sid, EVERY_TENANT)
 
     def _detach(self, sid: str) -> None:
-        """Before a checkpoint: the output followers of the sandbox let go of it."""
-        with self._mine_lock:
-            for attempt in self._followers.get(sid, ()):
-                attempt.set()
+        self.followers.detach(sid)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -605,87 +543,6 @@ class Sandboxes:
             self.activity.touch(sid)
             new = self.records.update(row, last_activity=time.time(), **values)
             return new if new is not None else self._row(sid, EVERY_TENANT)
-
-    # ------------------------------------------------------------------ the process's part
-
-    def sweep(self, now: float | None = None) -> list[tuple[str, str]]:
-        """The janitor's round: pause or kill (on_timeout) this process's live sandboxes
-        idle past their timeout, and write their activity to their rows. Returns (id,
-        what was done) for each acted on."""
-        now = time.time() if now is None else now
-        done = []
-        for row in self.records.held_by(self.rt.process):
-            last = self.last_activity(row)
-            if last - row.last_activity >= FLUSH_EVERY:
-                self.records.touch(row.id, last)
-            if row.timeout is None or now - last < row.timeout or self.activity.busy(row.id):
-                continue
-            lock = self.activity.lock(row.id)
-            if not lock.acquire(blocking=False):  # a call or a change is under way
-                continue
-            try:
-                fresh = self.records.get(row.id)
-                if fresh is None or fresh.version != row.version or \
-                        self.activity.busy(row.id):  # fmt: skip
-                    continue
-                idle = f"idle for {now - last:.0f} s (its timeout: {row.timeout:g} s)"
-                if row.on_timeout == "kill":
-                    self._kill_idle(fresh, idle)
-                else:
-                    self._pause_locked(fresh, note=f"paused: {idle}")
-                done.append((row.id, row.on_timeout))
-            except Exception:
-                logger.exception("sandbox %s: its idle %s failed", row.id, row.on_timeout)
-            finally:
-                lock.release()
-        return done
-
-    def _kill_idle(self, row: SandboxRow, idle: str) -> None:
-        with contextlib.suppress(SandboxNotFound):
-            self.rt.engine.remove(str(row.box), force=True)
-        self._hold(row.id, False)
-        for s in self.records.snapshots(row.id):
-            if s.kind == "pause":
-                self._drop_pause_snapshot(s.id)
-        self.records.update(row, state="killed", box=None, process=None, snapshot=None,
-                            killed_at=time.time(), note=f"killed: {idle}")  # fmt: skip
-
-    def recover(self) -> list[SandboxRow]:
-        """At a serving process's start (after its orphans were reaped): the rows of this
-        machine's sandboxes whose holder died say so (see `_lost`). Returns those."""
-        changed = []
-        for row in self.records.running_on(self.rt.machine):
-            if row.process == self.rt.process:
-                continue
-            with self.activity.lock(row.id):
-                new = self._check_running(row)
-            if new.state != "running":
-                changed.append(new)
-        return changed
-
-    def shutdown(self) -> list[str]:
-        """A serving process stops: the janitor stops and every sandbox it holds live is
-        paused (a sandbox that cannot be is killed, its row saying why). Returns their
-        ids."""
-        self.janitor.stop()
-        out = []
-        for row in self.records.held_by(self.rt.process):
-            with self.activity.lock(row.id):
-                fresh = self.records.get(row.id)
-                if fresh is None or fresh.state != "running":
-                    continue
-                try:
-                    self._pause_locked(fresh, note="paused: its server stopped")
-                except Exception as e:  # noqa: BLE001 - never leave it running
-                    logger.warning("sandbox %s: pause at shutdown failed: %s", row.id, e)
-                    with contextlib.suppress(SandboxError):
-                        self.rt.engine.remove(str(fresh.box), force=True)
-                    latest = self.records.get(row.id)
-                    if latest is not None and latest.state == "running":
-                        self._lost(latest, f"its server stopped and could not pause it ({e})")
-                out.append(row.id)
-        return out
-
 
 def _why(row: SandboxRow) -> str:
     return f" ({row.note})" if row.note else ""
