@@ -273,3 +273,27 @@ def test_close_pauses_the_live_sandboxes(rt_home: Path, rt_engine: GVisorEngine,
     finally:
         again.sandboxes.kill(sbx.id)
         again.close()
+
+
+def standbys(engine: GVisorEngine) -> set[str]:
+    """The engine ids of the standby sandboxes (a restore into one keeps its id)."""
+    return {i.id for i in engine.list(all=True) if i.state == "standby"}
+
+
+def wait_for_a_standby(engine: GVisorEngine) -> set[str]:
+    deadline = time.monotonic() + 60
+    while not (ready := standbys(engine)):
+        assert time.monotonic() < deadline, "no standby was set up"
+        time.sleep(0.1)
+    return ready
+
+
+def test_a_resume_that_took_the_standby_sets_up_another(rt: Runtime, rt_engine: GVisorEngine):
+    rt.standby_size = 1
+    a, b = rt.sandboxes.create(), rt.sandboxes.create()
+    rt.sandboxes.pause(a.id)
+    rt.sandboxes.pause(b.id)  # (the one standby is there already: nothing more is set up)
+    for sbx in (a, b):
+        ready = wait_for_a_standby(rt_engine)
+        row, resumed = rt.sandboxes.resume(sbx.id)
+        assert resumed and rt_engine.inspect(str(row.box)).id in ready  # into the standby

@@ -348,13 +348,19 @@ class Sandboxes(Housekeeping):
         eng = self.rt.engine
         for attempt in range(2):
             try:
-                return Sandbox.restore(snap, engine=eng, name=name, owner=owner).id
+                box = Sandbox.restore(snap, engine=eng, name=name, owner=owner)
             except SandboxConflict as e:
                 if attempt or "already in use" not in str(e):
                     raise LifecycleFailed(f"cannot restore snapshot {snap}: {e}") from None
                 self._clear_name(name)
+                continue
             except SandboxError as e:
                 raise LifecycleFailed(f"cannot restore snapshot {snap}: {e}") from None
+            info = box.last_info
+            if info is not None and info.from_standby and self.rt.standby_size > 0 \
+                    and not self.rt.stopping.is_set():  # fmt: skip
+                self.rt.standbys(info.spec.image).refill()  # one ready for the next
+            return box.id
         raise AssertionError("unreachable")
 
     def _clear_name(self, name: str) -> None:
