@@ -200,6 +200,11 @@ def test_tenants_scopes_and_bad_input(server: Server, client: Client):
         assert r.status_code == 422  # no argv can hold a NUL
         r = h.post(f"/v1/sandboxes/{sb.id}/exec", json={"cmd": "env", "env": {"A=B": "c"}})
         assert r.status_code == 422 and "environment variable name" in r.json()["message"]
+        cat = h.post(f"/v1/sandboxes/{sb.id}/processes", json={"cmd": "cat", "stdin": True})
+        stdin = f"/v1/sandboxes/{sb.id}/processes/{cat.json()['id']}/stdin"
+        r = h.post(stdin, json={"data": "not base64!", "encoding": "base64"})
+        assert r.status_code == 422  # (the document's pattern says so too)
+        assert h.post(stdin, json={"data": "aGk=", "encoding": "base64"}).status_code == 204
     finally:
         for c in (other, drive_only, anon):
             c.close()

@@ -354,10 +354,24 @@ class SignalIn(_Body):
                         description="A name (KILL, TERM, INT, HUP) or a number")
 
 
-class StdinIn(_Body):
-    data: str = Field("", max_length=1 << 20)
-    encoding: EncodingName = "utf-8"
+# standard base64 with its padding (what `base64.b64decode(..., validate=True)` takes)
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
+class StdinText(_Body):
+    data: str = Field("", max_length=1 << 20, description="Written as utf-8")
+    encoding: Literal["utf-8"] = "utf-8"
     close: bool = Field(False, description="Then close it: the process reads EOF")
+
+
+class StdinBase64(_Body):
+    data: str = Field("", max_length=1 << 20, pattern=BASE64, description="The bytes, base64")
+    encoding: Literal["base64"]
+    close: bool = Field(False, description="Then close it: the process reads EOF")
+
+
+# two shapes, so that the document says what `data` must be for each encoding
+StdinIn = StdinText | StdinBase64
 
 
 class FileOut(BaseModel):
