@@ -27,7 +27,6 @@ def open_engine(
     check: bool = True,
     platform: str | None = None,
     runsc: str | None = None,
-    host_channel: bool | None = None,
 ) -> GVisorEngine:
     """The gVisor engine over home (default TORPOR_HOME), its runsc checked by torpor's
     self-test (`check=False` skips it: `torpor doctor` runs the gate itself, to time it).
@@ -38,7 +37,6 @@ def open_engine(
         images=images,
         checkpoints=checkpoints,
         runsc=runsc,
-        host_channel=host_channel,
     )
     if check:
         require_working_runsc(engine)

@@ -28,6 +28,7 @@ from typing import Any
 
 from torpor.sandbox.engine import (
     SandboxConflict,
+    SandboxError,
     SandboxInfo,
     SandboxNotFound,
     SandboxSpec,
@@ -43,6 +44,31 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+class SandboxOutdated(SandboxError):
+    """A sandbox record written by an older development build of torpor, whose sandbox
+    this one cannot run; it can only be removed (`GVisorEngine.remove(force=True)`)."""
+
+    def __init__(self, message: str, *, sid: str, name: str | None) -> None:
+        super().__init__(message)
+        self.sid = sid
+        self.name = name
+
+
+def outdated(data: dict[str, Any]) -> str | None:
+    """Why a record (sandbox.json's data) was written by an older development build of
+    torpor whose sandboxes this one cannot run, or None. Those builds made sandboxes whose
+    init answered only `runsc exec` (`channel` false), kept init's state on the overlay
+    (`init_tmpfs` false), or recorded no owner; every sandbox of this one has the host
+    channel and the tmpfs, and an owner."""
+    if data.get("channel") is False:
+        return "without the host channel to its init"
+    if data.get("init_tmpfs") is False:
+        return "with its init's state on the root overlay"
+    if not data.get("owner"):
+        return "without an owner"
+    return None
+
+
 class Records:
     """The sandbox records under `home` (TORPOR_HOME)."""
 
@@ -50,6 +76,7 @@ class Records:
         self.home = home
         self.sandboxes_dir = home / "sandboxes"
         self.names_dir = home / "names"
+        self._warned: set[str] = set()  # outdated records warned of
 
     def dir(self, sid: str) -> Path:
         return self.sandboxes_dir / sid
@@ -61,17 +88,40 @@ class Records:
         os.replace(tmp, d / "sandbox.json")
 
     def load(self, sid: str) -> SandboxInfo | None:
+        """The record of sandbox `sid`, None if there is none (or it is unreadable);
+        SandboxOutdated for a record an older development build wrote."""
         try:
             data = json.loads((self.dir(sid) / "sandbox.json").read_text())
         except (FileNotFoundError, ValueError):
             return None
-        data["spec"] = SandboxSpec.from_json(data["spec"])
-        return SandboxInfo(**data)
+        if not isinstance(data, dict):
+            return None
+        why = outdated(data)
+        if why is None:
+            try:
+                return SandboxInfo.from_json(data)
+            except (KeyError, TypeError, ValueError) as e:
+                why = f"a record format this version does not know: {e!r}"
+        raise SandboxOutdated(
+            f"sandbox {data.get('name', sid)} ({sid}) was made by an older development build "
+            f"of torpor ({why}); this version cannot use it: remove it with `torpor rm -f "
+            f"{sid}` and start a new one (its checkpoints are refused too)",
+            sid=sid,
+            name=data["name"] if isinstance(data.get("name"), str) else None,
+        )
 
     def all(self) -> list[SandboxInfo]:
+        """Every readable record; those of older development builds are left out (a
+        warning names them and says how to remove them)."""
         out = []
         for d in sorted(self.sandboxes_dir.iterdir()):
-            info = self.load(d.name) if d.is_dir() else None
+            try:
+                info = self.load(d.name) if d.is_dir() else None
+            except SandboxOutdated as e:
+                if e.sid not in self._warned:  # once per process: `all` is called often
+                    self._warned.add(e.sid)
+                    log.warning("%s", e)
+                continue
             if info is not None:
                 out.append(info)
         return out
