@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from torpor.runtime.checkpoints import META, SnapshotCheckpointStorage
-from torpor.sandbox.checkpoints import CheckpointNotFound
+from torpor.sandbox.checkpoints import (
+    CheckpointCorrupt,
+    CheckpointNotFound,
+    CheckpointOutdated,
+    LocalCheckpointStorage,
+)
 from torpor.snapshots import open_store
 
 
@@ -162,3 +167,37 @@ def test_an_upload_that_fails_is_tried_again(tmp_path: Path, monkeypatch: pytest
     out = tmp_path / "out"
     store.get("ck-1", out)
     assert {n: (out / n).read_bytes() for n in files} == files
+
+
+def test_checkpoints_of_an_older_build_without_xxh3_digests_are_refused_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    # Older development builds recorded CRC-32s (or no digest) for a hot copy's files;
+    # this one cannot check such a copy, so it restores nothing from it and uploads
+    # nothing of it, and says so; the copy is left for its owner to remove.
+    hot = unuploaded_checkpoint(tmp_path, monkeypatch)
+    meta = json.loads((hot / META).read_text())
+    meta["files"] = {n: {"size": f["size"], "crc32": 1234} for n, f in meta["files"].items()}
+    (hot / META).write_text(json.dumps(meta))
+    store = open_store(f"file://{tmp_path / 'store'}")
+    nxt = SnapshotCheckpointStorage(store, tmp_path / "home")  # resumes the upload
+    nxt.flush()
+    assert not store.exists("ck-1") and hot.exists()
+    assert "older development build" in nxt._errors["ck-1"]
+    with pytest.raises(CheckpointOutdated, match="ck-1 was made by an older development "
+                       "build of torpor .*XXH3.*remove it"):  # fmt: skip
+        nxt.open_dir("ck-1")
+    assert hot.exists()
+
+
+def test_a_local_checkpoint_whose_metadata_lists_no_files_is_refused(tmp_path: Path):
+    storage = LocalCheckpointStorage(tmp_path / "cks")
+    staging = storage.staging_dir()
+    fake_checkpoint(staging / "ck")
+    storage.put("ck-1", staging / "ck", {"engine": "gvisor"})
+    meta_path = tmp_path / "cks" / "ck-1" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert storage.open_dir("ck-1") == (tmp_path / "cks" / "ck-1", False)
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "files"}))
+    with pytest.raises(CheckpointCorrupt, match="ck-1: its metadata lists no files"):
+        storage.open_dir("ck-1")

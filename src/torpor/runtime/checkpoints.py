@@ -46,7 +46,7 @@ from typing import Any
 
 import xxhash
 
-from torpor.sandbox.checkpoints import CheckpointCorrupt, CheckpointNotFound
+from torpor.sandbox.checkpoints import CheckpointCorrupt, CheckpointNotFound, CheckpointOutdated
 from torpor.sandbox.engine import CheckpointError
 from torpor.snapshots import (
     SnapshotCorrupt,
@@ -85,6 +85,21 @@ def _describe(d: Path) -> dict[str, dict[str, Any]]:
         for f in sorted(d.iterdir())
         if f.is_file() and not f.name.startswith(".")
     }
+
+
+def _check_format(ckpt_id: str, files: Any) -> dict[str, dict[str, Any]]:
+    """The checkpoint's recorded files, each with its size and XXH3 digest (what every
+    `put` records); CheckpointOutdated for one whose metadata an older development build
+    wrote (CRC-32 digests, or none), which this version cannot check before a restore."""
+    if isinstance(files, dict) and files and all(
+        isinstance(f, dict) and "xxh3" in f and "size" in f for f in files.values()
+    ):
+        return files
+    raise CheckpointOutdated(
+        f"checkpoint {ckpt_id} was made by an older development build of torpor (its "
+        "files have no XXH3 digests to check them by); this version cannot restore it: "
+        "remove it and take a new one"
+    )
 
 
 class SnapshotCheckpointStorage:
@@ -142,7 +157,7 @@ class SnapshotCheckpointStorage:
                         self._upload(ckpt_id)
                         self._errors.pop(ckpt_id, None)
                         break
-                    except CheckpointCorrupt as e:  # the copy is bad: trying again is futile
+                    except (CheckpointCorrupt, CheckpointOutdated) as e:  # trying again is futile
                         self._errors[ckpt_id] = str(e)
                         print(f"torpor: checkpoint {ckpt_id} not uploaded: {e}", file=sys.stderr)
                         break
@@ -171,8 +186,9 @@ class SnapshotCheckpointStorage:
                                     "damaged (torn by a crash?); dropped, never stored") from None
         # The files must be those the wait point recorded (sizes and XXH3 digests, taken
         # before the wait point was acknowledged): a copy torn by a power cut (its data
-        # is never fsynced) is dropped, not stored as the truth.
-        if not self._intact(d, meta.get("files", {})):
+        # is never fsynced) is dropped, not stored as the truth. One of an older build's
+        # format is left where it is (CheckpointOutdated says what to do).
+        if not self._intact(d, _check_format(ckpt_id, meta.get("files"))):
             shutil.rmtree(d, ignore_errors=True)
             raise CheckpointCorrupt(f"checkpoint {ckpt_id}: its hot copy differs from what its "
                                     "wait point recorded (torn by a crash?); dropped, never "
@@ -335,7 +351,7 @@ class SnapshotCheckpointStorage:
 
     def _open_dir(self, ckpt_id: str) -> tuple[Path, bool]:
         meta = self.meta(ckpt_id)
-        want: dict[str, dict[str, Any]] = meta.get("files", {})
+        want = _check_format(ckpt_id, meta.get("files"))
         hot = self.hot / ckpt_id
         if hot.is_dir():
             if self._intact(hot, want):
@@ -398,12 +414,16 @@ class SnapshotCheckpointStorage:
 
     @staticmethod
     def _intact(d: Path, want: dict[str, dict[str, Any]]) -> bool:
+        """Are d's files those recorded (sizes, then XXH3 digests)? False for a record
+        without them (see `_check_format`)."""
+        if not want:
+            return False
         for name, w in want.items():
             f = d / name
             try:
-                if f.stat().st_size != w["size"]:
+                if "xxh3" not in w or f.stat().st_size != w["size"]:
                     return False
-                if "xxh3" in w and _xxh3(f) != w["xxh3"]:
+                if _xxh3(f) != w["xxh3"]:
                     return False
             except OSError:
                 return False

@@ -30,6 +30,11 @@ class CheckpointCorrupt(CheckpointError):
     pass
 
 
+class CheckpointOutdated(CheckpointError):
+    """A checkpoint in a format an older development build of torpor wrote, which this
+    one cannot check or restore."""
+
+
 class CheckpointStorage(Protocol):
     def put(self, ckpt_id: str, src_dir: Path, meta: dict[str, Any]) -> int:
         """Store the files of src_dir under ckpt_id (consuming src_dir); returns bytes stored."""
@@ -120,7 +125,9 @@ class LocalCheckpointStorage:
     def open_dir(self, ckpt_id: str) -> tuple[Path, bool]:
         meta = self.meta(ckpt_id)
         d = self._dir(ckpt_id)
-        for name, want in meta.get("files", {}).items():
+        if not meta.get("files"):  # every put records them
+            raise CheckpointCorrupt(f"checkpoint {ckpt_id}: its metadata lists no files")
+        for name, want in meta["files"].items():
             f = d / name
             if not f.is_file():
                 raise CheckpointCorrupt(f"checkpoint {ckpt_id}: file {name} is missing")
