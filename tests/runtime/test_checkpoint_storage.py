@@ -142,7 +142,8 @@ for n, parent in ((1, None), (2, "ck-1")):
     assert second.new_bytes < 64 * 4096 // 4  # 64 changed pages, stored as small deltas
 
 
-def test_an_upload_that_fails_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_an_upload_that_fails_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture):
     # The store is unreachable for a moment (here its directory is gone and a file stands
     # in its way): the upload fails, and succeeds when tried again.
     from torpor.runtime import checkpoints
@@ -164,13 +165,17 @@ def test_an_upload_that_fails_is_tried_again(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "away").rename(root)
     storage.flush()
     assert storage._errors == {} and store.exists("ck-1")
+    [failed] = [r for r in caplog.records if r.name == "torpor.runtime.checkpoints"]
+    assert failed.levelname == "WARNING" and failed.getMessage().startswith(
+        "uploading checkpoint ck-1 failed (attempt 1): ")
+    assert failed.getMessage().endswith("; trying again in 1 s")
     out = tmp_path / "out"
     store.get("ck-1", out)
     assert {n: (out / n).read_bytes() for n in files} == files
 
 
 def test_checkpoints_of_an_older_build_without_xxh3_digests_are_refused_and_kept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:  # fmt: skip
     # Older development builds recorded CRC-32s (or no digest) for a hot copy's files;
     # this one cannot check such a copy, so it restores nothing from it and uploads
@@ -184,6 +189,7 @@ def test_checkpoints_of_an_older_build_without_xxh3_digests_are_refused_and_kept
     nxt.flush()
     assert not store.exists("ck-1") and hot.exists()
     assert "older development build" in nxt._errors["ck-1"]
+    assert f"checkpoint ck-1 not uploaded: {nxt._errors['ck-1']}" in caplog.messages
     with pytest.raises(CheckpointOutdated, match="ck-1 was made by an older development "
                        "build of torpor .*XXH3.*remove it"):  # fmt: skip
         nxt.open_dir("ck-1")

@@ -32,11 +32,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import mmap
 import os
 import queue
 import shutil
-import sys
 import threading
 import time
 import uuid
@@ -55,6 +55,8 @@ from torpor.snapshots import (
     SnapshotNotFound,
     SnapshotStore,
 )
+
+log = logging.getLogger(__name__)
 
 KIND = "sandbox-checkpoint"
 DEFAULT_HOT_BYTES = 2 << 30
@@ -159,13 +161,13 @@ class SnapshotCheckpointStorage:
                         break
                     except (CheckpointCorrupt, CheckpointOutdated) as e:  # trying again is futile
                         self._errors[ckpt_id] = str(e)
-                        print(f"torpor: checkpoint {ckpt_id} not uploaded: {e}", file=sys.stderr)
+                        log.warning("checkpoint %s not uploaded: %s", ckpt_id, e)
                         break
                     except Exception as e:  # noqa: BLE001 - kept for flush() and the next process
                         self._errors[ckpt_id] = str(e)
                         more = f"; trying again in {pause:g} s" if pause is not None else ""
-                        print(f"torpor: uploading checkpoint {ckpt_id} failed (attempt "
-                              f"{attempt + 1}): {e}{more}", file=sys.stderr)  # fmt: skip
+                        log.warning("uploading checkpoint %s failed (attempt %d): %s%s",
+                                    ckpt_id, attempt + 1, e, more)  # fmt: skip
                         if pause is None:
                             break
                         time.sleep(pause)
@@ -218,7 +220,8 @@ class SnapshotCheckpointStorage:
             return True
         try:
             return self.store.exists(ckpt_id)
-        except SnapshotError:
+        except SnapshotError as e:  # unreachable or unreadable: not known to be stored
+            log.debug("cannot tell whether checkpoint %s is stored: %s", ckpt_id, e)
             return False
 
     def available(self, ckpt_id: str) -> bool:
@@ -228,7 +231,8 @@ class SnapshotCheckpointStorage:
             return True
         try:
             return self.store.exists(ckpt_id)
-        except SnapshotError:
+        except SnapshotError as e:
+            log.debug("cannot tell whether checkpoint %s is stored: %s", ckpt_id, e)
             return False
 
     def flush(self, timeout: float | None = None) -> None:
@@ -289,7 +293,10 @@ class SnapshotCheckpointStorage:
             return None
         try:
             meta = json.loads((self.hot / ckpt_id / META).read_text())
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:  # torn by a crash: no hot copy (see _upload)
+            log.debug("hot copy %s has unreadable metadata: %s", ckpt_id, e)
             return None
         return dict(meta, id=ckpt_id, stored=False)
 
@@ -330,7 +337,8 @@ class SnapshotCheckpointStorage:
         try:
             if not self.store.exists(ckpt_id):
                 return False
-        except SnapshotError:
+        except SnapshotError as e:  # the restore itself will say what is wrong
+            log.debug("not prefetching checkpoint %s: %s", ckpt_id, e)
             return False
         path, temporary = self.open_dir(ckpt_id)
         if temporary:
@@ -383,7 +391,8 @@ class SnapshotCheckpointStorage:
             (tmp / STORED).write_text("{}")
             try:
                 os.rename(tmp, hot)
-            except OSError:  # another process on this machine put it there meanwhile
+            except OSError as e:  # another process on this machine put it there meanwhile
+                log.debug("fetched checkpoint %s kept as a temporary copy: %s", ckpt_id, e)
                 return tmp, True
             self._evict(keep=ckpt_id)
             return hot, False

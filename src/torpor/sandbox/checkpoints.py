@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -20,6 +21,8 @@ from typing import Any, Protocol
 
 from torpor.files import fsync_dir
 from torpor.sandbox.engine import CheckpointError
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointNotFound(CheckpointError):
@@ -148,8 +151,8 @@ class LocalCheckpointStorage:
                 continue
             try:
                 out.append(self.meta(d.name))
-            except CheckpointError:
-                continue
+            except CheckpointError as e:  # listed no more; opening it says the same
+                log.warning("checkpoint %s left out of the listing: %s", d.name, e)
         out.sort(key=lambda m: m.get("created", ""))
         return out
 

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from torpor.home import torpor_home
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BASE_IMAGE",
@@ -226,7 +229,9 @@ def _safe_rmtree(path: Path) -> None:
         return
     for mnt in _mounts_under(path):
         subprocess.run(["umount", "-l", mnt], capture_output=True)
-    if _mounts_under(path):
+    if left := _mounts_under(path):
+        log.warning("leaving %s in place: %s still mounted in it (unmount, then remove it)",
+                    path, ", ".join(left))  # fmt: skip
         return
     shutil.rmtree(path, ignore_errors=True)
 
@@ -391,7 +396,11 @@ class ImageStore:
     def _load(self, d: Path) -> Image | None:
         try:
             meta = json.loads((d / METADATA_FILE).read_text())
-        except (OSError, ValueError):
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("image %s left out: its %s is unreadable (%s); build or pull it "
+                        "again", d.name, METADATA_FILE, e)  # fmt: skip
             return None
         try:
             return Image(
@@ -407,7 +416,8 @@ class ImageStore:
                 created=meta.get("created") or "",
                 recipe=meta.get("recipe") or "",
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("image %s left out: its %s lacks %s", d.name, METADATA_FILE, e)
             return None
 
     def list(self) -> list[Image]:

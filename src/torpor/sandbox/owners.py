@@ -24,12 +24,15 @@ A sandbox without an owner (an engine that records none) is never taken for an o
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from torpor.sandbox.engine import SandboxError
+from torpor.sandbox.engine import SandboxError, SandboxNotFound
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from torpor.sandbox.engine import Engine, SandboxInfo
@@ -148,7 +151,10 @@ def reap_orphans(engine: Engine) -> list[SandboxInfo]:
     for info in orphans(engine):
         try:
             gone = engine.reap(info.id)
-        except SandboxError:  # removed by someone else meanwhile, or runsc failed: next time
+        except SandboxNotFound:  # removed by someone else meanwhile
+            continue
+        except SandboxError as e:  # runsc failed: the next reaper tries again
+            log.warning("cannot reap orphan sandbox %s (%s): %s", info.name, info.id, e)
             continue
         if gone is not None:
             removed.append(gone)

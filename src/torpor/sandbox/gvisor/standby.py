@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ from torpor.sandbox import owners
 from torpor.sandbox.engine import SandboxInfo, SandboxSpec
 from torpor.sandbox.gvisor.records import ID_RE, Records, now
 from torpor.sandbox.gvisor.runsc import Driver
+
+log = logging.getLogger(__name__)
 
 
 class Standbys:
@@ -59,6 +62,7 @@ class Standbys:
     def note_miss(self, info: SandboxInfo, why: str) -> None:
         """A standby was taken but could not be used (the restore then went the usual
         way): kept for whoever wonders why a restore was slow (`misses`)."""
+        log.info("standby %s not used: %s", info.id, why)
         with self._lock:
             self.misses.append(f"{now()} standby {info.id}: {why}")
             del self.misses[:-20]
