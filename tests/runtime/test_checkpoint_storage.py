@@ -207,3 +207,39 @@ def test_a_local_checkpoint_whose_metadata_lists_no_files_is_refused(tmp_path: P
     meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "files"}))
     with pytest.raises(CheckpointCorrupt, match="ck-1: its metadata lists no files"):
         storage.open_dir("ck-1")
+
+
+def test_a_hot_copy_half_written_by_a_killed_process_is_swept_at_open(tmp_path: Path):
+    # A checkpoint (or a fetch) being written into the hot cache's staging area when its
+    # process was killed: the next storage opened over the same home removes it, and
+    # never what a live process is still writing there.
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    home, store_url = tmp_path / "home", f"file://{tmp_path / 'store'}"
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from torpor.runtime.checkpoints import SnapshotCheckpointStorage
+        from torpor.snapshots import open_store
+        storage = SnapshotCheckpointStorage(open_store({store_url!r}), Path({str(home)!r}))
+        d = storage.staging_dir()
+        (d / "pages.img").write_bytes(b"p" * 65536)
+        (d / ".checkpoint.img.part-1").write_bytes(b"c" * 4096)
+        print("writing", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    staging = home / "checkpoint-cache" / ".staging"
+    [left] = staging.iterdir()
+    assert (left / "pages.img").exists()
+    storage = SnapshotCheckpointStorage(open_store(store_url), home)
+    assert list(staging.iterdir()) == []
+    mine = storage.staging_dir()
+    SnapshotCheckpointStorage(open_store(store_url), home)
+    assert list(staging.iterdir()) == [mine]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.sandbox.test_sandbox_leftovers import dead_writer_tag, make
 from torpor.sandbox.engine import (
     CheckpointError,
     SandboxConflict,
@@ -551,3 +552,21 @@ def test_doctor_says_when_the_base_image_predates_the_recipe(
     detail = checks["base image"].detail
     assert checks["base image"].ok and "older recipe (torpor-base/1)" in detail, detail
     assert "build-base --force" in detail
+
+
+def test_a_sandboxs_leftover_temporary_files_are_swept_when_it_boots(engine: GVisorEngine):
+    # A process killed while it wrote the sandbox's record (write_atomic's .tmp-*) or a
+    # host-channel token left them in the sandbox's directories; its next boot removes
+    # them, and not a temporary file that may still be in use.
+    info = engine.run(SandboxSpec(image="base"))
+    try:
+        engine.stop(info.name)
+        d = engine.records.dir(info.id)
+        old = make(d / ".tmp-x1y2", age=120)
+        token = make(d / "ctl" / f".token-{dead_writer_tag()}1")
+        fresh = make(d / ".tmp-z3w4", age=1)
+        engine.start(info.name)
+        assert not old.exists() and not token.exists() and fresh.exists()
+        assert engine.exec(info.name, ["true"]).exit_code == 0
+    finally:
+        engine.remove(info.name, force=True)

@@ -25,6 +25,10 @@ knows nothing of sandboxes; this adapter is where they meet.
   chunks they share are copied, only the changed pages fetched), and without an fsync
   (the digests are checked at each use). `prefetch` does the same ahead of a restore,
   for the machine that follows a session (runtime/prefetch.py).
+- **Leftovers.** A checkpoint or a fetch is written in the cache's .staging area under
+  a name that says which process writes it; what a crashed process left there is
+  removed when the next storage is opened (torpor.files.sweep), never what a live one
+  is still writing.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from typing import Any
 
 import xxhash
 
+from torpor.files import sweep, writer_tag
 from torpor.sandbox.checkpoints import CheckpointCorrupt, CheckpointNotFound, CheckpointOutdated
 from torpor.sandbox.engine import CheckpointError
 from torpor.snapshots import (
@@ -118,6 +123,9 @@ class SnapshotCheckpointStorage:
         self.hot_bytes = hot_bytes
         self.background = background
         (self.hot / ".staging").mkdir(parents=True, exist_ok=True)
+        # Checkpoints and fetches a crashed process left half-written (never one a live
+        # process is still writing: see torpor.files.sweep)
+        sweep(self.hot / ".staging", "")
         self._queue: queue.Queue[str] = queue.Queue()
         self._pending: set[str] = set()
         self._lock = threading.Lock()
@@ -248,7 +256,7 @@ class SnapshotCheckpointStorage:
     # -- CheckpointStorage ---------------------------------------------------------------
 
     def staging_dir(self) -> Path:
-        d = self.hot / ".staging" / uuid.uuid4().hex
+        d = self.hot / ".staging" / f"{writer_tag()}{uuid.uuid4().hex}"
         d.mkdir()
         return d
 

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from torpor.files import fsync_dir
+from torpor.files import fsync_dir, sweep, writer_tag
 from torpor.sandbox.engine import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -69,16 +69,19 @@ class LocalCheckpointStorage:
     """Checkpoints as plain directories: ROOT/ID/{files..., meta.json}.
 
     A checkpoint becomes visible only once its directory is renamed into place, after its
-    files and metadata are synced, so a crash mid-put leaves nothing half-made.
+    files and metadata are synced, so a crash mid-put leaves nothing half-made: only a
+    directory in .staging, removed when the storage is next opened (once its writer is
+    gone: a checkpoint runsc is still writing is left alone).
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / ".staging").mkdir(exist_ok=True)
+        sweep(self.root / ".staging", "")
 
     def staging_dir(self) -> Path:
-        d = self.root / ".staging" / uuid.uuid4().hex
+        d = self.root / ".staging" / f"{writer_tag()}{uuid.uuid4().hex}"
         d.mkdir()
         return d
 
@@ -160,6 +163,6 @@ class LocalCheckpointStorage:
         d = self._dir(ckpt_id)
         if not d.exists():
             raise CheckpointNotFound(f"no such checkpoint: {ckpt_id}")
-        trash = self.root / ".staging" / f"rm-{ckpt_id}-{time.time_ns()}"
+        trash = self.root / ".staging" / f"{writer_tag()}rm-{ckpt_id}-{time.time_ns()}"
         os.rename(d, trash)
         shutil.rmtree(trash, ignore_errors=True)

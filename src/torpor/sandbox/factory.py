@@ -4,7 +4,8 @@ Constructing a `GVisorEngine` runs nothing; `open_engine` builds one and, unless
 otherwise, puts its runsc through the doctor's gate (`require_working_runsc`: torpor's
 self-test sandbox, once per runsc binary, its verdict cached in TORPOR_HOME/doctor.json),
 so a runsc that is missing or broken is refused up front with a clear reason instead of
-failing in the middle of a session.
+failing in the middle of a session. It also sweeps what crashed processes left in the
+engine's state (`GVisorEngine.sweep`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def open_engine(
         checkpoints=checkpoints,
         runsc=runsc,
     )
+    engine.sweep()
     if check:
         require_working_runsc(engine)
     return engine

@@ -49,6 +49,7 @@ class Booter:
         the caller holds, and wait until init answers. With standby, only create it
         (`runsc create`): a later restore loads into it."""
         self.driver.settle(info.id)
+        self.records.sweep(info.id)  # what a process that crashed while using it left
         state = self._into_standby(info, image_path) if info.state == "standby" else None
         if state is None:
             state = self._container(info, image, image_path=image_path, standby=standby)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from torpor.files import writer_tag
 from torpor.sandbox.engine import (
     CommandTimeout,
     ExecResult,
@@ -97,7 +98,7 @@ class InitClient:
         never followed."""
         d = self.channel_dir(info)
         d.mkdir(mode=0o700, exist_ok=True)
-        tmp = d / f".token-{os.getpid()}-{threading.get_ident()}"
+        tmp = d / f".token-{writer_tag()}{threading.get_ident()}"
         tmp.write_text(f"{kind} {secrets.token_hex(8)}\n")
         os.replace(tmp, d / "token")
 

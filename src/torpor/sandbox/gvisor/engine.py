@@ -11,6 +11,7 @@ the engine itself does is boot a sandbox (fresh, from a checkpoint, or into a st
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import posixpath
 import secrets
@@ -23,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from torpor.files import sweep
 from torpor.home import torpor_home
 from torpor.sandbox import network, owners
 from torpor.sandbox.checkpoints import CheckpointStorage, LocalCheckpointStorage
@@ -50,6 +52,8 @@ from torpor.sandbox.gvisor.runsc import PLATFORMS, Driver
 from torpor.sandbox.gvisor.standby import Standbys
 from torpor.sandbox.images import Image, ImageError, ImageStore
 from torpor.sandbox.initbin import ensure_init_binary
+
+log = logging.getLogger(__name__)
 
 
 class GVisorEngine(Engine):
@@ -107,6 +111,19 @@ class GVisorEngine(Engine):
     @property
     def version(self) -> str:
         return self.driver.version
+
+    def sweep(self) -> None:
+        """Remove the temporary files and directories crashed processes left in this
+        engine's state and image store (never one a live process is still writing; see
+        torpor.files.sweep); open_engine calls it. A sandbox's own directory is swept
+        when it boots."""
+        sweep(self.home)
+        sweep(self.home / "bin")
+        self.records.sweep()
+        try:
+            self.images.sweep()
+        except OSError as e:  # a store this process may only read: its writers sweep it
+            log.warning("cannot sweep the image store %s: %s", self.images.root, e)
 
     @property
     def standby_misses(self) -> list[str]:

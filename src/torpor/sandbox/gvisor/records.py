@@ -1,10 +1,11 @@
 """Sandbox records: each sandbox's `sandbox.json` (its `SandboxInfo`), the index of names,
 and the locks that serialise what happens to a sandbox.
 
-    sandboxes/ID/sandbox.json   the record (what `ps`/`inspect` show); the truth
+    sandboxes/ID/sandbox.json   the record (what `ps`/`inspect` show); the truth,
+                                written whole or not at all (fsynced, then renamed)
     sandboxes/ID/lock           flock: exclusive to change the sandbox, shared to use it
     names/NAME                  the id of the sandbox called NAME: a hint, checked
-                                against the record it points to
+                                against the record it points to (never synced)
     .names.lock                 the global lock: names and owners change under it
 
 Nothing here runs runsc: a record says what torpor last recorded, and the engine
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from torpor.files import TMP_PREFIX, sweep, write_atomic, writer_tag
 from torpor.sandbox.engine import (
     SandboxConflict,
     SandboxError,
@@ -82,10 +84,21 @@ class Records:
         return self.sandboxes_dir / sid
 
     def save(self, info: SandboxInfo) -> None:
-        d = self.dir(info.id)
-        tmp = d / "sandbox.json.tmp"
-        tmp.write_text(json.dumps(info.to_json(), indent=1))
-        os.replace(tmp, d / "sandbox.json")
+        """Write info's record whole (fsynced before its rename: a power cut leaves this
+        record or the one before, never a torn one, which would lose the sandbox). The
+        directory is not synced: the record before is as good after a power cut, when
+        nothing runs any more (see `runsc.Driver.reconcile`)."""
+        write_atomic(self.dir(info.id) / "sandbox.json",
+                     json.dumps(info.to_json(), indent=1).encode())  # fmt: skip
+
+    def sweep(self, sid: str | None = None) -> None:
+        """Remove the temporary files crashed writers left: of the names index, or (with
+        `sid`) in that sandbox's directory and its host channel's."""
+        if sid is None:
+            sweep(self.names_dir)
+            return
+        sweep(self.dir(sid))
+        sweep(self.dir(sid) / "ctl", ".token-")
 
     def load(self, sid: str) -> SandboxInfo | None:
         """The record of sandbox `sid`, None if there is none (or it is unreadable);
@@ -135,7 +148,7 @@ class Records:
         self.names_dir.mkdir(exist_ok=True)
         if old_name is not None:
             self.unindex_name(old_name, info.id)
-        tmp = self.names_dir / f".{info.name}.{os.getpid()}.{threading.get_ident()}"
+        tmp = self.names_dir / f"{TMP_PREFIX}{writer_tag()}{threading.get_ident()}-{info.name}"
         tmp.write_text(info.id)
         os.replace(tmp, self.names_dir / info.name)
 
