@@ -15,6 +15,7 @@ from torpor.sandbox.engine import (
     CheckpointError,
     SandboxConflict,
     SandboxError,
+    SandboxFileNotFound,
     SandboxNotFound,
     SandboxSpec,
     Tmpfs,
@@ -43,9 +44,17 @@ def read_counter(engine: GVisorEngine, name: str) -> tuple[str, int]:
     raise AssertionError("counter never appeared")
 
 
+def counter_passes(engine: GVisorEngine, name: str, n: int) -> int:
+    """Wait until the counter in `name` counts past n (its process runs); its count then."""
+    deadline = time.monotonic() + 10
+    while (now := read_counter(engine, name)[1]) <= n:
+        assert time.monotonic() < deadline, f"the counter in {name} stopped at {now}"
+        time.sleep(0.02)
+    return now
+
+
 def test_process_memory_survives_checkpoint_and_restore(engine: GVisorEngine, sandbox: str):
     engine.spawn(sandbox, ["python3", "-c", COUNTER])
-    time.sleep(0.3)
     token, before = read_counter(engine, sandbox)
     ck = engine.checkpoint(sandbox, "c1")
     assert engine.inspect(sandbox).state == "checkpointed"
@@ -57,8 +66,7 @@ def test_process_memory_survives_checkpoint_and_restore(engine: GVisorEngine, sa
     token2, after = read_counter(engine, sandbox)
     assert token2 == token, "a new process was started instead of the old one continuing"
     assert after >= before
-    time.sleep(0.2)
-    assert read_counter(engine, sandbox)[1] > after, "the restored process is not running"
+    counter_passes(engine, sandbox, after)  # the restored process runs on
     procs = engine.processes(sandbox)
     assert any("python3" in p["argv"] and p["state"] == "running" for p in procs)
 
@@ -123,7 +131,8 @@ def test_copy_in_and_out_both_ways(engine: GVisorEngine, sandbox: str, tmp_path:
     assert (out / "sub" / "b.bin").read_bytes() == bytes(range(256)) * 100
     assert (out / "run.sh").stat().st_mode & 0o777 == 0o755
     assert (out / "link").is_symlink()
-    with pytest.raises(SandboxError):
+    with pytest.raises(SandboxFileNotFound, match=f"no such file or directory in sandbox "
+                       f"{sandbox}: /no/such/file"):  # fmt: skip
         engine.copy_out(sandbox, "/no/such/file", tmp_path / "x")
     with pytest.raises(SandboxError, match="no such directory"):
         engine.copy_in(sandbox, src / "a.txt", "/no/such/dir/x")
@@ -132,7 +141,7 @@ def test_copy_in_and_out_both_ways(engine: GVisorEngine, sandbox: str, tmp_path:
 def test_fork_gives_two_independent_sandboxes(engine: GVisorEngine, sandbox: str):
     engine.spawn(sandbox, ["python3", "-c", COUNTER])
     engine.write_file(sandbox, "/root/shared.txt", b"before fork")
-    time.sleep(0.2)
+    read_counter(engine, sandbox)  # it runs: its token is made
     ck = engine.checkpoint(sandbox, "forkpoint", leave_running=True)
     assert engine.inspect(sandbox).state == "running"
     fork = engine.restore(ck.id, name=f"{sandbox}-fork")
@@ -146,8 +155,7 @@ def test_fork_gives_two_independent_sandboxes(engine: GVisorEngine, sandbox: str
         assert engine.read_file(fork.name, "/root/shared.txt") == b"before fork"
         engine.stop(sandbox)
         _, n1 = read_counter(engine, fork.name)
-        time.sleep(0.2)
-        assert read_counter(engine, fork.name)[1] > n1  # the fork lives on its own
+        counter_passes(engine, fork.name, n1)  # the fork lives on its own
     finally:
         engine.remove(fork.name, force=True)
 
@@ -181,7 +189,7 @@ def test_killed_from_outside_shows_exited(engine: GVisorEngine, sandbox: str):
     assert info.state == "exited"
     assert all(i.name != sandbox for i in engine.list())
     assert any(i.name == sandbox for i in engine.list(all=True))
-    with pytest.raises(SandboxConflict):
+    with pytest.raises(SandboxConflict, match="it is not running .state: exited"):
         engine.checkpoint(sandbox)
     engine.start(sandbox)  # a fresh start from the image works again
     assert engine.exec(sandbox, ["true"]).exit_code == 0
@@ -235,8 +243,10 @@ def test_finished_execs_leave_nothing_in_sandbox_memory(engine: GVisorEngine, sa
     assert after == before
     # A background process keeps its output files.
     pid = engine.spawn(sandbox, ["sh", "-c", "echo kept; sleep 100"])
-    time.sleep(0.3)
-    assert engine.read_file(sandbox, f"/run/torpor/procs/{pid}/stdout") == b"kept\n"
+    deadline = time.monotonic() + 10
+    while engine.read_file(sandbox, f"/run/torpor/procs/{pid}/stdout") != b"kept\n":
+        assert time.monotonic() < deadline, "the background process's output is not kept"
+        time.sleep(0.02)
 
 
 def test_reading_a_directory_as_a_file_fails_fast(engine: GVisorEngine, sandbox: str):
