@@ -54,6 +54,7 @@ from torpor.sandbox.engine import (
     SandboxSpec,
     check_name,
 )
+from torpor.sandbox.images import BASE_IMAGE, Image, ImageNotFound, canonical_name
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -98,6 +99,26 @@ class _Box:
         return self.dir / "fs"
 
 
+class FakeImages:
+    """What the runtime asks of an image store (`get`, `root`), for the fake engine: the
+    base image under its names (an empty tree), plus the names given. Nothing is pulled
+    or built."""
+
+    def __init__(self, root: Path, names: Sequence[str] = ()) -> None:
+        self.root = root
+        self._names = {BASE_IMAGE, *names}
+
+    def get(self, name: str) -> Image:
+        full = canonical_name(name)
+        if full not in self._names:
+            raise ImageNotFound(f"no such image: {name} (try `torpor images`)")
+        rootfs = self.root / full.replace("/", "_").replace(":", "_")
+        rootfs.mkdir(parents=True, exist_ok=True)
+        return Image(name=full, digest="sha256:" + "0" * 64, rootfs=rootfs,
+                     env=("PATH=" + PATH,), cmd=(), entrypoint=(), workdir="/", user="",
+                     size=0, created=_now())  # fmt: skip
+
+
 class FakeEngine(Engine):
     """The Engine interface over host directories and host processes (see the module's
     docstring: a test double, not a sandbox)."""
@@ -107,6 +128,7 @@ class FakeEngine(Engine):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.home = root
+        self.images = FakeImages(root / "images")
         self._boxes: dict[str, _Box] = {}
         self._checkpoints: dict[str, CheckpointInfo] = {}
         self._lock = threading.Lock()
