@@ -34,7 +34,8 @@ def test_torpor_demo_runs_end_to_end(tmp_path: Path):
         assert third["recovered"] and report["chain_ok"]
         assert any(e["type"] == "recovery" for e in report["events"])
         ps = subprocess.run([sys.executable, "-m", "torpor.cli.main", "ps", "-a", "--format",
-                             "json"], env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+                             "json"], env=env, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
         assert json.loads(ps.stdout) == [], ps.stdout  # nothing left running or stopped
     finally:
         remove_home(home)
