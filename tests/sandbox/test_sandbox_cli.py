@@ -214,17 +214,20 @@ def test_same_sandbox_calls_are_serialised_different_ones_are_not(cli):
         def run(key: str, *args: str) -> None:
             results[key] = cli(*args)
 
-        t0 = time.monotonic()
+        # Each command says when it started and ended (the sandboxes share the host's
+        # clock): the two must overlap, whatever the CLI's own start-up costs under load.
+        timed = ["sh", "-c", "date +%s.%N; sleep 2; date +%s.%N"]
         threads = [
-            threading.Thread(target=run, args=("a", "exec", "c-par-a", "sleep", "2")),
-            threading.Thread(target=run, args=("b", "exec", "c-par-b", "sleep", "2")),
+            threading.Thread(target=run, args=("a", "exec", "c-par-a", *timed)),
+            threading.Thread(target=run, args=("b", "exec", "c-par-b", *timed)),
         ]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         assert results["a"].returncode == 0 and results["b"].returncode == 0
-        assert time.monotonic() - t0 < 3.9, "exec on different sandboxes ran one after the other"
+        (a0, a1), (b0, b1) = (map(float, results[k].stdout.split()) for k in ("a", "b"))
+        assert a0 < b1 and b0 < a1, "exec on different sandboxes ran one after the other"
 
         # A checkpoint waits for the exec running in the same sandbox, never cuts it off.
         slow = threading.Thread(
