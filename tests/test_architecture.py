@@ -13,6 +13,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # the shared leaves every package may use
 LEAVES = {"files", "home"}
 MAY_IMPORT: dict[str, set[str]] = {
+    # torpor inside agent frameworks (each an optional extra); nothing imports it
+    "integrations": {"runtime", "agent", "context", "sandbox", "snapshots", "db"},
     "cli": {"api", "runtime", "agent", "context", "sandbox", "snapshots", "db"},
     "api": {"runtime", "agent", "context", "sandbox", "snapshots", "db"},
     "runtime": {"agent", "context", "sandbox", "snapshots", "db"},
