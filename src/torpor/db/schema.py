@@ -166,11 +166,12 @@ TOKENS = (
 
 # -- LangGraph checkpoints (integrations/langgraph/saver.py) ---------------------------------
 # One row per checkpoint (without its channel values), one per (channel, version) a
-# checkpoint brought in, one per pending write. A value row either holds the whole value
-# (base NULL) or, for a list that extends the list of an earlier version, only the items
-# appended to it, with `base` the version it extends and `depth` the rows down to a whole
-# one; `digest` chains the row's bytes to its base's (a writer checks it before it
-# appends to a row it remembers). `type`: the serializer's type tag ('empty': no value).
+# checkpoint brought in with a value, one per pending write. A value row either holds the
+# whole value (base NULL) or, for a list that extends the list of an earlier version, only
+# the items appended to it, with `base` the version it extends and `depth` the rows down
+# to a whole one; a list's `digest` chains the row's bytes to its base's (a writer checks
+# it before it appends to a row it remembers; empty for other values). `type`: the
+# serializer's type tag.
 LANGGRAPH = (
     """CREATE TABLE langgraph_checkpoints (
         thread_id TEXT NOT NULL,

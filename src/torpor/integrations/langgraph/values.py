@@ -19,8 +19,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-EMPTY = "empty"  # the type of a row for a channel that has no value at that version
-
 
 class _Missing:
     def __repr__(self) -> str:
@@ -46,7 +44,7 @@ class ValueRow:
     version: str
     base: str | None  # None: `data` is the whole value; else the items appended to it
     depth: int  # rows below this one down to a whole value
-    digest: bytes  # hash of the row's type and data, chained to its base's digest
+    digest: bytes  # a list's: hash of the row's type and data, chained to its base's
     type: str
     data: bytes | None
 
@@ -90,25 +88,27 @@ def _extends(value: list[Any], known: Known) -> bool:
 
 
 def encode(serde: Serde, channel: str, version: str, value: Any, known: Known | None,
-           full_every: int) -> tuple[ValueRow, Known | None]:
-    """The row for `value` at `version`, and what to remember of it (None: not a list).
+           full_every: int) -> tuple[ValueRow | None, Known | None]:
+    """The row for `value` at `version` (None for no value: no row is stored, as reading
+    a version without a row gives no value), and what to remember of it (None: not a
+    list).
 
     Appended items only when `value` is a list extending `known` and the chain of rows
-    below stays under `full_every`; the whole value otherwise."""
+    below stays under `full_every`; the whole value otherwise. Only lists, which a later
+    row may extend, get a digest."""
     if value is MISSING:
-        return ValueRow(channel, version, None, 0, chain_digest(b"", EMPTY, None), EMPTY,
-                        None), None
-    is_list = type(value) is list
-    if (is_list and known is not None and known.version != version
-            and known.depth + 1 < full_every and _extends(value, known)):
+        return None, None
+    if type(value) is not list:
+        type_, data = serde.dumps_typed(value)
+        return ValueRow(channel, version, None, 0, b"", type_, data), None
+    if (known is not None and known.version != version and known.depth + 1 < full_every
+            and _extends(value, known)):
         type_, data = serde.dumps_typed(value[len(known.items):])
         row = ValueRow(channel, version, known.version, known.depth + 1,
                        chain_digest(known.digest, type_, data), type_, data)
     else:
         type_, data = serde.dumps_typed(value)
         row = ValueRow(channel, version, None, 0, chain_digest(b"", type_, data), type_, data)
-    if not is_list:
-        return row, None
     return row, Known(version, list(value), row.depth, row.digest)
 
 
@@ -132,8 +132,6 @@ def decode(serde: Serde, rows: Mapping[tuple[str, str], ValueRow], channel: str,
             raise BrokenChain(f"value of channel {channel!r} at version {version} extends "
                               f"version {row.base}, which is not stored")
         row = below
-    if row.type == EMPTY:
-        return MISSING, head
     value = serde.loads_typed((row.type, row.data or b""))
     if appended:
         value = list(value)
