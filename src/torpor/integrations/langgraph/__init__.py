@@ -11,6 +11,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError("torpor.integrations.langgraph needs LangGraph: "
                       "pip install 'torpor[langgraph]'") from e
 
+from .sandbox import SandboxMessagesState, SandboxTools
 from .saver import TorporSaver
 
-__all__ = ["TorporSaver"]
+__all__ = ["SandboxMessagesState", "SandboxTools", "TorporSaver"]
