@@ -67,13 +67,19 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
     writes_sort_key,
 )
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from torpor.db import Database, Tx, open_database
 from torpor.db.queries import langgraph as q
 
 from .values import MISSING, Known, Remembered, ValueRow, decode, encode
 
-FULL_EVERY = 256  # a list channel is stored whole at least once every this many versions
+# A list channel is stored whole at least once every this many versions: a read walks at
+# most this many rows, and a thread stores about (1 + versions / (2 * FULL_EVERY)) times
+# its final list. Measured (benchmarks/results/integrations.md), a read's cost is the
+# decoding of the items, whatever the rows they come in: 1,000 keeps the bytes near the
+# final list's for threads of a thousand steps, and the walk bounded on longer ones.
+FULL_EVERY = 1000
 REMEMBER = 64  # channels whose latest list a saver remembers (see the module docstring)
 BATCH = 32  # checkpoints `list` rebuilds per read
 
@@ -236,7 +242,8 @@ class TorporSaver(BaseCheckpointSaver[str]):
             values: dict[str, Any] = {}
             known: dict[str, Known] = {}
             for channel, version in doc.get("channel_versions", {}).items():
-                value, head = decode(self.serde, rows, channel, str(version))
+                value, head = decode(self.serde, rows, channel, str(version),
+                                     join=isinstance(self.serde, JsonPlusSerializer))
                 if value is MISSING:
                     continue
                 values[channel] = value

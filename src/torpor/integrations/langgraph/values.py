@@ -117,10 +117,11 @@ class BrokenChain(Exception):
 
 
 def decode(serde: Serde, rows: Mapping[tuple[str, str], ValueRow], channel: str,
-           version: str) -> tuple[Any, ValueRow | None]:
+           version: str, *, join: bool = False) -> tuple[Any, ValueRow | None]:
     """(the value of `channel` at `version`, its row) from rows keyed by (channel,
     version) that hold it and every row it extends; (MISSING, None) when it has no row or
-    no value."""
+    no value. join: the serializer's "msgpack" type is plain MessagePack (LangGraph's
+    JsonPlusSerializer), so a list's rows can be decoded as one array."""
     head = row = rows.get((channel, version))
     if row is None:
         return MISSING, None
@@ -132,12 +133,52 @@ def decode(serde: Serde, rows: Mapping[tuple[str, str], ValueRow], channel: str,
             raise BrokenChain(f"value of channel {channel!r} at version {version} extends "
                               f"version {row.base}, which is not stored")
         row = below
+    rows_ = [row, *reversed(appended)]
+    if join and appended and all(r.type == "msgpack" for r in rows_):
+        joined = _join_arrays([r.data or b"" for r in rows_])
+        if joined is not None:  # one decoding of the whole list, as a whole row's
+            return serde.loads_typed(("msgpack", joined)), head
     value = serde.loads_typed((row.type, row.data or b""))
     if appended:
         value = list(value)
-        for r in reversed(appended):
+        for r in rows_[1:]:
             value.extend(serde.loads_typed((r.type, r.data or b"")))
     return value, head
+
+
+def _array(data: bytes) -> tuple[int, int] | None:
+    """(item count, header length) of a MessagePack array, None if `data` is not one."""
+    if not data:
+        return None
+    first = data[0]
+    if 0x90 <= first <= 0x9F:
+        return first & 0x0F, 1
+    if first == 0xDC and len(data) >= 3:
+        return int.from_bytes(data[1:3], "big"), 3
+    if first == 0xDD and len(data) >= 5:
+        return int.from_bytes(data[1:5], "big"), 5
+    return None
+
+
+def _join_arrays(blobs: list[bytes]) -> bytes | None:
+    """One MessagePack array of the items of several (a list and what was appended to
+    it), so that the serializer decodes it in one call, not one per row (the call costs
+    more than a row's few items). Written by hand: it is a header rewrite, and the
+    serializer (LangGraph's JsonPlusSerializer) has no streaming decoder to feed."""
+    count, bodies = 0, []
+    for blob in blobs:
+        head = _array(blob)
+        if head is None:
+            return None
+        count += head[0]
+        bodies.append(memoryview(blob)[head[1]:])
+    if count < 16:
+        header = bytes([0x90 | count])
+    elif count < 1 << 16:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    return header + b"".join(bodies)
 
 
 class Remembered:
