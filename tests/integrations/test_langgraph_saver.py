@@ -6,6 +6,7 @@ storage itself: a growing message list costs what it appended, not the whole lis
 from __future__ import annotations
 
 import asyncio
+import pickle
 import threading
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,30 @@ def test_a_growing_list_is_stored_as_what_it_appended(saver: TorporSaver):
     # the lists it held (21 versions a turn)
     assert stored[-1] < 1.5 * whole[-1], (stored[-1], whole[-1])
     assert whole[-1] > 8 * 10 * 400
+
+
+class Pickled:
+    """A serializer other than LangGraph's default (as an EncryptedSerializer would be)."""
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        return "pickle", pickle.dumps(obj)
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        assert data[0] == "pickle"
+        return pickle.loads(data[1])
+
+
+def test_another_serializer_stores_and_reads_the_same(url: str):
+    with TorporSaver(url, serde=Pickled()) as saver:
+        graph = build(calls=3).compile(checkpointer=saver)
+        for turn in range(2):
+            out = graph.invoke(user(turn), cfg("t"))
+        assert plain(graph.get_state(cfg("t")).values["messages"]) == plain(out["messages"])
+        rows = value_rows(saver, "t")
+        assert rows[0][1] is None and all(base is not None for _, base, _ in rows[1:])
+        with saver.db.read() as tx:
+            assert {r[0] for r in tx.all("SELECT DISTINCT type FROM langgraph_values")} == {
+                "pickle"}
 
 
 def test_full_every_bounds_the_chain_a_read_walks(url: str):

@@ -42,6 +42,7 @@ def test_a_growing_list_is_stored_as_appended_items_and_read_back(join: bool):
     rows = store(versions)
     assert [r.base for r in rows.values()] == [None] + [f"v{i:04d}" for i in range(39)]
     assert [r.depth for r in rows.values()] == list(range(40))
+    assert {r.anchor for r in rows.values()} == {None, "v0000"}
     for i, value in enumerate(versions):
         got, head = decode(SERDE, rows, "c", f"v{i:04d}", join=join)
         assert got == value and head is rows[("c", f"v{i:04d}")]
@@ -81,20 +82,21 @@ def test_full_every_and_a_broken_chain():
 
 
 def test_a_list_is_not_appended_to_its_own_version_nor_to_items_that_differ():
-    known = Known("v1", [1, 2], 0, b"d")
+    known = Known("v1", [1, 2], 0, b"d", "v1")
     assert encode(SERDE, "c", "v1", [1, 2, 3], known, 10)[0].base is None
     assert encode(SERDE, "c", "v2", [1, 3, 3], known, 10)[0].base is None
     assert encode(SERDE, "c", "v2", [1], known, 10)[0].base is None
     row, after = encode(SERDE, "c", "v2", [1, 2, 3], known, 10)
-    assert row.base == "v1" and after == Known("v2", [1, 2, 3], 1, row.digest)
+    assert row.base == "v1" and row.anchor == "v1"
+    assert after == Known("v2", [1, 2, 3], 1, row.digest, "v1")
 
 
 def test_remembered_is_a_bounded_lru():
     mem = Remembered(2)
     for key in ("a", "b", "c"):
-        mem.set(("t", "", key), Known(key, [], 0, b""))
+        mem.set(("t", "", key), Known(key, [], 0, b"", key))
     assert mem.get(("t", "", "a")) is None and mem.get(("t", "", "b")) is not None
-    mem.set(("u", "", "d"), Known("d", [], 0, b""))  # evicts c (b was used last)
+    mem.set(("u", "", "d"), Known("d", [], 0, b"", "d"))  # evicts c (b was used last)
     assert mem.get(("t", "", "c")) is None
     mem.forget("t")
     assert mem.get(("t", "", "b")) is None and mem.get(("u", "", "d")) is not None

@@ -168,10 +168,11 @@ TOKENS = (
 # One row per checkpoint (without its channel values), one per (channel, version) a
 # checkpoint brought in with a value, one per pending write. A value row either holds the
 # whole value (base NULL) or, for a list that extends the list of an earlier version, only
-# the items appended to it, with `base` the version it extends and `depth` the rows down
-# to a whole one; a list's `digest` chains the row's bytes to its base's (a writer checks
-# it before it appends to a row it remembers; empty for other values). `type`: the
-# serializer's type tag.
+# the items appended to it, with `base` the version it extends, `anchor` the version of
+# the whole row the chain of such rows starts at (indexed: a read fetches a chain in one
+# lookup) and `depth` the rows down to it; a list's `digest` chains the row's bytes to its
+# base's (a writer checks it before it appends to a row it remembers; empty for other
+# values). `type`: the serializer's type tag.
 LANGGRAPH = (
     """CREATE TABLE langgraph_checkpoints (
         thread_id TEXT NOT NULL,
@@ -193,12 +194,15 @@ LANGGRAPH = (
         channel TEXT NOT NULL,
         version TEXT NOT NULL,
         base TEXT,
+        anchor TEXT,
         depth INTEGER NOT NULL,
         digest {blob} NOT NULL,
         type TEXT NOT NULL,
         data {blob},
         PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
     ){without_rowid}""",
+    """CREATE INDEX langgraph_values_anchor ON langgraph_values(thread_id, checkpoint_ns,
+        channel, anchor, depth) WHERE anchor IS NOT NULL""",
     """CREATE TABLE langgraph_writes (
         thread_id TEXT NOT NULL,
         checkpoint_ns TEXT NOT NULL,

@@ -15,13 +15,13 @@ from ..connection import Tx
 
 CHECKPOINT_COLUMNS = ("thread_id", "checkpoint_ns", "checkpoint_id", "parent_id", "type",
                       "checkpoint", "metadata_type", "metadata")
-VALUE_COLUMNS = ("channel", "version", "base", "depth", "digest", "type", "data")
+VALUE_COLUMNS = ("channel", "version", "base", "anchor", "depth", "digest", "type", "data")
 WRITE_COLUMNS = ("checkpoint_id", "task_id", "idx", "channel", "type", "data", "task_path")
 _C = ", ".join(CHECKPOINT_COLUMNS)
 _V = ", ".join(f"v.{c}" for c in VALUE_COLUMNS)
 _W = ", ".join(WRITE_COLUMNS)
-_INSERT_VALUE = ("INSERT INTO langgraph_values (thread_id, checkpoint_ns, channel, version, "
-                 "base, depth, digest, type, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+_INSERT_VALUE = (f"INSERT INTO langgraph_values (thread_id, checkpoint_ns, "
+                 f"{', '.join(VALUE_COLUMNS)}) VALUES ({', '.join(['%s'] * 10)}) "
                  "ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING")
 _INSERT_WRITE = ("INSERT INTO langgraph_writes (thread_id, checkpoint_ns, checkpoint_id, "
                  "task_id, idx, channel, type, data, task_path) "
@@ -110,9 +110,9 @@ def copy_thread(tx: Tx, source: str, target: str) -> None:
     tx.run(f"INSERT INTO langgraph_checkpoints ({_C}, run_id) SELECT %s, "
            + ", ".join(CHECKPOINT_COLUMNS[1:]) + ", run_id FROM langgraph_checkpoints "
            "WHERE thread_id = %s", (target, source))
-    tx.run("INSERT INTO langgraph_values (thread_id, checkpoint_ns, channel, version, base, "
-           "depth, digest, type, data) SELECT %s, checkpoint_ns, channel, version, base, "
-           "depth, digest, type, data FROM langgraph_values WHERE thread_id = %s",
+    cols = ", ".join(VALUE_COLUMNS)
+    tx.run(f"INSERT INTO langgraph_values (thread_id, checkpoint_ns, {cols}) SELECT %s, "
+           f"checkpoint_ns, {cols} FROM langgraph_values WHERE thread_id = %s",
            (target, source))
     tx.run(f"INSERT INTO langgraph_writes (thread_id, checkpoint_ns, {_W}) SELECT %s, "
            f"checkpoint_ns, {_W} FROM langgraph_writes WHERE thread_id = %s", (target, source))
@@ -137,19 +137,26 @@ def insert_values(tx: Tx, rows: Sequence[Sequence[Any]]) -> None:
 def value_chains(tx: Tx, thread_id: str, ns: str,
                  keys: Sequence[tuple[str, str]]) -> list[Row]:
     """The value rows of these (channel, version) keys and of every row they extend,
-    down to whole values, each once, in one statement (a recursive walk of `base`)."""
+    down to whole values, in one statement: each key's chain is the whole row it is
+    anchored at and the rows anchored there no deeper than it (an index lookup, not a
+    walk: a recursive walk was planned as a scan of the thread per step on PostgreSQL).
+    Rows of other branches anchored at the same row may come too; the caller follows
+    `base`."""
     if not keys:
         return []
     flat = [x for k in keys for x in k]
     return tx.all(
-        f"WITH RECURSIVE want(channel, version) AS (VALUES {_marks(len(keys), 2)}), "
-        "chain(channel, version) AS (SELECT channel, version FROM want UNION "
-        "SELECT v.channel, v.base FROM chain c JOIN langgraph_values v ON "
-        "v.thread_id = %s AND v.checkpoint_ns = %s AND v.channel = c.channel AND "
-        "v.version = c.version WHERE v.base IS NOT NULL) "
-        f"SELECT {_V} FROM chain c JOIN langgraph_values v ON v.thread_id = %s AND "
-        "v.checkpoint_ns = %s AND v.channel = c.channel AND v.version = c.version",
-        [*flat, thread_id, ns, thread_id, ns])
+        f"WITH want(channel, version) AS (VALUES {_marks(len(keys), 2)}), "
+        "heads AS (SELECT v.channel, COALESCE(v.anchor, v.version) AS anchor, "
+        "MAX(v.depth) AS depth FROM want w JOIN langgraph_values v ON v.thread_id = %s AND "
+        "v.checkpoint_ns = %s AND v.channel = w.channel AND v.version = w.version "
+        "GROUP BY v.channel, COALESCE(v.anchor, v.version)) "
+        f"SELECT {_V} FROM heads h JOIN langgraph_values v ON v.thread_id = %s AND "
+        "v.checkpoint_ns = %s AND v.channel = h.channel AND v.version = h.anchor "
+        f"UNION ALL SELECT {_V} FROM heads h JOIN langgraph_values v ON v.thread_id = %s "
+        "AND v.checkpoint_ns = %s AND v.channel = h.channel AND v.anchor = h.anchor AND "
+        "v.depth <= h.depth",
+        [*flat, thread_id, ns, thread_id, ns, thread_id, ns])
 
 
 def value_keys(tx: Tx, thread_id: str, ns: str) -> list[tuple[str, str, str | None]]:
@@ -194,7 +201,8 @@ def thread_bytes(tx: Tx, thread_id: str) -> dict[str, int]:
     for table, cols in (
             ("langgraph_checkpoints", "checkpoint_ns, checkpoint_id, parent_id, run_id, "
                                       "type, checkpoint, metadata_type, metadata"),
-            ("langgraph_values", "checkpoint_ns, channel, version, base, digest, type, data"),
+            ("langgraph_values", "checkpoint_ns, channel, version, base, anchor, digest, "
+                                 "type, data"),
             ("langgraph_writes", "checkpoint_ns, checkpoint_id, task_id, channel, type, "
                                  "data, task_path")):
         total = " + ".join(f"COALESCE(LENGTH({c}), 0)" for c in ["thread_id",

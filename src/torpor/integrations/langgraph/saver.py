@@ -26,11 +26,11 @@ saver keeps three tables (`torpor.db.schema.LANGGRAPH`, statements in
   (`values.py`): append-only, as torpor's context log is. Any other value (a list
   edited in the middle, a dict, a string) is stored whole, once per version;
 - writes: the pending writes of each checkpoint's tasks, as LangGraph's savers keep them.
-Reading a checkpoint rebuilds each list from its rows in one statement (a recursive walk
-of the references), and a whole copy is stored every `full_every` versions of a channel
-at the latest, so a read stays bounded on long threads. A thread's values take about the
-bytes of its final state (plus a whole copy per `full_every` versions), not the sum of
-all its states.
+Reading a checkpoint rebuilds each list from its rows, fetched in one statement (each row
+names the whole row its chain starts at, an indexed column) and decoded in one call, and
+a whole copy is stored every `full_every` versions of a channel at the latest, so a read
+stays bounded on long threads. A thread's values take about the bytes of its final state
+(plus a whole copy per `full_every` versions), not the sum of all its states.
 
 A list is stored as appended items only when this process knows the previous version's
 items: it remembers the last list it wrote or read per channel (a bounded LRU,
@@ -248,7 +248,8 @@ class TorporSaver(BaseCheckpointSaver[str]):
                     continue
                 values[channel] = value
                 if type(value) is list and head is not None:
-                    known[channel] = Known(head.version, list(value), head.depth, head.digest)
+                    known[channel] = Known(head.version, list(value), head.depth, head.digest,
+                                           head.chain)
             if metadata is None:
                 metadata = self.serde.loads_typed((row[6], bytes(row[7])))
             pending = sorted(writes.get(row[2], ()),
@@ -296,8 +297,8 @@ class TorporSaver(BaseCheckpointSaver[str]):
                     row, after = encode(self.serde, channel, row.version, value, None,
                                         self.full_every)
                 if row is not None:
-                    rows.append((thread_id, ns, channel, row.version, row.base, row.depth,
-                                 row.digest, row.type, row.data))
+                    rows.append((thread_id, ns, channel, row.version, row.base, row.anchor,
+                                 row.depth, row.digest, row.type, row.data))
                 stored.append((channel, after))
             q.insert_values(tx, rows)
             run_id = meta.get("run_id")

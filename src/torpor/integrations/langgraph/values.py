@@ -43,6 +43,7 @@ class ValueRow:
     channel: str
     version: str
     base: str | None  # None: `data` is the whole value; else the items appended to it
+    anchor: str | None  # the version of the whole row its chain starts at (None: whole)
     depth: int  # rows below this one down to a whole value
     digest: bytes  # a list's: hash of the row's type and data, chained to its base's
     type: str
@@ -50,9 +51,14 @@ class ValueRow:
 
     @classmethod
     def of(cls, row: tuple[Any, ...]) -> ValueRow:
-        channel, version, base, depth, digest, type_, data = row
-        return cls(channel, version, base, int(depth), bytes(digest), type_,
+        channel, version, base, anchor, depth, digest, type_, data = row
+        return cls(channel, version, base, anchor, int(depth), bytes(digest), type_,
                    None if data is None else bytes(data))
+
+    @property
+    def chain(self) -> str:
+        """The version of the whole row of its chain (its own, for a whole row)."""
+        return self.anchor if self.anchor is not None else self.version
 
 
 def chain_digest(base: bytes, type_: str, data: bytes | None) -> bytes:
@@ -72,6 +78,7 @@ class Known:
     items: list[Any]
     depth: int
     digest: bytes
+    anchor: str  # the version of the whole row of its chain
 
 
 def _extends(value: list[Any], known: Known) -> bool:
@@ -100,16 +107,17 @@ def encode(serde: Serde, channel: str, version: str, value: Any, known: Known | 
         return None, None
     if type(value) is not list:
         type_, data = serde.dumps_typed(value)
-        return ValueRow(channel, version, None, 0, b"", type_, data), None
+        return ValueRow(channel, version, None, None, 0, b"", type_, data), None
     if (known is not None and known.version != version and known.depth + 1 < full_every
             and _extends(value, known)):
         type_, data = serde.dumps_typed(value[len(known.items):])
-        row = ValueRow(channel, version, known.version, known.depth + 1,
+        row = ValueRow(channel, version, known.version, known.anchor, known.depth + 1,
                        chain_digest(known.digest, type_, data), type_, data)
     else:
         type_, data = serde.dumps_typed(value)
-        row = ValueRow(channel, version, None, 0, chain_digest(b"", type_, data), type_, data)
-    return row, Known(version, list(value), row.depth, row.digest)
+        row = ValueRow(channel, version, None, None, 0, chain_digest(b"", type_, data),
+                       type_, data)
+    return row, Known(version, list(value), row.depth, row.digest, row.chain)
 
 
 class BrokenChain(Exception):
