@@ -19,7 +19,8 @@ database of its own:
   the empty schema's; PostgreSQL: the saver's tables with their indexes and TOAST (values
   over 2 KB are compressed there), minus the empty schema's;
 - put latency as the thread grows (every put, with the thread's tool calls so far), and
-  get_tuple latency of the latest checkpoint after each turn (5 reads);
+  get_tuple latency of the latest checkpoint after each turn (5 reads), kept in the JSON
+  as medians per bucket of calls;
 - the time to feed the whole conversation.
 PostgreSQL is a throwaway local cluster (torpor.db.pgtemp) with default settings.
 
@@ -278,7 +279,19 @@ def run(kind: str, new_db: Callable[[str], str], sizes: tuple[int, ...],
                   for lo, hi in ((0, 10), (90, 100), (sizes[-1] - 10, sizes[-1]))}
     res["get_tuple"] = {f"{lo}-{hi}": window(last["reads"], lo, hi)
                         for lo, hi in ((0, 10), (90, 110), (sizes[-1] - 20, sizes[-1]))}
+    for calls in sizes:  # the samples, kept as medians per bucket of calls (for the plot)
+        fed = res[str(calls)]
+        for key in ("puts", "reads"):
+            fed[key] = series(fed[key], max(1, calls // 40))
     return res
+
+
+def series(samples: list[tuple[int, float]], step: int) -> list[list[float]]:
+    """[calls, median ms, samples] per bucket of `step` tool calls."""
+    buckets: dict[int, list[float]] = {}
+    for n, sec in samples:
+        buckets.setdefault(n // step * step, []).append(sec * 1e3)
+    return [[b, round(statistics.median(v), 3), len(v)] for b, v in sorted(buckets.items())]
 
 
 # ------------------------------------------------------------------ report
@@ -413,13 +426,8 @@ def plot(r: dict[str, Any], path: Path) -> None:
         xs = [s[str(n)]["calls"] for n in r["sizes"]]
         axes[0].plot(xs, [s[str(n)]["bytes"] / 1e6 for n in r["sizes"]], styles[k], label=k)
         for ax, key in ((axes[1], "puts"), (axes[2], "reads")):
-            pts = s[big][key]
-            step = max(1, int(big) // 40)
-            buckets: dict[int, list[float]] = {}
-            for n, sec in pts:
-                buckets.setdefault(n // step * step, []).append(sec * 1e3)
-            bx = sorted(buckets)
-            ax.plot(bx, [statistics.median(buckets[b]) for b in bx], styles[k], ms=3, label=k)
+            ax.plot([b[0] for b in s[big][key]], [b[1] for b in s[big][key]], styles[k],
+                    ms=3, label=k)
     axes[0].set(xscale="log", yscale="log", xlabel="tool calls in the thread",
                 ylabel="stored bytes (MB)", title="bytes per thread")
     axes[1].set(xlabel="tool calls so far", ylabel="put (ms), median per bucket",
