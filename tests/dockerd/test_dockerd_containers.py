@@ -76,6 +76,7 @@ def test_run_detached_ps_inspect_stop_start_and_rm(docker: Run, name: str):
            "{{.HostConfig.NanoCpus}} {{index .Config.Labels \"team\"}} {{.Config.Env}}")
     assert docker("inspect", "-f", fmt, name).stdout.split() == [
         cid, f"/{name}", "running", "true", str(256 << 20), "500000000", "a", "[MODE=dev]"]
+    assert docker("exec", name, "sh", "-c", "echo $MODE").stdout == "dev\n"
 
     assert docker("stop", "-t", "2", name).stdout.strip() == name
     assert name not in docker("ps", "--format", "{{.Names}}").stdout
@@ -84,7 +85,7 @@ def test_run_detached_ps_inspect_stop_start_and_rm(docker: Run, name: str):
     assert docker("inspect", "-f", "{{.State.Status}}", name).stdout.strip() == "exited"
 
     assert docker("start", name).returncode == 0
-    assert docker("inspect", "-f", "{{.State.Status}}", name).stdout.strip() == "running"
+    assert docker("exec", name, "echo", "again").stdout == "again\n"
     rm = docker("rm", name)
     assert rm.returncode == 1
     assert "container is running: stop the container before removing or force remove" in rm.stderr
@@ -150,7 +151,7 @@ def test_rename_and_filters(docker: Run, name: str):
 
 def test_bad_input_gets_dockers_error_lines(dockerd: Dockerd, docker: Run, name: str):
     for args in (["rm", "t-nope"], ["stop", "t-nope"], ["logs", "t-nope"],
-                 ["start", "t-nope"]):  # fmt: skip
+                 ["exec", "t-nope", "true"], ["start", "t-nope"]):  # fmt: skip
         out = docker(*args)
         assert out.returncode == 1, args
         assert "No such container: t-nope" in out.stderr, (args, out.stderr)

@@ -1,5 +1,5 @@
-"""`Daemon`: torpor dockerd's state (the engine, the image store, the watchers of
-running containers) that every route module uses; app.py gives it routes.
+"""`Daemon`: torpor dockerd's state (the engine, the image store, exec instances, the
+watchers of running containers) that every route module uses; app.py gives it routes.
 
 Containers are the sandboxes of the engine it is given: the CLI's, over TORPOR_HOME
 with its checkpoints in the snapshot store, so `torpor ps` and `docker ps` show the same
@@ -17,7 +17,7 @@ from torpor.dockerd import stamps
 from torpor.dockerd import state as meta_state
 from torpor.dockerd.errors import no_such_container
 from torpor.dockerd.server import Router
-from torpor.dockerd.state import ContainerMeta, now
+from torpor.dockerd.state import ContainerMeta, ExecTable, now
 from torpor.sandbox.engine import Engine, SandboxInfo, SandboxNotFound
 from torpor.sandbox.handle import Sandbox
 from torpor.sandbox.images import ImageStore
@@ -29,6 +29,7 @@ class Daemon:
     def __init__(self, engine: Engine, images_store: ImageStore) -> None:
         self.engine = engine
         self.images = images_store
+        self.execs = ExecTable()
         self._watched: set[str] = set()
         self._watch_lock = threading.Lock()
         self.router = Router()  # filled by app.build

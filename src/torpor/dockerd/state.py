@@ -5,17 +5,20 @@ restart count, whether it removes itself when it exits, when it last finished.
 One JSON file per container, `x-docker.json` in the sandbox's own directory next to its
 record (`Engine.sandbox_file`), written whole (`torpor.files.write_atomic`) and removed
 with the sandbox. A sandbox torpor's own CLI made has none: its settings are read from
-its spec (`synthesize`).
+its spec (`synthesize`). Exec instances (`ExecTable`) are kept in memory only, as
+Docker keeps them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from torpor.dockerd.server import DockerError
 from torpor.files import write_atomic
 from torpor.sandbox.engine import Engine, SandboxInfo, SandboxNotFound
 
@@ -77,3 +80,56 @@ def load(engine: Engine, info: SandboxInfo) -> ContainerMeta:
 
 def save(engine: Engine, sid: str, meta: ContainerMeta) -> None:
     write_atomic(engine.sandbox_file(sid, FILE), json.dumps(asdict(meta)).encode())
+
+
+@dataclass
+class ExecInstance:
+    id: str
+    container: str  # the sandbox's id
+    argv: list[str]
+    env: list[str]
+    workdir: str | None
+    user: str | None
+    tty: bool
+    stdin: bool
+    stdout: bool
+    stderr: bool
+    running: bool = False
+    exit_code: int | None = None
+    process: int | None = None  # init's id of a detached one
+    started: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ID": self.id, "ContainerID": self.container, "Running": self.running,
+            "ExitCode": self.exit_code, "Pid": 0, "OpenStdin": self.stdin,
+            "OpenStdout": self.stdout, "OpenStderr": self.stderr, "CanRemove": False,
+            "DetachKeys": "",
+            "ProcessConfig": {"entrypoint": self.argv[0] if self.argv else "",
+                              "arguments": self.argv[1:], "tty": self.tty,
+                              "privileged": False, "user": self.user or ""},
+        }  # fmt: skip
+
+
+class ExecTable:
+    def __init__(self) -> None:
+        self._items: dict[str, ExecInstance] = {}
+        self._lock = threading.Lock()
+
+    def add(self, item: ExecInstance) -> None:
+        with self._lock:
+            if len(self._items) > 10_000:  # forget the oldest finished ones
+                for key in [k for k, v in self._items.items() if v.exit_code is not None][:5000]:
+                    del self._items[key]
+            self._items[item.id] = item
+
+    def get(self, exec_id: str) -> ExecInstance:
+        with self._lock:
+            item = self._items.get(exec_id)
+            if item is None:
+                matches = [v for k, v in self._items.items() if k.startswith(exec_id)]
+                item = matches[0] if len(matches) == 1 and len(exec_id) >= 4 else None
+        if item is None:
+            raise DockerError(404, f"No such exec instance: {exec_id}")
+        return item
