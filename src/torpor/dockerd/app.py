@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torpor.dockerd import checkpoints, containers, execs, images, logs, system
+from torpor.dockerd import archive, checkpoints, containers, execs, images, logs, system
 from torpor.dockerd.core import Daemon
 from torpor.sandbox.engine import Engine
 from torpor.sandbox.images import ImageStore
@@ -10,6 +10,6 @@ from torpor.sandbox.images import ImageStore
 
 def build(engine: Engine, images_store: ImageStore) -> Daemon:
     daemon = Daemon(engine, images_store)
-    for module in (system, containers, logs, execs, checkpoints, images):
+    for module in (system, containers, logs, execs, archive, checkpoints, images):
         module.routes(daemon)
     return daemon
