@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from torpor.sandbox.engine import SandboxError
 from torpor.sandbox.factory import open_engine
 from torpor.sandbox.gvisor import GVisorEngine
 
@@ -227,10 +228,13 @@ def test_same_sandbox_calls_are_serialised_different_ones_are_not(cli):
 
         # A checkpoint waits for the exec running in the same sandbox, never cuts it off.
         slow = threading.Thread(
-            target=run, args=("slow", "exec", "c-par-a", "sh", "-c", "sleep 1.5; echo done")
+            target=run,
+            args=("slow", "exec", "c-par-a", "sh", "-c", "touch /tmp/s; sleep 1.5; echo done"),
         )
         slow.start()
-        time.sleep(0.7)
+        deadline = time.monotonic() + 30
+        while cli("exec", "c-par-a", "test", "-e", "/tmp/s").returncode != 0:  # it runs
+            assert time.monotonic() < deadline, "the slow exec never started"
         ck = cli("checkpoint", "create", "c-par-a", "mid")
         slow.join()
         assert results["slow"].returncode == 0 and results["slow"].stdout == b"done\n"
@@ -255,11 +259,11 @@ def test_runsc_that_fails_the_self_test_is_refused(tmp_path: Path, images):
     # an engine, runs the self-test.
     GVisorEngine(tmp_path / "home", images=images, runsc=str(fake))
     assert not (tmp_path / "home" / "doctor.json").exists()
-    with pytest.raises(Exception, match="fails torpor's self-test"):
+    with pytest.raises(SandboxError, match="fails torpor's self-test"):
         open_engine(tmp_path / "home", images=images, runsc=str(fake))
     # The verdict is remembered: the next engine refuses at once, with the same reason.
     t0 = time.monotonic()
-    with pytest.raises(Exception, match="fails torpor's self-test"):
+    with pytest.raises(SandboxError, match="fails torpor's self-test"):
         open_engine(tmp_path / "home", images=images, runsc=str(fake))
     assert time.monotonic() - t0 < 1
     # ... and so does the torpor command, with that runsc first on its PATH.

@@ -59,6 +59,14 @@ def counter(sb: Sandbox) -> tuple[str, int]:
             time.sleep(0.02)
 
 
+def counts_on(sb: Sandbox, n: int) -> None:
+    """Wait until the counter in sb counts past n (its process runs)."""
+    deadline = time.monotonic() + 10
+    while counter(sb)[1] <= n:
+        assert time.monotonic() < deadline, f"the counter in {sb.ref} stopped"
+        time.sleep(0.02)
+
+
 def runsc_ids(engine: GVisorEngine) -> str:
     """What `runsc list` shows under the engine's root."""
     return subprocess.run(["runsc", f"--root={engine.runsc_root}", "list"],
@@ -256,8 +264,7 @@ def test_checkpoint_and_restore_keep_a_process_in_memory(sb: Sandbox):
         token2, after = counter(copy)
         assert token2 == token, "a new process was started instead of the old one continuing"
         assert after >= before
-        time.sleep(0.2)
-        assert counter(copy)[1] > after, "the restored process is not running"
+        counts_on(copy, after)  # the restored process runs on
         assert copy.files.read("/root/note") == b"written before"
     finally:
         copy.kill()
@@ -287,8 +294,7 @@ def test_fork_runs_on_independently(sb: Sandbox):
         assert not fork.files.exists("/root/only-original")
         sb.stop()
         _, n = counter(fork)
-        time.sleep(0.2)
-        assert counter(fork)[1] > n  # the fork lives on its own
+        counts_on(fork, n)  # the fork lives on its own
     finally:
         fork.kill()
 
