@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import Run
+from tests.dockerd.conftest import Run
 
 COUNTER = (
     "import os, time\n"

@@ -11,7 +11,7 @@ import stat
 import subprocess
 import time
 
-from conftest import DOCKER, Dockerd, Run
+from tests.dockerd.conftest import DOCKER, Dockerd, Run
 
 
 class UnixHTTP(http.client.HTTPConnection):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import Run
+from tests.dockerd.conftest import Run
 
 
 def test_exec_exit_codes_stdin_env_and_workdir(docker: Run, name: str):

@@ -8,7 +8,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import Run
+
+from tests.dockerd.conftest import Run
 
 
 def test_cp_in_and_out(docker: Run, name: str, tmp_path: Path):

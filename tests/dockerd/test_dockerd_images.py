@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Run
+
+from tests.dockerd.conftest import Run
 
 TOOLS = ("skopeo", "umoci", "docker-registry")
 

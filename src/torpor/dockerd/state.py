@@ -79,7 +79,10 @@ def load(engine: Engine, info: SandboxInfo) -> ContainerMeta:
 
 
 def save(engine: Engine, sid: str, meta: ContainerMeta) -> None:
-    write_atomic(engine.sandbox_file(sid, FILE), json.dumps(asdict(meta)).encode())
+    path = engine.sandbox_file(sid, FILE)
+    if not path.parent.is_dir():  # removed meanwhile: do not make its directory again
+        raise SandboxNotFound(f"no such sandbox: {sid}")
+    write_atomic(path, json.dumps(asdict(meta)).encode())
 
 
 @dataclass
