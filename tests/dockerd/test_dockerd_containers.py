@@ -3,6 +3,7 @@ lifecycle, listing, inspect, logs and attach, and the error lines Docker users k
 
 from __future__ import annotations
 
+import grp
 import http.client
 import json
 import os
@@ -10,8 +11,9 @@ import socket
 import stat
 import subprocess
 import time
+from pathlib import Path
 
-from tests.dockerd.conftest import DOCKER, Dockerd, Run
+from tests.dockerd.conftest import DOCKER, TORPOR, Dockerd, Run, start_dockerd, stop_dockerd
 
 
 class UnixHTTP(http.client.HTTPConnection):
@@ -176,3 +178,51 @@ def test_bad_input_gets_dockers_error_lines(dockerd: Dockerd, docker: Run, name:
     status, _, body = request(dockerd, "POST", "/v1.47/containers/create", b"{}",
                               {"Content-Type": "application/json"})  # fmt: skip
     assert status == 400 and "Image" in json.loads(body)["message"]
+
+
+def test_torpor_and_docker_see_the_same_sandboxes(dockerd: Dockerd, docker: Run, name: str):
+    mine = f"{name}-torpor"
+    made = subprocess.run([TORPOR, "run", "-d", "--name", mine, "base"], env=dockerd.env,
+                          capture_output=True, text=True)  # fmt: skip
+    try:
+        assert made.returncode == 0, made.stderr
+        assert docker("run", "-d", "--name", name, "torpor/base", "sleep", "600").returncode == 0
+        ps = docker("ps", "--format", "{{.Names}}").stdout.split()
+        assert name in ps and mine in ps
+        torpor_ps = subprocess.run([TORPOR, "ps", "--format", "json"], env=dockerd.env,
+                                   capture_output=True, text=True)  # fmt: skip
+        assert {name, mine} <= {s["name"] for s in json.loads(torpor_ps.stdout)}
+        assert docker("exec", mine, "echo", "through docker").stdout == "through docker\n"
+        assert docker("kill", name).returncode == 0
+        assert docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}",
+                      name).stdout.split() == ["exited", "137"]  # fmt: skip
+        waited = docker("wait", name)
+        assert waited.stdout.strip() == "137"
+        assert docker("restart", name).returncode == 0
+        assert docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
+    finally:
+        docker("rm", "-f", mine)
+
+
+def test_tcp_listener_and_socket_group(tmp_path: Path, docker_env: dict[str, str]):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "home"
+    home.mkdir()
+    images = tmp_path / "images"
+    images.mkdir()
+    d = start_dockerd(home, images, "--host", f"tcp://127.0.0.1:{port}", "--group", "daemon")
+    try:
+        st = os.stat(d.socket)
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == grp.getgrnam("daemon").gr_gid
+        env = dict(docker_env, DOCKER_HOST=f"tcp://127.0.0.1:{port}")
+        out = subprocess.run([DOCKER, "version", "--format", "{{.Server.Version}}"], env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    finally:
+        stop_dockerd(d)
+    assert not d.socket.exists()  # removed on the way out
+    refused = subprocess.run([TORPOR, "dockerd", "--socket", "", "--host", "tcp://0.0.0.0:2375"],
+                             env=d.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert refused.returncode == 2 and "not a loopback address" in refused.stderr

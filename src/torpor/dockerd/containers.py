@@ -20,6 +20,7 @@ from torpor.dockerd.server import ANSWERED, DockerError, Request, Response, empt
 from torpor.dockerd.state import ContainerMeta
 from torpor.sandbox.checkpoints import CheckpointNotFound
 from torpor.sandbox.engine import ProcessNotFound, SandboxInfo, SandboxNotFound
+from torpor.sandbox.images import ImageError
 
 if TYPE_CHECKING:
     from torpor.dockerd.core import Daemon
@@ -217,9 +218,19 @@ def _signal(name: str) -> int:
     if name.isdigit():
         return int(name)
     try:
-        return int(signals.Signals(name if name.startswith("SIG") else f"SIG{name}"))
-    except ValueError:
+        return int(signals.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+    except KeyError:
         raise DockerError(400, f"Invalid signal: {name}") from None
+
+
+def _has_main(d: Daemon, info: SandboxInfo) -> bool:
+    """Whether the sandbox runs a main process (its spec's command, else its image's)."""
+    if info.spec.cmd:
+        return True
+    try:
+        return bool(d.images.get(info.spec.image).cmd)
+    except ImageError:
+        return False
 
 
 def kill(d: Daemon, req: Request) -> Response:
@@ -232,6 +243,8 @@ def kill(d: Daemon, req: Request) -> Response:
     sig = _signal(req.arg("signal") or "KILL")
     with translated(ref):
         try:
+            if not _has_main(d, info):  # init's process 1 is then the first exec's
+                raise ProcessNotFound("no main process")
             d.engine.kill_process(info.id, MAIN_PROCESS, sig)
         except ProcessNotFound:
             if sig in (signals.SIGKILL, signals.SIGTERM, signals.SIGINT):
