@@ -15,7 +15,9 @@ LEAVES = {"files", "home"}
 MAY_IMPORT: dict[str, set[str]] = {
     # torpor inside agent frameworks (each an optional extra); nothing imports it
     "integrations": {"runtime", "agent", "context", "sandbox", "snapshots", "db"},
-    "cli": {"api", "runtime", "agent", "context", "sandbox", "snapshots", "db"},
+    "cli": {"api", "dockerd", "runtime", "agent", "context", "sandbox", "snapshots", "db"},
+    # the Docker Engine API front door (torpor dockerd)
+    "dockerd": {"runtime", "agent", "context", "sandbox", "snapshots", "db"},
     "api": {"runtime", "agent", "context", "sandbox", "snapshots", "db"},
     "runtime": {"agent", "context", "sandbox", "snapshots", "db"},
     "agent": {"context", "sandbox", "snapshots"},

@@ -336,6 +336,27 @@ def test_main_process_logs_wait_and_restart(engine: GVisorEngine):
         assert b"".join(got).count(b"out\n") == 2
 
 
+def test_create_without_starting_then_start(engine: GVisorEngine):
+    """Docker's create: recorded, not running, until start; its own files go with it."""
+    sb = Sandbox.create(image="base", engine=engine, cmd="echo hello", start=False,
+                        name="t-handle-created")  # fmt: skip
+    try:
+        assert sb.state == "created" and sb.info.started is None
+        assert sb.id not in runsc_ids(engine)
+        with pytest.raises(SandboxNotRunning):
+            sb.exec("true")
+        note = engine.sandbox_file(sb.id, "x-note.json")
+        note.write_text("{}")
+        with pytest.raises(SandboxError, match="invalid sandbox file name"):
+            engine.sandbox_file(sb.id, "sandbox.json")
+        sb.start()
+        assert sb.wait() == 0
+        assert sb.logs() == b"hello\n"
+    finally:
+        sb.remove(force=True)
+    assert not note.exists()
+
+
 def test_bad_references(engine: GVisorEngine):
     with pytest.raises(SandboxNotFound, match="no such sandbox: t-nope .*Sandbox.list"):
         Sandbox.get("t-nope", engine=engine)

@@ -450,6 +450,19 @@ class Engine(abc.ABC):
         """The host file that holds the output of the sandbox's main process."""
         raise self._unsupported("show the main process's output")
 
+    def create(
+        self, spec: SandboxSpec, *, name: str | None = None, owner: dict[str, Any] | None = None
+    ) -> SandboxInfo:
+        """Record a sandbox without starting it (state "created", as Docker's `create`);
+        `start` boots it. `run` is `create` then `start` in one."""
+        raise self._unsupported("create a sandbox without starting it")
+
+    def sandbox_file(self, sandbox: str, name: str) -> Path:
+        """A host file of the sandbox's own for what a front door keeps about it (e.g.
+        torpor dockerd's Docker settings), removed with the sandbox. `name` is `x-NAME`
+        (the `x-` keeps it apart from the engine's own files); the file may not exist."""
+        raise self._unsupported("keep files about a sandbox")
+
     def wait(self, sandbox: str) -> int:
         """Block until the sandbox's main process exits; returns its exit code."""
         raise self._unsupported("wait for a sandbox")

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import re
 import secrets
 import shutil
 import signal
@@ -190,9 +191,11 @@ class GVisorEngine(Engine):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def run(
+    def create(
         self, spec: SandboxSpec, *, name: str | None = None, owner: dict[str, Any] | None = None
     ) -> SandboxInfo:
+        """Record a sandbox without starting it (state "created", Docker's `create`): its
+        spec is checked, its name and id reserved; `start` boots it."""
         image = self._image(spec)
         if spec.network not in ("none", "sandbox"):
             raise SandboxError(f"unknown network {spec.network!r}: use none or sandbox")
@@ -200,7 +203,13 @@ class GVisorEngine(Engine):
             raise SandboxError("publishing ports (-p) needs --network sandbox")
         bundle.check_mounts(spec)
         with self.records.global_lock():
-            info = self._create_record(spec, image, name, owner)
+            return self._create_record(spec, image, name, owner)
+
+    def run(
+        self, spec: SandboxSpec, *, name: str | None = None, owner: dict[str, Any] | None = None
+    ) -> SandboxInfo:
+        info = self.create(spec, name=name, owner=owner)
+        image = self._image(spec)
         try:
             with self._locked(info.id):
                 self._boot(info, image)
@@ -301,6 +310,11 @@ class GVisorEngine(Engine):
 
     def console_path(self, sandbox: str) -> Path:
         return self.records.dir(self.records.find(sandbox).id) / "console.log"
+
+    def sandbox_file(self, sandbox: str, name: str) -> Path:
+        if not re.fullmatch(r"x-[a-z0-9][a-z0-9._-]*", name):
+            raise SandboxError(f"invalid sandbox file name {name!r}: use x-NAME")
+        return self.records.dir(self.records.find(sandbox).id) / name
 
     def wait(self, sandbox: str) -> int:
         """Block until the sandbox's main process exits; returns its exit code."""
