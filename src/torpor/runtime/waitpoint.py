@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from torpor.context import Entry, markers
+from torpor.runtime.besteffort import best_effort
 from torpor.runtime.turn import Turn
 from torpor.runtime.types import LeaseLost, Policy
 from torpor.sandbox.engine import CheckpointError, SandboxError
@@ -122,6 +123,6 @@ def close_session(rt: RuntimeParts, tr: Transcript, sid: str) -> Entry:
     closed = tr.write(markers.State(state="closed"))
     rt.db.update(sid, state="closed", lease_owner=None, lease_until=None, wake_at=None,
                  cancel=None)  # fmt: skip
-    with contextlib.suppress(Exception):
+    with best_effort("closing the log of session %s", sid):
         rt.log.close_session(sid)
     return closed
