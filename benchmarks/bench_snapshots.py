@@ -103,14 +103,12 @@ def gvisor_checkpoints(work: Path) -> list[dict[str, Any]]:
                 live = engine.inspect(info.name)
                 # A direct `runsc checkpoint` must close init's host channel first, as the
                 # engine's own checkpoint does (gVisor cannot save that socket).
-                if live.channel:
-                    engine.client.run(live, ["prepare"], timeout=60)
+                engine.client.run(live, ["prepare"], timeout=60)
                 try:
                     engine.driver.run(live, "checkpoint", f"--image-path={flate}",
                                       "--leave-running", live.id, timeout=600)
                 finally:
-                    if live.channel:
-                        engine.client.channel_token(live, "resumed")
+                    engine.client.channel_token(live, "resumed")
                 sets["none"].append(dst)
                 sets["flate"].append(flate)
             out.append({"name": name, **sets})

@@ -13,7 +13,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # the shared leaves every package may use
 LEAVES = {"files", "home"}
 MAY_IMPORT: dict[str, set[str]] = {
-    "cli": {"api", "runtime", "agent", "context", "sandbox", "snapshots", "db"},
+    # torpor inside agent frameworks (each an optional extra); nothing imports it
+    "integrations": {"runtime", "agent", "context", "sandbox", "snapshots", "db"},
+    "cli": {"api", "dockerd", "runtime", "agent", "context", "sandbox", "snapshots", "db"},
+    # the Docker Engine API front door (torpor dockerd)
+    "dockerd": {"runtime", "agent", "context", "sandbox", "snapshots", "db"},
     "api": {"runtime", "agent", "context", "sandbox", "snapshots", "db"},
     "runtime": {"agent", "context", "sandbox", "snapshots", "db"},
     "agent": {"context", "sandbox", "snapshots"},

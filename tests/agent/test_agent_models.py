@@ -464,7 +464,7 @@ def test_script_error_lines_with_times(tmp_path: Path) -> None:
     assert play(model, entries).text == "second"
     assert play(model, entries).text == "second"  # the errors are used up
     # counted in memory per model object: a fresh object fails again
-    with pytest.raises(ModelError):
+    with pytest.raises(ModelError, match="slow down"):
         play(ScriptedModel(path), entries)
 
 
@@ -537,15 +537,21 @@ def test_open_model_specs(fake_llm: FakeLLM, tmp_path: Path) -> None:
     assert s.context_window == 128_000
 
 
-@pytest.mark.parametrize("spec", ["gemini:pro", "gpt-4o", ":x", "openai:"])
-def test_open_model_bad_specs(spec: str) -> None:
+@pytest.mark.parametrize("spec, says", [
+    ("gemini:pro", "unknown model provider 'gemini' in 'gemini:pro' (providers: "),
+    ("gpt-4o", "model spec 'gpt-4o' should look like provider:name (providers: "),
+    (":x", "model spec ':x' should look like provider:name (providers: "),
+    ("openai:", "model spec 'openai:' names no model"),
+])  # fmt: skip
+def test_open_model_bad_specs(spec: str, says: str) -> None:
     with pytest.raises(ValueError) as info:
         open_model(spec)
-    if spec.startswith("gemini") or spec == "gpt-4o":
+    assert str(info.value).startswith(says)
+    if "providers" in says:
         for p in PROVIDERS:
             assert p in str(info.value)
 
 
 def test_open_model_unknown_option(fake_llm: FakeLLM) -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
         open_model("openai:m", base_url=fake_llm.openai_url, api_key="k", colour="blue")

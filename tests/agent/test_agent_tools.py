@@ -1,10 +1,12 @@
-"""The agent's tools against a real gVisor sandbox: the built-in tools, the registry
-(user-defined tools, validation, errors), and a process surviving checkpoint/restore."""
+"""The agent's tools in a real gVisor sandbox: what the built-in tools do there (commands,
+timeouts, files keeping their mode, listings, processes, a process surviving
+checkpoint/restore) and a user tool running its commands inside it. Their schemas,
+argument checks, output caps and error messages are tested without a sandbox in
+test_agent_tools_logic.py."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import shutil
 import subprocess
@@ -12,32 +14,18 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
 
 import pytest
 
-from torpor.agent.tools import (
-    Tool,
-    ToolError,
-    ToolRegistry,
-    Workspace,
-    builtin_tools,
-    schema_from_signature,
-)
-from torpor.agent.types import ToolResult, ToolSpec
+from torpor.agent.tools import ToolRegistry, Workspace
+from torpor.agent.types import ToolResult
 from torpor.runtime.workspace import SandboxWorkspace
 from torpor.sandbox.engine import SandboxSpec
 from torpor.sandbox.factory import open_engine
 from torpor.sandbox.gvisor import GVisorEngine
 from torpor.sandbox.images import ImageStore
 
-pytestmark = [
-    pytest.mark.runsc,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("runsc") is None,
-        reason="needs root and runsc (run scripts/setup.sh)",
-    ),
-]
+NEEDS_RUNSC = True  # tests/agent/conftest.py: skipped without root and runsc
 
 
 @pytest.fixture(scope="session")
@@ -85,10 +73,6 @@ def sh(ws: SandboxWorkspace, command: str) -> str:
 # ------------------------------------------------------------------------------ shell
 
 
-def test_workspace_satisfies_protocol(ws: SandboxWorkspace) -> None:
-    assert isinstance(ws, Workspace)
-
-
 def test_shell_output_and_exit_code(reg: ToolRegistry, ws: SandboxWorkspace) -> None:
     r = reg.run("shell", {"command": "echo out; echo err >&2; exit 3"}, ws)
     assert not r.is_error
@@ -117,35 +101,6 @@ def test_shell_timeout_kills_the_command(reg: ToolRegistry, ws: SandboxWorkspace
     assert "stdout:\nbefore\n" in r.content  # what it printed before the deadline
     # the command and its background job are gone
     assert "sleep 4" not in sh(ws, "ps -eo args")
-
-
-def test_shell_output_cap(ws: SandboxWorkspace) -> None:
-    reg = ToolRegistry(builtin_tools(output_cap=1000))
-    cmd = "head -c 5000 /dev/zero | tr '\\0' a; echo; echo END; echo oops >&2"
-    r = reg.run("shell", {"command": cmd}, ws)
-    assert not r.is_error
-    total = 5000 + 1 + 4 + 5
-    assert r.meta["truncated_bytes"] == total - 1000
-    assert r.meta["stdout_bytes"] == 5005 and r.meta["stderr_bytes"] == 5
-    assert f"[output truncated: {total - 1000} of {total} bytes cut; the cap is 1000 bytes]" in (
-        r.content
-    )
-    assert "bytes cut here: output is capped at 995 bytes" in r.content  # stdout's share
-    assert r.content.count("a") >= 990 - 10
-    assert "END\n" in r.content  # the tail is kept
-    assert "stderr:\noops\n" in r.content  # the small stream is kept whole
-
-
-def test_shell_argument_validation(reg: ToolRegistry, ws: SandboxWorkspace) -> None:
-    r = reg.run("shell", {"command": "true", "timeout": 601}, ws)
-    assert r.is_error
-    assert r.content == (
-        "invalid arguments for shell: timeout: 601 is greater than the maximum of 600.0"
-    )
-    r = reg.run("shell", {"cmd": "ls"}, ws)
-    assert r.is_error
-    assert "'command' is a required property" in r.content
-    assert "Additional properties are not allowed ('cmd' was unexpected)" in r.content
 
 
 # ------------------------------------------------------------------------------ files
@@ -181,36 +136,17 @@ def test_write_then_read(reg: ToolRegistry, ws: SandboxWorkspace) -> None:
     assert reg.run("read_file", {"path": "/tmp/w/link"}, ws).content == "x"
 
 
-def test_read_file_errors(reg: ToolRegistry, ws: SandboxWorkspace) -> None:
-    r = reg.run("read_file", {"path": "/nonexistent/file"}, ws)
-    assert r.is_error and r.content == "read_file: /nonexistent/file: no such file or directory"
-
-    # a directory (with more data in it than a pipe holds) is refused, not read
+def test_read_file_refuses_a_directory_without_reading_it(reg: ToolRegistry,
+                                                         ws: SandboxWorkspace) -> None:
+    # a directory with more data in it than a pipe holds: refused at once, never copied
     sh(ws, "mkdir -p /tmp/bigdir && head -c 1000000 /dev/zero > /tmp/bigdir/f")
+    t0 = time.monotonic()
     r = reg.run("read_file", {"path": "/tmp/bigdir"}, ws)
     assert r.is_error and r.content == "read_file: /tmp/bigdir is a directory: use list_dir"
-
+    assert time.monotonic() - t0 < 10
     r = reg.run("read_file", {"path": "/tmp/bigdir/f"}, ws)
-    assert r.is_error
-    assert (
-        r.content
-        == "read_file: /tmp/bigdir/f is a binary file (1000000 bytes); read_file reads text"
-    )
-
-    r = reg.run("read_file", {"path": "etc/passwd"}, ws)
-    assert r.is_error and "path must be absolute" in r.content
-
-
-def test_read_file_cap(ws: SandboxWorkspace) -> None:
-    reg = ToolRegistry(builtin_tools(output_cap=1000))
-    sh(ws, "seq 1 2000 > /tmp/numbers")  # 8893 bytes
-    r = reg.run("read_file", {"path": "/tmp/numbers"}, ws)
-    assert not r.is_error
-    assert r.meta["truncated_bytes"] == 8893 - 1000
-    assert r.content.startswith("1\n2\n3\n")
-    assert r.content.endswith(
-        "1999\n2000\n[7893 of 8893 bytes cut; the cap is 1000 bytes: "
-        "read parts with offset and limit (in lines)]"
+    assert r.content == (
+        "read_file: /tmp/bigdir/f is a binary file (1000000 bytes); read_file reads text"
     )
 
 
@@ -224,22 +160,13 @@ def test_edit_file(reg: ToolRegistry, ws: SandboxWorkspace) -> None:
     assert r.meta["replacements"] == 1
     assert sh(ws, f"cat {path}; stat -c %a {path}") == "x = 1\ny = 1\nprint(x + y)\n700\n"
 
-    r = reg.run("edit_file", {"path": path, "old": "z = 3", "new": "z = 4"}, ws)
-    assert r.is_error and "the old text was not found in /tmp/edit/app.py" in r.content
-
     r = reg.run("edit_file", {"path": path, "old": " = 1", "new": " = 2"}, ws)
-    assert r.is_error
-    assert "the old text was found 2 times in /tmp/edit/app.py, more than count=1 allows" in (
-        r.content
-    )
+    assert r.is_error and "found 2 times" in r.content  # (its words: the logic tests')
     assert sh(ws, f"cat {path}") == "x = 1\ny = 1\nprint(x + y)\n"  # untouched
 
     r = reg.run("edit_file", {"path": path, "old": " = 1", "new": " = 2", "count": 2}, ws)
     assert not r.is_error and r.content == f"replaced 2 occurrences in {path}"
-    assert sh(ws, f"cat {path}") == "x = 2\ny = 2\nprint(x + y)\n"
-
-    r = reg.run("edit_file", {"path": "/tmp/edit/none.py", "old": "a", "new": "b"}, ws)
-    assert r.is_error and "no such file" in r.content
+    assert sh(ws, f"cat {path}; stat -c %a {path}") == "x = 2\ny = 2\nprint(x + y)\n700\n"
 
 
 def test_list_dir(reg: ToolRegistry, ws: SandboxWorkspace) -> None:
@@ -265,8 +192,6 @@ def test_list_dir(reg: ToolRegistry, ws: SandboxWorkspace) -> None:
     assert r.is_error and r.content == "list_dir: /tmp/ls/README is not a directory"
     r = reg.run("list_dir", {"path": "/tmp/nope"}, ws)
     assert r.is_error and r.content == "list_dir: /tmp/nope: no such file or directory"
-    r = reg.run("list_dir", {"path": "/tmp/ls", "depth": 0}, ws)
-    assert r.is_error and "depth: 0 is less than the minimum of 1" in r.content
 
 
 # -------------------------------------------------------------------------- processes
@@ -322,15 +247,13 @@ def test_processes(reg: ToolRegistry, ws: SandboxWorkspace) -> None:
     r = reg.run("stop_process", {"id": pid, "signal": "KILL"}, ws)
     assert not r.is_error and r.meta["state"] == "exited"
 
-    r = reg.run("stop_process", {"id": 99999}, ws)
-    assert (
-        r.is_error
-        and r.content == "stop_process: cannot signal process 99999: no such process: 99999"
-    )
-    r = reg.run("process_output", {"id": 99999}, ws)
-    assert r.is_error and "no process with id 99999" in r.content
+    r = reg.run("stop_process", {"id": 99999}, ws)  # torpor-init's "no such process"
+    assert r.content == "stop_process: cannot signal process 99999: no such process: 99999"
     r = reg.run("stop_process", {"id": pid, "signal": "NOPE"}, ws)
-    assert r.is_error and "bad signal: NOPE" in r.content
+    assert r.is_error and r.content == (
+        f"stop_process: cannot signal process {pid}: bad signal: NOPE (use a name such as "
+        "TERM, KILL, INT, HUP, or a number)"
+    )
 
 
 def test_process_survives_checkpoint_and_restore(
@@ -356,114 +279,13 @@ def test_process_survives_checkpoint_and_restore(
 # --------------------------------------------------------------------------- registry
 
 
-class Thing:
-    """A type a JSON Schema cannot be derived from."""
-
-
-def test_builtin_specs_and_rerun_flags() -> None:
-    reg = ToolRegistry()
-    specs = reg.specs()
-    assert all(isinstance(s, ToolSpec) for s in specs)
-    assert [s.name for s in specs] == [
-        "shell", "read_file", "write_file", "edit_file",
-        "list_dir", "start_process", "process_output", "stop_process",
-    ]  # fmt: skip
-    for s in specs:
-        assert s.parameters["type"] == "object" and s.description
-    safe = {t.name for t in reg if t.safe_to_rerun}
-    assert safe == {"read_file", "write_file", "list_dir", "process_output", "stop_process"}
-    assert "16384 bytes" in reg.get("shell").description
-    assert ToolRegistry([]).specs() == []
-
-
-def test_user_tool_from_signature(ws: SandboxWorkspace) -> None:
+def test_a_user_tool_runs_its_commands_inside_the_sandbox(ws: SandboxWorkspace) -> None:
     reg = ToolRegistry([])
 
     @reg.register
-    def add(workspace: Workspace, a: int, b: int = 2, note: str | None = None) -> str:
-        """Add two integers."""
-        return f"{a + b}{' ' + note if note else ''}"
+    def where(workspace: Workspace) -> str:
+        """Say whether it runs in a torpor sandbox."""
+        return workspace.exec(["sh", "-c", "test -x /.torpor/init && echo inside"]).text
 
-    @reg.register(name="sandbox_kernel", safe_to_rerun=True)
-    def kernel(
-        workspace: Workspace,
-        flag: Annotated[Literal["-s", "-r"], "which uname field"] = "-s",
-    ) -> str:
-        return workspace.exec(["uname", flag]).stdout.decode().strip()
-
-    assert add(None, 1) == "3"  # the decorator returns the function itself
-    spec = reg.get("add").spec()
-    assert spec == ToolSpec(
-        "add",
-        "Add two integers.",
-        {
-            "type": "object",
-            "properties": {
-                "a": {"type": "integer"},
-                "b": {"type": "integer", "default": 2},
-                "note": {"type": ["string", "null"], "default": None},
-            },
-            "additionalProperties": False,
-            "required": ["a"],
-        },
-    )
-    assert reg.get("sandbox_kernel").parameters["properties"]["flag"] == {
-        "enum": ["-s", "-r"],
-        "description": "which uname field",
-        "default": "-s",
-    }
-    assert [t.safe_to_rerun for t in reg] == [False, True]
-
-    r = reg.run("add", {"a": 40, "b": 2, "note": "ok"}, ws)
-    assert r == ToolResult("42 ok", meta={"ms": r.meta["ms"]})
-    assert reg.run("add", {"a": 1.0}, ws).content == "3"  # integral floats arrive as ints
-    assert reg.run("sandbox_kernel", {}, ws).content == "Linux"  # ran inside the sandbox
-
-    r = reg.run("add", {"a": "forty"}, ws)
-    assert (
-        r.is_error and r.content == "invalid arguments for add: a: 'forty' is not of type 'integer'"
-    )
-    r = reg.run("add", {"b": 1, "c": 2}, ws)
-    assert r.is_error and r.content == (
-        "invalid arguments for add: 'a' is a required property; "
-        "Additional properties are not allowed ('c' was unexpected)"
-    )
-    r = reg.run("sandbox_kernel", {"flag": "-a"}, ws)
-    assert r.is_error and "flag: '-a' is not one of ['-s', '-r']" in r.content
-    r = reg.run("add", {"_raw": '{"a": 1'}, ws)
-    assert r.is_error and r.content == 'invalid arguments for add: not a valid JSON object: {"a": 1'
-
-
-def test_registry_errors(ws: SandboxWorkspace) -> None:
-    reg = ToolRegistry([])
-
-    @reg.register(description="divides", parameters={"type": "object"})
-    def boom(workspace: Workspace, **kw: object) -> str:
-        return str(1 / 0)
-
-    @reg.register
-    def refuse(workspace: Workspace) -> ToolResult:
-        raise ToolError("not today")
-
-    r = reg.run("boom", {}, ws)
-    assert r.is_error and r.content == "tool boom failed: ZeroDivisionError: division by zero"
-    assert r.meta["exception"] == "ZeroDivisionError" and "1 / 0" in r.meta["traceback"]
-    assert "ms" in r.meta
-
-    r = reg.run("refuse", {}, ws)
-    assert r.is_error and r.content == "refuse: not today"
-
-    r = reg.run("missing", {"x": 1}, ws)
-    assert r.is_error and r.content == "unknown tool 'missing'; available tools: boom, refuse"
-    with pytest.raises(KeyError, match="unknown tool 'missing'; registered tools: boom, refuse"):
-        reg.get("missing")
-
-    def odd(workspace: Workspace, thing: Thing) -> str:
-        return ""
-
-    with pytest.raises(TypeError, match="cannot derive a JSON Schema for parameter 'thing'"):
-        reg.register(odd)
-    with pytest.raises(ValueError, match="invalid JSON Schema"):
-        reg.add(Tool("bad", "bad schema", {"type": "nonsense"}, lambda ws: ""))
-    with pytest.raises(TypeError, match="must take the workspace as its first argument"):
-        schema_from_signature(lambda: "")
+    r = reg.run("where", {}, ws)
+    assert not r.is_error and r.content == "inside\n"

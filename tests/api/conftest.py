@@ -1,6 +1,6 @@
-"""Fixtures for API tests: a real gVisor engine, a Runtime on a temp SQLite DB, and the
-real app served by uvicorn on a free loopback port (or driven in-process where a socket
-is not the point)."""
+"""Fixtures for API tests: a real gVisor engine (or, for the API's own logic, the test
+double of tests/fakeengine.py), a Runtime on a temp SQLite DB, and the real app served by
+uvicorn on a free loopback port (or driven in-process where a socket is not the point)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import uvicorn
 from torpor.api.app import Limits, create_app
 from torpor.api.tokens import TokenStore
 from torpor.runtime.core import Runtime
+from torpor.sandbox.engine import Engine
 from torpor.sandbox.gvisor import GVisorEngine
 
 
@@ -45,7 +46,7 @@ def api_engine(rt_engine: GVisorEngine) -> GVisorEngine:
     return rt_engine
 
 
-def make_runtime(home: Path, engine: GVisorEngine, db: Path) -> Runtime:
+def make_runtime(home: Path, engine: Engine, db: Path) -> Runtime:
     return Runtime(db=f"sqlite:///{db}", store=f"file://{home / 'snapshots'}", home=home,
                    engine=engine)  # fmt: skip
 
@@ -101,6 +102,22 @@ def server(api_home: Path, api_engine: GVisorEngine) -> Iterator[Server]:
     for row in rt.sessions():
         with contextlib.suppress(Exception):
             api_engine.remove(f"s-{row.id}", force=True)
+    rt.close()
+
+
+@pytest.fixture(scope="module")
+def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real server whose runtime drives the test double of the engine (tests/
+    fakeengine.py), for tests of the API's own logic (tokens, tenants, scopes, bad input):
+    no root, runsc or base image. Its worker threads take no turn those tests post."""
+    from tests.fakeengine import FakeEngine
+
+    home = tmp_path_factory.mktemp("fake-api")
+    rt = make_runtime(home, FakeEngine(home / "engine"), home / "api.db")
+    app = create_app(rt, auth=True, workers=2, limits=Limits(turns_per_tenant=4),
+                     scripts=Path(tempfile.gettempdir()))  # fmt: skip
+    with serve(app) as url:
+        yield Server(url, rt, app.state.tokens, home / "api.db")
     rt.close()
 
 

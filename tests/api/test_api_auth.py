@@ -1,5 +1,6 @@
 """Tenants, tokens and scopes: 401 without a valid token, 404 for another tenant's
-session (no existence leak), 403 for a missing scope; `torpor token` on the CLI."""
+session (no existence leak), 403 for a missing scope; `torpor token` on the CLI. The API's
+own logic: on the test double of the engine, no root, runsc or base image needed."""
 
 from __future__ import annotations
 
@@ -13,29 +14,29 @@ import httpx
 from tests.api.conftest import Server
 
 
-def test_no_token_bad_token_revoked_token_401(server: Server, script):
-    assert httpx.get(f"{server.url}/v1/sessions").status_code == 401
-    r = httpx.get(f"{server.url}/v1/sessions", headers={"Authorization": "Bearer nope"})
+def test_no_token_bad_token_revoked_token_401(fake_server: Server, script):
+    assert httpx.get(f"{fake_server.url}/v1/sessions").status_code == 401
+    r = httpx.get(f"{fake_server.url}/v1/sessions", headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401 and r.json()["message"]
     assert r.headers.get("www-authenticate") == "Bearer"
-    r = httpx.get(f"{server.url}/v1/sessions", headers={"Authorization": "Basic eDp5"})
+    r = httpx.get(f"{fake_server.url}/v1/sessions", headers={"Authorization": "Basic eDp5"})
     assert r.status_code == 401
-    tok, info = server.tokens.create("t-rev")
+    tok, info = fake_server.tokens.create("t-rev")
     forged = tok[:-3] + ("aaa" if not tok.endswith("aaa") else "bbb")
-    assert server.http(forged).get("/v1/sessions").status_code == 401
-    assert server.http(tok).get("/v1/sessions").status_code == 200
-    server.tokens.revoke(info.id)
-    assert server.http(tok).get("/v1/sessions").status_code == 401
+    assert fake_server.http(forged).get("/v1/sessions").status_code == 401
+    assert fake_server.http(tok).get("/v1/sessions").status_code == 200
+    fake_server.tokens.revoke(info.id)
+    assert fake_server.http(tok).get("/v1/sessions").status_code == 401
     # open endpoints
-    assert httpx.get(f"{server.url}/healthz").json() == {"ok": True}
-    assert httpx.get(f"{server.url}/readyz").json()["workers"] == 2
-    assert httpx.get(f"{server.url}/openapi.json").json()["openapi"].startswith("3.")
-    assert "/docs" in httpx.get(f"{server.url}/").text
+    assert httpx.get(f"{fake_server.url}/healthz").json() == {"ok": True}
+    assert httpx.get(f"{fake_server.url}/readyz").json()["workers"] == 2
+    assert httpx.get(f"{fake_server.url}/openapi.json").json()["openapi"].startswith("3.")
+    assert "/docs" in httpx.get(f"{fake_server.url}/").text
 
 
-def test_other_tenants_sessions_are_404(server: Server, script):
-    a, b = server.token("t-a", "drive", "exec"), server.token("t-b", "drive", "exec")
-    with server.http(a) as ha, server.http(b) as hb:
+def test_other_tenants_sessions_are_404(fake_server: Server, script):
+    a, b = fake_server.token("t-a", "drive", "exec"), fake_server.token("t-b", "drive", "exec")
+    with fake_server.http(a) as ha, fake_server.http(b) as hb:
         sid = ha.post("/v1/sessions", json={"model": script([{"text": "hi"}])}).json()["id"]
         assert ha.get(f"/v1/sessions/{sid}").status_code == 200
         unknown = "ses-000000000000"
@@ -59,15 +60,15 @@ def test_other_tenants_sessions_are_404(server: Server, script):
         assert [s["id"] for s in hb.get("/v1/sessions").json()["sessions"]] == []
         assert [s["id"] for s in ha.get("/v1/sessions").json()["sessions"]] == [sid]
         # an admin token sees every tenant
-        adm = server.token("t-ops", "drive", "admin")
-        ids = [s["id"] for s in server.http(adm).get("/v1/sessions",
+        adm = fake_server.token("t-ops", "drive", "admin")
+        ids = [s["id"] for s in fake_server.http(adm).get("/v1/sessions",
                                                       params={"limit": 500}).json()["sessions"]]
         assert sid in ids
 
 
-def test_scopes_separate_drive_exec_admin(server: Server, script):
-    drive, exe = server.token("t-s", "drive"), server.token("t-s", "exec")
-    with server.http(drive) as hd, server.http(exe) as he:
+def test_scopes_separate_drive_exec_admin(fake_server: Server, script):
+    drive, exe = fake_server.token("t-s", "drive"), fake_server.token("t-s", "exec")
+    with fake_server.http(drive) as hd, fake_server.http(exe) as he:
         sid = hd.post("/v1/sessions", json={"model": script([{"text": "hi"}])}).json()["id"]
         r = hd.post(f"/v1/sessions/{sid}/sandbox/exec", json={"argv": ["true"]})
         assert r.status_code == 403 and "exec" in r.json()["message"]

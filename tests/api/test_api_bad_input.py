@@ -12,7 +12,20 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.api.conftest import make_runtime, serve
+from tests.fakeengine import FakeEngine
 from torpor.api.app import Limits, create_app
+
+
+@pytest.fixture(scope="module")
+def api_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bad-input")
+
+
+@pytest.fixture(scope="module")
+def api_engine(api_home: Path) -> FakeEngine:
+    """The API's own logic: the test double of the engine (no root, runsc or base image);
+    no test here runs a turn."""
+    return FakeEngine(api_home / "engine")
 
 
 @pytest.fixture()

@@ -59,7 +59,7 @@ def test_turn_over_http_with_live_events_and_resume(server: Server, script):
         fin = next(e for e in got if e["event"] == "tool_call_finished")["data"]
         assert "hello" in fin["output"] and fin["is_error"] is False
         snap = next(e for e in got if e["event"] == "snapshot")["data"]
-        assert snap["bytes"] >= 0 and snap["ms"] > 0 and snap["snapshot"]
+        assert snap["bytes"] > 0 and snap["ms"] > 0 and snap["snapshot"]
         assert got[0]["data"]["seq"] == ids[0]
 
         # reconnect in the middle with Last-Event-ID: exactly the rest arrives

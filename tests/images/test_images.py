@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import typer
 from typer.testing import CliRunner
 
 from torpor.cli.image_cmd import image_app, images, pull, rmi
+from torpor.files import writer_tag
 from torpor.sandbox.images import (
     BASE_IMAGE,
     ImageError,
@@ -135,10 +137,28 @@ def test_killed_build_leaves_nothing_behind(tmp_path: Path, demo_layout) -> None
     assert store.list() == []
     with pytest.raises(ImageNotFound):
         store.get("base")
-    assert leftovers(store)  # the half-made tree is still there ...
+    [half] = leftovers(store)  # the half-made tree is still there ...
+    assert (root / half / "rootfs").is_dir()
+    live = store.root / f".tmp-{writer_tag()}pull"  # a pull this process is unpacking
+    (live / "rootfs").mkdir(parents=True)
+    store.sweep()  # ... until the store is swept (open_engine does, and every write)
+    assert leftovers(store) == [live.name]
+    shutil.rmtree(live)
     store.pull(f"oci:{demo_layout.path}:v1", name="demo")
-    assert leftovers(store) == []  # ... until the next write to the store sweeps it
     assert [i.name for i in store.list()] == ["demo:latest"]
+
+
+def test_an_image_whose_metadata_is_torn_is_left_out_with_a_warning(
+    store: ImageStore, demo_layout, caplog: pytest.LogCaptureFixture
+) -> None:  # fmt: skip
+    img = store.pull(f"oci:{demo_layout.path}:v1", name="demo")
+    meta = img.rootfs.parent / "image.json"
+    meta.write_text(meta.read_text()[:40])  # what a write without fsync could leave
+    assert store.list() == []
+    with pytest.raises(ImageNotFound):
+        store.get("demo")
+    assert any("its image.json is unreadable" in m and "pull it again" in m
+               for m in caplog.messages)  # fmt: skip
 
 
 # --- pulling -------------------------------------------------------------------------------

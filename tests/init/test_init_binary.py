@@ -152,6 +152,11 @@ def init(binary: Path, root: Path) -> Iterator[Init]:
 
 
 def zombie_children(pid: int) -> list[int]:
+    return children(pid, zombies_only=True)
+
+
+def children(pid: int, *, zombies_only: bool = False) -> list[int]:
+    """The processes whose parent is pid (only the zombies among them, if told)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -161,7 +166,7 @@ def zombie_children(pid: int) -> list[int]:
         except OSError:
             continue
         fields = data.rsplit(")", 1)[1].split()
-        if fields[0] == "Z" and int(fields[1]) == pid:
+        if (fields[0] == "Z" or not zombies_only) and int(fields[1]) == pid:
             found.append(int(entry))
     return found
 
@@ -350,16 +355,17 @@ def test_detach_ps_logs_follow_kill(init: Init) -> None:
     assert init.run("kill", a, "KILL").returncode == 0
     assert init.run("kill", b, "2").returncode == 0
     assert init.exit_code(a) == 137 and init.exit_code(b) == 130
-    trap = "trap 'echo got-usr1; exit 5' USR1; while :; do sleep 0.05; done"
+    trap = "trap 'echo got-usr1; exit 5' USR1; echo ready; while :; do sleep 0.05; done"
     c = init.run("exec", "-d", "--", "sh", "-c", trap).stdout.decode().strip()
-    time.sleep(0.2)
+    wait_for(lambda: init.run("logs", c).stdout == b"ready\n", what="the trap to be set")
     assert init.run("kill", c, "SIGUSR1").returncode == 0
     assert init.exit_code(c) == 5
-    assert init.run("logs", c).stdout == b"got-usr1\n"
+    assert init.run("logs", c).stdout == b"ready\ngot-usr1\n"
     res = init.run("kill", "999")
     assert res.returncode == 1 and b"no such process" in res.stderr
     assert init.run("kill", a).returncode == 0  # already exited: a no-op
-    assert init.run("logs", "999").returncode == 1
+    res = init.run("logs", "999")
+    assert res.returncode == 1 and res.stderr == b"torpor-init: no such process: 999\n"
 
 
 def test_logs_follow_sees_output_as_it_comes(init: Init) -> None:
@@ -450,7 +456,8 @@ def test_zombies_are_reaped(init: Init) -> None:
     orphan = int(res.stdout)
     assert parent_of(orphan) == init.pid
     wait_for(lambda: parent_of(orphan) is None, what="orphan to exit and be reaped")
-    time.sleep(0.5)
+    # every child ends within 0.2 s (the orphans' sleeps): one init did not reap stays
+    wait_for(lambda: children(init.pid) == [], timeout=5, what="every child to be reaped")
     assert zombie_children(init.pid) == []
     assert all(r["state"] == "exited" for r in init.ps().values())
 

@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from torpor.runtime.checkpoints import META, SnapshotCheckpointStorage
-from torpor.sandbox.checkpoints import CheckpointNotFound
+from torpor.sandbox.checkpoints import (
+    CheckpointCorrupt,
+    CheckpointNotFound,
+    CheckpointOutdated,
+    LocalCheckpointStorage,
+)
 from torpor.snapshots import open_store
 
 
@@ -137,7 +142,8 @@ for n, parent in ((1, None), (2, "ck-1")):
     assert second.new_bytes < 64 * 4096 // 4  # 64 changed pages, stored as small deltas
 
 
-def test_an_upload_that_fails_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_an_upload_that_fails_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture):
     # The store is unreachable for a moment (here its directory is gone and a file stands
     # in its way): the upload fails, and succeeds when tried again.
     from torpor.runtime import checkpoints
@@ -159,6 +165,81 @@ def test_an_upload_that_fails_is_tried_again(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "away").rename(root)
     storage.flush()
     assert storage._errors == {} and store.exists("ck-1")
+    [failed] = [r for r in caplog.records if r.name == "torpor.runtime.checkpoints"]
+    assert failed.levelname == "WARNING" and failed.getMessage().startswith(
+        "uploading checkpoint ck-1 failed (attempt 1): ")
+    assert failed.getMessage().endswith("; trying again in 1 s")
     out = tmp_path / "out"
     store.get("ck-1", out)
     assert {n: (out / n).read_bytes() for n in files} == files
+
+
+def test_checkpoints_of_an_older_build_without_xxh3_digests_are_refused_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:  # fmt: skip
+    # Older development builds recorded CRC-32s (or no digest) for a hot copy's files;
+    # this one cannot check such a copy, so it restores nothing from it and uploads
+    # nothing of it, and says so; the copy is left for its owner to remove.
+    hot = unuploaded_checkpoint(tmp_path, monkeypatch)
+    meta = json.loads((hot / META).read_text())
+    meta["files"] = {n: {"size": f["size"], "crc32": 1234} for n, f in meta["files"].items()}
+    (hot / META).write_text(json.dumps(meta))
+    store = open_store(f"file://{tmp_path / 'store'}")
+    nxt = SnapshotCheckpointStorage(store, tmp_path / "home")  # resumes the upload
+    nxt.flush()
+    assert not store.exists("ck-1") and hot.exists()
+    assert "older development build" in nxt._errors["ck-1"]
+    assert f"checkpoint ck-1 not uploaded: {nxt._errors['ck-1']}" in caplog.messages
+    with pytest.raises(CheckpointOutdated, match="ck-1 was made by an older development "
+                       "build of torpor .*XXH3.*remove it"):  # fmt: skip
+        nxt.open_dir("ck-1")
+    assert hot.exists()
+
+
+def test_a_local_checkpoint_whose_metadata_lists_no_files_is_refused(tmp_path: Path):
+    storage = LocalCheckpointStorage(tmp_path / "cks")
+    staging = storage.staging_dir()
+    fake_checkpoint(staging / "ck")
+    storage.put("ck-1", staging / "ck", {"engine": "gvisor"})
+    meta_path = tmp_path / "cks" / "ck-1" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert storage.open_dir("ck-1") == (tmp_path / "cks" / "ck-1", False)
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "files"}))
+    with pytest.raises(CheckpointCorrupt, match="ck-1: its metadata lists no files"):
+        storage.open_dir("ck-1")
+
+
+def test_a_hot_copy_half_written_by_a_killed_process_is_swept_at_open(tmp_path: Path):
+    # A checkpoint (or a fetch) being written into the hot cache's staging area when its
+    # process was killed: the next storage opened over the same home removes it, and
+    # never what a live process is still writing there.
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    home, store_url = tmp_path / "home", f"file://{tmp_path / 'store'}"
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from torpor.runtime.checkpoints import SnapshotCheckpointStorage
+        from torpor.snapshots import open_store
+        storage = SnapshotCheckpointStorage(open_store({store_url!r}), Path({str(home)!r}))
+        d = storage.staging_dir()
+        (d / "pages.img").write_bytes(b"p" * 65536)
+        (d / ".checkpoint.img.part-1").write_bytes(b"c" * 4096)
+        print("writing", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    staging = home / "checkpoint-cache" / ".staging"
+    [left] = staging.iterdir()
+    assert (left / "pages.img").exists()
+    storage = SnapshotCheckpointStorage(open_store(store_url), home)
+    assert list(staging.iterdir()) == []
+    mine = storage.staging_dir()
+    SnapshotCheckpointStorage(open_store(store_url), home)
+    assert list(staging.iterdir()) == [mine]

@@ -182,3 +182,33 @@ def test_a_worker_that_loses_its_lease_removes_its_sandbox(runtime: Runtime, scr
     t.join(30)
     assert isinstance(box.get("error"), LeaseLost)
     assert running_sandboxes(runtime, s.id) == []
+
+
+def test_close_of_a_running_turn_is_done_once_by_the_worker(
+    runtime: Runtime, script, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker closes a session whose close was asked for mid-turn while it still holds
+    the lease: a canceller waiting on it cannot find the session free in between and
+    close it too (one of the two then wrote to a closed log: a 500 over the API, seen
+    under load). The window is widened here: the worker's close waits 1 s first."""
+    from torpor.runtime import waitpoint
+
+    slow_close = waitpoint.close_session
+
+    def close_later(*a: Any, **kw: Any) -> Any:
+        time.sleep(1.0)
+        return slow_close(*a, **kw)
+
+    monkeypatch.setattr(waitpoint, "close_session", close_later)
+    s = runtime.create_session(model=script([
+        {"text": "", "tool_calls": [shell("sleep 60")]}, {"text": "not reached"}]))
+    t, box, started = run_in_thread(runtime, s.id, "go")
+    assert started.wait(60), box
+    row = s.close(wait=30)  # raises if the close fails or is not done in time
+    t.join(30)
+    assert row.state == "closed" and "error" not in box, box
+    assert box["outcome"].state == "closed"
+    entries = s.log()
+    assert [m["state"] for m in markers(entries, "state")][-2:] == ["waiting", "closed"]
+    assert len([m for m in markers(entries, "state") if m["state"] == "closed"]) == 1
+    assert running_sandboxes(runtime, s.id) == []

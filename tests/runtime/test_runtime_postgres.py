@@ -240,12 +240,21 @@ def test_two_workers_racing_for_one_session(pgrt: Runtime, workers: Workers, scr
     for t in threads:
         t.join()
     assert len([r for r in won if r is not None]) == 1
-    time.sleep(0.6)  # that lease expires
-    # Two worker processes race for the one queued message.
+    deadline = time.time() + 10
+    while (pgrt.db.get(s.id).lease_until or 0) > time.time():  # until that lease expires
+        assert time.time() < deadline, "the winner's 0.5 s lease never expired"
+        time.sleep(0.05)
+    # Two worker processes, both polling before the message comes, race for it: each
+    # sees it queued, one claims it. (Both are alive throughout, so they did overlap.)
+    a, b = workers.start("--lease-ttl", "5"), workers.start("--lease-ttl", "5")
+    deadline = time.time() + 60
+    while not all("waiting for work" in p.log.read_text() for p in (a, b)):  # type: ignore[attr-defined]
+        workers.alive()
+        assert time.time() < deadline, workers.output()
+        time.sleep(0.05)
     s.post("go")
-    a, b = workers.start("--once", "--lease-ttl", "5"), workers.start("--once", "--lease-ttl", "5")
-    assert a.wait(timeout=90) == 0 and b.wait(timeout=90) == 0
-    wait_for(pgrt, s.id)
+    wait_for(pgrt, s.id, timeout=90)
+    assert a.poll() is None and b.poll() is None, workers.output()
     entries = s.log()
     assert len(kinds(entries, "tool_call")) == 1
     assert len(kinds(entries, "tool_result")) == 1

@@ -25,12 +25,14 @@ TORPOR = str(Path(sys.executable).with_name("torpor"))
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Every test here needs root and runsc but those of a module that says otherwise
-    # (NEEDS_RUNSC = False: pure logic, such as the OCI bundle).
-    if os.geteuid() != 0 or shutil.which("runsc") is None:
-        skip = pytest.mark.skip(reason="needs root and runsc (run scripts/setup.sh)")
-        for item in items:
-            module = getattr(item, "module", None)
-            if "tests/sandbox/" in str(item.fspath) and getattr(module, "NEEDS_RUNSC", True):
+    # (NEEDS_RUNSC = False: pure logic, such as the OCI bundle); those are marked `runsc`.
+    missing = os.geteuid() != 0 or shutil.which("runsc") is None
+    skip = pytest.mark.skip(reason="needs root and runsc (run scripts/setup.sh)")
+    for item in items:
+        module = getattr(item, "module", None)
+        if "tests/sandbox/" in str(item.fspath) and getattr(module, "NEEDS_RUNSC", True):
+            item.add_marker(pytest.mark.runsc)
+            if missing:
                 item.add_marker(skip)
 
 

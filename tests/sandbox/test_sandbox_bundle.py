@@ -37,7 +37,7 @@ def image(**kw) -> Image:
 
 def config(spec: SandboxSpec | None = None, img: Image | None = None, **kw) -> dict:
     args = dict(sandbox_id="0123456789ab", hostname="dev", uid=0, gid=0, init_dir=INIT,
-                channel_dir=CTL, init_tmpfs=True, netns=None)  # fmt: skip
+                channel_dir=CTL, netns=None)  # fmt: skip
     return bundle.oci_config(spec or SandboxSpec(image="test"), img or image(), **{**args, **kw})
 
 
@@ -105,10 +105,7 @@ def test_mounts_of_every_sandbox_and_the_host_channel():
                                 "source": str(CTL), "options": ["rbind", "rw"]}  # fmt: skip
     assert m[INIT_DIR] == {"destination": INIT_DIR, "type": "tmpfs", "source": "tmpfs",
                            "options": ["mode=755"]}  # fmt: skip
-
-    old = config(channel_dir=None, init_tmpfs=False)  # as sandboxes of older checkpoints
-    assert CHANNEL_MOUNT not in mounts(old) and INIT_DIR not in mounts(old)
-    assert "-H" not in old["process"]["args"]
+    assert len(m) == 6  # nothing else without volumes or tmpfs mounts
 
 
 def test_tmpfs_and_volumes():

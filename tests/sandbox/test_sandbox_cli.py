@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from torpor.sandbox.engine import SandboxError
 from torpor.sandbox.factory import open_engine
 from torpor.sandbox.gvisor import GVisorEngine
 
@@ -213,24 +214,30 @@ def test_same_sandbox_calls_are_serialised_different_ones_are_not(cli):
         def run(key: str, *args: str) -> None:
             results[key] = cli(*args)
 
-        t0 = time.monotonic()
+        # Each command says when it started and ended (the sandboxes share the host's
+        # clock): the two must overlap, whatever the CLI's own start-up costs under load.
+        timed = ["sh", "-c", "date +%s.%N; sleep 2; date +%s.%N"]
         threads = [
-            threading.Thread(target=run, args=("a", "exec", "c-par-a", "sleep", "2")),
-            threading.Thread(target=run, args=("b", "exec", "c-par-b", "sleep", "2")),
+            threading.Thread(target=run, args=("a", "exec", "c-par-a", *timed)),
+            threading.Thread(target=run, args=("b", "exec", "c-par-b", *timed)),
         ]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         assert results["a"].returncode == 0 and results["b"].returncode == 0
-        assert time.monotonic() - t0 < 3.9, "exec on different sandboxes ran one after the other"
+        (a0, a1), (b0, b1) = (map(float, results[k].stdout.split()) for k in ("a", "b"))
+        assert a0 < b1 and b0 < a1, "exec on different sandboxes ran one after the other"
 
         # A checkpoint waits for the exec running in the same sandbox, never cuts it off.
         slow = threading.Thread(
-            target=run, args=("slow", "exec", "c-par-a", "sh", "-c", "sleep 1.5; echo done")
+            target=run,
+            args=("slow", "exec", "c-par-a", "sh", "-c", "touch /tmp/s; sleep 1.5; echo done"),
         )
         slow.start()
-        time.sleep(0.7)
+        deadline = time.monotonic() + 30
+        while cli("exec", "c-par-a", "test", "-e", "/tmp/s").returncode != 0:  # it runs
+            assert time.monotonic() < deadline, "the slow exec never started"
         ck = cli("checkpoint", "create", "c-par-a", "mid")
         slow.join()
         assert results["slow"].returncode == 0 and results["slow"].stdout == b"done\n"
@@ -255,11 +262,11 @@ def test_runsc_that_fails_the_self_test_is_refused(tmp_path: Path, images):
     # an engine, runs the self-test.
     GVisorEngine(tmp_path / "home", images=images, runsc=str(fake))
     assert not (tmp_path / "home" / "doctor.json").exists()
-    with pytest.raises(Exception, match="fails torpor's self-test"):
+    with pytest.raises(SandboxError, match="fails torpor's self-test"):
         open_engine(tmp_path / "home", images=images, runsc=str(fake))
     # The verdict is remembered: the next engine refuses at once, with the same reason.
     t0 = time.monotonic()
-    with pytest.raises(Exception, match="fails torpor's self-test"):
+    with pytest.raises(SandboxError, match="fails torpor's self-test"):
         open_engine(tmp_path / "home", images=images, runsc=str(fake))
     assert time.monotonic() - t0 < 1
     # ... and so does the torpor command, with that runsc first on its PATH.

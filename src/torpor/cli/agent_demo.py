@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -103,17 +104,17 @@ def run_demo(out: Console, *, model: str | None = None, as_json: bool = False) -
 
 
 def _run_demo(rt: Any, out: Console, *, model: str | None, as_json: bool) -> dict[str, Any]:
+    """Three turns of one session: a wait point, a resume into the same processes and
+    memory, and a recovery after a worker is killed mid-call."""
     from torpor.cli.session_cmd import print_event
-    from torpor.runtime.worker import Worker
 
-    report: dict[str, Any] = {"turns": []}
     say = (lambda *a, **k: None) if as_json else out.print
     if model is None:
         script = rt.home / "demo" / f"turns-{os.getpid()}-{int(time.time())}.jsonl"
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text("".join(json.dumps(t) + "\n" for t in TURNS))
         model = f"script:{script}"
-    events = [] if as_json else None
+    events: list[dict[str, Any]] | None = [] if as_json else None
 
     def on_event(ev: Any) -> None:
         if events is not None:
@@ -124,7 +125,24 @@ def _run_demo(rt: Any, out: Console, *, model: str | None, as_json: bool) -> dic
     s = rt.create_session(image="base", model=model,
                           system="You are a coding agent working in a Linux sandbox.")  # fmt: skip
     say(f"[bold]session {s.id}[/bold] (model {model})")
+    first = _turn_to_a_wait_point(rt, s, say, on_event)
+    time.sleep(1)
+    second = _turn_resumed(s, first["notes"], say, on_event)
+    third = _turn_after_a_killed_worker(rt, s, say, on_event)
+    verify = rt.log.verify(s.id)
+    say(f"log: {len(s.log())} entries, hash chain {'verifies' if verify else 'BROKEN'}")
+    report: dict[str, Any] = {"turns": [first, second, third], "session": s.id,
+                              "entries": len(s.log()), "chain_ok": bool(verify)}  # fmt: skip
+    if events is not None:
+        report["events"] = events
+    if not (second["same_process"] and third["recovered"] and verify):
+        raise RuntimeError("the demo did not show what it should (see above)")
+    say("[bold green]demo finished[/bold green]")
+    return report
 
+
+def _turn_to_a_wait_point(rt: Any, s: Any, say: Callable[..., None],
+                          on_event: Callable[[Any], None]) -> dict[str, Any]:  # fmt: skip
     say(f"\n[bold]turn 1[/bold] user: {MESSAGES[0]}")
     t1 = s.send(MESSAGES[0], on_event=on_event)
     notes1 = _notes_in(s.log())
@@ -133,10 +151,12 @@ def _run_demo(rt: Any, out: Console, *, model: str | None, as_json: bool) -> dic
     say(f"[green]wait point:[/green] snapshot {t1.snapshot}: {t1.snapshot_bytes / 1e6:.1f} MB "
         f"in {t1.snapshot_ms:.0f} ms (compressed into the store in the background); sandbox "
         f"running now: {running or 'none'} (no process, no memory)")  # fmt: skip
-    report["turns"].append({"snapshot": t1.snapshot, "bytes": t1.snapshot_bytes,
-                            "snapshot_ms": t1.snapshot_ms, "notes": notes1})  # fmt: skip
+    return {"snapshot": t1.snapshot, "bytes": t1.snapshot_bytes,
+            "snapshot_ms": t1.snapshot_ms, "notes": notes1}  # fmt: skip
 
-    time.sleep(1)
+
+def _turn_resumed(s: Any, notes1: dict[str, Any] | None, say: Callable[..., None],
+                  on_event: Callable[[Any], None]) -> dict[str, Any]:  # fmt: skip
     say(f"\n[bold]turn 2[/bold] user: {MESSAGES[1]}")
     t2 = s.send(MESSAGES[1], on_event=on_event)
     notes2 = _notes_in(s.log())
@@ -147,8 +167,13 @@ def _run_demo(rt: Any, out: Console, *, model: str | None, as_json: bool) -> dic
         f"{(notes2 or {}).get('token')} (turn 1: {(notes1 or {}).get('token')}), notes "
         f"{(notes2 or {}).get('notes')}, request #{(notes2 or {}).get('requests')} -> "
         + ("[green]same process, same memory[/green]" if same else "[red]NOT the same[/red]"))
-    report["turns"].append({"restore_ms": t2.restore_ms, "snapshot": t2.snapshot,
-                            "notes": notes2, "same_process": same})  # fmt: skip
+    return {"restore_ms": t2.restore_ms, "snapshot": t2.snapshot, "notes": notes2,
+            "same_process": same}  # fmt: skip
+
+
+def _turn_after_a_killed_worker(rt: Any, s: Any, say: Callable[..., None],
+                                on_event: Callable[[Any], None]) -> dict[str, Any]:  # fmt: skip
+    from torpor.runtime.worker import Worker
 
     say(f"\n[bold]turn 3[/bold] user: {MESSAGES[2]}  (in a separate worker process)")
     s.post(MESSAGES[2])
@@ -169,10 +194,7 @@ def _run_demo(rt: Any, out: Console, *, model: str | None, as_json: bool) -> dic
     worker.wait()
     killed_at = time.time()
     say(f"[red]killed worker pid {worker.pid} with SIGKILL[/red] in the middle of the long call")
-    while True:  # its lease runs out (3 s without a heartbeat)
-        row = rt.db.get(s.id)
-        if (row.lease_until or 0) < time.time():
-            break
+    while (rt.db.get(s.id).lease_until or 0) >= time.time():  # its lease runs out (3 s)
         time.sleep(0.1)
     t3 = Worker(rt, lease_ttl=3).run_session(s.id, on_event=on_event)
     notes3 = _notes_in(s.log())
@@ -180,15 +202,5 @@ def _run_demo(rt: Any, out: Console, *, model: str | None, as_json: bool) -> dic
     say(f"[green]recovered[/green] {time.time() - killed_at:.1f} s after the kill (3 s of it "
         f"waiting out the dead worker's lease); restored in {t3.restore_ms or 0:.0f} ms; notes "
         f"process token {(notes3 or {}).get('token')}")  # fmt: skip
-    verify = rt.log.verify(s.id)
-    say(f"log: {len(s.log())} entries, hash chain {'verifies' if verify else 'BROKEN'}")
-    report["turns"].append({"recovered": t3.recovered, "restore_ms": t3.restore_ms,
-                            "notes": notes3})  # fmt: skip
-    report.update(session=s.id, entries=len(s.log()), chain_ok=bool(verify))
-    if events is not None:
-        report["events"] = events
-    if not (same and t3.recovered and verify):
-        raise RuntimeError("the demo did not show what it should (see above)")
-    say("[bold green]demo finished[/bold green]")
-    return report
+    return {"recovered": t3.recovered, "restore_ms": t3.restore_ms, "notes": notes3}
 

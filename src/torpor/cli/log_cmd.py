@@ -23,6 +23,7 @@ from torpor.context import (
     to_anthropic,
 )
 from torpor.context import to_openai as _to_openai
+from torpor.files import fsync_dir
 
 app = typer.Typer(help="Inspect the context log: show, verify, export and prune sessions.",
                   no_args_is_help=True)
@@ -222,6 +223,9 @@ def prune(closed_before: Annotated[str, typer.Option(
                             + "\n")
             f.flush()
             os.fsync(f.fileno())
+        # The export's directory entry is durable before anything is deleted: a power
+        # cut after the deletes must not leave the file unnamed.
+        fsync_dir(path.resolve().parent)
         # children before parents, so no fork loses its prefix while it still exists
         order: list[str] = []
         remaining = set(prunable)

@@ -1,10 +1,11 @@
 """The tables torpor keeps, as DDL per dialect: the context log's, the runtime's, the
-API tokens', the sandbox resource's, and the version table. `migrations.py` says in
-which order they are made.
+API tokens', the LangGraph checkpointer's, the sandbox resource's, and the version
+table. `migrations.py` says in which order they are made.
 
 The text is the same on both databases except where a `{placeholder}` says otherwise:
 `{big}` (SQLite: INTEGER, PostgreSQL: BIGINT), `{without_rowid}` (SQLite tables
-clustered on their primary key), `{serial}` (an auto-numbered key).
+clustered on their primary key), `{serial}` (an auto-numbered key), `{blob}` (bytes:
+SQLite BLOB, PostgreSQL BYTEA).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 from .connection import Dialect
 
 _FILL = {
-    "sqlite": {"big": "INTEGER", "without_rowid": " WITHOUT ROWID", "serial": "INTEGER"},
-    "postgres": {"big": "BIGINT", "without_rowid": "", "serial": "BIGSERIAL"},
+    "sqlite": {"big": "INTEGER", "without_rowid": " WITHOUT ROWID", "serial": "INTEGER",
+               "blob": "BLOB"},
+    "postgres": {"big": "BIGINT", "without_rowid": "", "serial": "BIGSERIAL", "blob": "BYTEA"},
 }
 
 
@@ -160,6 +162,59 @@ TOKENS = (
         created_at DOUBLE PRECISION NOT NULL,
         revoked_at DOUBLE PRECISION
     )""",
+)
+
+# -- LangGraph checkpoints (integrations/langgraph/saver.py) ---------------------------------
+# One row per checkpoint (without its channel values), one per (channel, version) a
+# checkpoint brought in with a value, one per pending write. A value row either holds the
+# whole value (base NULL) or, for a list that extends the list of an earlier version, only
+# the items appended to it, with `base` the version it extends, `anchor` the version of
+# the whole row the chain of such rows starts at (indexed: a read fetches a chain in one
+# lookup) and `depth` the rows down to it; a list's `digest` chains the row's bytes to its
+# base's (a writer checks it before it appends to a row it remembers; empty for other
+# values). `type`: the serializer's type tag.
+LANGGRAPH = (
+    """CREATE TABLE langgraph_checkpoints (
+        thread_id TEXT NOT NULL,
+        checkpoint_ns TEXT NOT NULL,
+        checkpoint_id TEXT NOT NULL,
+        parent_id TEXT,
+        run_id TEXT,
+        type TEXT NOT NULL,
+        checkpoint {blob} NOT NULL,
+        metadata_type TEXT NOT NULL,
+        metadata {blob} NOT NULL,
+        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+    ){without_rowid}""",
+    """CREATE INDEX langgraph_checkpoints_run ON langgraph_checkpoints(run_id)
+        WHERE run_id IS NOT NULL""",
+    """CREATE TABLE langgraph_values (
+        thread_id TEXT NOT NULL,
+        checkpoint_ns TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        version TEXT NOT NULL,
+        base TEXT,
+        anchor TEXT,
+        depth INTEGER NOT NULL,
+        digest {blob} NOT NULL,
+        type TEXT NOT NULL,
+        data {blob},
+        PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
+    ){without_rowid}""",
+    """CREATE INDEX langgraph_values_anchor ON langgraph_values(thread_id, checkpoint_ns,
+        channel, anchor, depth) WHERE anchor IS NOT NULL""",
+    """CREATE TABLE langgraph_writes (
+        thread_id TEXT NOT NULL,
+        checkpoint_ns TEXT NOT NULL,
+        checkpoint_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        type TEXT NOT NULL,
+        data {blob},
+        task_path TEXT NOT NULL,
+        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+    ){without_rowid}""",
 )
 
 # -- sandboxes, the resource (runtime/sandboxes/) ------------------------------------------------

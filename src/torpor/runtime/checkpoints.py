@@ -25,6 +25,10 @@ knows nothing of sandboxes; this adapter is where they meet.
   chunks they share are copied, only the changed pages fetched), and without an fsync
   (the digests are checked at each use). `prefetch` does the same ahead of a restore,
   for the machine that follows a session (runtime/prefetch.py).
+- **Leftovers.** A checkpoint or a fetch is written in the cache's .staging area under
+  a name that says which process writes it; what a crashed process left there is
+  removed when the next storage is opened (torpor.files.sweep), never what a live one
+  is still writing.
 """
 
 from __future__ import annotations
@@ -32,11 +36,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import mmap
 import os
 import queue
 import shutil
-import sys
 import threading
 import time
 import uuid
@@ -46,7 +50,8 @@ from typing import Any
 
 import xxhash
 
-from torpor.sandbox.checkpoints import CheckpointCorrupt, CheckpointNotFound
+from torpor.files import sweep, writer_tag
+from torpor.sandbox.checkpoints import CheckpointCorrupt, CheckpointNotFound, CheckpointOutdated
 from torpor.sandbox.engine import CheckpointError
 from torpor.snapshots import (
     SnapshotCorrupt,
@@ -55,6 +60,8 @@ from torpor.snapshots import (
     SnapshotNotFound,
     SnapshotStore,
 )
+
+log = logging.getLogger(__name__)
 
 KIND = "sandbox-checkpoint"
 DEFAULT_HOT_BYTES = 2 << 30
@@ -87,6 +94,21 @@ def _describe(d: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+def _check_format(ckpt_id: str, files: Any) -> dict[str, dict[str, Any]]:
+    """The checkpoint's recorded files, each with its size and XXH3 digest (what every
+    `put` records); CheckpointOutdated for one whose metadata an older development build
+    wrote (CRC-32 digests, or none), which this version cannot check before a restore."""
+    if isinstance(files, dict) and files and all(
+        isinstance(f, dict) and "xxh3" in f and "size" in f for f in files.values()
+    ):
+        return files
+    raise CheckpointOutdated(
+        f"checkpoint {ckpt_id} was made by an older development build of torpor (its "
+        "files have no XXH3 digests to check them by); this version cannot restore it: "
+        "remove it and take a new one"
+    )
+
+
 class SnapshotCheckpointStorage:
     def __init__(
         self,
@@ -101,6 +123,9 @@ class SnapshotCheckpointStorage:
         self.hot_bytes = hot_bytes
         self.background = background
         (self.hot / ".staging").mkdir(parents=True, exist_ok=True)
+        # Checkpoints and fetches a crashed process left half-written (never one a live
+        # process is still writing: see torpor.files.sweep)
+        sweep(self.hot / ".staging", "")
         self._queue: queue.Queue[str] = queue.Queue()
         self._pending: set[str] = set()
         self._lock = threading.Lock()
@@ -142,15 +167,15 @@ class SnapshotCheckpointStorage:
                         self._upload(ckpt_id)
                         self._errors.pop(ckpt_id, None)
                         break
-                    except CheckpointCorrupt as e:  # the copy is bad: trying again is futile
+                    except (CheckpointCorrupt, CheckpointOutdated) as e:  # trying again is futile
                         self._errors[ckpt_id] = str(e)
-                        print(f"torpor: checkpoint {ckpt_id} not uploaded: {e}", file=sys.stderr)
+                        log.warning("checkpoint %s not uploaded: %s", ckpt_id, e)
                         break
                     except Exception as e:  # noqa: BLE001 - kept for flush() and the next process
                         self._errors[ckpt_id] = str(e)
                         more = f"; trying again in {pause:g} s" if pause is not None else ""
-                        print(f"torpor: uploading checkpoint {ckpt_id} failed (attempt "
-                              f"{attempt + 1}): {e}{more}", file=sys.stderr)  # fmt: skip
+                        log.warning("uploading checkpoint %s failed (attempt %d): %s%s",
+                                    ckpt_id, attempt + 1, e, more)  # fmt: skip
                         if pause is None:
                             break
                         time.sleep(pause)
@@ -171,8 +196,9 @@ class SnapshotCheckpointStorage:
                                     "damaged (torn by a crash?); dropped, never stored") from None
         # The files must be those the wait point recorded (sizes and XXH3 digests, taken
         # before the wait point was acknowledged): a copy torn by a power cut (its data
-        # is never fsynced) is dropped, not stored as the truth.
-        if not self._intact(d, meta.get("files", {})):
+        # is never fsynced) is dropped, not stored as the truth. One of an older build's
+        # format is left where it is (CheckpointOutdated says what to do).
+        if not self._intact(d, _check_format(ckpt_id, meta.get("files"))):
             shutil.rmtree(d, ignore_errors=True)
             raise CheckpointCorrupt(f"checkpoint {ckpt_id}: its hot copy differs from what its "
                                     "wait point recorded (torn by a crash?); dropped, never "
@@ -202,7 +228,8 @@ class SnapshotCheckpointStorage:
             return True
         try:
             return self.store.exists(ckpt_id)
-        except SnapshotError:
+        except SnapshotError as e:  # unreachable or unreadable: not known to be stored
+            log.debug("cannot tell whether checkpoint %s is stored: %s", ckpt_id, e)
             return False
 
     def available(self, ckpt_id: str) -> bool:
@@ -212,7 +239,8 @@ class SnapshotCheckpointStorage:
             return True
         try:
             return self.store.exists(ckpt_id)
-        except SnapshotError:
+        except SnapshotError as e:
+            log.debug("cannot tell whether checkpoint %s is stored: %s", ckpt_id, e)
             return False
 
     def wait_stored(self, ckpt_id: str, timeout: float | None = None) -> None:
@@ -244,7 +272,7 @@ class SnapshotCheckpointStorage:
     # -- CheckpointStorage ---------------------------------------------------------------
 
     def staging_dir(self) -> Path:
-        d = self.hot / ".staging" / uuid.uuid4().hex
+        d = self.hot / ".staging" / f"{writer_tag()}{uuid.uuid4().hex}"
         d.mkdir()
         return d
 
@@ -289,7 +317,10 @@ class SnapshotCheckpointStorage:
             return None
         try:
             meta = json.loads((self.hot / ckpt_id / META).read_text())
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:  # torn by a crash: no hot copy (see _upload)
+            log.debug("hot copy %s has unreadable metadata: %s", ckpt_id, e)
             return None
         return dict(meta, id=ckpt_id, stored=False)
 
@@ -330,7 +361,8 @@ class SnapshotCheckpointStorage:
         try:
             if not self.store.exists(ckpt_id):
                 return False
-        except SnapshotError:
+        except SnapshotError as e:  # the restore itself will say what is wrong
+            log.debug("not prefetching checkpoint %s: %s", ckpt_id, e)
             return False
         path, temporary = self.open_dir(ckpt_id)
         if temporary:
@@ -351,7 +383,7 @@ class SnapshotCheckpointStorage:
 
     def _open_dir(self, ckpt_id: str) -> tuple[Path, bool]:
         meta = self.meta(ckpt_id)
-        want: dict[str, dict[str, Any]] = meta.get("files", {})
+        want = _check_format(ckpt_id, meta.get("files"))
         hot = self.hot / ckpt_id
         if hot.is_dir():
             if self._intact(hot, want):
@@ -383,7 +415,8 @@ class SnapshotCheckpointStorage:
             (tmp / STORED).write_text("{}")
             try:
                 os.rename(tmp, hot)
-            except OSError:  # another process on this machine put it there meanwhile
+            except OSError as e:  # another process on this machine put it there meanwhile
+                log.debug("fetched checkpoint %s kept as a temporary copy: %s", ckpt_id, e)
                 return tmp, True
             self._evict(keep=ckpt_id)
             return hot, False
@@ -414,12 +447,16 @@ class SnapshotCheckpointStorage:
 
     @staticmethod
     def _intact(d: Path, want: dict[str, dict[str, Any]]) -> bool:
+        """Are d's files those recorded (sizes, then XXH3 digests)? False for a record
+        without them (see `_check_format`)."""
+        if not want:
+            return False
         for name, w in want.items():
             f = d / name
             try:
-                if f.stat().st_size != w["size"]:
+                if "xxh3" not in w or f.stat().st_size != w["size"]:
                     return False
-                if "xxh3" in w and _xxh3(f) != w["xxh3"]:
+                if _xxh3(f) != w["xxh3"]:
                     return False
             except OSError:
                 return False

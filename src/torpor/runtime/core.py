@@ -37,6 +37,7 @@ from torpor.agent.tools import ToolRegistry, load_tools
 from torpor.context import default_url as default_log_url
 from torpor.context import markers, open_log
 from torpor.home import machine_id, torpor_home
+from torpor.runtime.besteffort import best_effort
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
@@ -192,10 +193,10 @@ class Runtime:
             self._beat.join(5)
             if self._prefetching is not None:
                 self._prefetching.join(30)  # a fetch in flight finishes first
-            with contextlib.suppress(Exception):
+            with best_effort("removing the heartbeat of process %s", self.process):
                 self.db.forget_process(self.process)
         self.db.close()
-        with contextlib.suppress(Exception):
+        with best_effort("closing the context log"):
             self.log.close()
 
     # -- sessions ----------------------------------------------------------------------
@@ -301,7 +302,7 @@ class Runtime:
         if self._beat is None:
             return
         workers = self.workers
-        with contextlib.suppress(Exception):
+        with best_effort("heartbeat of process %s", self.process):
             self.db.beat(self.process, self.machine, socket.gethostname(), slots=len(workers),
                          running=sum(len(w.busy()) for w in workers))  # fmt: skip
 

@@ -144,8 +144,8 @@ class Session:
         deadline = time.monotonic() + wait
         while True:
             row = rt.db.get(self.id)
-            if row.cancel is None or row.state == "closed":
-                return row  # its worker acted on it
+            if row.state == "closed" or (row.cancel is None and not close):
+                return row  # its worker acted on it (a close: until it is closed)
             if not (row.lease_owner and (row.lease_until or 0) > time.time()):
                 # the turn ended (or its worker died) before it saw the request
                 done = canceller.settle_cancel(self.id, close=close)

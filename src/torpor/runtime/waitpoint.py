@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from torpor.context import Entry, markers
+from torpor.runtime.besteffort import best_effort
 from torpor.runtime.turn import Turn
 from torpor.runtime.types import LeaseLost, Policy
 from torpor.sandbox.engine import CheckpointError, SandboxError
@@ -86,16 +87,22 @@ def wait_point(turn: Turn) -> None:
 
 
 def let_wait(turn: Turn) -> None:
+    """The session waits for its user and the lease is let go; a close asked for is
+    done first, under the lease (let go before it, a canceller that found the session
+    free would close it too, and one of the two would write to a closed log)."""
     rt, sid = turn.rt, turn.sid
     asked = rt.db.cancel_requested(sid)
     waiting = turn.write(markers.State(state="waiting"))
+    if asked == "close":
+        turn.update(state="waiting", attempt=0, wake_at=None, error=None)
+        turn.publish(waiting)
+        turn.publish(close_session(rt, turn.tr, sid))  # (and lets go of the lease)
+        turn.outcome.state = "closed"
+        return
     turn.update(state="waiting", attempt=0, wake_at=None, error=None, lease_owner=None,
-                lease_until=None, cancel=None if asked != "close" else "close")  # fmt: skip
+                lease_until=None, cancel=None)  # fmt: skip
     turn.publish(waiting)
     turn.outcome.state = "waiting"
-    if asked == "close":
-        turn.publish(close_session(rt, turn.tr, sid))
-        turn.outcome.state = "closed"
 
 
 def go_warm(turn: Turn, seconds: float, keep_warm: Callable[[str, float], None]) -> None:
@@ -116,6 +123,6 @@ def close_session(rt: RuntimeParts, tr: Transcript, sid: str) -> Entry:
     closed = tr.write(markers.State(state="closed"))
     rt.db.update(sid, state="closed", lease_owner=None, lease_until=None, wake_at=None,
                  cancel=None)  # fmt: skip
-    with contextlib.suppress(Exception):
+    with best_effort("closing the log of session %s", sid):
         rt.log.close_session(sid)
     return closed

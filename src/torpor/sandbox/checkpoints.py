@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -18,8 +19,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from torpor.files import fsync_dir
+from torpor.files import fsync_dir, sweep, writer_tag
 from torpor.sandbox.engine import CheckpointError
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointNotFound(CheckpointError):
@@ -28,6 +31,11 @@ class CheckpointNotFound(CheckpointError):
 
 class CheckpointCorrupt(CheckpointError):
     pass
+
+
+class CheckpointOutdated(CheckpointError):
+    """A checkpoint in a format an older development build of torpor wrote, which this
+    one cannot check or restore."""
 
 
 class CheckpointStorage(Protocol):
@@ -61,16 +69,19 @@ class LocalCheckpointStorage:
     """Checkpoints as plain directories: ROOT/ID/{files..., meta.json}.
 
     A checkpoint becomes visible only once its directory is renamed into place, after its
-    files and metadata are synced, so a crash mid-put leaves nothing half-made.
+    files and metadata are synced, so a crash mid-put leaves nothing half-made: only a
+    directory in .staging, removed when the storage is next opened (once its writer is
+    gone: a checkpoint runsc is still writing is left alone).
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / ".staging").mkdir(exist_ok=True)
+        sweep(self.root / ".staging", "")
 
     def staging_dir(self) -> Path:
-        d = self.root / ".staging" / uuid.uuid4().hex
+        d = self.root / ".staging" / f"{writer_tag()}{uuid.uuid4().hex}"
         d.mkdir()
         return d
 
@@ -120,7 +131,9 @@ class LocalCheckpointStorage:
     def open_dir(self, ckpt_id: str) -> tuple[Path, bool]:
         meta = self.meta(ckpt_id)
         d = self._dir(ckpt_id)
-        for name, want in meta.get("files", {}).items():
+        if not meta.get("files"):  # every put records them
+            raise CheckpointCorrupt(f"checkpoint {ckpt_id}: its metadata lists no files")
+        for name, want in meta["files"].items():
             f = d / name
             if not f.is_file():
                 raise CheckpointCorrupt(f"checkpoint {ckpt_id}: file {name} is missing")
@@ -141,8 +154,8 @@ class LocalCheckpointStorage:
                 continue
             try:
                 out.append(self.meta(d.name))
-            except CheckpointError:
-                continue
+            except CheckpointError as e:  # listed no more; opening it says the same
+                log.warning("checkpoint %s left out of the listing: %s", d.name, e)
         out.sort(key=lambda m: m.get("created", ""))
         return out
 
@@ -150,6 +163,6 @@ class LocalCheckpointStorage:
         d = self._dir(ckpt_id)
         if not d.exists():
             raise CheckpointNotFound(f"no such checkpoint: {ckpt_id}")
-        trash = self.root / ".staging" / f"rm-{ckpt_id}-{time.time_ns()}"
+        trash = self.root / ".staging" / f"{writer_tag()}rm-{ckpt_id}-{time.time_ns()}"
         os.rename(d, trash)
         shutil.rmtree(trash, ignore_errors=True)

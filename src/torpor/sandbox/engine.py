@@ -226,17 +226,23 @@ class SandboxInfo:
     restored_from: str | None = None
     address: str | None = None  # sandbox network address when network == "sandbox"
     pid: int | None = None  # host pid of the sandbox (runsc) process
-    restore_token: str | None = None  # set until init has been told of the last restore
-    channel: bool = False  # init listens on the host channel (see GVisorEngine)
     last_checkpoint: str | None = None  # latest checkpoint of this run that kept it running
     from_standby: bool = False  # this run was restored into a standby (Engine.standby)
-    init_tmpfs: bool = False  # torpor-init's state dir is a tmpfs (see GVisorEngine)
     owner: dict[str, Any] | None = None  # who started it, and for what (see owners.py)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["spec"] = self.spec.to_json()
         return d
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SandboxInfo:
+        """The record `to_json` wrote; keys it does not know are left out (an engine
+        checks its own before, see gvisor/records.py)."""
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["spec"] = SandboxSpec.from_json(data["spec"])
+        return cls(**data)
 
 
 @dataclass
@@ -337,20 +343,6 @@ class Engine(abc.ABC):
         then KILL) and raises CommandTimeout."""
 
     @abc.abstractmethod
-    def exec_stream(
-        self,
-        sandbox: str,
-        argv: Sequence[str],
-        *,
-        interactive: bool = False,
-        detach: bool = False,
-        env: Sequence[str] = (),
-        workdir: str | None = None,
-        user: str | None = None,
-    ) -> int:
-        """Run a command with this process's stdin/stdout/stderr; returns its exit code."""
-
-    @abc.abstractmethod
     def spawn(
         self,
         sandbox: str,
@@ -381,9 +373,6 @@ class Engine(abc.ABC):
     def write_file(
         self, sandbox: str, path: str, data: bytes | BinaryIO, mode: int = 0o644
     ) -> None: ...
-
-    @abc.abstractmethod
-    def logs(self, sandbox: str, *, follow: bool = False) -> int: ...
 
     @abc.abstractmethod
     def stop(self, sandbox: str, *, timeout: float = 10.0) -> SandboxInfo: ...
@@ -481,6 +470,19 @@ class Engine(abc.ABC):
     def console_path(self, sandbox: str) -> Path:
         """The host file that holds the output of the sandbox's main process."""
         raise self._unsupported("show the main process's output")
+
+    def create(
+        self, spec: SandboxSpec, *, name: str | None = None, owner: dict[str, Any] | None = None
+    ) -> SandboxInfo:
+        """Record a sandbox without starting it (state "created", as Docker's `create`);
+        `start` boots it. `run` is `create` then `start` in one."""
+        raise self._unsupported("create a sandbox without starting it")
+
+    def sandbox_file(self, sandbox: str, name: str) -> Path:
+        """A host file of the sandbox's own for what a front door keeps about it (e.g.
+        torpor dockerd's Docker settings), removed with the sandbox. `name` is `x-NAME`
+        (the `x-` keeps it apart from the engine's own files); the file may not exist."""
+        raise self._unsupported("keep files about a sandbox")
 
     def wait(self, sandbox: str) -> int:
         """Block until the sandbox's main process exits; returns its exit code."""

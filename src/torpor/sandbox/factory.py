@@ -4,7 +4,8 @@ Constructing a `GVisorEngine` runs nothing; `open_engine` builds one and, unless
 otherwise, puts its runsc through the doctor's gate (`require_working_runsc`: torpor's
 self-test sandbox, once per runsc binary, its verdict cached in TORPOR_HOME/doctor.json),
 so a runsc that is missing or broken is refused up front with a clear reason instead of
-failing in the middle of a session.
+failing in the middle of a session. It also sweeps what crashed processes left in the
+engine's state (`GVisorEngine.sweep`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ def open_engine(
     check: bool = True,
     platform: str | None = None,
     runsc: str | None = None,
-    host_channel: bool | None = None,
 ) -> GVisorEngine:
     """The gVisor engine over home (default TORPOR_HOME), its runsc checked by torpor's
     self-test (`check=False` skips it: `torpor doctor` runs the gate itself, to time it).
@@ -38,8 +38,8 @@ def open_engine(
         images=images,
         checkpoints=checkpoints,
         runsc=runsc,
-        host_channel=host_channel,
     )
+    engine.sweep()
     if check:
         require_working_runsc(engine)
     return engine

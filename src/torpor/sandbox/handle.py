@@ -366,13 +366,16 @@ class Sandbox:
         volumes: Sequence[str | Volume] = (),
         tmpfs: Sequence[str | Tmpfs] = (),
         owner: dict[str, Any] | None = None,
+        start: bool = True,
     ) -> Sandbox:
         """Start a sandbox from `image` (a torpor image name: `base` is torpor/base);
-        returns once it answers. `cmd` is its main process (a string runs with
-        /bin/sh -c; default: none, the sandbox idles); `memory` in bytes or as `512m`;
-        `network` "none" (loopback only) or "sandbox" (needed by `ports`, "HOST:CTR"
-        published on 127.0.0.1); `volumes` "HOST:CTR[:ro]" (not part of checkpoints);
-        `tmpfs` "PATH[:size=N,mode=M]"; `owner`: see torpor.sandbox.owners."""
+        returns once it answers (`start=False`: only record it, state "created", and
+        `start()` boots it later, as Docker's `create`). `cmd` is its main process (a
+        string runs with /bin/sh -c; default: none, the sandbox idles); `memory` in
+        bytes or as `512m`; `network` "none" (loopback only) or "sandbox" (needed by
+        `ports`, "HOST:CTR" published on 127.0.0.1); `volumes` "HOST:CTR[:ro]" (not
+        part of checkpoints); `tmpfs` "PATH[:size=N,mode=M]"; `owner`: see
+        torpor.sandbox.owners."""
         engine = engine if engine is not None else default_engine()
         spec = SandboxSpec(
             image=image,
@@ -388,7 +391,10 @@ class Sandbox:
             pids=pids,
             tmpfs=[t if isinstance(t, Tmpfs) else Tmpfs.parse(t) for t in tmpfs],
         )
-        info = engine.run(spec, name=name, owner=owner)
+        if start:
+            info = engine.run(spec, name=name, owner=owner)
+        else:
+            info = engine.create(spec, name=name, owner=owner)
         return cls(info.id, engine=engine, info=info)
 
     @classmethod

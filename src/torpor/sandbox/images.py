@@ -5,8 +5,9 @@ git, curl, procps and ca-certificates) with mmdebstrap, and ``pull`` fetches an 
 (``docker://``, ``oci:`` layouts, ``docker-archive:`` tars) with skopeo and unpacks it with
 umoci. Each image is a directory holding ``rootfs/`` (used read-only as the root of an OCI
 bundle) and ``image.json`` (its metadata). Everything is made in a temporary directory next
-to its final place and renamed into place, so an interrupted build or pull leaves nothing
-half-made behind.
+to its final place, flushed to disk, and renamed into place, so an interrupted build or
+pull, or a power cut, leaves nothing half-made behind: the temporary directory a dead
+process left is removed by the next build, pull or engine start (`ImageStore.sweep`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,7 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from torpor.files import fsync_dir, is_leftover, syncfs, write_atomic, writer_tag
 from torpor.home import torpor_home
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BASE_IMAGE",
@@ -182,16 +187,6 @@ def _disk_usage(path: Path) -> int:
     return total + os.lstat(path).st_blocks * 512
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     if not lines:
@@ -226,7 +221,9 @@ def _safe_rmtree(path: Path) -> None:
         return
     for mnt in _mounts_under(path):
         subprocess.run(["umount", "-l", mnt], capture_output=True)
-    if _mounts_under(path):
+    if left := _mounts_under(path):
+        log.warning("leaving %s in place: %s still mounted in it (unmount, then remove it)",
+                    path, ", ".join(left))  # fmt: skip
         return
     shutil.rmtree(path, ignore_errors=True)
 
@@ -391,7 +388,11 @@ class ImageStore:
     def _load(self, d: Path) -> Image | None:
         try:
             meta = json.loads((d / METADATA_FILE).read_text())
-        except (OSError, ValueError):
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("image %s left out: its %s is unreadable (%s); build or pull it "
+                        "again", d.name, METADATA_FILE, e)  # fmt: skip
             return None
         try:
             return Image(
@@ -407,7 +408,8 @@ class ImageStore:
                 created=meta.get("created") or "",
                 recipe=meta.get("recipe") or "",
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("image %s left out: its %s lacks %s", d.name, METADATA_FILE, e)
             return None
 
     def list(self) -> list[Image]:
@@ -460,18 +462,20 @@ class ImageStore:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    def sweep(self) -> None:
+        """Remove what killed builds, pulls and removals left behind: trash, and the
+        temporary directories of processes that are gone (never one a live build or
+        pull is unpacking into)."""
+        if not self.root.is_dir():
+            return
+        with self._lock():
+            self._sweep()
+
     def _sweep(self) -> None:
-        """Remove what killed builds and removals left behind (called under the lock)."""
+        """`sweep`, with the lock held."""
         for d in self.root.iterdir():
-            if d.name.startswith(_TRASH_PREFIX):
+            if d.name.startswith(_TRASH_PREFIX) or is_leftover(d, _TMP_PREFIX):
                 _safe_rmtree(d)
-            elif d.name.startswith(_TMP_PREFIX):
-                try:
-                    pid = int(d.name[len(_TMP_PREFIX) :].split("-", 1)[0])
-                except ValueError:
-                    continue
-                if not _pid_alive(pid):
-                    _safe_rmtree(d)
 
     @contextlib.contextmanager
     def _staging(self) -> Iterator[Path]:
@@ -479,7 +483,7 @@ class ImageStore:
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock():
             self._sweep()
-        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=self.root))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{writer_tag()}", dir=self.root))
         tmp.chmod(0o755)  # mkdtemp makes it 0700; images are readable by every sandbox user
         try:
             yield tmp
@@ -487,18 +491,25 @@ class ImageStore:
             _safe_rmtree(tmp)
 
     def _commit(self, staged: Path, meta: dict[str, Any]) -> Image:
-        """Write metadata into ``staged`` and rename it into place, replacing any old one."""
+        """Write metadata into ``staged`` and rename it into place, replacing any old one.
+        The tree is flushed to disk first, then image.json (fsynced), and the store's
+        directory after the rename: a power cut leaves the image whole under its name,
+        or the old one (or, between the two renames of a replace, none: build or pull
+        it again), never a tree with files the cut tore."""
         final = self.root / _dir_name(meta["name"])
-        meta_path = staged / METADATA_FILE
-        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        syncfs(staged)  # the unpacked files: one syncfs, not an fsync per file
+        write_atomic(staged / METADATA_FILE, (json.dumps(meta, indent=2, sort_keys=True)
+                                              + "\n").encode(), sync_dir=True)  # fmt: skip
         with self._lock():
             if final.exists():
                 trash = self.root / f"{_TRASH_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
                 final.rename(trash)
                 staged.rename(final)
+                fsync_dir(self.root)
                 _safe_rmtree(trash)
             else:
                 staged.rename(final)
+                fsync_dir(self.root)
         img = self._load(final)
         assert img is not None
         return img

@@ -24,6 +24,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from torpor.files import TMP_PREFIX, sweep, writer_tag
 from torpor.sandbox.engine import SandboxError
 
 INIT_MOUNT = "/.torpor"
@@ -62,8 +63,8 @@ def ensure_init_binary(home: Path) -> Path:
                 "with glibc, whose static binaries leak sandbox memory on this gVisor",
                 file=sys.stderr,
             )
-        tmp = bindir / f".tmp-{digest}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        sweep(bindir)  # builds a killed process left
+        tmp = bindir / f"{TMP_PREFIX}{writer_tag()}{digest}"
         tmp.mkdir()
         (tmp / "torpor-init.c").write_bytes(src)
         proc = subprocess.run(

@@ -21,18 +21,21 @@ An owner is *gone* when, on this host, the process it names no longer runs (or i
 zombie), or the machine rebooted since. A sandbox whose owner is gone is an *orphan*:
 nothing will ever snapshot or remove it. `reap_orphans` removes them; `torpor serve` and
 `torpor worker` call it at start, `torpor ps -a` marks them, `torpor doctor` lists them.
-Records without an owner (made by an older torpor) are never taken for orphans.
+A sandbox without an owner (an engine that records none) is never taken for an orphan.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from torpor.sandbox.engine import SandboxError
+from torpor.sandbox.engine import SandboxError, SandboxNotFound
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from torpor.sandbox.engine import Engine, SandboxInfo
@@ -104,7 +107,7 @@ def owner_state(owner: dict[str, Any] | None, *, host: str | None = None,
     """What is known of the owner: "alive", its process runs; "gone", it does not (on
     this host), or the host rebooted since; "elsewhere", recorded on another host, not
     judged here; "user", a user's own sandbox (never an orphan); "unknown", no owner
-    recorded (an older torpor)."""
+    recorded (an engine that records none) or one without a pid."""
     if not owner:
         return "unknown"
     if owner.get("kind") == "user":
@@ -155,7 +158,10 @@ def reap_orphans(engine: Engine) -> list[SandboxInfo]:
     for info in orphans(engine):
         try:
             gone = engine.reap(info.id)
-        except SandboxError:  # removed by someone else meanwhile, or runsc failed: next time
+        except SandboxNotFound:  # removed by someone else meanwhile
+            continue
+        except SandboxError as e:  # runsc failed: the next reaper tries again
+            log.warning("cannot reap orphan sandbox %s (%s): %s", info.name, info.id, e)
             continue
         if gone is not None:
             removed.append(gone)

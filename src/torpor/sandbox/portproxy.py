@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import logging
 import os
 import signal
 import socket
+
+log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
 
@@ -35,14 +38,14 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         while data := await reader.read(1 << 16):
             writer.write(data)
             await writer.drain()
-    except (ConnectionError, OSError):
-        pass
+    except (ConnectionError, OSError) as e:  # one side went away: the other is closed
+        log.debug("proxied connection ended: %s", e)
     finally:
         try:
             if writer.can_write_eof():
                 writer.write_eof()
-        except OSError:
-            pass
+        except OSError as e:  # already closed
+            log.debug("cannot half-close a proxied connection: %s", e)
 
 
 async def _serve(listeners: list[tuple[socket.socket, int]], target: str) -> None:

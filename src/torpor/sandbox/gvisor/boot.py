@@ -4,7 +4,7 @@ checkpoint, restored into a standby, or only created (a standby itself).
 A fresh boot writes the OCI bundle (`bundle.oci_config`), sets up the sandbox network if
 it has one, and launches runsc (`Driver.launch`); a new sandbox then waits until init
 answers, a restored one does not (init notices the restore by itself: a new token in
-the host channel's directory, or, without the channel, the first call's announcement).
+the host channel's directory).
 A restore into a standby skips all of that: the container exists, runsc only loads the
 checkpoint; a standby that is dead or unfit is noted and the restore goes the usual way.
 """
@@ -12,7 +12,6 @@ checkpoint; a standby that is dead or unfit is noted and the restore goes the us
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,18 +44,15 @@ class Booter:
         *,
         image_path: Path | None = None,
         standby: bool = False,
-        channel: bool = True,
-        init_tmpfs: bool = True,
     ) -> None:
         """Start (or restore, from `image_path`) the runsc container for info, whose lock
         the caller holds, and wait until init answers. With standby, only create it
-        (`runsc create`): a later restore loads into it. `channel` and `init_tmpfs` are
-        the choices for a new sandbox (a restore keeps its checkpoint's)."""
+        (`runsc create`): a later restore loads into it."""
         self.driver.settle(info.id)
+        self.records.sweep(info.id)  # what a process that crashed while using it left
         state = self._into_standby(info, image_path) if info.state == "standby" else None
         if state is None:
-            state = self._container(info, image, image_path=image_path, standby=standby,
-                                    channel=channel, init_tmpfs=init_tmpfs)  # fmt: skip
+            state = self._container(info, image, image_path=image_path, standby=standby)
         info.state = "standby" if standby else "running"
         info.started = None if standby else now()
         info.exit_code = None
@@ -68,11 +64,7 @@ class Booter:
         if state != "running":
             self.driver.reconcile(info)
             return
-        if image_path is not None:
-            if not info.channel:  # without the channel the first call announces the restore
-                info.restore_token = secrets.token_hex(8)
-                self.records.save(info)
-        else:
+        if image_path is None:  # a restored init listens again once its hooks have run
             self.driver.wait_ready(info, time.monotonic() + 30, lambda: self.client.ping(info))
         if info.spec.network == "sandbox" and info.spec.ports:
             network.start_proxy(self.records.home, info.id, info.spec.ports)
@@ -88,9 +80,8 @@ class Booter:
         if dead:
             self.standbys.note_miss(info, dead)
             return None
-        if info.channel:
-            (self.client.channel_dir(info) / "init.sock").unlink(missing_ok=True)
-            self.client.channel_token(info, "restored")
+        (self.client.channel_dir(info) / "init.sock").unlink(missing_ok=True)
+        self.client.channel_token(info, "restored")
         try:
             state = self.driver.launch(info, ["restore", f"--image-path={image_path}", info.id],
                                        what="restore")  # fmt: skip
@@ -101,7 +92,7 @@ class Booter:
         return state
 
     def _container(self, info: SandboxInfo, image: Image, *, image_path: Path | None,
-                   standby: bool, channel: bool, init_tmpfs: bool) -> str:  # fmt: skip
+                   standby: bool) -> str:  # fmt: skip
         """Create the runsc container for info and run it (a restore from `image_path`,
         else its main process; with standby, only create it); runsc's state after."""
         info.from_standby = False
@@ -112,13 +103,9 @@ class Booter:
             self.driver.delete(info.id)
         if info.spec.network == "sandbox":
             info.address = network.setup(self.records.home, info.id)
-        if image_path is None:  # a restore keeps its checkpoint's choices
-            info.channel = channel
-            info.init_tmpfs = init_tmpfs
-        if info.channel:
-            (self.client.channel_dir(info) / "init.sock").unlink(missing_ok=True)
-            if image_path is not None:  # the restored init sees a new token: restored
-                self.client.channel_token(info, "restored")
+        (self.client.channel_dir(info) / "init.sock").unlink(missing_ok=True)
+        if image_path is not None:  # the restored init sees a new token: restored
+            self.client.channel_token(info, "restored")
         d = self.write_bundle(info, image)
         pidfile = self.records.dir(info.id) / "runsc.pid"
         pidfile.unlink(missing_ok=True)
@@ -134,14 +121,12 @@ class Booter:
 
     def write_bundle(self, info: SandboxInfo, image: Image) -> Path:
         """Write info's OCI bundle (see `bundle.oci_config`); returns its directory."""
-        channel_dir = None
-        if info.channel:
-            channel_dir = self.client.channel_dir(info)
-            channel_dir.mkdir(mode=0o700, exist_ok=True)
+        channel_dir = self.client.channel_dir(info)
+        channel_dir.mkdir(mode=0o700, exist_ok=True)
         uid, gid = bundle.image_user(image, info.spec.user or image.user)
         config = bundle.oci_config(
             info.spec, image, sandbox_id=info.id, hostname=info.name, uid=uid, gid=gid,
-            init_dir=self._init_dir(), channel_dir=channel_dir, init_tmpfs=info.init_tmpfs,
+            init_dir=self._init_dir(), channel_dir=channel_dir,
             netns=network.netns_path(info.id) if info.spec.network == "sandbox" else None,
         )  # fmt: skip
         d = self.records.dir(info.id) / "bundle"

@@ -8,8 +8,8 @@ gets (mounts, user, environment, namespaces, limits) can be checked without runs
 
 What every sandbox gets: torpor-init as its first process (always root: it sets up its
 state directory and switches to the sandbox's user for the main process); the init
-binary's directory read-only at /.torpor; with the host channel, a host directory at
-/.torpor-ctl; init's own state on a tmpfs at /run/torpor; Docker's default capabilities;
+binary's directory read-only at /.torpor; the host channel's directory at /.torpor-ctl;
+init's own state on a tmpfs at /run/torpor; Docker's default capabilities;
 its own pid, ipc, uts, mount and network namespaces (the network namespace torpor made
 for it with `--network sandbox`, else an empty one); the root filesystem is the image's
 rootfs, which runsc's `--overlay2=root:memory` keeps unmodified.
@@ -105,14 +105,13 @@ def oci_config(
     uid: int,
     gid: int,
     init_dir: Path,
-    channel_dir: Path | None = None,
-    init_tmpfs: bool = True,
+    channel_dir: Path,
     netns: Path | None = None,
 ) -> dict[str, Any]:
     """The bundle's config.json for one sandbox. `uid`/`gid` run the main process (see
     `image_user`); `init_dir` holds the torpor-init binary; `channel_dir` is the host
-    channel's directory (None: no host channel); `init_tmpfs` puts init's state on a
-    tmpfs; `netns` is the network namespace of a sandbox on the sandbox network."""
+    channel's directory; `netns` is the network namespace of a sandbox on the sandbox
+    network."""
     cmd = list(spec.cmd) or list(image.cmd)
     env = dict(e.split("=", 1) for e in image.env if "=" in e)
     env.setdefault("PATH", DEFAULT_PATH)
@@ -127,7 +126,7 @@ def oci_config(
         "process": {
             "args": [
                 INIT_PATH, "init", *(["-u", f"{uid}:{gid}"] if uid or gid else []),
-                *(["-H", CHANNEL_MOUNT] if channel_dir is not None else []),
+                "-H", CHANNEL_MOUNT,
                 *(["--", *cmd] if cmd else []),
             ],
             "cwd": spec.workdir or image.workdir or "/",
@@ -138,7 +137,7 @@ def oci_config(
         },
         "root": {"path": str(image.rootfs), "readonly": False},
         "hostname": hostname,
-        "mounts": _mounts(spec, init_dir, channel_dir, init_tmpfs),
+        "mounts": _mounts(spec, init_dir, channel_dir),
         "linux": {
             "namespaces": [
                 *({"type": t} for t in ("pid", "ipc", "uts", "mount")),
@@ -150,26 +149,21 @@ def oci_config(
     }  # fmt: skip
 
 
-def _mounts(
-    spec: SandboxSpec, init_dir: Path, channel_dir: Path | None, init_tmpfs: bool
-) -> list[dict[str, Any]]:
+def _mounts(spec: SandboxSpec, init_dir: Path, channel_dir: Path) -> list[dict[str, Any]]:
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["ro"]},
         {"destination": INIT_MOUNT, "type": "bind", "source": str(init_dir),
          "options": ["rbind", "ro"]},
-    ]  # fmt: skip
-    if channel_dir is not None:
-        mounts.append({"destination": CHANNEL_MOUNT, "type": "bind", "source": str(channel_dir),
-                       "options": ["rbind", "rw"]})  # fmt: skip
-    if init_tmpfs:
+        {"destination": CHANNEL_MOUNT, "type": "bind", "source": str(channel_dir),
+         "options": ["rbind", "rw"]},
         # torpor-init's process records live on a plain tmpfs, not on the overlay: this
         # gVisor's overlay leaves a whiteout (a device file in the sandbox's memory,
         # saved and restored with every checkpoint) for every name deleted or renamed
         # away, so one per exec would pile up for the sandbox's whole life.
-        mounts.append({"destination": INIT_DIR, "type": "tmpfs", "source": "tmpfs",
-                       "options": ["mode=755"]})  # fmt: skip
+        {"destination": INIT_DIR, "type": "tmpfs", "source": "tmpfs", "options": ["mode=755"]},
+    ]  # fmt: skip
     for t in spec.tmpfs:
         mounts.append({"destination": t.target, "type": "tmpfs", "source": "tmpfs",
                        "options": t.options()})  # fmt: skip

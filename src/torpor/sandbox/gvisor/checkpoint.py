@@ -5,10 +5,10 @@ A checkpoint holds the whole sandbox: every process, its memory, and the files i
 (the root overlay and tmpfs mounts live in its memory). It is staged by runsc into a
 directory of the checkpoint storage (`torpor.sandbox.checkpoints`), which stores it
 under an id that follows from the sandbox and the checkpoint's name. Its metadata
-records what a restore must match (engine, image digest) and reproduce (the host
-channel, init's tmpfs), and the checkpoint it was taken after (`parent`: the snapshot
-store encodes changed pages as deltas against it). The restore itself is the engine's
-(it boots the sandbox from the checkpoint's directory).
+records what a restore must match (engine, image digest, the sandbox layout: `LAYOUT`),
+and the checkpoint it was taken after (`parent`: the snapshot store encodes changed
+pages as deltas against it). The restore itself is the engine's (it boots the sandbox
+from the checkpoint's directory).
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ from torpor.sandbox.gvisor.client import InitClient
 from torpor.sandbox.gvisor.records import Records, now
 from torpor.sandbox.gvisor.runsc import Driver
 from torpor.sandbox.images import Image
+
+# What every sandbox of this build is, recorded in each checkpoint's metadata: init
+# answers the host through the host channel, and keeps its state on a tmpfs. Older
+# development builds also made sandboxes without them; their checkpoints (where these
+# are false or missing) cannot be restored by this one (see `check_restorable`).
+LAYOUT = {"channel": True, "init_tmpfs": True}
 
 
 class Checkpointer:
@@ -58,10 +64,8 @@ class Checkpointer:
                 f"cannot checkpoint sandbox {info.name}: it is not running (state: {info.state})"
             )
         ck_name, ck_id = self._free_name(info, name)
-        if info.restore_token:  # init has not heard of the last restore yet: tell it now
-            self.client.run(info, ["ping"], timeout=60)
-        if info.channel:  # init closes its host socket, which gVisor cannot save
-            self.client.run(info, ["prepare"], timeout=60)
+        # init closes its host socket, which gVisor cannot save
+        self.client.run(info, ["prepare"], timeout=60)
         staging = self.storage.staging_dir()
         # Connections through torpor's port proxy are external to the sandbox and would
         # block the checkpoint: close them first (clients reconnect after).
@@ -124,16 +128,14 @@ class Checkpointer:
         # The checkpoint this memory came from: the store encodes changed pages as deltas
         # against it (see docs/snapshots.md).
         parent = info.last_checkpoint or info.restored_from
-        meta.update(sandbox_id=info.id, platform=self.driver.platform, channel=info.channel,
-                    init_tmpfs=info.init_tmpfs, parent=parent)  # fmt: skip
+        meta.update(LAYOUT, sandbox_id=info.id, platform=self.driver.platform, parent=parent)
         return meta
 
     def _resume_after_failure(self, info: SandboxInfo) -> None:
         """A failed checkpoint: if the sandbox still runs, init listens again and the
         published ports are served again; the record says what became of it."""
         if self.driver.runsc_state(info.id) == "running":
-            if info.channel:
-                self.client.channel_token(info, "resumed")
+            self.client.channel_token(info, "resumed")
             if info.spec.ports:
                 network.start_proxy(self.records.home, info.id, info.spec.ports)
         self.driver.reconcile(info)
@@ -142,8 +144,7 @@ class Checkpointer:
         """After a checkpoint that kept the sandbox running."""
         info.last_checkpoint = ck_id
         self.records.save(info)
-        if info.channel:
-            self.client.channel_token(info, "resumed")
+        self.client.channel_token(info, "resumed")
         if self.driver.state(info) != "running":
             raise CheckpointError(
                 f"checkpoint {ck_id} was saved but sandbox {info.name} did not keep running"
@@ -174,12 +175,21 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint name {ref} is ambiguous: use its id")
         raise CheckpointNotFound(f"no such checkpoint: {ref}")
 
-    def check_restorable(self, info: SandboxInfo, ck: dict[str, Any], image: Image) -> None:
-        """Refuse a checkpoint of another engine, or of another version of the image."""
+    def check_restorable(self, ck: dict[str, Any], image: Image) -> None:
+        """Refuse a checkpoint of another engine, of an older development build's sandbox
+        layout, or of another version of the image."""
         if ck.get("engine") != self.engine_name:
             raise CheckpointError(f"checkpoint {ck['id']} was made by engine {ck.get('engine')}")
+        if any(ck.get(key) is not value for key, value in LAYOUT.items()):
+            why = ("without the host channel to its init" if ck.get("channel") is not True
+                   else "with its init's state on the root overlay")  # fmt: skip
+            raise CheckpointError(
+                f"checkpoint {ck['id']} was made by an older development build of torpor (a "
+                f"sandbox {why}); this version cannot restore it: remove it (`torpor "
+                "checkpoint rm`) and take a new one from a sandbox of this version"
+            )
         if ck.get("image_digest") != image.digest:
             raise CheckpointError(
-                f"checkpoint {ck['id']} was taken on image {info.spec.image} at digest "
-                f"{ck.get('image_digest')}, which is now {image.digest}"
+                f"checkpoint {ck['id']} was taken on image {ck.get('spec', {}).get('image')} "
+                f"at digest {ck.get('image_digest')}, which is now {image.digest}"
             )

@@ -8,9 +8,8 @@ Unix socket in a per-sandbox host directory bind-mounted at /.torpor-ctl
 (`init --connect SOCKET VERB ...`), a ~1 ms process instead of a `runsc exec` (~50 ms of
 Go start-up). gVisor cannot checkpoint a socket bound on a host file, so a checkpoint
 first asks init to `prepare` (close it), and the host writes a token file that tells
-init when it was restored (or kept running) so it listens again. Sandboxes restored
-from checkpoints made before the channel existed keep using `runsc exec /.torpor/init
-...` as the client. docs/sandbox-init.md has the protocol.
+init when it was restored (or kept running) so it listens again. docs/sandbox-init.md
+has the protocol.
 
 `InitClient` acts on a sandbox record the caller holds locked (see the engine); file
 transfer is in `files.py`.
@@ -21,12 +20,12 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
+from torpor.files import writer_tag
 from torpor.sandbox.engine import (
     CommandTimeout,
     ExecResult,
@@ -41,7 +40,6 @@ from torpor.sandbox.engine import (
 from torpor.sandbox.gvisor import streams
 from torpor.sandbox.gvisor.records import Records
 from torpor.sandbox.gvisor.runsc import Driver, last_line
-from torpor.sandbox.initbin import INIT_PATH
 
 
 def not_running(info: SandboxInfo, why: str = "") -> SandboxNotRunning:
@@ -102,43 +100,21 @@ class InitClient:
         never followed."""
         d = self.channel_dir(info)
         d.mkdir(mode=0o700, exist_ok=True)
-        tmp = d / f".token-{os.getpid()}-{threading.get_ident()}"
+        tmp = d / f".token-{writer_tag()}{threading.get_ident()}"
         tmp.write_text(f"{kind} {secrets.token_hex(8)}\n")
         os.replace(tmp, d / "token")
 
     def command(self, info: SandboxInfo, args: Sequence[str]) -> list[str]:
-        """The command line that runs torpor-init's client side for info's sandbox.
-
-        After a restore, init must be told (restore generation, hooks) before anything
-        else runs. Rather than pay a `runsc exec` for that alone, the first call after
-        a restore carries the announcement (`--restored TOKEN`); init acts on each token
-        once, so concurrent first calls are harmless.
-
-        With the host channel, the client runs on the host (init itself notices a restore
-        through the channel's token file)."""
-        if info.channel:
-            sock = self.channel_dir(info) / "init.sock"
-            alive = ["--alive", str(info.pid)] if info.pid else []
-            return [str(self._init_dir() / "init"), "--connect", str(sock), *alive, *args]
-        announce: list[str] = []
-        if info.restore_token:
-            announce = ["--restored", info.restore_token]
-            info.restore_token = None
-            fresh = self.records.load(info.id)
-            if fresh is not None and fresh.restore_token:
-                fresh.restore_token = None
-                self.records.save(fresh)
-        return [
-            self.driver.binary, *self.driver.flags(info), "exec", info.id, INIT_PATH,
-            *announce, *args,
-        ]  # fmt: skip
+        """The command line that runs torpor-init's client side for info's sandbox: on
+        the host, through the host channel (init notices a restore by itself, through
+        the channel's token file)."""
+        sock = self.channel_dir(info) / "init.sock"
+        alive = ["--alive", str(info.pid)] if info.pid else []
+        return [str(self._init_dir() / "init"), "--connect", str(sock), *alive, *args]
 
     def ping(self, info: SandboxInfo) -> subprocess.CompletedProcess[bytes]:
         """init's `ping`, without the retries and checks of `run` (see Driver.wait_ready)."""
-        if info.channel:
-            return subprocess.run(self.command(info, ["ping"]), capture_output=True, timeout=20)
-        return self.driver.run(info, "exec", info.id, INIT_PATH, "ping", check=False,
-                               timeout=20)  # fmt: skip
+        return subprocess.run(self.command(info, ["ping"]), capture_output=True, timeout=20)
 
     def run(
         self,
@@ -150,8 +126,7 @@ class InitClient:
         check: bool = True,
         retry: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run torpor-init's client side (on the host through the channel, or inside the
-        sandbox with `runsc exec`)."""
+        """Run torpor-init's client side, its output collected."""
         kw: dict[str, Any] = {"input": input} if input is not None else {}
         try:
             proc = subprocess.run(
@@ -175,7 +150,7 @@ class InitClient:
         """After a client could not reach init through the host channel: if the sandbox
         runs, init was left prepared by a checkpoint that never happened (its caller died
         in between). Tell it to listen again; True means: try once more."""
-        if not (info.channel and code == 125 and b"cannot connect to init" in err):
+        if not (code == 125 and b"cannot connect to init" in err):
             return False
         if self.driver.runsc_state(info.id) != "running":
             return False
@@ -249,50 +224,6 @@ class InitClient:
         if self.maybe_gone(proc.returncode, got.head):
             self.raise_if_gone(info)
         return result
-
-    def exec_stream(
-        self,
-        info: SandboxInfo,
-        argv: Sequence[str],
-        *,
-        interactive: bool = False,
-        detach: bool = False,
-        env: Sequence[str] = (),
-        workdir: str | None = None,
-        user_ids: tuple[int, int] | None = None,
-    ) -> int:
-        """Run a command with this process's stdin/stdout/stderr; returns its exit code."""
-        args = client_args(argv, interactive=interactive, detach=detach, env=env,
-                           workdir=workdir, user_ids=user_ids)  # fmt: skip
-        # Output goes through pipes that we copy, never our own fds handed to runsc:
-        # gVisor writes a donated regular file at its own offset, so with stdout
-        # redirected to a file it would overwrite what is already there.
-        proc = subprocess.Popen(
-            self.command(info, args),
-            stdin=None if interactive else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        err_head = bytearray()
-
-        def pump(src: IO[bytes], dst: BinaryIO, head: bytearray | None) -> None:
-            while chunk := src.read1(1 << 16):  # type: ignore[attr-defined]
-                if head is not None and len(head) < 64:
-                    head += chunk[:64]
-                dst.write(chunk)
-                dst.flush()
-
-        t = threading.Thread(
-            target=pump, args=(proc.stderr, sys.stderr.buffer, err_head), daemon=True
-        )
-        t.start()
-        pump(proc.stdout, sys.stdout.buffer, None)
-        t.join()
-        code = proc.wait()
-        if self.maybe_gone(code, bytes(err_head)):
-            self.raise_if_gone(info)
-        return code
 
     def spawn(
         self,

@@ -11,19 +11,21 @@ the engine itself does is boot a sandbox (fresh, from a checkpoint, or into a st
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import posixpath
+import re
 import secrets
 import shutil
 import signal
 import stat
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from torpor.files import sweep
 from torpor.home import torpor_home
 from torpor.sandbox import network, owners
 from torpor.sandbox.checkpoints import CheckpointStorage, LocalCheckpointStorage
@@ -46,11 +48,13 @@ from torpor.sandbox.gvisor.boot import Booter
 from torpor.sandbox.gvisor.checkpoint import Checkpointer
 from torpor.sandbox.gvisor.client import InitClient, not_running
 from torpor.sandbox.gvisor.files import Files
-from torpor.sandbox.gvisor.records import Records
+from torpor.sandbox.gvisor.records import Records, SandboxOutdated
 from torpor.sandbox.gvisor.runsc import PLATFORMS, Driver
 from torpor.sandbox.gvisor.standby import Standbys
 from torpor.sandbox.images import Image, ImageError, ImageStore
 from torpor.sandbox.initbin import ensure_init_binary
+
+log = logging.getLogger(__name__)
 
 
 class GVisorEngine(Engine):
@@ -58,10 +62,6 @@ class GVisorEngine(Engine):
     docstring for the state under TORPOR_HOME)."""
 
     name = "gvisor"
-    # New sandboxes keep torpor-init's state on a tmpfs (see bundle.oci_config); sandboxes
-    # restored from older checkpoints keep theirs on the overlay. False makes sandboxes
-    # as older torpor versions did (for compatibility tests).
-    init_tmpfs = True
 
     def __init__(
         self,
@@ -71,17 +71,11 @@ class GVisorEngine(Engine):
         images: ImageStore | None = None,
         checkpoints: CheckpointStorage | None = None,
         runsc: str | None = None,
-        host_channel: bool | None = None,
     ) -> None:
         """An engine over TORPOR_HOME (creates its state directories, runs nothing). It
         does not check runsc: `torpor.sandbox.open_engine` does (torpor's self-test, the
         doctor's gate), and is what the CLI and the runtime use."""
         self.home = home or torpor_home()
-        # New sandboxes get the host channel unless told otherwise (TORPOR_HOST_CHANNEL=0):
-        # the way back to one `runsc exec` per call, should a gVisor lack --host-uds.
-        if host_channel is None:
-            host_channel = os.environ.get("TORPOR_HOST_CHANNEL", "1") != "0"
-        self.host_channel = host_channel
         self.platform = platform or os.environ.get("TORPOR_PLATFORM", "systrap")
         if self.platform not in PLATFORMS:
             raise SandboxError(f"unknown platform {self.platform!r}: use one of {PLATFORMS}")
@@ -118,6 +112,19 @@ class GVisorEngine(Engine):
     @property
     def version(self) -> str:
         return self.driver.version
+
+    def sweep(self) -> None:
+        """Remove the temporary files and directories crashed processes left in this
+        engine's state and image store (never one a live process is still writing; see
+        torpor.files.sweep); open_engine calls it. A sandbox's own directory is swept
+        when it boots."""
+        sweep(self.home)
+        sweep(self.home / "bin")
+        self.records.sweep()
+        try:
+            self.images.sweep()
+        except OSError as e:  # a store this process may only read: its writers sweep it
+            log.warning("cannot sweep the image store %s: %s", self.images.root, e)
 
     @property
     def standby_misses(self) -> list[str]:
@@ -163,9 +170,8 @@ class GVisorEngine(Engine):
 
     def _boot(self, info: SandboxInfo, image: Image, *, image_path: Path | None = None,
               standby: bool = False) -> None:  # fmt: skip
-        """Boot info's sandbox (see `Booter.boot`) with this engine's choices for new ones."""
-        self.booter.boot(info, image, image_path=image_path, standby=standby,
-                         channel=self.host_channel, init_tmpfs=self.init_tmpfs)  # fmt: skip
+        """Boot info's sandbox (see `Booter.boot`)."""
+        self.booter.boot(info, image, image_path=image_path, standby=standby)
 
     def _create_record(self, spec: SandboxSpec, image: Image, name: str | None,
                        owner: dict[str, Any] | None = None) -> SandboxInfo:  # fmt: skip
@@ -185,9 +191,11 @@ class GVisorEngine(Engine):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def run(
+    def create(
         self, spec: SandboxSpec, *, name: str | None = None, owner: dict[str, Any] | None = None
     ) -> SandboxInfo:
+        """Record a sandbox without starting it (state "created", Docker's `create`): its
+        spec is checked, its name and id reserved; `start` boots it."""
         image = self._image(spec)
         if spec.network not in ("none", "sandbox"):
             raise SandboxError(f"unknown network {spec.network!r}: use none or sandbox")
@@ -195,7 +203,13 @@ class GVisorEngine(Engine):
             raise SandboxError("publishing ports (-p) needs --network sandbox")
         bundle.check_mounts(spec)
         with self.records.global_lock():
-            info = self._create_record(spec, image, name, owner)
+            return self._create_record(spec, image, name, owner)
+
+    def run(
+        self, spec: SandboxSpec, *, name: str | None = None, owner: dict[str, Any] | None = None
+    ) -> SandboxInfo:
+        info = self.create(spec, name=name, owner=owner)
+        image = self._image(spec)
         try:
             with self._locked(info.id):
                 self._boot(info, image)
@@ -220,14 +234,32 @@ class GVisorEngine(Engine):
                 self._boot(info, image)
             else:
                 ck = self.checkpointer.find(checkpoint, sandbox=info)
+                self.checkpointer.check_restorable(ck, image)
                 self._restore_into(info, ck, image)
             return self.records.load(info.id) or info
 
     def remove(self, sandbox: str, *, force: bool = False) -> None:
-        if force:
-            self._kill_at_once(sandbox)
-        with self._locked(sandbox) as info:
-            self._remove_locked(info, force=force)
+        try:
+            if force:
+                self._kill_at_once(sandbox)
+            with self._locked(sandbox) as info:
+                self._remove_locked(info, force=force)
+        except SandboxOutdated as e:  # an older build's: it can only go, and only by force
+            if not force:
+                raise
+            self._remove_outdated(e)
+
+    def _remove_outdated(self, old: SandboxOutdated) -> None:
+        """Remove a sandbox an older development build recorded (see
+        records.SandboxOutdated): whatever runsc runs of it, its network, its record."""
+        with self.records.global_lock():
+            # SIGKILL first: `runsc delete -force` alone waits 5 s for a running one
+            self.driver.run(None, "kill", "--all", old.sid, "KILL", check=False, timeout=20)
+            self.driver.delete(old.sid)
+            network.teardown(self.home, old.sid)
+            shutil.rmtree(self.records.dir(old.sid), ignore_errors=True)
+            if old.name:
+                self.records.unindex_name(old.name, old.sid)
 
     def _kill_at_once(self, sandbox: str) -> None:
         """`rm -f` kills before it takes the sandbox's lock: a long command running in it
@@ -276,29 +308,13 @@ class GVisorEngine(Engine):
             self.records.rename(info, new_name)
             return info
 
-    def logs(self, sandbox: str, *, follow: bool = False) -> int:
-        """Copy the main process's output to stdout; with follow, until the sandbox stops."""
-        info = self.inspect(sandbox)
-        path = self.records.dir(info.id) / "console.log"
-        out = sys.stdout.buffer
-        with open(path, "rb") if path.exists() else open(os.devnull, "rb") as f:
-            while True:
-                chunk = f.read(1 << 16)
-                if chunk:
-                    out.write(chunk)
-                    out.flush()
-                    continue
-                if not follow:
-                    return 0
-                fresh = self.records.load(info.id)
-                if fresh is None or self.driver.reconcile(fresh).state != "running":
-                    out.write(f.read())
-                    out.flush()
-                    return 0
-                time.sleep(0.1)
-
     def console_path(self, sandbox: str) -> Path:
         return self.records.dir(self.records.find(sandbox).id) / "console.log"
+
+    def sandbox_file(self, sandbox: str, name: str) -> Path:
+        if not re.fullmatch(r"x-[a-z0-9][a-z0-9._-]*", name):
+            raise SandboxError(f"invalid sandbox file name {name!r}: use x-NAME")
+        return self.records.dir(self.records.find(sandbox).id) / name
 
     def wait(self, sandbox: str) -> int:
         """Block until the sandbox's main process exits; returns its exit code."""
@@ -346,22 +362,6 @@ class GVisorEngine(Engine):
                 user_ids=self._user_ids(info, user), timeout=timeout, cancel=cancel,
                 on_stdout=on_stdout, on_stderr=on_stderr, capture=capture,
             )  # fmt: skip
-
-    def exec_stream(
-        self,
-        sandbox: str,
-        argv: Sequence[str],
-        *,
-        interactive: bool = False,
-        detach: bool = False,
-        env: Sequence[str] = (),
-        workdir: str | None = None,
-        user: str | None = None,
-    ) -> int:
-        with self._running(sandbox) as info:
-            return self.client.exec_stream(info, argv, interactive=interactive, detach=detach,
-                                           env=env, workdir=workdir,
-                                           user_ids=self._user_ids(info, user))  # fmt: skip
 
     def spawn(
         self,
@@ -479,16 +479,10 @@ class GVisorEngine(Engine):
         self.checkpoints.delete(meta["id"])
 
     def _restore_into(self, info: SandboxInfo, ck: dict[str, Any], image: Image) -> None:
-        if info.state == "standby" and (info.channel, info.init_tmpfs) != (
-            bool(ck.get("channel")), bool(ck.get("init_tmpfs"))
-        ):
-            info.state = "created"  # made for another kind of checkpoint: not used
-        self.checkpointer.check_restorable(info, ck, image)
+        """Boot info's sandbox from checkpoint `ck` (checked restorable by the caller)."""
         path, temporary = self.checkpoints.open_dir(ck["id"])
         try:
             info.restored_from = ck["id"]
-            info.channel = bool(ck.get("channel"))
-            info.init_tmpfs = bool(ck.get("init_tmpfs"))
             self._boot(info, image, image_path=path)
         finally:
             if temporary:
@@ -500,9 +494,10 @@ class GVisorEngine(Engine):
         ck = self.checkpointer.find(checkpoint)
         spec = SandboxSpec.from_json(ck["spec"])
         image = self._image(spec)
+        self.checkpointer.check_restorable(ck, image)
         owner = self._owner(owner)
         with self.records.global_lock():
-            info = self.standbys.claim(spec, image.digest, ck, name, owner, self._discard)
+            info = self.standbys.claim(spec, image.digest, name, owner, self._discard)
             if info is None:
                 info = self._create_record(spec, image, name, owner)
         try:
@@ -522,8 +517,7 @@ class GVisorEngine(Engine):
         if spec.network != "none":
             raise SandboxError("standby sandboxes support --network none only")
         bundle.check_mounts(spec)
-        ready, extra = self.standbys.survey(spec, image.digest, self.host_channel,
-                                            self.init_tmpfs, count, owner)  # fmt: skip
+        ready, extra = self.standbys.survey(spec, image.digest, count, owner)
         for info in extra:
             with contextlib.suppress(SandboxNotFound):
                 self.remove(info.id, force=True)

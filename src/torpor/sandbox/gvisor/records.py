@@ -1,10 +1,11 @@
 """Sandbox records: each sandbox's `sandbox.json` (its `SandboxInfo`), the index of names,
 and the locks that serialise what happens to a sandbox.
 
-    sandboxes/ID/sandbox.json   the record (what `ps`/`inspect` show); the truth
+    sandboxes/ID/sandbox.json   the record (what `ps`/`inspect` show); the truth,
+                                written whole or not at all (fsynced, then renamed)
     sandboxes/ID/lock           flock: exclusive to change the sandbox, shared to use it
     names/NAME                  the id of the sandbox called NAME: a hint, checked
-                                against the record it points to
+                                against the record it points to (never synced)
     .names.lock                 the global lock: names and owners change under it
 
 Nothing here runs runsc: a record says what torpor last recorded, and the engine
@@ -26,8 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from torpor.files import TMP_PREFIX, sweep, write_atomic, writer_tag
 from torpor.sandbox.engine import (
     SandboxConflict,
+    SandboxError,
     SandboxInfo,
     SandboxNotFound,
     SandboxSpec,
@@ -43,6 +46,31 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+class SandboxOutdated(SandboxError):
+    """A sandbox record written by an older development build of torpor, whose sandbox
+    this one cannot run; it can only be removed (`GVisorEngine.remove(force=True)`)."""
+
+    def __init__(self, message: str, *, sid: str, name: str | None) -> None:
+        super().__init__(message)
+        self.sid = sid
+        self.name = name
+
+
+def outdated(data: dict[str, Any]) -> str | None:
+    """Why a record (sandbox.json's data) was written by an older development build of
+    torpor whose sandboxes this one cannot run, or None. Those builds made sandboxes whose
+    init answered only `runsc exec` (`channel` false), kept init's state on the overlay
+    (`init_tmpfs` false), or recorded no owner; every sandbox of this one has the host
+    channel and the tmpfs, and an owner."""
+    if data.get("channel") is False:
+        return "without the host channel to its init"
+    if data.get("init_tmpfs") is False:
+        return "with its init's state on the root overlay"
+    if not data.get("owner"):
+        return "without an owner"
+    return None
+
+
 class Records:
     """The sandbox records under `home` (TORPOR_HOME)."""
 
@@ -50,28 +78,63 @@ class Records:
         self.home = home
         self.sandboxes_dir = home / "sandboxes"
         self.names_dir = home / "names"
+        self._warned: set[str] = set()  # outdated records warned of
 
     def dir(self, sid: str) -> Path:
         return self.sandboxes_dir / sid
 
     def save(self, info: SandboxInfo) -> None:
-        d = self.dir(info.id)
-        tmp = d / "sandbox.json.tmp"
-        tmp.write_text(json.dumps(info.to_json(), indent=1))
-        os.replace(tmp, d / "sandbox.json")
+        """Write info's record whole (fsynced before its rename: a power cut leaves this
+        record or the one before, never a torn one, which would lose the sandbox). The
+        directory is not synced: the record before is as good after a power cut, when
+        nothing runs any more (see `runsc.Driver.reconcile`)."""
+        write_atomic(self.dir(info.id) / "sandbox.json",
+                     json.dumps(info.to_json(), indent=1).encode())  # fmt: skip
+
+    def sweep(self, sid: str | None = None) -> None:
+        """Remove the temporary files crashed writers left: of the names index, or (with
+        `sid`) in that sandbox's directory and its host channel's."""
+        if sid is None:
+            sweep(self.names_dir)
+            return
+        sweep(self.dir(sid))
+        sweep(self.dir(sid) / "ctl", ".token-")
 
     def load(self, sid: str) -> SandboxInfo | None:
+        """The record of sandbox `sid`, None if there is none (or it is unreadable);
+        SandboxOutdated for a record an older development build wrote."""
         try:
             data = json.loads((self.dir(sid) / "sandbox.json").read_text())
         except (FileNotFoundError, ValueError):
             return None
-        data["spec"] = SandboxSpec.from_json(data["spec"])
-        return SandboxInfo(**data)
+        if not isinstance(data, dict):
+            return None
+        why = outdated(data)
+        if why is None:
+            try:
+                return SandboxInfo.from_json(data)
+            except (KeyError, TypeError, ValueError) as e:
+                why = f"a record format this version does not know: {e!r}"
+        raise SandboxOutdated(
+            f"sandbox {data.get('name', sid)} ({sid}) was made by an older development build "
+            f"of torpor ({why}); this version cannot use it: remove it with `torpor rm -f "
+            f"{sid}` and start a new one (its checkpoints are refused too)",
+            sid=sid,
+            name=data["name"] if isinstance(data.get("name"), str) else None,
+        )
 
     def all(self) -> list[SandboxInfo]:
+        """Every readable record; those of older development builds are left out (a
+        warning names them and says how to remove them)."""
         out = []
         for d in sorted(self.sandboxes_dir.iterdir()):
-            info = self.load(d.name) if d.is_dir() else None
+            try:
+                info = self.load(d.name) if d.is_dir() else None
+            except SandboxOutdated as e:
+                if e.sid not in self._warned:  # once per process: `all` is called often
+                    self._warned.add(e.sid)
+                    log.warning("%s", e)
+                continue
             if info is not None:
                 out.append(info)
         return out
@@ -85,7 +148,7 @@ class Records:
         self.names_dir.mkdir(exist_ok=True)
         if old_name is not None:
             self.unindex_name(old_name, info.id)
-        tmp = self.names_dir / f".{info.name}.{os.getpid()}.{threading.get_ident()}"
+        tmp = self.names_dir / f"{TMP_PREFIX}{writer_tag()}{threading.get_ident()}-{info.name}"
         tmp.write_text(info.id)
         os.replace(tmp, self.names_dir / info.name)
 

@@ -94,10 +94,9 @@ class Driver:
             f"--platform={self.platform}",
             f"--network={'sandbox' if info.spec.network == 'sandbox' else 'none'}",
             "--overlay2=root:memory",
-        ]
-        if info.channel:
             # init binds its host-channel socket in a host directory (CHANNEL_MOUNT)
-            flags.append("--host-uds=create")
+            "--host-uds=create",
+        ]
         if info.spec.network == "sandbox":
             # TCP connections over the sandbox's interface (anything but loopback) cannot
             # be saved by this gVisor: without this flag one open or TIME_WAIT connection

@@ -4,15 +4,16 @@ A standby is a sandbox record whose runsc container was created (`runsc create`:
 and gofer processes started, root filesystem set up) but never started. `runsc restore`
 of a checkpoint into such a container only loads the checkpoint: measured here, ~65 ms
 instead of ~150 ms for a restore that creates the container too. A checkpoint fits a
-standby made for the same spec, image digest, host-channel setting and platform (the
-container's configuration is fixed at create time); standby/KEY/ID lists the unused
-ones, and claiming one is unlinking its entry.
+standby made for the same spec, image digest and platform (the container's
+configuration is fixed at create time); standby/KEY/ID lists the unused ones, and
+claiming one is unlinking its entry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ from torpor.sandbox import owners
 from torpor.sandbox.engine import SandboxInfo, SandboxSpec
 from torpor.sandbox.gvisor.records import ID_RE, Records, now
 from torpor.sandbox.gvisor.runsc import Driver
+
+log = logging.getLogger(__name__)
 
 
 class Standbys:
@@ -33,13 +36,9 @@ class Standbys:
         self.misses: list[str] = []  # the last 20 standbys taken but not used
         self._lock = threading.Lock()
 
-    def dir(self, spec: SandboxSpec, digest: str, channel: bool,
-            init_tmpfs: bool = True) -> Path:  # fmt: skip
+    def dir(self, spec: SandboxSpec, digest: str) -> Path:
         """standby/KEY: the unused standbys that fit checkpoints of this kind."""
-        key = [spec.to_json(), digest, channel, self.driver.platform]
-        if not init_tmpfs:
-            key.append("no-init-tmpfs")
-        raw = json.dumps(key, sort_keys=True)
+        raw = json.dumps([spec.to_json(), digest, self.driver.platform], sort_keys=True)
         return self.records.home / "standby" / hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     def dead(self, info: SandboxInfo) -> str | None:
@@ -52,18 +51,18 @@ class Standbys:
         return self.driver.why_dead(info)
 
     def unlist(self, info: SandboxInfo) -> None:
-        d = self.dir(info.spec, info.image_digest, info.channel, info.init_tmpfs)
-        (d / info.id).unlink(missing_ok=True)
+        (self.dir(info.spec, info.image_digest) / info.id).unlink(missing_ok=True)
 
     def add(self, info: SandboxInfo) -> None:
         """Make info (a standby just created) available to restores."""
-        d = self.dir(info.spec, info.image_digest, info.channel, info.init_tmpfs)
+        d = self.dir(info.spec, info.image_digest)
         d.mkdir(parents=True, exist_ok=True)
         (d / info.id).touch()
 
     def note_miss(self, info: SandboxInfo, why: str) -> None:
         """A standby was taken but could not be used (the restore then went the usual
         way): kept for whoever wonders why a restore was slow (`misses`)."""
+        log.info("standby %s not used: %s", info.id, why)
         with self._lock:
             self.misses.append(f"{now()} standby {info.id}: {why}")
             del self.misses[:-20]
@@ -72,15 +71,15 @@ class Standbys:
         self,
         spec: SandboxSpec,
         image_digest: str,
-        ck: dict[str, Any],
         name: str | None,
         owner: dict[str, Any] | None,
         discard: Callable[[SandboxInfo], None],
     ) -> SandboxInfo | None:
-        """Take an unused standby that fits checkpoint `ck`, renamed to `name` and owned by
-        `owner` from now on (caller holds the global lock). None if there is none; one
-        whose container is gone is discarded (by `discard`)."""
-        d = self.dir(spec, image_digest, bool(ck.get("channel")), bool(ck.get("init_tmpfs")))
+        """Take an unused standby that fits checkpoints of `spec` on the image at
+        `image_digest`, renamed to `name` and owned by `owner` from now on (caller holds
+        the global lock). None if there is none; one whose container is gone is discarded
+        (by `discard`)."""
+        d = self.dir(spec, image_digest)
         if not d.is_dir():
             return None
         if name is not None:
@@ -104,13 +103,12 @@ class Standbys:
         return None
 
     def survey(
-        self, spec: SandboxSpec, image_digest: str, channel: bool, init_tmpfs: bool,
-        count: int, owner: dict[str, Any] | None,
+        self, spec: SandboxSpec, image_digest: str, count: int, owner: dict[str, Any] | None
     ) -> tuple[list[SandboxInfo], list[SandboxInfo]]:
         """The standbys of this kind: (those to keep, at most `count` of `owner`'s (all
         owners' without one), and those to remove: the extra ones and the dead ones).
         Another live process's standbys are its own to count."""
-        d = self.dir(spec, image_digest, channel, init_tmpfs)
+        d = self.dir(spec, image_digest)
         ready: list[SandboxInfo] = []
         extra: list[SandboxInfo] = []
         for entry in sorted(d.iterdir()) if d.is_dir() else []:

@@ -6,10 +6,11 @@
  * this program. `init init` is the long-lived PID 1: it listens on a Unix
  * socket, starts processes on request, stores their output in files, streams
  * it to the client that asked, and reaps every zombie. All other roles
- * (exec, ps, kill, input, forget, logs, get, put, stat, ls, mkdir, rm, mv, restored, ping) are
+ * (exec, ps, kill, input, forget, logs, get, put, stat, ls, mkdir, rm, mv, restored,
+ * ping) are
  * short-lived clients: run on the host as `init --connect SOCKET ROLE ...` through
- * the host channel (see below), or inside the sandbox with
- * `runsc exec /.torpor/init ROLE ...`.
+ * the host channel (see below), or inside the sandbox as `/.torpor/init ROLE ...`
+ * (the host runs the file roles there, as children of PID 1).
  * `supervise` runs on the host too: it is what runsc runs under.
  *
  * The contract (argv, wire protocol, file layout) is docs/sandbox-init.md.
@@ -277,7 +278,7 @@ static int g_terminating;          /* got SIGTERM/SIGINT */
 static int g_phase;                /* 0 running, 1 main gone: TERM sent, 2: KILL sent */
 static long long g_deadline;
 static int g_exit_code;
-static char g_restore_token[64];    /* token of the last announced restore (if any) */
+static char g_restore_token[64];    /* the host's token of the last announced restore */
 static int g_console;              /* tee main's output to init's own stdout */
 
 /* The host channel (`init init -H DIR`): a second listening socket, DIR/init.sock, on a
@@ -286,7 +287,7 @@ static int g_console;              /* tee main's output to init's own stdout */
  * bound on a host file, so the host asks init to `prepare` before a checkpoint: init
  * closes that socket and its host connections, remembers DIR/token, and from then on
  * checks DIR/token every PREPARED_POLL_MS. The host writes a new token before it restores
- * the checkpoint ("restored ID": announce the restore, as `restored ID` does, then listen
+ * the checkpoint ("restored ID": announce the restore, as `restored` does, then listen
  * again once the hooks are done) or when the sandbox kept running ("resumed ID": listen
  * again). */
 #define PREPARED_POLL_MS 2
@@ -807,7 +808,8 @@ static void req_forget(struct client *c, const char *id)
 }
 
 /* A restore happened: bump the generation and run the hooks (clients in ST_RESTORE are
- * answered when they are done). token: the host's id for this restore, if any. */
+ * answered when they are done). token: the host's id for this restore (from the host
+ * channel's token file), or NULL for a `restored` request. */
 static void announce_restore(const char *token)
 {
     char path[PATH_MAX], b[16];
@@ -915,11 +917,9 @@ static void handle_request(struct client *c, char *payload, size_t n)
         req_input(c, s[1]);
     } else if (!strcmp(s[0], "forget") && ns >= 2) {
         req_forget(c, s[1]);
-    } else if (!strcmp(s[0], "restored") && ns >= 2 && !strcmp(s[1], g_restore_token)) {
-        send_exit(c, 0);   /* this restore was announced already */
     } else if (!strcmp(s[0], "restored")) {
         c->state = ST_RESTORE;   /* answered once the hooks are done */
-        announce_restore(ns >= 2 ? s[1] : NULL);
+        announce_restore(NULL);
     } else if (!strcmp(s[0], "prepare")) {
         if (!c->host) {
             send_str(c, 'F', "torpor-init: prepare is for the host channel");
@@ -1943,18 +1943,6 @@ int main(int argc, char **argv)
             argc -= 2;
         }
     }
-    /* `--restored TOKEN VERB...`: announce a restore (at most once per token), then
-     * run VERB. The host folds the announcement into its first call after a restore
-     * instead of paying for a separate `runsc exec`. */
-    if (argc > 3 && !strcmp(argv[1], "--restored")) {
-        struct buf req = {0};
-        buf_add(&req, "restored", 9);
-        buf_add(&req, argv[2], strlen(argv[2]) + 1);
-        int rc = run_client(req.p, req.len, 0, 0, 0);
-        if (rc != 0) return rc;
-        argv += 2;
-        argc -= 2;
-    }
     const char *role = argv[1];
     if (g_remote) {
         g_prefd = connect_init(connect_wait);   /* wait for the socket once; run_client uses it */
@@ -1980,12 +1968,6 @@ int main(int argc, char **argv)
     if (!strcmp(role, "supervise")) return cmd_supervise(argc, argv);
     if (!strcmp(role, "ps") && argc == 2) return run_client("ps", 3, 0, 0, 0);
     if (!strcmp(role, "restored") && argc == 2) return run_client("restored", 9, 0, 0, 0);
-    if (!strcmp(role, "restored") && argc == 3) {
-        struct buf req = {0};
-        buf_add(&req, "restored", 9);
-        buf_add(&req, argv[2], strlen(argv[2]) + 1);
-        return run_client(req.p, req.len, 0, 0, 0);
-    }
     if (!strcmp(role, "ping") && argc == 2) {
         if (g_prefd < 0) close(connect_init(5000));   /* wait (up to 5 s) for the socket */
         return run_client("ping", 5, 0, 0, 0);
