@@ -77,14 +77,21 @@ class SessionSandbox:
             return self.copy, (f"session {row.id} (a copy of its snapshot {row.snapshot}; "
                                "changes stay in the copy)")
 
+    def target(self) -> Target:
+        """The session's sandbox as a target (the live one, else the copy)."""
+        sb, label = self._sandbox()
+        return engine_target(sb, label)
+
     def resolver(self) -> Resolver:
+        """The session's sandbox by default (or `session:ID`); other sandboxes of the
+        runtime's engine (those `restore` and `fork` made) by id."""
+
         @contextlib.contextmanager
         def resolve(name: str | None, headers: Mapping[str, str] | None) -> Iterator[Target]:
             if name and name not in (self.session, f"session:{self.session}"):
                 yield engine_target(Sandbox.get(name, engine=self.runtime.engine))
                 return
-            sb, label = self._sandbox()
-            yield engine_target(sb, label)
+            yield self.target()
 
         return resolve
 
