@@ -108,3 +108,57 @@ def test_serve_refuses_public_address_without_tokens_then_serves(tmp_path: Path)
     finally:
         p.terminate()
         p.wait(30)
+
+
+def test_sandbox_verbs_against_a_remote_server(server: Server, tmp_path: Path):
+    env = {**os.environ, "TORPOR_HOME": str(tmp_path / "nothing"),
+           "TORPOR_TOKEN": server.token("t-cli-sbx", "sandboxes")}
+
+    def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        # --server right after the verb: run and exec take what follows the sandbox (or
+        # the image) as the command
+        at = 2 if args[0] == "checkpoint" else 1
+        return subprocess.run([*TORPOR, *args[:at], "--server", server.url, *args[at:]],
+                              env=env, input=input, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    r = run("run", "-e", "WHO=cli", "--timeout", "600", "base")
+    assert r.returncode == 0, r.stderr
+    sbx = r.stdout.strip()
+    assert sbx.startswith("sbx-")
+    r = run("exec", sbx, "sh", "-c", "echo hi $WHO; echo err >&2; exit 5")
+    assert (r.returncode, r.stdout, r.stderr) == (5, "hi cli\n", "err\n")
+    r = run("exec", "-i", sbx, "cat", input="piped\n")
+    assert (r.returncode, r.stdout) == (0, "piped\n")
+    r = run("exec", "-d", sbx, "sleep", "300")
+    assert r.returncode == 0 and r.stdout.strip().isdigit(), r.stderr
+    src = tmp_path / "in.txt"
+    src.write_text("copied\n")
+    assert run("cp", str(src), f"{sbx}:/work/in.txt").returncode == 0
+    assert run("cp", f"{sbx}:/work/in.txt", str(tmp_path / "out.txt")).returncode == 0
+    assert (tmp_path / "out.txt").read_text() == "copied\n"
+    r = run("checkpoint", "create", sbx, "v1")
+    assert r.returncode == 0, r.stderr
+    snap = r.stdout.strip()
+    assert snap in run("checkpoint", "ls", sbx).stdout
+    r = run("pause", sbx)
+    assert r.returncode == 0 and "paused in" in r.stderr, r.stderr
+    assert "paused" in run("ps").stdout
+    r = run("resume", sbx)
+    assert r.returncode == 0 and "resumed in" in r.stderr, r.stderr
+    assert json.loads(run("inspect", sbx).stdout)["state"] == "running"
+    r = run("restore", snap)
+    assert r.returncode == 0, r.stderr
+    copy = r.stdout.strip()
+    assert run("exec", copy, "cat", "/work/in.txt").stdout == "copied\n"
+    assert run("rm", sbx, copy).returncode == 0
+    listed = json.loads(run("ps", "-a", "--format", "json").stdout)
+    assert {r["id"]: r["state"] for r in listed}[sbx] == "killed"
+    assert sbx not in run("ps", "-q").stdout  # killed: only with -a
+    # what only this machine's sandboxes have is refused, in one line
+    r = run("run", "--name", "x", "base")
+    assert r.returncode == 2 and "not with --server" in r.stderr
+    r = subprocess.run([*TORPOR, "pause", sbx], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "acts on the sandboxes of a torpor server" in r.stderr
+    r = run("exec", "sbx-nope", "true")
+    assert r.returncode == 1 and "no such sandbox" in r.stderr

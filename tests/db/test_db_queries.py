@@ -1,6 +1,6 @@
-"""The runtime's, the tokens' and the metrics' statements on both databases (the log's
-run in tests/context on both): tokens made, checked, listed and revoked; per-tenant
-counts; sessions by state; leases claimed once."""
+"""The runtime's, the tokens', the sandbox resource's and the metrics' statements on both
+databases (the log's run in tests/context on both): tokens made, checked, listed and
+revoked; per-tenant counts; sessions by state; leases claimed once; sandbox rows."""
 
 from __future__ import annotations
 
@@ -88,3 +88,38 @@ def test_each_session_is_claimed_by_one_worker(rdb: RuntimeDB):
     assert claimed == [f"s{i}" for i in range(6)]  # every session once, by one worker
     assert all(rdb.get(s).lease_owner in got and s in got[rdb.get(s).lease_owner]
                for s in claimed)
+
+
+def test_sandbox_rows_change_once_per_version(rdb: RuntimeDB):
+    from torpor.runtime.sandboxes.records import SandboxRecords, SandboxRow, SnapshotRow
+
+    recs = SandboxRecords(rdb)
+    recs.insert(SandboxRow(id="sbx-1", tenant="a", image="base", state="running", box="b1",
+                           metadata={"k": "v"}, env={"E": "1"}, timeout=None))
+    recs.insert(SandboxRow(id="sbx-2", tenant=None, image="base", state="paused"))
+    row = recs.get("sbx-1")
+    assert row is not None and (row.metadata, row.env, row.timeout, row.auto_resume,
+                                row.version) == ({"k": "v"}, {"E": "1"}, None, True, 0)
+    assert [r.id for r in recs.list("a")] == ["sbx-1"]
+    assert [r.id for r in recs.list(None)] == ["sbx-2"]  # no tenant is not every tenant
+    assert [r.id for r in recs.list(None, every_tenant=True)] == ["sbx-1", "sbx-2"]
+    assert [r.id for r in recs.list(None, every_tenant=True, state="paused")] == ["sbx-2"]
+    assert recs.running_count("a") == 1 and recs.running_count(None) == 0
+    # of two changes made from the same version, the second finds the row moved on
+    first = recs.update(row, state="paused", box=None, process=None)
+    assert first is not None and (first.state, first.version) == ("paused", 1)
+    assert recs.update(row, state="killed") is None
+    assert recs.get("sbx-1").state == "paused"  # type: ignore[union-attr]
+    recs.touch("sbx-1", 5e9)  # activity is not a change of state
+    got = recs.get("sbx-1")
+    assert got is not None and (got.last_activity, got.version) == (5e9, 1)
+    recs.touch("sbx-1", 1.0)  # never backwards
+    assert recs.get("sbx-1").last_activity == 5e9  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="not a column"):
+        recs.update(got, nope=1)
+    recs.add_snapshot(SnapshotRow(id="s1", sandbox="sbx-1", tenant="a", name="n", kind="pause",
+                                  bytes=10, created_at=1.0))
+    assert [s.id for s in recs.snapshots("sbx-1")] == ["s1"]
+    assert recs.snapshot("s1").kind == "pause"  # type: ignore[union-attr]
+    recs.remove_snapshot("s1")
+    assert recs.snapshots("sbx-1") == [] and recs.snapshot("s1") is None

@@ -378,6 +378,48 @@ def test_logs_follow_sees_output_as_it_comes(init: Init) -> None:
     assert init.exit_code(pid_id) == 0
 
 
+def test_input_writes_a_detached_processes_stdin(init: Init) -> None:
+    """A background process started with stdin (`exec -d -i`) keeps its stdin open; any
+    later client writes to it (`input ID`: its stdin until EOF, stdin left open) or
+    closes it (`input -c ID`)."""
+    pid_id = init.run("exec", "-d", "-i", "--", "sh", "-c",
+                      "while read l; do echo got:$l; done; echo eof").stdout.decode().strip()
+    assert init.run("input", pid_id, input=b"one\n").returncode == 0
+    wait_for(lambda: init.run("logs", pid_id).stdout == b"got:one\n", what="first line")
+    assert init.ps()[pid_id]["state"] == "running"  # its stdin stayed open
+    assert init.run("input", pid_id, input=b"two\n" * 3).returncode == 0
+    assert init.run("input", "-c", pid_id, input=b"last\n").returncode == 0
+    assert init.exit_code(pid_id) == 0
+    assert init.run("logs", pid_id).stdout == b"got:one\n" + b"got:two\n" * 3 + \
+        b"got:last\neof\n"
+    # closed now, or never opened, or no such process: refused, saying which
+    res = init.run("input", pid_id, input=b"more")
+    assert res.returncode == 3 and b"stdin of process" in res.stderr
+    plain = init.run("exec", "-d", "--", "sleep", "30").stdout.decode().strip()
+    res = init.run("input", plain, input=b"x")
+    assert res.returncode == 3 and b"not open" in res.stderr
+    res = init.run("input", "999", input=b"x")
+    assert res.returncode == 1 and b"no such process" in res.stderr
+    assert init.run("kill", plain, "KILL").returncode == 0
+    # a big write is passed on whole (backpressure, no loss)
+    big = init.run("exec", "-d", "-i", "--", "sh", "-c", "wc -c").stdout.decode().strip()
+    assert init.run("input", "-c", big, input=b"x" * (3 << 20)).returncode == 0
+    assert init.exit_code(big) == 0
+    assert init.run("logs", big).stdout.strip() == str(3 << 20).encode()
+
+
+def test_forget_drops_an_exited_processes_files(init: Init) -> None:
+    pid_id = init.run("exec", "-d", "--", "sh", "-c", "echo out; sleep 0.3").stdout.decode().strip()
+    res = init.run("forget", pid_id)
+    assert res.returncode == 3 and b"still running" in res.stderr
+    assert init.exit_code(pid_id) == 0
+    assert init.run("forget", pid_id).returncode == 0
+    assert pid_id not in init.ps() and not init.procfile(pid_id, "stdout").parent.exists()
+    assert init.run("logs", pid_id).returncode == 1
+    res = init.run("forget", pid_id)
+    assert res.returncode == 1 and b"no such process" in res.stderr
+
+
 def test_child_outlives_killed_client(init: Init) -> None:
     script = (
         'echo start; i=0; while [ $i -lt 20 ]; do echo "tick $i"; i=$((i+1)); sleep 0.05; done;'

@@ -17,7 +17,9 @@ from torpor.sandbox import (
     Checkpoint,
     CommandTimeout,
     ProcessNotFound,
+    ProcessStdinClosed,
     Sandbox,
+    SandboxConflict,
     SandboxError,
     SandboxFileError,
     SandboxFileExists,
@@ -167,6 +169,40 @@ def test_background_process_output_stream_and_kill(sb: Sandbox):
         sb.process(99999).output()
     with pytest.raises(SandboxError, match="bad signal: NOPE"):
         sb.process(p.id).kill("NOPE")
+
+
+def test_background_process_stdin_and_forget(sb: Sandbox):
+    """A background process started with stdin reads what is written to it, from any
+    later call (and after a checkpoint that kept it running), until it is closed; once
+    it exited, `forget` drops its kept output."""
+    p = sb.spawn("while read l; do echo got:$l; done; echo eof", stdin=True)
+    p.write("one\n")
+    deadline = time.monotonic() + 10
+    while p.output()[0] != b"got:one\n":
+        assert time.monotonic() < deadline, p.output()
+        time.sleep(0.02)
+    sb.checkpoint(leave_running=True)
+    p.write(b"two\n")
+    p.close_stdin()
+    assert p.wait(timeout=10) == 0
+    assert p.output() == (b"got:one\ngot:two\neof\n", b"")
+    with pytest.raises(ProcessStdinClosed, match="not open"):
+        p.write("more\n")
+    with pytest.raises(ProcessStdinClosed):
+        sb.spawn("sleep 30").write("x")  # started without stdin
+    p.forget()
+    assert p.id not in [i.id for i in sb.processes()]
+    with pytest.raises(ProcessNotFound):
+        p.output()
+    running = sb.spawn("sleep 30")
+    with pytest.raises(SandboxConflict, match="still running"):
+        running.forget()
+    # following its output stops when asked; the process goes on
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    t0 = time.monotonic()
+    assert running.stream(cancel=cancel) is None
+    assert time.monotonic() - t0 < 8 and running.info().running
 
 
 def test_files_read_write_list_stat_remove_mkdir_move(sb: Sandbox, tmp_path: Path):

@@ -35,7 +35,15 @@ from torpor.api.mcp_mount import add_mcp
 from torpor.api.metrics import Metrics
 from torpor.api.routes import auth as auth_routes
 from torpor.api.routes import log as log_routes
-from torpor.api.routes import messages, ops, sandbox, sessions
+from torpor.api.routes import (
+    messages,
+    ops,
+    sandbox,
+    sandbox_files,
+    sandbox_io,
+    sandboxes,
+    sessions,
+)
 from torpor.api.schemas import API_VERSION, ApiError, error_response
 from torpor.api.tokens import TokenStore
 from torpor.context import StaleEpoch
@@ -75,14 +83,17 @@ def _work(api: ApiState, i: int) -> None:
 
 @contextlib.asynccontextmanager
 async def _workers(api: ApiState) -> AsyncIterator[None]:
-    """The app's lifespan: `api.workers` threads run turns until it ends."""
+    """The app's lifespan: `api.workers` threads run turns, and the sandbox resource's
+    janitor pauses or kills idle sandboxes, until it ends."""
     api.stop.clear()
     for i in range(api.workers):
         t = threading.Thread(target=_work, args=(api, i), name=f"torpor-api-worker-{i}",
                              daemon=True)  # fmt: skip
         t.start()
         api.threads.append(t)
+    api.runtime.sandboxes.janitor.start()
     yield
+    api.runtime.sandboxes.janitor.stop()
     api.stop.set()
     api.wake.set()
     for t in api.threads:
@@ -160,7 +171,8 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
     app = FastAPI(
         title="torpor", version="1", lifespan=lifespan,
         description="Durable AI-agent sessions over HTTP: sessions, messages, live events "
-                    "(server-sent), logs, snapshots, sandbox access.",
+                    "(server-sent), logs, snapshots, sandbox access; and sandboxes for "
+                    "your own agent loop: commands, files, pause, resume, snapshots.",
     )  # fmt: skip
     app.state.api = api
     app.state.runtime, app.state.tokens, app.state.limits = rt, api.tokens, lim
@@ -178,6 +190,9 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
     app.include_router(messages.router(auth))
     app.include_router(log_routes.router(auth, lim))
     app.include_router(sandbox.router(auth))
+    app.include_router(sandboxes.router(auth))
+    app.include_router(sandbox_io.router(auth))
+    app.include_router(sandbox_files.router(auth))
     app.include_router(auth_routes.router(auth))
     mcp = add_mcp(app, api)  # /mcp: the MCP server, when the mcp SDK is installed
     return app

@@ -6,6 +6,7 @@ Entry, Event).
     s = c.create_session(model="openai:gpt-4o-mini")
     out = s.send("set up a repo")          # posts, then follows the events to the wait point
     for ev in s.events(after=0): ...       # the log as events, resumable by seq
+    sb = c.sandboxes.create(image="base")  # a sandbox for your own loop (sandbox_client.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from torpor.api.remote import ApiError, raise_for
+from torpor.api.sandbox_client import Sandboxes
 from torpor.context import Entry
 from torpor.runtime.db import SessionRow
 from torpor.runtime.events import Event, EventType
@@ -26,23 +29,7 @@ from torpor.runtime.types import EventSink, TurnOutcome
 RemoteTurn = TurnOutcome  # what RemoteSession.send returned before it was a TurnOutcome
 
 
-class ApiError(Exception):
-    """The server answered with an error (status and its message)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{message} (HTTP {status})")
-        self.status = status
-        self.message = message
-
-
-def _raise(r: httpx.Response) -> None:
-    if r.status_code < 400:
-        return
-    try:
-        msg = r.json().get("message") or r.text
-    except ValueError:
-        msg = r.text
-    raise ApiError(r.status_code, str(msg))
+_raise = raise_for  # (its name before the clients shared it)
 
 
 def session_row(view: dict[str, Any]) -> SessionRow:
@@ -97,7 +84,12 @@ class Client:
         except httpx.TransportError as e:
             raise ApiError(0, f"cannot reach {self.base_url}: {e}") from None
         _raise(r)
-        return r.json()
+        return r.json() if r.content else None
+
+    @property
+    def sandboxes(self) -> Sandboxes:
+        """The server's sandbox resource: create, get, list (torpor.api.sandbox_client)."""
+        return Sandboxes(self)
 
     # -- sessions ----------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """What the API's route modules share at request time: the app's state (`ApiState`, kept
 in `app.state.api`, reached through the `Api` dependency), the token check and scope
-dependencies (`Drive`, `Exec`, `DriveGet`), and the session a request names (`row_of`:
-another tenant's is 404, as if absent)."""
+dependencies (`Drive`, `Exec`, `SandboxUser`, `DriveGet`), and the session a request
+names (`row_of`: another tenant's is 404, as if absent)."""
 
 import threading
 import time
@@ -30,7 +30,9 @@ class Limits:
     sessions_per_tenant: int = 1000  # open (not closed) sessions (429)
     turns_per_tenant: int = 8  # sessions with a turn queued or running at once (429)
     max_page: int = 500  # entries or sessions per page
-    file_bytes: int = 1 << 20  # sandbox file read
+    file_bytes: int = 1 << 20  # sandbox file read (a session's)
+    sandboxes_per_tenant: int = 100  # running sandboxes of the sandbox resource (429)
+    upload_bytes: int = 256 << 20  # a file written into a sandbox (413)
 
 
 @dataclass
@@ -127,6 +129,7 @@ def scope(name: str, via: Callable[..., Principal] = principal
 
 Drive = Annotated[Principal, Depends(scope("drive"))]
 Exec = Annotated[Principal, Depends(scope("exec"))]
+SandboxUser = Annotated[Principal, Depends(scope("sandboxes"))]
 DriveGet = Annotated[Principal, Depends(scope("drive", principal_or_query))]  # ?token=
 
 

@@ -1,6 +1,7 @@
 """The API's ASGI middleware, `Guard`: it refuses a request body over the limit (413) and
 a /v1 body that is not JSON (415) before any route reads it, and counts the answers by
-status class for /metrics."""
+status class for /metrics. A file written into a sandbox (PUT /v1/sandboxes/{id}/files)
+is the one body that is not JSON: any content type, up to `Limits.upload_bytes`."""
 
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +16,13 @@ from torpor.api.schemas import API_VERSION, error_response
 class _TooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body over the limit of {limit} bytes")
+
+
+def _is_upload(path: str) -> bool:
+    """PUT /v1/sandboxes/{id}/files: a file's bytes, not JSON."""
+    parts = path.split("/")
+    return len(parts) == 5 and parts[1:3] == [API_VERSION, "sandboxes"] and \
+        parts[4] == "files" and bool(parts[3])  # fmt: skip
 
 
 class Guard:
@@ -37,7 +45,8 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        limit = self.limits.max_body_bytes
+        upload = scope["method"] == "PUT" and _is_upload(scope["path"])
+        limit = self.limits.upload_bytes if upload else self.limits.max_body_bytes
         length = headers.get("content-length")
         n = 0
         if length is not None:
@@ -51,7 +60,7 @@ class Guard:
                                                   f"limit of {limit} bytes")  # fmt: skip
                 return
         has_body = n > 0 or "transfer-encoding" in headers
-        if has_body and scope["method"] in ("POST", "PUT", "PATCH") and \
+        if has_body and scope["method"] in ("POST", "PUT", "PATCH") and not upload and \
                 scope["path"].startswith(f"/{API_VERSION}/"):  # fmt: skip
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/json" and not ctype.endswith("+json"):

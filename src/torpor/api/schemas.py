@@ -4,10 +4,17 @@ forms (patterns) of the values it takes, and the error body with `errors()`, the
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
 from starlette.exceptions import HTTPException
 
 from torpor.agent.models import PROVIDERS
@@ -175,3 +182,225 @@ class StateName(StrEnum):
 assert {s.value for s in StateName} == set(STATES)
 
 SessionId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+# -- sandboxes (/v1/sandboxes) -------------------------------------------------------------
+
+# Text that becomes a command's argument, environment or path: anything but a NUL byte
+# (which no argv or path can hold).
+NO_NUL = "^[^\u0000]*$"
+_Text = Annotated[str, Field(max_length=100_000, pattern=NO_NUL)]
+_Meta = Annotated[dict[Annotated[str, Field(max_length=200)],
+                       Annotated[str, Field(max_length=10_000)]], Field(max_length=100)]
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
+
+
+def _env_names(env: dict[str, str]) -> dict[str, str]:
+    bad = [k for k in env if not ENV_NAME.fullmatch(k)]
+    if bad:
+        raise ValueError(f"invalid environment variable name {bad[0]!r}: letters, digits "
+                         "and '_', not starting with a digit")  # fmt: skip
+    return env
+
+
+# environment variables: a name as a shell takes it (propertyNames: pydantic would write a
+# patternProperties, which lets any other name through), any value without a NUL
+_Env = Annotated[dict[str, _Text], AfterValidator(_env_names), WithJsonSchema({
+    "type": "object", "maxProperties": 500,
+    "propertyNames": {"pattern": f"^{ENV_NAME.pattern}$"},
+    "additionalProperties": {"type": "string", "maxLength": 100_000, "pattern": NO_NUL}}),
+    Field(max_length=500)]
+Command = Annotated[Annotated[str, Field(min_length=1, max_length=100_000, pattern=NO_NUL)]
+                    | list[_Text], Field(
+    description="A string runs with /bin/sh -c; a list is the argv as it is")]
+SandboxId = Annotated[str, Field(min_length=1, max_length=200)]
+SNAPSHOT_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
+
+
+class OnTimeout(StrEnum):
+    pause = "pause"
+    kill = "kill"
+
+
+OnTimeoutName = Literal["pause", "kill"]  # (in bodies: strict models take no enum values)
+EncodingName = Literal["utf-8", "base64"]
+
+
+class SandboxStateName(StrEnum):
+    running = "running"
+    paused = "paused"
+    killed = "killed"
+
+
+class SandboxIn(_Body):
+    image: str = Field("base", min_length=1, max_length=200, pattern=IMAGE_PATTERN,
+                       description="An image of the server's (`torpor images`)")
+    snapshot: str | None = Field(None, min_length=1, max_length=300,
+                                 description="Start from this snapshot of one of the "
+                                             "tenant's sandboxes instead (its image wins)")
+    timeout: float | None = Field(300.0, gt=0, le=30 * 86_400,
+                                  description="Idle seconds before on_timeout (null: never)")
+    on_timeout: OnTimeoutName = "pause"
+    auto_resume: bool = Field(True, description="A call to it while paused resumes it first")
+    metadata: _Meta = Field(default_factory=dict)
+    env: _Env = Field(default_factory=dict, description="Given to every command")
+
+
+class SandboxSettingsIn(_Body):
+    """What a PATCH changes: the fields it names (timeout null: never time out; another
+    null: unchanged)."""
+
+    timeout: float | None = Field(None, gt=0, le=30 * 86_400)
+    on_timeout: OnTimeoutName | None = None
+    auto_resume: bool | None = None
+    metadata: _Meta | None = None
+
+
+class SandboxOut(BaseModel):
+    id: str
+    tenant: str | None
+    image: str
+    state: SandboxStateName
+    timeout: float | None
+    on_timeout: OnTimeout
+    auto_resume: bool
+    metadata: dict[str, str]
+    snapshot: str | None = Field(description="The snapshot it resumes from (paused)")
+    source: str | None = Field(description="The snapshot it was created from")
+    machine: str | None
+    note: str | None = Field(description="What happened to it that was not asked for")
+    last_activity: float
+    created_at: float
+    updated_at: float
+    paused_at: float | None
+    killed_at: float | None
+    resumed: bool | None = Field(None, description="resume: whether it was paused")
+
+
+class SandboxListOut(BaseModel):
+    sandboxes: list[SandboxOut]
+    total: int
+    next_offset: int | None
+
+
+class SnapshotIn(_Body):
+    name: str | None = Field(None, pattern=SNAPSHOT_NAME_PATTERN)
+
+
+class SnapshotOut(BaseModel):
+    id: str
+    sandbox: str
+    name: str
+    kind: str = Field(description="pause (the one a paused sandbox resumes from) or snapshot")
+    bytes: int
+    created_at: float
+
+
+class SnapshotListOut(BaseModel):
+    snapshots: list[SnapshotOut]
+
+
+class SandboxForkIn(_Body):
+    snapshot: str | None = Field(None, min_length=1, max_length=300,
+                                 description="One of its snapshots (default: one taken now)")
+
+
+class Encoding(StrEnum):
+    utf8 = "utf-8"
+    base64 = "base64"
+
+
+class SandboxExecIn(_Body):
+    cmd: Command
+    env: _Env = Field(default_factory=dict)
+    cwd: str | None = Field(None, min_length=1, max_length=4096, pattern=NO_NUL)
+    user: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+    timeout: float = Field(60.0, gt=0, le=86_400, description="Seconds; then it is stopped")
+    stdin: str | None = Field(None, max_length=1 << 20, description="Fed to its stdin")
+    encoding: EncodingName = Field("utf-8", description="Of the output lines' data "
+                                   "(utf-8: invalid bytes replaced; base64: exact)")
+
+
+class ProcessIn(_Body):
+    cmd: Command
+    env: _Env = Field(default_factory=dict)
+    cwd: str | None = Field(None, min_length=1, max_length=4096, pattern=NO_NUL)
+    user: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+    stdin: bool = Field(False, description="Keep its stdin open for POST .../stdin")
+
+
+class ProcessOut(BaseModel):
+    id: int
+    pid: int | None
+    state: str
+    exit_code: int | None
+    command: str
+
+
+class ProcessListOut(BaseModel):
+    processes: list[ProcessOut]
+
+
+class ProcessOutputOut(BaseModel):
+    stdout: str
+    stderr: str
+    encoding: Encoding
+    state: str
+    exit_code: int | None
+
+
+class SignalIn(_Body):
+    signal: str = Field("KILL", pattern=r"^(SIG)?[A-Z0-9]{1,10}$|^[0-9]{1,2}$",
+                        description="A name (KILL, TERM, INT, HUP) or a number")
+
+
+class StdinIn(_Body):
+    data: str = Field("", max_length=1 << 20)
+    encoding: EncodingName = "utf-8"
+    close: bool = Field(False, description="Then close it: the process reads EOF")
+
+
+class FileOut(BaseModel):
+    name: str
+    path: str
+    type: str = Field(description="file, dir, symlink or other")
+    size: int
+    mode: int
+    mtime: float
+    uid: int
+    gid: int
+    link_target: str | None
+
+
+class FileListOut(BaseModel):
+    entries: list[FileOut]
+
+
+ABS_PATH = "^/[^\u0000]*$"
+
+
+class MkdirIn(_Body):
+    path: str = Field(..., min_length=1, max_length=4096, pattern=ABS_PATH)
+    parents: bool = True
+    mode: JsonInt = Field(0o755, ge=0, le=0o7777)
+
+
+class MkdirOut(BaseModel):
+    created: bool
+
+
+class MoveIn(_Body):
+    src: str = Field(..., min_length=1, max_length=4096, pattern=ABS_PATH)
+    dst: str = Field(..., min_length=1, max_length=4096, pattern=ABS_PATH)
+
+
+# the lines of an NDJSON stream (exec, a process's output followed)
+NDJSON = "application/x-ndjson"
+STREAM_DOC: dict[str, Any] = {
+    "description": "NDJSON, one JSON object per line as the output comes: "
+                   '{"type": "stdout" | "stderr", "data": ...} (data in the asked '
+                   'encoding), then one last line: {"type": "exit", "exit_code": N}, '
+                   '{"type": "timeout", "exit_code": 124, "message": ...} or '
+                   '{"type": "error", "message": ..., "status": N}',
+    "content": {NDJSON: {"schema": {"type": "string"}}},
+}

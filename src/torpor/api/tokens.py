@@ -4,8 +4,10 @@ belong to the database layer (`torpor.db.queries.tokens`).
 
 A token is shown once when it is made (`tpk_<id>_<secret>`); only its SHA-256 is stored.
 Each token belongs to one tenant and carries scopes: `drive` (sessions, messages, events,
-log, snapshots), `exec` (commands and file reads in a session's sandbox) and `admin`
-(metrics, and every tenant's sessions).
+log, snapshots), `exec` (commands and file reads in a session's sandbox), `sandboxes`
+(the sandbox resource, /v1/sandboxes and the E2B protocol: create, commands, files,
+pause, resume, snapshots, kill) and `admin` (metrics, and every tenant's sessions and
+sandboxes).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 from torpor.db.queries import tokens as q
 from torpor.runtime.db import RuntimeDB
 
-SCOPES = ("drive", "exec", "admin")
+SCOPES = ("drive", "exec", "sandboxes", "admin")
 
 
 class TokenError(Exception):

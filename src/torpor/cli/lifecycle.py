@@ -60,6 +60,14 @@ def reap(rt: Any) -> None:
                          f"{describe(info.owner)} is gone)\n")  # fmt: skip
 
 
+def recover_sandboxes(rt: Any) -> None:
+    """After `reap`: the sandbox resource's rows of sandboxes whose holder died say so
+    (paused at their last snapshot, or killed), one line each on stderr."""
+    for row in rt.sandboxes.recover():
+        sys.stderr.write(f"torpor: sandbox {row.id} was lost with the process that held it: "
+                         f"{row.state} ({row.note})\n")  # fmt: skip
+
+
 def say_abandoned(sessions: list[str]) -> None:
     for sid in sessions:
         sys.stderr.write(f"torpor: stopped before the turn of session {sid} finished: its "

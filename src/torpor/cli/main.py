@@ -3,7 +3,8 @@
 Every command that outputs data takes `--format json`. Errors are one line on stderr and
 a non-zero exit code; `exec` exits with the code of the command it ran. The sandbox verbs
 hold their sandbox through `torpor.sandbox.Sandbox`; listings (`ps`, `checkpoint ls`)
-and standbys ask the engine.
+and standbys ask the engine. With `--server URL` the sandbox verbs act on the sandboxes
+of a `torpor serve` instead (remote_cmd.py), and `pause` and `resume` are theirs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torpor.cli import (
     dockerd_cmd,
     log_cmd,
     mcp_cmd,
+    remote_cmd,
     serve_cmd,
     session_cmd,
     snapshot_cmd,
@@ -29,6 +31,7 @@ from torpor.cli import (
 from torpor.cli.errors import clean_errors, error_line, is_user_error
 from torpor.cli.image_cmd import format_table, human_age, image_app, images, pull, rmi
 from torpor.cli.output import human_bytes
+from torpor.cli.session_cmd import ServerOpt, TokenOpt
 from torpor.sandbox.engine import (
     PortMapping,
     SandboxError,
@@ -130,8 +133,20 @@ def run(
     cpus: float = typer.Option(None, "--cpus", help="CPU limit, e.g. 1.5."),
     pids: int = typer.Option(4096, "--pids-limit", help="Maximum number of processes."),
     rm: bool = typer.Option(False, "--rm", help="Remove the sandbox when it exits."),
+    timeout: float = typer.Option(300, "--timeout", help="--server: idle seconds before "
+                                  "--on-timeout (0: never)."),  # fmt: skip
+    on_timeout: str = typer.Option("pause", "--on-timeout", help="--server: pause or kill."),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
 ) -> None:
-    """Create and start a sandbox (Docker's `run`)."""
+    """Create and start a sandbox (Docker's `run`). With --server, a sandbox of that
+    server (its id is printed; it pauses or is killed after --timeout idle seconds)."""
+    if server:
+        if cmd or volume or tmpfs or publish or name or workdir or user or rm or memory \
+                or cpus or network != "none":  # fmt: skip
+            remote_cmd.refuse("a command, a name, mounts, ports, limits or --rm")
+        remote_cmd.run(server, token, image, list(env), timeout or None, on_timeout)
+        return
     if network not in ("none", "sandbox"):
         raise typer.BadParameter(f"unknown network {network!r}: use none or sandbox")
     # parsed before the engine is opened: bad input is refused first
@@ -180,8 +195,14 @@ def exec_(
     env: list[str] = typer.Option([], "-e", "--env", help="Set an environment variable K=V."),
     workdir: str = typer.Option(None, "-w", "--workdir", help="Working directory."),
     user: str = typer.Option(None, "-u", "--user", help="User (name or uid[:gid])."),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
 ) -> None:
     """Run a command in a running sandbox; exits with the command's exit code."""
+    if server:
+        remote_cmd.exec_(server, token, sandbox, list(cmd), interactive, detach, list(env),
+                         workdir, user)  # fmt: skip
+        return
     sb = Sandbox(sandbox, engine=engine())
     if detach:
         print(sb.spawn(cmd, env=env, cwd=workdir, user=user).id)
@@ -213,13 +234,19 @@ def ps(
     all_: bool = typer.Option(False, "-a", "--all", help="Show all sandboxes, not only running."),
     fmt: str = FormatOpt,
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only print ids."),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
 ) -> None:
     """List sandboxes. OWNER says who started each (a session's worker, a standby or pool
     of a worker process, or a user); "orphan:" marks one whose owner is gone, which the
-    next `torpor serve` or `torpor worker` of this home removes."""
+    next `torpor serve` or `torpor worker` of this home removes. With --server, that
+    server's sandboxes (-a: killed ones too)."""
     from torpor.sandbox.owners import describe, is_orphan
 
     _check_format(fmt)
+    if server:
+        remote_cmd.ps(server, token, all_, fmt, quiet)
+        return
     infos = engine().list(all=all_)
     if fmt == "json":
         _print_json([{**i.to_json(), "orphan": is_orphan(i.owner)} for i in infos])
@@ -286,8 +313,13 @@ def start(
 def rm(
     sandboxes: list[str] = typer.Argument(...),
     force: bool = typer.Option(False, "-f", "--force", help="Kill a running sandbox first."),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
 ) -> None:
-    """Remove sandboxes."""
+    """Remove sandboxes (with --server: kill them; their named snapshots stay)."""
+    if server:
+        remote_cmd.rm(server, token, list(sandboxes))
+        return
     eng = engine()
     failed = False
     for s in sandboxes:
@@ -310,9 +342,13 @@ def rename(sandbox: str = typer.Argument(...), new_name: str = typer.Argument(..
 
 
 @command(app, "inspect")
-def inspect(sandbox: str = typer.Argument(...), fmt: str = FormatOpt) -> None:
+def inspect(sandbox: str = typer.Argument(...), fmt: str = FormatOpt,
+            server: str = ServerOpt, token: str = TokenOpt) -> None:  # fmt: skip
     """Show a sandbox's full record as JSON."""
     _check_format(fmt)
+    if server:
+        remote_cmd.inspect(server, token, sandbox)
+        return
     _print_json(Sandbox(sandbox, engine=engine()).info.to_json())
 
 
@@ -320,8 +356,11 @@ def inspect(sandbox: str = typer.Argument(...), fmt: str = FormatOpt) -> None:
 def cp(
     src: str = typer.Argument(..., help="HOST_PATH or SANDBOX:PATH"),
     dest: str = typer.Argument(..., help="HOST_PATH or SANDBOX:PATH"),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
 ) -> None:
-    """Copy files or directories between the host and a sandbox (either direction)."""
+    """Copy files or directories between the host and a sandbox (either direction; with
+    --server, one file)."""
 
     def split(p: str) -> tuple[str | None, str]:
         head, sep, tail = p.partition(":")
@@ -332,6 +371,9 @@ def cp(
     (s_box, s_path), (d_box, d_path) = split(src), split(dest)
     if (s_box is None) == (d_box is None):
         raise typer.BadParameter("exactly one of SRC and DEST must be SANDBOX:PATH")
+    if server:
+        remote_cmd.cp(server, token, (s_box, s_path), (d_box, d_path))
+        return
     eng = engine()
     if d_box is not None:
         Sandbox(d_box, engine=eng).files.upload(s_path, d_path)
@@ -345,9 +387,17 @@ def restore(
     checkpoint: str = typer.Argument(..., help="Checkpoint id (or a unique name)."),
     name: str = typer.Option(None, "--name", help="Name of the new sandbox."),
     fmt: str = FormatOpt,
+    server: str = ServerOpt,
+    token: str = TokenOpt,
 ) -> None:
-    """Start a new, independent sandbox from a checkpoint (a fork)."""
+    """Start a new, independent sandbox from a checkpoint (a fork; with --server, from a
+    snapshot of one of that server's sandboxes)."""
     _check_format(fmt)
+    if server:
+        if name:
+            remote_cmd.refuse("--name")
+        remote_cmd.restore(server, token, checkpoint, fmt)
+        return
     t0 = time.monotonic()
     info = Sandbox.restore(checkpoint, engine=engine(), name=name).last_info
     assert info is not None
@@ -358,6 +408,27 @@ def restore(
         print(info.name)
         into = " (into a standby)" if info.from_standby else ""
         err.print(f"restored {checkpoint} as {info.name} in {ms:.0f} ms{into}")
+
+
+@command(app, "pause")
+def pause(sandboxes: list[str] = typer.Argument(...), server: str = ServerOpt,
+          token: str = TokenOpt) -> None:  # fmt: skip
+    """Pause sandboxes of a `torpor serve` (--server): checkpointed into its snapshot store
+    and stopped, holding no memory until resumed."""
+    if not server:
+        raise typer.BadParameter("pause acts on the sandboxes of a torpor server: give "
+                                 "--server URL (here: torpor checkpoint create SANDBOX)")
+    remote_cmd.pause(server, token, list(sandboxes))
+
+
+@command(app, "resume")
+def resume(sandboxes: list[str] = typer.Argument(...), server: str = ServerOpt,
+           token: str = TokenOpt) -> None:  # fmt: skip
+    """Resume paused sandboxes of a `torpor serve` (--server), every process where it was."""
+    if not server:
+        raise typer.BadParameter("resume acts on the sandboxes of a torpor server: give "
+                                 "--server URL (here: torpor start --checkpoint ID SANDBOX)")
+    remote_cmd.resume(server, token, list(sandboxes))
 
 
 @command(app, "standby")
@@ -390,9 +461,15 @@ def checkpoint_create(
         False, "--leave-running", help="Keep the sandbox running after the checkpoint."
     ),
     fmt: str = FormatOpt,
+    server: str = ServerOpt,
+    token: str = TokenOpt,
 ) -> None:
-    """Checkpoint a running sandbox: every process, its memory, and its files."""
+    """Checkpoint a running sandbox: every process, its memory, and its files. With
+    --server: a snapshot of one of its sandboxes, which keeps running (`pause` stops it)."""
     _check_format(fmt)
+    if server:
+        remote_cmd.checkpoint_create(server, token, sandbox, checkpoint, fmt)
+        return
     eng = engine()
     ck = Sandbox(sandbox, engine=eng).checkpoint(checkpoint, leave_running=leave_running).info
     if fmt == "json":
@@ -408,9 +485,14 @@ def checkpoint_create(
 def checkpoint_ls(
     sandbox: str = typer.Argument(None, help="Only this sandbox's checkpoints."),
     fmt: str = FormatOpt,
+    server: str = ServerOpt,
+    token: str = TokenOpt,
 ) -> None:
-    """List checkpoints."""
+    """List checkpoints (with --server: a sandbox's snapshots)."""
     _check_format(fmt)
+    if server:
+        remote_cmd.checkpoint_ls(server, token, sandbox, fmt)
+        return
     metas = engine().list_checkpoints(sandbox)
     if fmt == "json":
         _print_json(metas)

@@ -1,13 +1,16 @@
-"""`torpor serve`: the HTTP API (and its worker threads) in one process, on uvicorn.
+"""`torpor serve`: the HTTP API (and its worker threads) in one process, on uvicorn; with
+`--e2b PORT`, E2B's protocol too, on another port of the same server (torpor.api.e2b).
 
 Loopback by default. Another address is refused unless at least one API token exists:
 with tokens, every request needs one; without any (loopback only) the API is open.
 
-At start it removes the sandboxes of dead torpor processes of its home. SIGTERM or SIGINT
-stop it cleanly: no more turns are claimed, running ones get --grace seconds and are then
-left for another worker to recover, warm sandboxes are snapshotted, standbys removed, and
-it exits 0 (torpor.runtime.shutdown). uvicorn's own handling re-raised the signal once
-it had shut down, which killed the process before the runtime was closed.
+At start it removes the sandboxes of dead torpor processes of its home (and the records
+of the sandbox resource's that those held say so). SIGTERM or SIGINT stop it cleanly: no
+more turns are claimed, running ones get --grace seconds and are then left for another
+worker to recover, warm sandboxes are snapshotted, the sandbox resource's live sandboxes
+paused, standbys removed, and it exits 0 (torpor.runtime.shutdown). uvicorn's own
+handling re-raised the signal once it had shut down, which killed the process before the
+runtime was closed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -96,6 +100,20 @@ def graceful_server(config: Any, rt: Any, grace: float, *, ready: str = "",
     return Server(config)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port for uvicorn to serve on (it listens on it)."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -124,8 +142,13 @@ def serve(
     affinity: float = lifecycle.AffinityOpt,
     prefetch: bool = lifecycle.PrefetchOpt,
     log_level: str = lifecycle.LogLevelOpt,
+    e2b: int = typer.Option(None, "--e2b", help="Also serve E2B's protocol on this port: "
+                            "E2B_API_URL and E2B_SANDBOX_URL set to it (E2B_API_KEY a "
+                            "token) point the e2b SDK at torpor (docs/e2b.md)."),  # fmt: skip
+    e2b_host: str = typer.Option("127.0.0.1", "--e2b-host", help="Address of --e2b."),
 ) -> None:
-    """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs)."""
+    """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs), and with --e2b
+    E2B's protocol."""
     early = EarlySignals()  # first: a SIGTERM from here on stops it cleanly
     lifecycle.setup_logging(log_level)
     import uvicorn
@@ -140,11 +163,14 @@ def serve(
     rt = Runtime(db=db, store=store, tools=registry, standby=standby if workers > 0 else 0,
                  affinity=affinity, prefetch=prefetch)
     has_tokens = TokenStore(rt.db).any()
-    if not is_loopback(host) and not has_tokens:
-        raise ServeError(
-            f"refusing to listen on {host}, a non-loopback address, with no API token: "
-            "create one first (torpor token create --tenant NAME), or use --host 127.0.0.1"
-        )
+    for where in [host, *([e2b_host] if e2b else [])]:
+        if not is_loopback(where) and not has_tokens:
+            raise ServeError(
+                f"refusing to listen on {where}, a non-loopback address, with no API token: "
+                "create one first (torpor token create --tenant NAME), or use 127.0.0.1"
+            )
+    if e2b is not None and e2b == port:
+        raise ServeError(f"--e2b {e2b} is the API's --port: give E2B a port of its own")
     if not has_tokens:
         sys.stderr.write("torpor: no API tokens exist, so the API is open to anyone on "
                          "this machine (loopback only)\n")  # fmt: skip
@@ -152,14 +178,25 @@ def serve(
                     turns_per_tenant=turns_per_tenant)  # fmt: skip
     if scripts is not None and not scripts.is_dir():
         raise ServeError(f"--scripts {scripts}: no such directory")
+    sockets = [bind(host, port), *([bind(e2b_host, e2b)] if e2b else [])]
     lifecycle.reap(rt)
-    app = create_app(rt, auth=has_tokens, limits=limits, workers=workers, scripts=scripts)
+    lifecycle.recover_sandboxes(rt)
+    app: Any = create_app(rt, auth=has_tokens, limits=limits, workers=workers, scripts=scripts)
+    ready = f"torpor: serving http://{host}:{port} (docs at /docs)"
+    if e2b:
+        try:
+            from torpor.api.e2b import ByPort, E2BApp
+        except ImportError as e:
+            raise ServeError(f"--e2b needs torpor's e2b extra (pip install 'torpor[e2b]'): "
+                             f"{e}") from None
+
+        app = ByPort(app, {e2b: E2BApp(app.state.api)})
+        ready += f"; E2B's protocol on http://{e2b_host}:{e2b}"
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             timeout_graceful_shutdown=grace)  # fmt: skip
-    server = graceful_server(config, rt, grace, early=early,
-                             ready=f"torpor: serving http://{host}:{port} (docs at /docs)\n")
+    server = graceful_server(config, rt, grace, early=early, ready=ready + "\n")
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         if server.timer is not None:
             server.timer.cancel()

@@ -26,8 +26,8 @@ def _store(db: str | None):  # type: ignore[no-untyped-def]
 @clean_errors
 def create(
     tenant: str = typer.Option(..., "--tenant", help="The tenant whose sessions it reaches."),
-    scope: list[str] = typer.Option(None, "--scope", help="drive (default), exec, admin; "
-                                    "repeat for several."),  # fmt: skip
+    scope: list[str] = typer.Option(None, "--scope", help="drive (default), exec, sandboxes, "
+                                    "admin; repeat for several."),  # fmt: skip
     note: str = typer.Option(None, "--note", help="A note to recognise it by."),
     db: str = DbOpt,
     fmt: str = FormatOpt,

@@ -5,14 +5,14 @@
         row = runtime.session(tx, "ses-1")
 
 Everything torpor keeps in a database (the context log, the runtime's sessions, inbox,
-heartbeats, snapshots and copies, the API's tokens, LangGraph checkpoints) lives in one
-SQLite file or one PostgreSQL database, and this package is the only code that speaks
-SQL to it: `connection.py` (a `Database`: connections, write and read transactions, the
-dialects), `schema.py` and `migrations.py` (the tables, one ordered list of versioned
-migrations, one version table), and `queries/` (the statements, as named functions
-grouped by table family: `log`, `runtime`, `tokens`, `metrics`, `langgraph`). The
-packages above call those functions with a transaction; they hold no SQL (a test reads
-the source to keep it so).
+heartbeats, snapshots and copies, the API's tokens, LangGraph checkpoints, the sandbox
+resource) lives in one SQLite file or one PostgreSQL database, and this package is the
+only code that speaks SQL to it: `connection.py` (a `Database`: connections, write and
+read transactions, the dialects), `schema.py` and `migrations.py` (the tables, one
+ordered list of versioned migrations, one version table), and `queries/` (the
+statements, as named functions grouped by table family: `log`, `runtime`, `tokens`,
+`sandboxes`, `metrics`, `langgraph`). The packages above call those functions with a
+transaction; they hold no SQL (a test reads the source to keep it so).
 
 Why no SQLAlchemy Core and Alembic. torpor's statements are hand-tuned per database
 (`FOR UPDATE SKIP LOCKED` for claims, a partial index for tool calls, `WITHOUT ROWID`

@@ -1,6 +1,6 @@
 """The tables torpor keeps, as DDL per dialect: the context log's, the runtime's, the
-API tokens', the LangGraph checkpointer's, and the version table. `migrations.py` says in
-which order they are made.
+API tokens', the LangGraph checkpointer's, the sandbox resource's, and the version
+table. `migrations.py` says in which order they are made.
 
 The text is the same on both databases except where a `{placeholder}` says otherwise:
 `{big}` (SQLite: INTEGER, PostgreSQL: BIGINT), `{without_rowid}` (SQLite tables
@@ -215,4 +215,47 @@ LANGGRAPH = (
         task_path TEXT NOT NULL,
         PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
     ){without_rowid}""",
+)
+
+# -- sandboxes, the resource (runtime/sandboxes/) ------------------------------------------------
+# One row per sandbox created through the resource (never deleted: a killed one stays, its
+# state `killed`), and one per snapshot taken of one (a pause or a named snapshot).
+# `version` is bumped by every change of state: each is a conditional UPDATE on it, so two
+# processes that resume or pause one sandbox at once cannot both win.
+SANDBOXES = (
+    """CREATE TABLE torpor_sandboxes (
+        id TEXT PRIMARY KEY,
+        tenant TEXT,
+        image TEXT NOT NULL,
+        state TEXT NOT NULL,
+        box TEXT,
+        machine TEXT,
+        process TEXT,
+        snapshot TEXT,
+        source TEXT,
+        timeout DOUBLE PRECISION,
+        on_timeout TEXT NOT NULL,
+        auto_resume INTEGER NOT NULL,
+        last_activity DOUBLE PRECISION NOT NULL,
+        metadata TEXT NOT NULL,
+        env TEXT NOT NULL,
+        note TEXT,
+        version {big} NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        paused_at DOUBLE PRECISION,
+        killed_at DOUBLE PRECISION
+    )""",
+    "CREATE INDEX torpor_sandboxes_tenant ON torpor_sandboxes (tenant, state)",
+    "CREATE INDEX torpor_sandboxes_holder ON torpor_sandboxes (process, state)",
+    """CREATE TABLE torpor_sandbox_snapshots (
+        id TEXT PRIMARY KEY,
+        sandbox TEXT NOT NULL,
+        tenant TEXT,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        bytes {big} NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX torpor_sandbox_snapshots_sandbox ON torpor_sandbox_snapshots (sandbox)",
 )

@@ -243,6 +243,22 @@ class SnapshotCheckpointStorage:
             log.debug("cannot tell whether checkpoint %s is stored: %s", ckpt_id, e)
             return False
 
+    def wait_stored(self, ckpt_id: str, timeout: float | None = None) -> None:
+        """Wait until one checkpoint's upload is done; CheckpointError if it failed (the
+        hot copy stays, and a later process tries again) or is still running after
+        `timeout` seconds. Once this returns, any machine can restore it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while ckpt_id in self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise CheckpointError(f"checkpoint {ckpt_id}: its upload into the "
+                                          f"snapshot store still runs after {timeout} s")
+                self._idle.wait(left)
+        if not self.stored(ckpt_id):
+            why = self._errors.get(ckpt_id, "not in the snapshot store")
+            raise CheckpointError(f"checkpoint {ckpt_id} was not stored: {why}")
+
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every queued upload is done (or failed)."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -41,6 +41,7 @@ from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
 from torpor.runtime.prefetch import Prefetcher
+from torpor.runtime.sandboxes import Sandboxes
 from torpor.runtime.session import Session
 from torpor.runtime.types import (
     AFFINITY_DELAY,
@@ -109,6 +110,7 @@ class Runtime:
         self.prefetch = prefetch and self.db.kind == "postgres"
         self.prefetcher: Prefetcher | None = None
         self._prefetching: threading.Thread | None = None
+        self._sandboxes: Sandboxes | None = None
 
     def sandbox_spec(self, image: str) -> SandboxSpec:
         """The spec of a session's sandbox for an image: the image as it is, plus a tmpfs
@@ -155,14 +157,27 @@ class Runtime:
             self._engine.owner_kind = "runtime"
         return self._engine
 
+    @property
+    def sandboxes(self) -> Sandboxes:
+        """The sandbox resource (torpor.runtime.sandboxes): durable sandboxes with pause,
+        resume, snapshots and an idle timeout. Its first use starts this process's
+        heartbeat (other machines tell from it whether the sandboxes it holds live)."""
+        if self._sandboxes is None:
+            self._sandboxes = Sandboxes(self)
+            self._start_beat()
+        return self._sandboxes
+
     def model(self, spec: str) -> Model:
         if spec not in self._models:
             self._models[spec] = open_model(spec)
         return self._models[spec]
 
     def close(self, *, drain_pools: bool = True) -> None:
-        """Remove pooled sandboxes, wait for checkpoint uploads still running, then close
-        the databases."""
+        """Pause the live sandboxes of the sandbox resource, snapshot warm ones, remove
+        pooled sandboxes, wait for checkpoint uploads still running, then close the
+        databases."""
+        if self._sandboxes is not None:  # its live sandboxes are paused, not lost
+            self._sandboxes.shutdown()
         for w in self.workers:
             w.cool_all()  # warm sandboxes are snapshotted, not lost
         if drain_pools:

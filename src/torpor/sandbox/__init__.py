@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what a type checker sees; at run time each is imported on f
         ExecResult,
         FileEntry,
         ProcessNotFound,
+        ProcessStdinClosed,
         SandboxConflict,
         SandboxError,
         SandboxFileError,
@@ -55,8 +56,8 @@ _LAZY = {
     **dict.fromkeys(
         ["Engine", "SandboxSpec", "SandboxInfo", "ExecResult", "FileEntry", "CheckpointInfo",
          "SandboxError", "SandboxNotFound", "SandboxConflict", "SandboxNotRunning",
-         "CommandTimeout", "ProcessNotFound", "SandboxFileError", "SandboxFileNotFound",
-         "SandboxFileExists", "CheckpointError"],
+         "CommandTimeout", "ProcessNotFound", "ProcessStdinClosed", "SandboxFileError",
+         "SandboxFileNotFound", "SandboxFileExists", "CheckpointError"],
         "torpor.sandbox.engine",
     ),  # fmt: skip
     **dict.fromkeys(
@@ -81,6 +82,7 @@ __all__ = [
     "Process",
     "ProcessInfo",
     "ProcessNotFound",
+    "ProcessStdinClosed",
     "Sandbox",
     "SandboxConflict",
     "SandboxError",

@@ -64,6 +64,11 @@ class ProcessNotFound(SandboxError):
     listing)."""
 
 
+class ProcessStdinClosed(SandboxConflict):
+    """The process's stdin is not open: it was started without `stdin=True`, or it was
+    closed, or the process has exited."""
+
+
 class SandboxFileError(SandboxError):
     """A file operation in the sandbox failed; `reason` says how, `path` where."""
 
@@ -346,8 +351,10 @@ class Engine(abc.ABC):
         env: Sequence[str] = (),
         workdir: str | None = None,
         user: str | None = None,
+        stdin: bool = False,
     ) -> int:
-        """Start a background process that survives checkpoints; returns its id."""
+        """Start a background process that survives checkpoints; returns its id. With
+        `stdin`, its stdin stays open for `write_stdin` (else it reads /dev/null)."""
 
     @abc.abstractmethod
     def processes(self, sandbox: str) -> list[dict[str, Any]]:
@@ -411,6 +418,17 @@ class Engine(abc.ABC):
         if it has exited. ProcessNotFound for an unknown id."""
         raise self._unsupported("signal processes")
 
+    def write_stdin(self, sandbox: str, process: int, data: bytes, *,
+                    close: bool = False) -> None:  # fmt: skip
+        """Write to the stdin of a process started with `stdin=True` (`close`: then close
+        it: the process reads EOF). ProcessStdinClosed if it is not open."""
+        raise self._unsupported("write to a process's stdin")
+
+    def forget_process(self, sandbox: str, process: int) -> None:
+        """Drop an exited process's kept output and its entry in `processes`
+        (SandboxConflict while it runs)."""
+        raise self._unsupported("forget processes")
+
     def process_output(
         self,
         sandbox: str,
@@ -419,9 +437,12 @@ class Engine(abc.ABC):
         follow: bool = False,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        cancel: threading.Event | Sequence[threading.Event] | None = None,
     ) -> tuple[bytes, bytes]:
-        """A process's output so far, (stdout, stderr); with `follow`, until it exits,
-        passed to the callbacks as it comes. ProcessNotFound for an unknown id."""
+        """A process's output so far, (stdout, stderr); with `follow`, until it exits (or
+        `cancel` is set, or one of several: the process goes on), passed to the callbacks
+        as it comes.
+        ProcessNotFound for an unknown id."""
         raise self._unsupported("show a process's output")
 
     def list_files(self, sandbox: str, path: str, *, depth: int = 1) -> list[FileEntry]:

@@ -155,11 +155,15 @@ class Process:
         return self.sandbox.engine.process_output(self.sandbox.ref, self.id)
 
     def stream(self, on_stdout: OutputCallback | None = None,
-               on_stderr: OutputCallback | None = None) -> int | None:  # fmt: skip
+               on_stderr: OutputCallback | None = None,
+               cancel: threading.Event | Sequence[threading.Event] | None = None
+               ) -> int | None:  # fmt: skip
         """Pass its output (from the start) to the callbacks as it comes, until it
-        exits; returns its exit code."""
+        exits; returns its exit code. Setting `cancel` stops the streaming (not the
+        process: it then returns None if the process still runs)."""
         self.sandbox.engine.process_output(self.sandbox.ref, self.id, follow=True,
-                                           on_stdout=on_stdout, on_stderr=on_stderr)  # fmt: skip
+                                           on_stdout=on_stdout, on_stderr=on_stderr,
+                                           **({"cancel": cancel} if cancel else {}))  # fmt: skip
         return self.info().exit_code
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -179,6 +183,22 @@ class Process:
         """Send it (its process group) a signal: a name (KILL, TERM, INT, HUP) or a
         number. Nothing happens if it has exited."""
         self.sandbox.engine.kill_process(self.sandbox.ref, self.id, signal)
+
+    def write(self, data: bytes | str) -> None:
+        """Write to its stdin (started with `spawn(..., stdin=True)`; a str as UTF-8).
+        ProcessStdinClosed if its stdin is not open."""
+        payload = data.encode() if isinstance(data, str) else data
+        self.sandbox.engine.write_stdin(self.sandbox.ref, self.id, payload)
+
+    def close_stdin(self) -> None:
+        """Close its stdin: it reads EOF."""
+        self.sandbox.engine.write_stdin(self.sandbox.ref, self.id, b"", close=True)
+
+    def forget(self) -> None:
+        """Drop its kept output and its entry in `processes`, once it has exited (its
+        output otherwise stays in the sandbox's memory, and every checkpoint, until the
+        sandbox goes)."""
+        self.sandbox.engine.forget_process(self.sandbox.ref, self.id)
 
 
 # ---------------------------------------------------------------------------------- files
@@ -468,10 +488,14 @@ class Sandbox:
         env: Mapping[str, str] | Sequence[str] | None = None,
         cwd: str | None = None,
         user: str | None = None,
+        stdin: bool = False,
     ) -> Process:
         """Start a command in the background; it survives checkpoints, and its output is
-        kept (`Process.output`, `Process.stream`)."""
-        pid = self.engine.spawn(self.ref, _argv(cmd), env=_env(env), workdir=cwd, user=user)
+        kept (`Process.output`, `Process.stream`). With `stdin`, its stdin stays open
+        for `Process.write` and `Process.close_stdin` (else it reads /dev/null)."""
+        kw: dict[str, Any] = {"stdin": True} if stdin else {}
+        pid = self.engine.spawn(self.ref, _argv(cmd), env=_env(env), workdir=cwd, user=user,
+                                **kw)  # fmt: skip
         return Process(self, pid)
 
     def process(self, id: int) -> Process:

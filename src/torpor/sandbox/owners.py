@@ -2,13 +2,16 @@
 
 Every sandbox torpor starts records its owner in its record (`SandboxInfo.owner`):
 
-    {"kind": "session" | "standby" | "pool" | "runtime" | "user",
+    {"kind": "session" | "sandbox" | "standby" | "pool" | "runtime" | "user",
      "pid": 4242, "start_time": 123456, "boot": "<boot id>", "host": "vm",
-     "session": "ses-..."}            # session: for kind "session" only
+     "session": "ses-...",            # session: for kind "session" only
+     "sandbox": "sbx-..."}            # sandbox: for kind "sandbox" only
 
-`kind` says what the sandbox is for: a session's turn, a standby or a pooled sandbox kept
-by a worker, anything else a runtime process starts ("runtime"), or a user's own
-(`torpor run`, `torpor restore`, an engine used directly: "user", never reaped). `pid`,
+`kind` says what the sandbox is for: a session's turn, a sandbox of the sandbox resource
+held live by a serving process (torpor.runtime.sandboxes: "sandbox"), a standby or a
+pooled sandbox kept by a worker, anything else a runtime process starts ("runtime"), or
+a user's own (`torpor run`, `torpor restore`, an engine used directly: "user", never
+reaped). `pid`,
 `start_time` (field 22 of /proc/PID/stat: clock ticks after boot) and `boot` (the
 kernel's boot id) name one process: a pid reused by another process, or by one after a
 reboot, does not pass for it. `host` keeps another machine's records (a TORPOR_HOME on
@@ -37,9 +40,9 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from torpor.sandbox.engine import Engine, SandboxInfo
 
-OwnerKind = Literal["session", "standby", "pool", "runtime", "user"]
+OwnerKind = Literal["session", "sandbox", "standby", "pool", "runtime", "user"]
 OwnerState = Literal["alive", "gone", "elsewhere", "user", "unknown"]
-KINDS = ("session", "standby", "pool", "runtime", "user")
+KINDS = ("session", "sandbox", "standby", "pool", "runtime", "user")
 PROC = Path("/proc")
 
 
@@ -75,7 +78,8 @@ def _me(pid: int) -> tuple[int | None, str | None]:
     return start_time(pid), boot_id()
 
 
-def this_process(kind: str, *, session: str | None = None) -> dict[str, Any]:
+def this_process(kind: str, *, session: str | None = None,
+                 sandbox: str | None = None) -> dict[str, Any]:  # fmt: skip
     """An owner record naming this process (looked up once per pid: cheap to call)."""
     if kind not in KINDS:
         raise ValueError(f"unknown owner kind {kind!r}: use one of {KINDS}")
@@ -85,6 +89,8 @@ def this_process(kind: str, *, session: str | None = None) -> dict[str, Any]:
                              "host": _host()}  # fmt: skip
     if session is not None:
         owner["session"] = session
+    if sandbox is not None:
+        owner["sandbox"] = sandbox
     return owner
 
 
@@ -133,7 +139,8 @@ def describe(owner: dict[str, Any] | None) -> str:
     kind = str(owner.get("kind", "?"))
     if kind == "user":
         return "user"
-    what = f"{kind} {owner['session']}" if owner.get("session") else kind
+    of = owner.get("session") or owner.get("sandbox")
+    what = f"{kind} {of}" if of else kind
     return f"{what} (pid {owner.get('pid', '?')})"
 
 

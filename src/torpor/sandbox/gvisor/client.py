@@ -31,6 +31,8 @@ from torpor.sandbox.engine import (
     ExecResult,
     OutputCallback,
     ProcessNotFound,
+    ProcessStdinClosed,
+    SandboxConflict,
     SandboxError,
     SandboxInfo,
     SandboxNotRunning,
@@ -231,10 +233,12 @@ class InitClient:
         env: Sequence[str] = (),
         workdir: str | None = None,
         user_ids: tuple[int, int] | None = None,
+        stdin: bool = False,
     ) -> int:
         """Start a background process (a child of init, so it survives checkpoints);
-        returns its init process id (see `processes`)."""
-        args = client_args(argv, interactive=False, detach=True, env=env, workdir=workdir,
+        returns its init process id (see `processes`). With `stdin`, init keeps its stdin
+        open for `write_stdin`."""
+        args = client_args(argv, interactive=stdin, detach=True, env=env, workdir=workdir,
                            user_ids=user_ids)  # fmt: skip
         proc = self.run(info, args, timeout=60)
         try:
@@ -278,6 +282,33 @@ class InitClient:
         self.raise_if_gone(info)
         raise SandboxError(f"kill in sandbox {info.name} failed: {msg or proc.returncode}")
 
+    def write_stdin(self, info: SandboxInfo, process: int, data: bytes, *,
+                    close: bool = False) -> None:  # fmt: skip
+        """Write to a background process's stdin (init's `input`); `close`: then close it."""
+        args = ["input", *(["-c"] if close else []), str(process)]
+        proc = self.run(info, args, input=data, timeout=60, check=False)
+        self._verb_error(info, process, proc, "input", ProcessStdinClosed)
+
+    def forget_process(self, info: SandboxInfo, process: int) -> None:
+        """Drop an exited process's output files and its `ps` line (init's `forget`)."""
+        proc = self.run(info, ["forget", str(process)], timeout=30, check=False)
+        self._verb_error(info, process, proc, "forget", SandboxConflict)
+
+    def _verb_error(self, info: SandboxInfo, process: int,
+                    proc: subprocess.CompletedProcess[bytes], verb: str,
+                    refused: type[SandboxError]) -> None:  # fmt: skip
+        """After init's `input` or `forget`: exit 1 is an unknown process, 3 a refusal in
+        the process's state (its message says which)."""
+        if proc.returncode == 0:
+            return
+        msg = last_line(proc.stderr).removeprefix("torpor-init:").strip()
+        if proc.returncode == 1 and msg.startswith("no such process"):
+            raise ProcessNotFound(_no_such_process(info, process))
+        if proc.returncode == 3:
+            raise refused(f"process {process} in sandbox {info.name}: {msg}")
+        self.raise_if_gone(info)
+        raise SandboxError(f"{verb} in sandbox {info.name} failed: {msg or proc.returncode}")
+
     def process_output(
         self,
         info: SandboxInfo,
@@ -286,18 +317,23 @@ class InitClient:
         follow: bool = False,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        cancel: threading.Event | Sequence[threading.Event] | None = None,
     ) -> tuple[bytes, bytes]:
         """A process's output kept by init, (stdout, stderr); with `follow`, until the
-        process exits, passed to the callbacks as it comes."""
+        process exits (or `cancel` is set: the follower stops, the process goes on),
+        passed to the callbacks as it comes."""
         args = ["logs", *(["-f"] if follow else []), str(process)]
         for _attempt in range(2):
             proc = subprocess.Popen(self.command(info, args), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-            got = streams.run(proc, on_stdout=on_stdout, on_stderr=on_stderr)
+            got = streams.run(proc, on_stdout=on_stdout, on_stderr=on_stderr, cancel=cancel)
             if not self.unstuck(info, proc.returncode, got.head):
                 break
         if proc.returncode == 1 and got.stderr.startswith(b"torpor-init: no such process"):
             raise ProcessNotFound(_no_such_process(info, process))
+        stops = [cancel] if isinstance(cancel, threading.Event) else list(cancel or [])
+        if any(e.is_set() for e in stops):  # stopped following: not a failure
+            return got.stdout, got.stderr
         if got.held and on_stderr is not None:
             on_stderr(got.held)
         if proc.returncode != 0:

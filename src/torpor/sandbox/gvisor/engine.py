@@ -371,12 +371,13 @@ class GVisorEngine(Engine):
         env: Sequence[str] = (),
         workdir: str | None = None,
         user: str | None = None,
+        stdin: bool = False,
     ) -> int:
         """Start a background process (a child of init, so it survives checkpoints);
         returns its init process id (see `processes`)."""
         with self._running(sandbox) as info:
             return self.client.spawn(info, argv, env=env, workdir=workdir,
-                                     user_ids=self._user_ids(info, user))  # fmt: skip
+                                     user_ids=self._user_ids(info, user), stdin=stdin)  # fmt: skip
 
     def processes(self, sandbox: str) -> list[dict[str, Any]]:
         """Processes started through init: id, pid, state, exit code, argv."""
@@ -387,6 +388,15 @@ class GVisorEngine(Engine):
         with self._running(sandbox) as info:
             self.client.kill_process(info, process, signal)
 
+    def write_stdin(self, sandbox: str, process: int, data: bytes, *,
+                    close: bool = False) -> None:  # fmt: skip
+        with self._running(sandbox) as info:
+            self.client.write_stdin(info, process, data, close=close)
+
+    def forget_process(self, sandbox: str, process: int) -> None:
+        with self._running(sandbox) as info:
+            self.client.forget_process(info, process)
+
     def process_output(
         self,
         sandbox: str,
@@ -395,10 +405,12 @@ class GVisorEngine(Engine):
         follow: bool = False,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        cancel: threading.Event | Sequence[threading.Event] | None = None,
     ) -> tuple[bytes, bytes]:
         with self._running(sandbox) as info:
             return self.client.process_output(info, process, follow=follow,
-                                              on_stdout=on_stdout, on_stderr=on_stderr)  # fmt: skip
+                                              on_stdout=on_stdout, on_stderr=on_stderr,
+                                              cancel=cancel)  # fmt: skip
 
     # ------------------------------------------------------------------ files
 

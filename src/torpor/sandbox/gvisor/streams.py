@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
@@ -105,7 +105,7 @@ def run(
     *,
     stdin: bytes | BinaryIO | None = None,
     timeout: float | None = None,
-    cancel: threading.Event | None = None,
+    cancel: threading.Event | Sequence[threading.Event] | None = None,
     on_stdout: Callable[[bytes], None] | None = None,
     on_stderr: Callable[[bytes], None] | None = None,
     capture: bool = True,
@@ -129,7 +129,8 @@ def run(
         feeder.start()
     for t in threads:
         t.start()
-    _wait(proc, threads, timeout, [e for e in (cancel, failed) if e is not None])
+    cancels = [cancel] if isinstance(cancel, threading.Event) else list(cancel or [])
+    _wait(proc, threads, timeout, [*cancels, failed])
     proc.wait()
     if feeder is not None and isinstance(stdin, bytes | bytearray | memoryview):
         feeder.join()  # a stream may block on its source: that thread is left to end

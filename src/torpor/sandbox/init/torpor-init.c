@@ -6,7 +6,7 @@
  * this program. `init init` is the long-lived PID 1: it listens on a Unix
  * socket, starts processes on request, stores their output in files, streams
  * it to the client that asked, and reaps every zombie. All other roles
- * (exec, ps, kill, logs, get, put, stat, ls, mkdir, rm, mv, restored, ping) are
+ * (exec, ps, kill, input, forget, logs, get, put, stat, ls, mkdir, rm, mv, restored, ping) are
  * short-lived clients: run on the host as `init --connect SOCKET ROLE ...` through
  * the host channel (see below), or inside the sandbox as `/.torpor/init ROLE ...`
  * (the host runs the file roles there, as children of PID 1).
@@ -242,7 +242,7 @@ static void child_reset_signals(void)
 /* ------------------------------------------------------------------ */
 /* PID 1: state                                                         */
 
-enum { ST_NEW, ST_ATTACHED, ST_RESTORE, ST_CLOSING };
+enum { ST_NEW, ST_ATTACHED, ST_RESTORE, ST_CLOSING, ST_FEED };
 
 struct proc;
 struct client {
@@ -250,6 +250,7 @@ struct client {
     int state;
     struct buf in, out;
     struct proc *p;         /* attached process (ST_ATTACHED) */
+    struct proc *feed;      /* process whose stdin this client writes (ST_FEED) */
     int host;               /* connected through the host channel */
 };
 
@@ -764,6 +765,47 @@ static void req_spawn(struct client *c, char **s, int n)
 
 static void client_gone(struct client *c);
 
+/* `input ID`: the client writes the stdin of a process started with `stdin 1` (a detached
+ * one, typically): its I frames go to the process's stdin; `i` closes it, `D` ends the
+ * request leaving it open. Either is answered with X 0. */
+static void req_input(struct client *c, const char *id)
+{
+    struct proc *p = find_proc(id);
+    char e[160];
+    if (!p) {
+        fmt(e, sizeof e, "torpor-init: no such process: %.64s", id);
+        send_str(c, 'F', e); send_exit(c, 1);
+    } else if (p->in < 0 || p->in_eof || p->done) {
+        fmt(e, sizeof e, "torpor-init: the stdin of process %.64s is not open (closed, or it "
+            "was started without stdin)", id);
+        send_str(c, 'F', e); send_exit(c, 3);
+    } else {
+        c->state = ST_FEED;
+        c->feed = p;
+    }
+}
+
+/* `forget ID`: drop an exited process's files (its output) and its line in `ps`. */
+static void req_forget(struct client *c, const char *id)
+{
+    struct proc *p = find_proc(id);
+    char e[160];
+    if (!p || p->forgotten) {
+        fmt(e, sizeof e, "torpor-init: no such process: %.64s", id);
+        send_str(c, 'F', e); send_exit(c, 1);
+    } else if (!p->done || p->is_main) {
+        fmt(e, sizeof e, "torpor-init: process %.64s is %s", id, p->done ? "the main process"
+            : "still running");
+        send_str(c, 'F', e); send_exit(c, 3);
+    } else {
+        char path[PATH_MAX];
+        fmt(path, sizeof path, "%s/procs/%d", g_dir, p->id);
+        rm_rf(path);
+        p->forgotten = 1;
+        send_exit(c, 0);
+    }
+}
+
 /* A restore happened: bump the generation and run the hooks (clients in ST_RESTORE are
  * answered when they are done). token: the host's id for this restore (from the host
  * channel's token file), or NULL for a `restored` request. */
@@ -870,6 +912,10 @@ static void handle_request(struct client *c, char *payload, size_t n)
             if (!p->done && kill(-p->pid, sig) < 0 && !p->reaped) kill(p->pid, sig);
             send_exit(c, 0);   /* signalling a finished process is a no-op */
         }
+    } else if (!strcmp(s[0], "input") && ns >= 2) {
+        req_input(c, s[1]);
+    } else if (!strcmp(s[0], "forget") && ns >= 2) {
+        req_forget(c, s[1]);
     } else if (!strcmp(s[0], "restored")) {
         c->state = ST_RESTORE;   /* answered once the hooks are done */
         announce_restore(NULL);
@@ -911,6 +957,16 @@ static void client_frame(struct client *c, char type, char *d, size_t n)
     if (c->state == ST_NEW) {
         if (type == 'R') handle_request(c, d, n);
         else client_gone(c);
+        return;
+    }
+    if (c->state == ST_FEED) {
+        struct proc *f = c->feed;
+        if (type == 'I' && f->in >= 0 && !f->in_eof) { buf_add(&f->inbuf, d, n); proc_write_stdin(f); }
+        else if (type == 'i' || type == 'D') {
+            if (type == 'i') { f->in_eof = 1; proc_write_stdin(f); }
+            c->feed = NULL;
+            send_exit(c, 0);
+        }
         return;
     }
     struct proc *p = c->p;
@@ -1097,7 +1153,8 @@ static int run_init(int argc, char **argv)
         for (int i = 0; i < g_nclients; i++) {
             struct client *c = g_clients[i];
             int ev = buf_size(&c->out) ? POLLOUT : 0;
-            if (!(c->p && buf_size(&c->p->inbuf) > HIGH_WATER)) ev |= POLLIN;
+            struct proc *w = c->p ? c->p : c->feed;   /* whose stdin it writes */
+            if (!(w && buf_size(&w->inbuf) > HIGH_WATER)) ev |= POLLIN;
             ADD(c->fd, ev, K_CLIENT, c);
         }
         for (int i = 0; i < g_nprocs; i++) {
@@ -1220,6 +1277,7 @@ static int connect_init(int wait_ms)
  * inside the sandbox, so the host never has to abandon a client that holds its pipes. */
 static long long g_client_timeout_ms;
 static int g_wait_eof;
+static int g_keep_stdin;   /* `input` without -c: end with D (stdin stays open), not i */
 #define KILL_GRACE_MS 5000
 
 static int run_client(const char *req, size_t reqlen, int fwd_stdin, int fwd_signals, int detach)
@@ -1269,7 +1327,10 @@ static int run_client(const char *req, size_t reqlen, int fwd_stdin, int fwd_sig
         if (q[1].revents) {
             ssize_t r = read(0, b, sizeof b);
             if (r > 0) buf_frame(&out, 'I', b, (size_t)r);
-            else if (r == 0 || (errno != EINTR && errno != EAGAIN)) { buf_frame(&out, 'i', "", 0); stdin_open = 0; }
+            else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
+                buf_frame(&out, g_keep_stdin ? 'D' : 'i', "", 0);
+                stdin_open = 0;
+            }
         }
         while (buf_size(&out)) {
             ssize_t w = write(fd, out.p + out.off, buf_size(&out));
@@ -1333,7 +1394,7 @@ static int remote_role(int argc, char **argv, int fwd_stdin)
 static int usage(void)
 {
     msg("usage: init {init [-- CMD...] | exec [-d] [-i] [-t SECS] [-w DIR] [-e K=V]... [-u UID[:GID]] -- CMD... |"
-        " ps | kill ID [SIG] | logs [-f] ID | get PATH | put DIR | stat [-l [-L]] PATH |"
+        " ps | kill ID [SIG] | input [-c] ID | forget ID | logs [-f] ID | get PATH | put DIR | stat [-l [-L]] PATH |"
         " ls [-d DEPTH] DIR | mkdir [-p] [-m MODE] PATH | rm [-r] PATH | mv SRC DST | restored | ping}");
     return 2;
 }
@@ -1366,13 +1427,18 @@ static int cmd_exec(int argc, char **argv)
     return run_client(req.p, req.len, fwd && !detach, !detach, detach);
 }
 
-/* Copy new bytes of fd to out (logs). */
-static void copy_new(int fd, int out)
+/* Copy new bytes of fd to out (logs); whether there were any. */
+static int copy_new(int fd, int out)
 {
     char b[CHUNK];
     ssize_t n;
+    int any = 0;
     while (fd >= 0 && ((n = read(fd, b, sizeof b)) > 0 || (n < 0 && errno == EINTR)))
-        if (n > 0 && write_all(out, b, (size_t)n) < 0) exit(128 + SIGPIPE);
+        if (n > 0) {
+            any = 1;
+            if (write_all(out, b, (size_t)n) < 0) exit(128 + SIGPIPE);
+        }
+    return any;
 }
 
 static int cmd_logs(int argc, char **argv)
@@ -1389,13 +1455,14 @@ static int cmd_logs(int argc, char **argv)
     fmt(p, sizeof p, "%s/stderr", dir);
     int fe = open(p, O_RDONLY | O_CLOEXEC);
     fmt(p, sizeof p, "%s/exit", dir);
+    useconds_t pause = 1000;   /* -f: look again soon after new output, then less often */
     for (;;) {
         /* check exit first: once it exists, all output is already in the files */
         int exited = access(p, F_OK) == 0;
-        copy_new(fo, 1);
-        copy_new(fe, 2);
+        if (copy_new(fo, 1) + copy_new(fe, 2)) pause = 1000;
+        else if (pause < 50000) pause *= 2;
         if (!follow || exited) return 0;
-        usleep(50000);
+        usleep(pause);
     }
 }
 
@@ -1903,6 +1970,19 @@ int main(int argc, char **argv)
     if (!strcmp(role, "ping") && argc == 2) {
         if (g_prefd < 0) close(connect_init(5000));   /* wait (up to 5 s) for the socket */
         return run_client("ping", 5, 0, 0, 0);
+    }
+    if (!strcmp(role, "input") && (argc == 3 || (argc == 4 && !strcmp(argv[2], "-c")))) {
+        struct buf req = {0};
+        buf_add(&req, "input", 6);
+        buf_add(&req, argv[argc - 1], strlen(argv[argc - 1]) + 1);
+        g_keep_stdin = argc == 3;
+        return run_client(req.p, req.len, 1, 0, 0);
+    }
+    if (!strcmp(role, "forget") && argc == 3) {
+        struct buf req = {0};
+        buf_add(&req, "forget", 7);
+        buf_add(&req, argv[2], strlen(argv[2]) + 1);
+        return run_client(req.p, req.len, 0, 0, 0);
     }
     if (!strcmp(role, "kill") && (argc == 3 || argc == 4)) {
         struct buf req = {0};
