@@ -22,7 +22,15 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.integrations.test_mcp_stdio import ROOT, call, cli_engine, env_of, error, home
+from tests.integrations.test_mcp_stdio import (
+    ROOT,
+    call,
+    cli_engine,
+    env_of,
+    error,
+    home,
+    server,
+)
 from torpor.api.tokens import TokenStore
 from torpor.runtime.core import Runtime
 from torpor.sandbox.gvisor import GVisorEngine
@@ -54,8 +62,10 @@ def sessions(home: Path, tmp_path: Path) -> tuple[str, dict[str, str]]:
         s = rt.create_session(model=f"script:{script}", id=f"s-{tenant}", tenant=tenant)
         assert s.send("go").state == "waiting"
     store = TokenStore(rt.db)
-    tokens = {"a": store.create("a", ["exec"])[0], "b": store.create("b", ["exec"])[0],
-              "a-drive": store.create("a", ["drive"])[0]}
+    tokens = {"a": store.create("a", ["exec", "sandboxes"])[0],
+              "b": store.create("b", ["exec", "sandboxes"])[0],
+              "a-drive": store.create("a", ["drive"])[0],
+              "a-sbx": store.create("a", ["sandboxes"])[0]}
     rt.close()
     return db, tokens
 
@@ -93,6 +103,41 @@ def test_mcp_over_http_in_torpor_serve(home: Path, tmp_path: Path):
         assert r.status_code == 403 and "exec" in r.json()["message"]
 
         made: dict[str, Any] = {}
+        from torpor.api.client import Client as TorporClient
+
+        api = TorporClient(f"http://127.0.0.1:{port}", tokens["a"], timeout=120)
+        box = api.sandboxes.create("base")
+        made["box"] = box.id
+
+        async def resource_as_a() -> None:
+            async with client(url, tokens["a-sbx"]) as c:
+                await call(c, "write_file", sandbox=box.id, path="/work/r.txt", content="r1")
+                out = await call(c, "run_command", sandbox=box.id, command="cat /work/r.txt")
+                assert out["stdout"] == "r1"
+                snap = (await call(c, "snapshot", sandbox=box.id, name="first"))["snapshot"]
+                await call(c, "write_file", sandbox=box.id, path="/work/r.txt", content="r2")
+                back = (await call(c, "restore", sandbox=box.id, snapshot=snap))["sandbox"]
+                fork = (await call(c, "fork", sandbox=box.id))["sandbox"]
+                assert back.startswith("sbx-") and fork.startswith("sbx-")
+                for sid, want in ((back, "r1"), (fork, "r2")):
+                    got = await call(c, "read_file", sandbox=sid, path="/work/r.txt")
+                    assert got["content"] == want, sid
+                # the resource's own listing has them, as the tenant's
+                assert {back, fork} <= {s.id for s in api.sandboxes.list()}
+                assert "exec" in await error(c, "read_file", sandbox="session:s-a",
+                                             path="/work/who.txt")
+
+        async def remote_stdio() -> None:
+            """torpor mcp --sandbox ID --server URL: the same sandbox over stdio."""
+            args = ["--sandbox", box.id, "--server", f"http://127.0.0.1:{port}"]
+            async with Client(server(home, *args, "--token", tokens["a-sbx"])) as c:
+                got = await call(c, "read_file", path="/work/r.txt")
+                assert got["content"] == "r2"
+                fork = (await call(c, "fork"))["sandbox"]
+                out = await call(c, "run_command", sandbox=fork, command="cat /work/r.txt")
+                assert out["stdout"] == "r2"
+            async with Client(server(home, *args, "--token", tokens["b"])) as c:
+                assert "no such sandbox" in await error(c, "run_command", command="true")
 
         async def as_a() -> None:
             async with client(url, tokens["a"]) as c:
@@ -119,9 +164,16 @@ def test_mcp_over_http_in_torpor_serve(home: Path, tmp_path: Path):
                                                             command="true")
                 assert "no such" in await error(c, "run_command", sandbox=made["fork"],
                                                 command="true")
+                assert "no such sandbox" in await error(c, "run_command", sandbox=made["box"],
+                                                        command="true")
 
+        asyncio.run(resource_as_a())
+        asyncio.run(remote_stdio())
         asyncio.run(as_a())
         asyncio.run(as_b())
+        for sb in api.sandboxes.list():
+            sb.kill()
+        api.close()
         copies = [i.name for i in GVisorEngine(home, images=ImageStore()).list()
                   if i.name.startswith("mcp-")]
         assert sorted(n[:8] for n in copies) == ["mcp-s-a-", "mcp-s-b-"]

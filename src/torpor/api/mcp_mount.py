@@ -1,15 +1,20 @@
 """`/mcp`: torpor's MCP server (torpor.mcp) over streamable HTTP in `torpor serve`, with the
-API's tokens and tenants: a request needs a bearer token with the `exec` scope (401/403
-as the API answers), and a tool reaches only its tenant's sandboxes (another tenant's
-answer "no such session", as if absent; `admin` tokens reach all).
+API's tokens and tenants: a request needs a bearer token with the `sandboxes` or `exec`
+scope (401/403 as the API answers), and a tool reaches only its tenant's sandboxes
+(another tenant's answer "no such ...", as if absent; `admin` tokens reach all).
 
-What a tool's `sandbox` names here: `session:ID` (or the bare id), a session's sandbox,
-as `torpor mcp --session` serves it: the live one while a turn runs, else a copy restored
-from its latest snapshot, made at the first call and kept, per session, until the server
-stops (changes there do not become the session's); or the id of a sandbox that `restore`
-or `fork` made through /mcp for the same tenant (this process remembers which tenant's
-it is). The MCP server is stateless (one JSON answer per POST, protocol sessions not
-kept), so any number of clients and servers behind a balancer work alike.
+What a tool's `sandbox` names here:
+- a sandbox of the sandbox resource (`sbx-...`, `/v1/sandboxes`; `sandboxes` scope): the
+  durable sandbox itself (a paused one is resumed first, if it resumes by itself);
+  snapshot, restore and fork are the resource's (restore makes a new sandbox of the
+  resource from one of the tenant's snapshots);
+- `session:ID` (`exec` scope), a session's sandbox, as `torpor mcp --session` serves it:
+  the live one while a turn runs, else a copy restored from its latest snapshot, made at
+  the first call and kept, per session, until the server stops (changes there do not
+  become the session's); or the id of a sandbox that `restore` or `fork` made from it
+  (this process remembers which tenant's it is).
+
+The MCP server is stateless (one JSON answer per POST, protocol sessions not kept).
 
 Needs the `mcp` SDK (`torpor[mcp]`): without it the app has no /mcp route.
 """
@@ -66,8 +71,8 @@ class McpEndpoint:
             else None  # fmt: skip
         if p is None:
             raise PermissionError("missing or invalid token: send Authorization: Bearer <token>")
-        if "exec" not in p.scopes:
-            raise PermissionError("this token lacks the 'exec' scope")
+        if not p.scopes & {"exec", "sandboxes"}:
+            raise PermissionError("this token lacks the 'sandboxes' and 'exec' scopes")
         return p
 
     @contextlib.contextmanager
@@ -76,6 +81,12 @@ class McpEndpoint:
         if not name:
             raise LookupError("name a sandbox: `session:ID` for a session's sandbox, or the "
                               "id that restore or fork answered")
+        if name.startswith("sbx-"):
+            with self.resource(name, p) as t:
+                yield t
+            return
+        if "exec" not in p.scopes:
+            raise PermissionError("this token lacks the 'exec' scope (a session's sandbox)")
         with self.lock:
             owner = self.made.get(name, False)
         if owner is not False and not name.startswith("session:"):
@@ -91,6 +102,33 @@ class McpEndpoint:
         with self.lock:
             copy = self.copies.setdefault(row.id, SessionSandbox(self.api.runtime, row.id))
         yield self.remembering(copy.target(), p)
+
+    @contextlib.contextmanager
+    def resource(self, sid: str, p: Principal) -> Iterator[Target]:
+        """A sandbox of the resource (runtime.sandboxes), held for the call."""
+        from torpor.runtime.sandboxes import EVERY_TENANT, SandboxResourceError
+
+        if "sandboxes" not in p.scopes:
+            raise PermissionError("this token lacks the 'sandboxes' scope")
+        rs = self.api.runtime.sandboxes
+        tenant = EVERY_TENANT if p.all_tenants else p.tenant
+
+        def snapshot(name: str | None) -> str:
+            return rs.snapshot(sid, name=name, tenant=tenant).id
+
+        def restore(snap: str) -> str:
+            info = rs.snapshot_info(snap, tenant=tenant)
+            row = rs.get(info.sandbox, tenant=tenant)
+            return rs.create(row.image, snapshot=snap, tenant=row.tenant).id
+
+        def fork() -> str:
+            return rs.fork(sid, tenant=tenant).id
+
+        try:
+            with rs.use(sid, tenant=tenant) as sb:
+                yield Target(f"sandbox {sid}", sb, snapshot, restore, fork)
+        except SandboxResourceError as e:
+            raise LookupError(str(e)) from None
 
     def _sandbox(self, sid: str) -> Any:
         from torpor.sandbox.handle import Sandbox
