@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from torpor.cli import session_cmd
+from torpor.cli.errors import error_line
 from torpor.cli.session_cmd import DbOpt, ServerOpt, StoreOpt, TokenOpt
 
 
@@ -53,8 +54,9 @@ def mcp(
         raise typer.BadParameter("give one of --sandbox and --session")
     try:
         from torpor.mcp import SessionSandbox, build, engine_resolver
-    except ImportError as e:
-        raise typer.BadParameter(str(e)) from None
+    except ImportError as e:  # the extra is not installed: one line, how to get it
+        error_line(e)
+        raise typer.Exit(1) from None
     if session is not None and server:
         raise typer.BadParameter("--session serves a session of this machine; a server's "
                                  "sessions are at its /mcp")
