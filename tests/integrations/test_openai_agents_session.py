@@ -172,3 +172,29 @@ def test_a_runner_after_pop_sends_what_is_left(url: str, fake: FakeLLM):
 
     run(runs())
     assert texts(sent_inputs(fake)[2]) == ["first", "first answer", "third"]
+
+
+def test_a_chat_completions_model_keeps_history_too(url: str, fake: FakeLLM):
+    """The same session under the SDK's Chat Completions model: the second run's request
+    carries the first exchange, as chat messages."""
+    from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
+
+    from tests.agent.fakellm import OPENAI_PATH
+
+    async def runs() -> None:
+        client = AsyncOpenAI(base_url=fake.openai_url, api_key="test", max_retries=0)
+        agent = Agent(name="chat", model=OpenAIChatCompletionsModel(
+            model="fake-model", openai_client=client))
+        s = TorporSession("chat-1", url)
+        fake.reply(text="Paris.")
+        await Runner.run(agent, "Capital of France?", session=s)
+        fake.reply(text="About 2 million.")
+        r = await Runner.run(agent, "Its population?", session=s)
+        assert r.final_output == "About 2 million."
+        s.close()
+
+    run(runs())
+    messages = fake.bodies(OPENAI_PATH)[1]["messages"]
+    assert [(m["role"], m["content"] if isinstance(m["content"], str) else
+             "".join(p.get("text", "") for p in m["content"])) for m in messages] == [
+        ("user", "Capital of France?"), ("assistant", "Paris."), ("user", "Its population?")]
