@@ -13,12 +13,17 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # the shared leaves every package may use
 LEAVES = {"files", "home"}
 MAY_IMPORT: dict[str, set[str]] = {
-    # torpor inside agent frameworks (each an optional extra); nothing imports it
-    "integrations": {"runtime", "agent", "context", "sandbox", "snapshots", "db"},
-    "cli": {"api", "dockerd", "runtime", "agent", "context", "sandbox", "snapshots", "db"},
+    # torpor inside agent frameworks (each an optional extra); nothing imports it. It may
+    # use api's Python client: a framework's sandboxes can live on a torpor server
+    "integrations": {"api", "runtime", "agent", "context", "sandbox", "snapshots", "db"},
+    "cli": {"api", "dockerd", "mcp", "runtime", "agent", "context", "sandbox", "snapshots",
+            "db"},
+    # the MCP server (torpor mcp, /mcp in torpor serve): a front door that both cli and api
+    # serve, so it sits beside them and imports neither (the api hands it a resolver)
+    "mcp": {"runtime", "agent", "context", "sandbox", "snapshots", "db"},
     # the Docker Engine API front door (torpor dockerd)
     "dockerd": {"runtime", "agent", "context", "sandbox", "snapshots", "db"},
-    "api": {"runtime", "agent", "context", "sandbox", "snapshots", "db"},
+    "api": {"mcp", "runtime", "agent", "context", "sandbox", "snapshots", "db"},
     "runtime": {"agent", "context", "sandbox", "snapshots", "db"},
     "agent": {"context", "sandbox", "snapshots"},
     "context": {"db"},

@@ -1,5 +1,6 @@
-"""A fake LLM HTTP server for tests: speaks the OpenAI chat-completions and Anthropic Messages
-APIs (non-streaming) on 127.0.0.1, records every request, answers from a scripted queue.
+"""A fake LLM HTTP server for tests: speaks the OpenAI chat-completions and Responses APIs and
+the Anthropic Messages API (non-streaming) on 127.0.0.1, records every request, answers from a
+scripted queue.
 
     fake = FakeLLM().start()
     fake.reply(text="hello", usage=(12, 3))
@@ -25,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 OPENAI_PATH = "/v1/chat/completions"
+RESPONSES_PATH = "/v1/responses"
 ANTHROPIC_PATH = "/v1/messages"
 
 _ANTHROPIC_ERROR_TYPES = {
@@ -155,6 +157,12 @@ class FakeLLM:
                     "message": reply.message, "type": "fake_error", "param": None,
                     "code": str(reply.status)}}
             return 200, reply.headers, _openai_completion(reply, model, n)
+        if path == RESPONSES_PATH:
+            if reply.status != 200:
+                return reply.status, reply.headers, {"error": {
+                    "message": reply.message, "type": "fake_error", "param": None,
+                    "code": str(reply.status)}}
+            return 200, reply.headers, _openai_response(reply, model, n)
         if reply.status != 200:
             kind = _ANTHROPIC_ERROR_TYPES.get(reply.status, "api_error")
             return reply.status, reply.headers, {"type": "error", "error": {
@@ -179,6 +187,29 @@ def _openai_completion(reply: Reply, model: str, n: int) -> dict[str, Any]:
                          "logprobs": None}],
             "usage": {"prompt_tokens": inp, "completion_tokens": out,
                       "total_tokens": inp + out}}
+
+
+def _openai_response(reply: Reply, model: str, n: int) -> dict[str, Any]:
+    """A Responses API `response` object: a message with the text, then the function calls."""
+    output: list[dict[str, Any]] = []
+    if reply.text:
+        output.append({"type": "message", "id": f"msg_fake_{n}", "role": "assistant",
+                       "status": "completed",
+                       "content": [{"type": "output_text", "text": reply.text,
+                                    "annotations": []}]})
+    for i, tc in enumerate(reply.tool_calls):
+        args = tc.get("arguments", {})
+        output.append({"type": "function_call", "id": f"fc_fake_{n}_{i}",
+                       "call_id": tc.get("id", f"call_fake_{n}_{i}"), "name": tc["name"],
+                       "arguments": args if isinstance(args, str) else json.dumps(args),
+                       "status": "completed"})
+    inp, out = reply.usage
+    return {"id": f"resp_fake_{n}", "object": "response", "created_at": int(time.time()),
+            "model": model, "status": "completed", "output": output,
+            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+            "usage": {"input_tokens": inp, "output_tokens": out, "total_tokens": inp + out,
+                      "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens_details": {"reasoning_tokens": 0}}}
 
 
 def _anthropic_message(reply: Reply, model: str, n: int) -> dict[str, Any]:
@@ -216,7 +247,7 @@ class _Handler(BaseHTTPRequestHandler):
         with fake._lock:
             fake.requests.append(Recorded("POST", path,
                                           {k.lower(): v for k, v in self.headers.items()}, body))
-        if path not in (OPENAI_PATH, ANTHROPIC_PATH):
+        if path not in (OPENAI_PATH, RESPONSES_PATH, ANTHROPIC_PATH):
             self._send(404, {}, {"error": {"message": f"no route {path}"}})
             return
         reply, n = fake._next()

@@ -6,6 +6,8 @@ stack trace. Every session belongs to a tenant; a token sees its own tenant's se
 only (others' are 404, as if absent), unless it has the `admin` scope.
 
 This module builds the app: its state, middleware, error handlers and worker threads.
+`/mcp` is torpor's MCP server over streamable HTTP (torpor.api.mcp_mount), with the same
+tokens and tenants.
 The routes are in torpor.api.routes (one module per resource), the request and error
 shapes in torpor.api.schemas, and what routes share at request time in torpor.api.deps.
 """
@@ -29,6 +31,7 @@ from torpor.api.dashboard import add_dashboard
 from torpor.api.deps import ApiState, Limits
 from torpor.api.events import Notifier
 from torpor.api.guard import Guard
+from torpor.api.mcp_mount import add_mcp
 from torpor.api.metrics import Metrics
 from torpor.api.routes import auth as auth_routes
 from torpor.api.routes import log as log_routes
@@ -157,8 +160,13 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
                    notifier=Notifier(), auth=auth, scripts=scripts, poll=poll,
                    workers=workers)  # fmt: skip
 
-    def lifespan(app: FastAPI) -> contextlib.AbstractAsyncContextManager[None]:
-        return _workers(api)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if mcp is not None:  # the MCP server's session manager runs with the app
+                await stack.enter_async_context(mcp.running())
+            await stack.enter_async_context(_workers(api))
+            yield
 
     app = FastAPI(
         title="torpor", version="1", lifespan=lifespan,
@@ -186,4 +194,5 @@ def create_app(runtime: Runtime, *, auth: bool = True, limits: Limits | None = N
     app.include_router(sandbox_io.router(auth))
     app.include_router(sandbox_files.router(auth))
     app.include_router(auth_routes.router(auth))
+    mcp = add_mcp(app, api)  # /mcp: the MCP server, when the mcp SDK is installed
     return app

@@ -21,6 +21,7 @@ from rich.console import Console
 from torpor.cli import (
     dockerd_cmd,
     log_cmd,
+    mcp_cmd,
     remote_cmd,
     serve_cmd,
     session_cmd,
@@ -523,6 +524,7 @@ app.command("rmi")(clean_errors(rmi))
 app.command("worker")(clean_errors(session_cmd.worker))
 app.command("serve")(clean_errors(serve_cmd.serve))
 app.command("dockerd")(clean_errors(dockerd_cmd.dockerd))
+app.command("mcp")(clean_errors(mcp_cmd.mcp))
 app.add_typer(token_cmd.app, name="token")
 
 

@@ -253,6 +253,30 @@ class SizeWarning(Marker):
     entries: int = 0
 
 
+@_kind
+@dataclass(frozen=True, kw_only=True)
+class Hidden(Marker):
+    """Earlier entries an agent framework's view of the session no longer shows (the log
+    keeps them): `seqs` by number (OpenAI Agents' `pop_item`), or every entry up to
+    `through` (its `clear_session`). `by` names the operation."""
+
+    NAME = "hidden"
+    seqs: list[int] = _list()
+    through: int = 0
+    by: str = ""
+
+
+@_kind
+@dataclass(frozen=True, kw_only=True)
+class FrameworkItem(Marker):
+    """An item of an agent framework's history that is no message, tool call or tool
+    result (OpenAI Agents' reasoning items, hosted tool calls, ...), kept whole."""
+
+    NAME = "framework_item"
+    framework: str = ""
+    item: Any = None
+
+
 # Every marker name torpor writes (others are allowed in a log).
 MARKERS: frozenset[str] = frozenset(BY_NAME)
 
