@@ -5,11 +5,11 @@
  * survive checkpoint/restore, so every process torpor starts is a child of
  * this program. `init init` is the long-lived PID 1: it listens on a Unix
  * socket, starts processes on request, stores their output in files, streams
- * it to the client that asked, and reaps every zombie. All other roles
- * (exec, ps, kill, input, forget, logs, get, put, stat, ls, mkdir, rm, mv, restored,
- * ping) are
- * short-lived clients: run on the host as `init --connect SOCKET ROLE ...` through
- * the host channel (see below), or inside the sandbox as `/.torpor/init ROLE ...`
+ * it to the client that asked, and reaps every zombie. All other roles (exec,
+ * ps, kill, input, forget, logs, get, put, stat, ls, mkdir, rm, mv, restored,
+ * ping) are short-lived clients: run on the host as `init --connect SOCKET ROLE
+ * ...` through the host channel (see below), or inside the sandbox as
+ * `/.torpor/init ROLE ...`
  * (the host runs the file roles there, as children of PID 1).
  * `supervise` runs on the host too: it is what runsc runs under.
  *
