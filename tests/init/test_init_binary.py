@@ -420,6 +420,25 @@ def test_forget_drops_an_exited_processes_files(init: Init) -> None:
     assert res.returncode == 1 and b"no such process" in res.stderr
 
 
+def test_logs_follow_ends_when_another_client_forgets_the_process(init: Init) -> None:
+    # Two followers of one process (an E2B Start stream and a Connect stream): the first to
+    # see it exit forgets it. The other, had it not yet seen the exit file, followed a
+    # removed directory forever; it now ends, with all of the output.
+    pid_id = init.run("exec", "-d", "--", "sh", "-c", "echo out; echo err >&2; sleep 60"
+                      ).stdout.decode().strip()  # fmt: skip
+    follower = init.popen("logs", "-f", pid_id)
+    assert read_line(follower.stdout) == b"out\n"
+    follower.send_signal(signal.SIGSTOP)  # it has not seen the exit when the files go
+    try:
+        assert init.run("kill", pid_id).returncode == 0
+        assert init.exit_code(pid_id) == 143
+        assert init.run("forget", pid_id).returncode == 0
+    finally:
+        follower.send_signal(signal.SIGCONT)
+    out, err = follower.communicate(timeout=10)
+    assert (follower.returncode, out, err) == (0, b"", b"err\n")
+
+
 def test_child_outlives_killed_client(init: Init) -> None:
     script = (
         'echo start; i=0; while [ $i -lt 20 ]; do echo "tick $i"; i=$((i+1)); sleep 0.05; done;'

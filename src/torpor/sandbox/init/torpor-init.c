@@ -1458,8 +1458,11 @@ static int cmd_logs(int argc, char **argv)
     fmt(p, sizeof p, "%s/exit", dir);
     useconds_t pause = 1000;   /* -f: look again soon after new output, then less often */
     for (;;) {
-        /* check exit first: once it exists, all output is already in the files */
-        int exited = access(p, F_OK) == 0;
+        /* check exit first: once it exists, all output is already in the files. Its
+         * directory gone means another client forgot the process (only an exited one
+         * can be), exit file included: its output is all in the files held open here.
+         * Without this check such a follower waited for the exit file forever. */
+        int exited = access(p, F_OK) == 0 || access(dir, F_OK) < 0;
         if (copy_new(fo, 1) + copy_new(fe, 2)) pause = 1000;
         else if (pause < 50000) pause *= 2;
         if (!follow || exited) return 0;
