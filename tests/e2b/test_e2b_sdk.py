@@ -74,6 +74,46 @@ def test_a_background_command_its_stdin_and_its_kill(sbx: Sandbox):
     assert rest and "6\n" in rest and not rest.startswith("1\n")
 
 
+def followers(sb: Sandbox, pid_id: int | None = None) -> list[tuple[int, int]]:
+    """torpor's `logs -f` followers in the sandbox (of the process `pid_id`, init's id for
+    it): (their pid, the id they follow), oldest first."""
+    ps = sb.commands.run("ps -eo pid=,args=").stdout
+    found = [(int(w[0]), int(w[-1])) for w in (line.split() for line in ps.splitlines())
+             if w[1:4] == ["/.torpor/init", "logs", "-f"]]  # fmt: skip
+    return [f for f in found if pid_id in (None, f[1])]
+
+
+def test_a_connection_that_sees_the_end_after_the_start_stream_still_ends(sbx: Sandbox):
+    # Under load, the Start stream of a background command could see it end, and forget
+    # it, before a Connect stream's follower had seen the end: that one then waited for
+    # it forever. Here the Connect stream's follower is held (stopped) until the Start
+    # stream has ended and the server has had time to forget the process.
+    h = sbx.commands.run("echo one; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo two",
+                         background=True)
+    deadline = time.monotonic() + 10
+    before: set[int] = set()
+    while not (before & (now := {i for _, i in followers(sbx)})):  # the Start stream's
+        assert time.monotonic() < deadline  # (each `ps` command has a follower of its own)
+        before = now
+        time.sleep(0.05)
+    pid_id = min(before & now)
+    again = sbx.commands.connect(h.pid, timeout=20)
+    while len(found := followers(sbx, pid_id)) != 2:  # and the Connect stream's
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    held = found[-1][0]
+    sbx.commands.run(f"kill -STOP {held}")
+    try:
+        sbx.files.write("/tmp/go", "")
+        assert h.wait().stdout == "one\ntwo\n"
+        time.sleep(1)  # (the Start stream's end was sent before its process was let go)
+    finally:
+        sbx.commands.run(f"kill -CONT {held}")
+    assert again.wait().stdout == "two\n"
+    time.sleep(0.5)
+    assert not sbx.files.exists(f"/run/torpor/procs/{pid_id}")  # forgotten by the last
+
+
 def test_files(sbx: Sandbox):
     sbx.files.write("/work/a.txt", "alpha")
     assert sbx.files.read("/work/a.txt") == "alpha"

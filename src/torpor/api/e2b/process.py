@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import contextlib
 import contextvars
 import signal as signals
@@ -83,6 +84,11 @@ class Processes:
         self.api, self.callers = api, callers
         # what List reports of the processes started here: (sandbox, init id) -> config, tag
         self.started: dict[tuple[str, int], tuple[Message, str | None]] = {}
+        # the streams following each process (Start's, Connect's), and those seen to end:
+        # the last stream to let go of an ended process forgets it, not the first to see
+        # the end (the others would lose its exit code, or wait for it forever)
+        self.following: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.ended: set[tuple[str, int]] = set()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -145,21 +151,31 @@ class Processes:
                                                      on_stderr=lambda b: emit("stderr", b),
                                                      cancel=cancel)  # fmt: skip
 
-        async for kind, value in from_thread(work, idle=keepalive):
-            if kind == "idle":
-                yield {"event": {"keepalive": {}}}
-            elif kind in left:
-                cut = min(left[kind], len(value))
-                left[kind] -= cut
-                if value[cut:]:
-                    yield {"event": {"data": {kind: _b64(value[cut:])}}}
-            elif kind == "raised":
-                raise connect_error(value)
-            else:
-                yield end_event(value)
-                with contextlib.suppress(Exception):  # (a later List does not show it)
-                    await run_in_threadpool(Process(sb, pid_id).forget)
-                self.started.pop((c.sid, pid_id), None)
+        key = (c.sid, pid_id)
+        self.following[key] += 1
+        try:
+            async for kind, value in from_thread(work, idle=keepalive):
+                if kind == "idle":
+                    yield {"event": {"keepalive": {}}}
+                elif kind in left:
+                    cut = min(left[kind], len(value))
+                    left[kind] -= cut
+                    if value[cut:]:
+                        yield {"event": {"data": {kind: _b64(value[cut:])}}}
+                elif kind == "raised":
+                    raise connect_error(value)
+                else:
+                    self.ended.add(key)
+                    yield end_event(value)
+        finally:
+            self.following[key] -= 1
+            if not self.following[key]:
+                del self.following[key]
+                if key in self.ended:
+                    self.ended.discard(key)
+                    self.started.pop(key, None)
+                    with contextlib.suppress(Exception):  # (a later List does not show it)
+                        await run_in_threadpool(Process(sb, pid_id).forget)
 
     # -- the service -----------------------------------------------------------------------
 
