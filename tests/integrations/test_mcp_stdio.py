@@ -76,9 +76,16 @@ def test_stdio_tools_on_a_sandbox(home: Path):
     sb = Sandbox.create(image="base", engine=eng, name="dev")
     made: list[str] = []
     try:
-        # a process whose state lives only in memory: a shell that remembers a counter
-        sb.exec("mkfifo /tmp/in; (n=0; while read l < /tmp/in; do n=$((n+1)); "
+        # a process whose state lives only in memory: a shell that remembers a counter. It
+        # opens the FIFO once, read-write: a loop of `read l < /tmp/in` (an open per line)
+        # can open it while the last writer has written but not yet closed, read EOF and
+        # end (a FIFO's race, on Linux too; seen here under load, before a fork).
+        sb.exec("mkfifo /tmp/in; (exec 3<>/tmp/in; n=0; while read l <&3; do n=$((n+1)); "
                 "echo $n > /tmp/count; done) >/dev/null 2>&1 &")
+        # one line to it, then (up to 10 s) the count it led to
+        bump = ("b=$(cat /tmp/count 2>/dev/null); echo 1 > /tmp/in; i=0; "
+                "while [ \"$(cat /tmp/count 2>/dev/null)\" = \"$b\" ] && [ $i -lt 200 ]; "
+                "do sleep 0.05; i=$((i+1)); done; cat /tmp/count")
 
         async def session() -> None:
             async with Client(server(home, "--sandbox", "dev")) as c:
@@ -98,19 +105,17 @@ def test_stdio_tools_on_a_sandbox(home: Path):
                 ls = await call(c, "list_files", path="/work/notes")
                 assert [(e["name"], e["type"]) for e in ls["entries"]] == [("a.txt", "file")]
 
-                x = await call(c, "run_command", command="echo 1 > /tmp/in; sleep 0.2; "
-                               "cat /tmp/count; echo oops >&2; exit 3")
+                x = await call(c, "run_command", command=f"{bump}; echo oops >&2; exit 3")
                 assert (x["exit_code"], x["stdout"], x["stderr"]) == (3, "1\n", "oops\n")
 
                 snap = (await call(c, "snapshot", name="one"))["snapshot"]
-                await call(c, "run_command", command="echo 1 > /tmp/in")  # count: 2
+                await call(c, "run_command", command=bump)  # count: 2
                 fork = (await call(c, "fork"))["sandbox"]
                 back = (await call(c, "restore", snapshot=snap))["sandbox"]
                 made.extend([fork, back])
                 # each copy has the counter process, with its count as of its snapshot
                 for sid, want in ((fork, "3"), (back, "2"), ("dev", "3")):
-                    out = await call(c, "run_command", sandbox=sid,
-                                     command="echo 1 > /tmp/in; sleep 0.2; cat /tmp/count")
+                    out = await call(c, "run_command", sandbox=sid, command=bump)
                     assert out["stdout"].strip() == want, sid
 
                 assert "a.txt" in (await call(c, "read_file", sandbox=back,
