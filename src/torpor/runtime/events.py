@@ -51,6 +51,8 @@ class EventType(StrEnum):
     SUMMARY = "summary"  # upto_seq, text, entries
     STEP_LIMIT = "step_limit"  # steps
     SIZE_WARNING = "size_warning"  # bytes, limit, entries
+    HIDDEN = "hidden"  # a framework's pop or clear: the entries its view no longer shows
+    FRAMEWORK_ITEM = "framework_item"  # a framework's item kept whole (OpenAI Agents SDK)
     TURN_FINISHED = "turn_finished"  # (worker only) seconds
     OUTCOME = "outcome"  # (Session.stream's last) outcome: the TurnOutcome
     MARKER = "marker"  # a marker torpor does not define: marker (its name), its fields
@@ -73,6 +75,8 @@ FOR_MARKER: dict[type[markers.Marker], EventType] = {
     markers.Summary: EventType.SUMMARY,
     markers.StepLimit: EventType.STEP_LIMIT,
     markers.SizeWarning: EventType.SIZE_WARNING,
+    markers.Hidden: EventType.HIDDEN,
+    markers.FrameworkItem: EventType.FRAMEWORK_ITEM,
 }
 _BY_NAME = {cls.NAME: kind for cls, kind in FOR_MARKER.items()}
 OUTPUT_LIMIT = 2000  # characters of a tool result carried by tool_call_finished

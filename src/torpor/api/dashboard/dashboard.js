@@ -176,6 +176,9 @@ function sessionPage() {
     summary: (d) => add("mark", `summary of ${d.entries} earlier entries`),
     step_limit: (d) => add("mark retry", `stopped after ${d.steps} steps`),
     size_warning: (d) => add("mark retry", `log size ${bytes(d.bytes)} (warning at ${bytes(d.limit)})`),
+    hidden: (d) => add("mark", (d.by || "a framework") + " hid " +
+      (d.seqs && d.seqs.length ? `${d.seqs.length} entries` : `the entries up to ${d.through}`)),
+    framework_item: (d) => add("mark", (d.framework || "a framework") + "'s item"),
     state: (d) => {
       setState(d.state);
       refreshSession();
