@@ -48,6 +48,16 @@ def test_an_unknown_sandbox(e2b_server: E2BServer):
     assert r.status_code == 400 and "E2b-Sandbox-Id" in r.json()["message"]
 
 
+def test_an_unknown_template_is_a_404_naming_it(e2b_server: E2BServer):
+    r = httpx.post(f"{e2b_server.url}/v2/sandboxes", json={"templateID": "no-such-template"},
+                   headers={"X-API-KEY": e2b_server.key})  # fmt: skip
+    assert r.status_code == 404, r.text
+    assert "no such image: no-such-template" in r.json()["message"]
+    r = httpx.post(f"{e2b_server.url}/v2/sandboxes", json={"templateID": "base", "timeout": -5},
+                   headers={"X-API-KEY": e2b_server.key})  # fmt: skip
+    assert r.status_code == 400, r.text  # a setting out of range: not a missing template
+
+
 def test_a_wrong_key(e2b_server: E2BServer):
     with pytest.raises(AuthenticationException):
         Sandbox.create(api_key="tpk_nope_nope")

@@ -38,6 +38,7 @@ from torpor.runtime.sandboxes import (
     HeldElsewhere,
     InvalidSandbox,
     LifecycleFailed,
+    NoSuchImage,
     NoSuchSandbox,
     NoSuchSnapshot,
     SandboxKilled,
@@ -53,10 +54,10 @@ MAX_TIMEOUT = 30 * 86_400
 def _mapped(e: Exception) -> E2BError:
     if isinstance(e, E2BError):
         return e
-    if isinstance(e, (NoSuchSandbox, NoSuchSnapshot, SandboxKilled)):
+    if isinstance(e, (NoSuchSandbox, NoSuchSnapshot, NoSuchImage, SandboxKilled)):
         return E2BError(404, str(e))
     if isinstance(e, InvalidSandbox):
-        return E2BError(404 if "no such image" in str(e) else 400, str(e))
+        return E2BError(400, str(e))
     if isinstance(e, (AlreadyPaused, HeldElsewhere, SandboxStateError)):
         return E2BError(409, str(e))
     if isinstance(e, LifecycleFailed):

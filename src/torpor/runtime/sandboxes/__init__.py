@@ -18,6 +18,7 @@ from torpor.runtime.sandboxes.errors import (
     HeldElsewhere,
     InvalidSandbox,
     LifecycleFailed,
+    NoSuchImage,
     NoSuchSandbox,
     NoSuchSnapshot,
     SandboxKilled,
@@ -31,7 +32,7 @@ from torpor.runtime.sandboxes.service import DEFAULT_TIMEOUT, EVERY_TENANT, Sand
 
 __all__ = [
     "DEFAULT_TIMEOUT", "EVERY_TENANT", "AlreadyPaused", "HeldElsewhere", "InvalidSandbox",
-    "LifecycleFailed", "LiveSandbox", "NoSuchSandbox", "NoSuchSnapshot", "SandboxKilled",
-    "SandboxPaused", "SandboxResourceError", "SandboxRow", "SandboxStateError", "Sandboxes",
-    "SnapshotRow", "Tenant",
+    "LifecycleFailed", "LiveSandbox", "NoSuchImage", "NoSuchSandbox", "NoSuchSnapshot",
+    "SandboxKilled", "SandboxPaused", "SandboxResourceError", "SandboxRow",
+    "SandboxStateError", "Sandboxes", "SnapshotRow", "Tenant",
 ]

@@ -22,6 +22,10 @@ class InvalidSandbox(SandboxResourceError, ValueError):
     setting out of range): refused before anything starts."""
 
 
+class NoSuchImage(InvalidSandbox):
+    """The image (or E2B template) named is not in this server's image store."""
+
+
 class SandboxStateError(SandboxResourceError):
     """The request does not fit the sandbox's state."""
 

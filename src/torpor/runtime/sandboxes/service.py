@@ -46,6 +46,7 @@ from torpor.runtime.sandboxes.errors import (
     HeldElsewhere,
     InvalidSandbox,
     LifecycleFailed,
+    NoSuchImage,
     NoSuchSandbox,
     NoSuchSnapshot,
     SandboxKilled,
@@ -325,7 +326,7 @@ class Sandboxes(Housekeeping):
         try:
             images.get(image)
         except ImageNotFound:
-            raise InvalidSandbox(f"no such image: {image} (`torpor images` lists this "
+            raise NoSuchImage(f"no such image: {image} (`torpor images` lists this "
                                  "server's)") from None  # fmt: skip
         except ImageError as e:
             raise InvalidSandbox(f"image {image!r}: {e}") from None
