@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from torpor.db.pgtemp import TempCluster, server_bindir
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.sandbox.gvisor import GVisorEngine
 from torpor.sandbox.images import ImageStore
@@ -24,6 +25,16 @@ def remove_home(home: Path) -> None:
         subprocess.run(["runsc", f"--root={home / 'runsc'}", "delete", "-force", d.name],
                        capture_output=True)  # fmt: skip
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A TORPOR_HOME of the test's own (every sandbox and checkpoint in it is the test's),
+    under a short path (runsc's sockets live there), removed at the end with whatever
+    runsc still runs for it."""
+    path = Path(tempfile.mkdtemp(prefix="torpor-home-"))
+    yield path
+    remove_home(path)
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +51,25 @@ def rt_engine(rt_home: Path) -> GVisorEngine:
     store = open_store(f"file://{rt_home / 'snapshots'}")
     return GVisorEngine(rt_home, images=images,
                         checkpoints=SnapshotCheckpointStorage(store, rt_home))  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[TempCluster]:
+    """One real PostgreSQL cluster (initdb + pg_ctl on a loopback port) for the whole test
+    session, shared by every directory; tests take a database of their own from it."""
+    if server_bindir() is None:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    with TempCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: a SQLite file, or a new database of the shared cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'torpor.db'}"
+    cluster: TempCluster = request.getfixturevalue("pg")
+    return cluster.url(cluster.create_db())
 
 
 @pytest.fixture(scope="session")

@@ -26,40 +26,39 @@ TRIES = 50
 
 
 @pytest.fixture(scope="module")
-def two_servers(rt_home: Path, tmp_path_factory: pytest.TempPathFactory
+def two_servers(rt_home: Path, pg: TempCluster, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[tuple[str, list[str]]]:  # fmt: skip
     tmp = tmp_path_factory.mktemp("idem")
-    with TempCluster() as pg:
-        db = pg.url(pg.create_db())
-        env = dict(os.environ, TORPOR_HOME=str(rt_home), TORPOR_IMAGES=str(ImageStore().root),
-                   OPENAI_API_KEY="never-sent")  # fmt: skip
-        procs, urls = [], []
-        for i in range(2):
-            port = free_port()
-            log = (tmp / f"serve-{i}.log").open("wb")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "torpor.cli.main", "serve", "--db", db, "--store",
-                 f"file://{tmp / 'snapshots'}", "--port", str(port), "--workers", "0",
-                 "--standby", "0"], env=env, stdout=log, stderr=log))  # fmt: skip
-            urls.append(f"http://127.0.0.1:{port}")
-        try:
-            for url, p in zip(urls, procs, strict=True):
-                deadline = time.time() + 60
-                while True:
-                    assert p.poll() is None, (tmp / "serve-0.log").read_text()
-                    try:
-                        if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    assert time.time() < deadline, "server did not come up"
-                    time.sleep(0.2)
-            yield db, urls
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(30)
+    db = pg.url(pg.create_db())
+    env = dict(os.environ, TORPOR_HOME=str(rt_home), TORPOR_IMAGES=str(ImageStore().root),
+               OPENAI_API_KEY="never-sent")  # fmt: skip
+    procs, urls = [], []
+    for i in range(2):
+        port = free_port()
+        log = (tmp / f"serve-{i}.log").open("wb")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "torpor.cli.main", "serve", "--db", db, "--store",
+             f"file://{tmp / 'snapshots'}", "--port", str(port), "--workers", "0",
+             "--standby", "0"], env=env, stdout=log, stderr=log))  # fmt: skip
+        urls.append(f"http://127.0.0.1:{port}")
+    try:
+        for url, p in zip(urls, procs, strict=True):
+            deadline = time.time() + 60
+            while True:
+                assert p.poll() is None, (tmp / "serve-0.log").read_text()
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.time() < deadline, "server did not come up"
+                time.sleep(0.2)
+        yield db, urls
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
 
 
 def test_same_key_from_two_processes_queues_one_message(two_servers) -> None:

@@ -9,12 +9,8 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import remove_home
 from tests.runtime.test_shutdown_reaping import TORPOR, free_port
 from torpor.api.client import ApiError, Client
 from torpor.runtime.core import Runtime
@@ -54,14 +50,6 @@ class Serve:
         except subprocess.TimeoutExpired:
             self.p.kill()
             raise AssertionError(f"serve did not exit on {sig}:\n{self.output()}") from None
-
-
-@pytest.fixture()
-def home(tmp_path: Path) -> Iterator[Path]:
-    h = tmp_path / "home"
-    h.mkdir()
-    yield h
-    remove_home(h)
 
 
 def counter(sb) -> int:  # type: ignore[no-untyped-def]

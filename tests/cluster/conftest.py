@@ -97,14 +97,8 @@ class Cluster:
         remove_home(self.root)
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[TempCluster]:
-    with TempCluster() as c:
-        yield c
-
-
 @pytest.fixture()
-def cluster(pg_cluster: TempCluster, s3_endpoint: str) -> Iterator[Cluster]:
+def cluster(pg: TempCluster, s3_endpoint: str) -> Iterator[Cluster]:
     import boto3
 
     with pytest.MonkeyPatch.context() as mp:
@@ -116,7 +110,7 @@ def cluster(pg_cluster: TempCluster, s3_endpoint: str) -> Iterator[Cluster]:
             boto3.client("s3").create_bucket(Bucket="torpor-cluster")
         ImageStore().build_base()
         root = Path(tempfile.mkdtemp(prefix="torpor-cluster-"))
-        c = Cluster(root, pg_cluster.url(pg_cluster.create_db()),
+        c = Cluster(root, pg.url(pg.create_db()),
                     f"s3://torpor-cluster/{uuid.uuid4().hex[:8]}")  # fmt: skip
         try:
             yield c

@@ -1,5 +1,5 @@
-"""Fixtures for the context log tests: SQLite logs in temp dirs and a real throwaway
-PostgreSQL cluster (initdb + pg_ctl as the `postgres` user, loopback port, socket in tmp)."""
+"""Fixtures for the context log tests: SQLite logs in temp dirs and databases of the
+shared throwaway PostgreSQL cluster (`pg`, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,7 @@ from pathlib import Path
 import pytest
 
 from torpor.context import ContextLog, open_log
-from torpor.context.pgtemp import TempCluster, server_bindir
-
-
-@pytest.fixture(scope="session")
-def pg() -> Iterator[TempCluster]:
-    """One real PostgreSQL cluster for the whole test session, removed at the end."""
-    if server_bindir() is None:
-        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
-    with TempCluster() as cluster:
-        yield cluster
+from torpor.db.pgtemp import TempCluster
 
 
 @pytest.fixture

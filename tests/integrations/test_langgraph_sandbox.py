@@ -10,15 +10,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
-from tests.conftest import remove_home
 from torpor.integrations.langgraph import SandboxMessagesState, SandboxTools
 from torpor.sandbox import Sandbox
 from torpor.sandbox.gvisor import GVisorEngine
@@ -29,14 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.runsc, pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("runsc") is None,
     reason="needs root and runsc (run scripts/setup.sh)")]
-
-
-@pytest.fixture
-def home() -> Iterator[Path]:
-    """A TORPOR_HOME of this test's own (its sandboxes and checkpoints only)."""
-    path = Path(tempfile.mkdtemp(prefix="torpor-lg-home-"))
-    yield path
-    remove_home(path)
 
 
 def run_app(url: str, action: str, home: Path) -> dict[str, Any]:

@@ -28,15 +28,12 @@ from tests.integrations.test_mcp_stdio import (
     cli_engine,
     env_of,
     error,
-    home,
     server,
 )
 from torpor.api.tokens import TokenStore
 from torpor.runtime.core import Runtime
 from torpor.sandbox.gvisor import GVisorEngine
 from torpor.sandbox.images import ImageStore
-
-__all__ = ["home"]  # the fixture
 
 pytestmark = [pytest.mark.runsc, pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root and runsc (run scripts/setup.sh)")]

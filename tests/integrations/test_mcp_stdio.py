@@ -9,15 +9,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.conftest import remove_home
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.sandbox import Sandbox
 from torpor.sandbox.gvisor import GVisorEngine
@@ -30,13 +27,6 @@ TOOLS = {"run_command", "read_file", "write_file", "list_files", "snapshot", "re
 pytestmark = [pytest.mark.runsc, pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("runsc") is None,
     reason="needs root and runsc (run scripts/setup.sh)")]
-
-
-@pytest.fixture
-def home() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="torpor-mcp-home-"))
-    yield path
-    remove_home(path)
 
 
 def env_of(home: Path) -> dict[str, str]:

@@ -11,14 +11,12 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.agent.fakellm import RESPONSES_PATH, FakeLLM
 from tests.api.test_api_sandbox_serve import Serve
-from tests.conftest import remove_home
 from torpor.api.client import Client
 from torpor.api.tokens import TokenStore
 from torpor.runtime.db import RuntimeDB
@@ -37,14 +35,6 @@ def beats(output: str) -> list[tuple[str, int]]:
 
 pytestmark = [pytest.mark.runsc, pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root and runsc (run scripts/setup.sh)")]
-
-
-@pytest.fixture()
-def home(tmp_path: Path) -> Iterator[Path]:
-    h = tmp_path / "home"
-    h.mkdir()
-    yield h
-    remove_home(h)
 
 
 def outputs(fake: FakeLLM) -> dict[str, str]:

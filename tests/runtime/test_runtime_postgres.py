@@ -51,12 +51,6 @@ def kinds(entries: list[Any], kind: str, role: str | None = None) -> list[Any]:
 
 
 @pytest.fixture(scope="session")
-def pg() -> Iterator[TempCluster]:
-    with TempCluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="session")
 def s3(s3_endpoint: str) -> Iterator[str]:
     """The shared S3 server (tests/conftest.py); AWS_* set for this process and children."""
     import boto3
