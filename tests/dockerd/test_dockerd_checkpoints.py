@@ -7,17 +7,7 @@ from __future__ import annotations
 import time
 
 from tests.dockerd.conftest import Run
-
-COUNTER = (
-    "import os, time\n"
-    "token = os.urandom(6).hex()\n"
-    "n = 0\n"
-    "while True:\n"
-    "    n += 1\n"
-    "    open('/tmp/c.tmp', 'w').write(f'{token} {n}')\n"
-    "    os.replace('/tmp/c.tmp', '/tmp/c')\n"
-    "    time.sleep(0.02)\n"
-)
+from tests.programs import COUNTER
 
 
 def counter(docker: Run, name: str) -> tuple[str, int]:

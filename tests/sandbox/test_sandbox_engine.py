@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.programs import COUNTER
 from tests.sandbox.test_sandbox_leftovers import dead_writer_tag, make
 from torpor.sandbox.engine import (
     CheckpointError,
@@ -21,17 +22,6 @@ from torpor.sandbox.engine import (
     Tmpfs,
 )
 from torpor.sandbox.gvisor import GVisorEngine
-
-COUNTER = (
-    "import os, time\n"
-    "token = os.urandom(6).hex()\n"
-    "n = 0\n"
-    "while True:\n"
-    "    n += 1\n"
-    "    open('/tmp/c.tmp', 'w').write(f'{token} {n}')\n"
-    "    os.replace('/tmp/c.tmp', '/tmp/c')\n"
-    "    time.sleep(0.02)\n"
-)
 
 
 def read_counter(engine: GVisorEngine, name: str) -> tuple[str, int]:

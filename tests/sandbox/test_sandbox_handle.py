@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.programs import COUNTER
 from torpor.sandbox import (
     Checkpoint,
     CommandTimeout,
@@ -29,17 +30,6 @@ from torpor.sandbox import (
     set_default_engine,
 )
 from torpor.sandbox.gvisor import GVisorEngine
-
-COUNTER = (
-    "import os, time\n"
-    "token = os.urandom(6).hex()\n"
-    "n = 0\n"
-    "while True:\n"
-    "    n += 1\n"
-    "    open('/tmp/c.tmp', 'w').write(f'{token} {n}')\n"
-    "    os.replace('/tmp/c.tmp', '/tmp/c')\n"
-    "    time.sleep(0.02)\n"
-)
 
 
 @pytest.fixture()
