@@ -4,7 +4,6 @@ every `torpor.*` name it mentions imports."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import remove_home
+from tests.docnames import resolve, torpor_names
 from torpor.sandbox.images import ImageStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,15 +64,7 @@ def test_the_sandbox_example_sleeps_and_wakes_in_another_process(tmp_path: Path)
 
 
 def test_every_torpor_name_the_page_mentions_imports():
-    names = set(re.findall(r"\btorpor(?:\.\w+)+", PAGE.read_text()))
+    names = torpor_names(PAGE.read_text())
     assert "torpor.integrations.langgraph" in names and len(names) > 5
     for dotted in sorted(names):
-        parts = dotted.split(".")
-        for cut in range(len(parts), 0, -1):
-            try:
-                obj: object = importlib.import_module(".".join(parts[:cut]))
-            except ModuleNotFoundError:
-                continue
-            for attr in parts[cut:]:
-                obj = getattr(obj, attr)
-            break
+        resolve(dotted)

@@ -3,11 +3,12 @@ every `from torpor... import ...` in it, resolve. Pure: reads the page, imports 
 
 from __future__ import annotations
 
-import importlib
 import re
 from pathlib import Path
 
 import pytest
+
+from tests.docnames import resolve, torpor_names
 
 NEEDS_RUNSC = False  # tests/sandbox/conftest.py: these run anywhere
 
@@ -16,24 +17,11 @@ PAGE = Path(__file__).resolve().parents[2] / "docs" / "sandboxes.md"
 
 def documented_names() -> list[str]:
     text = PAGE.read_text()
-    names = set(re.findall(r"\btorpor(?:\.\w+)+", text))
+    names = torpor_names(text)
     names.update(f"torpor.sandbox.{m}" for m in re.findall(r"`(Sandbox\.\w+)", text))
     for module, imported in re.findall(r"from (torpor[\w.]*) import ([\w, ]+)", text):
         names.update(f"{module}.{n.strip()}" for n in imported.split(",") if n.strip())
     return sorted(names)
-
-
-def resolve(dotted: str) -> object:
-    parts = dotted.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj: object = importlib.import_module(".".join(parts[:cut]))
-        except ModuleNotFoundError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ModuleNotFoundError(dotted)
 
 
 def test_the_page_names_things():
