@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -35,12 +34,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_sandbox import machine_info  # noqa: E402
 from tests.conftest import remove_home  # noqa: E402
 from torpor.api.client import Client  # noqa: E402
 from torpor.runtime.db import RuntimeDB  # noqa: E402
@@ -413,18 +412,6 @@ def write_plot(data: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "kernel": platform.release(), "cpu": cpu, "nproc": os.cpu_count() or 0,
-            "python": platform.python_version(), "loadavg_start": os.getloadavg()}
 
 
 def scaling(srv: Server, sizes: list[int], runs: int) -> list[dict[str, Any]]:
