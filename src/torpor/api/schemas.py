@@ -122,6 +122,9 @@ def _integral(v: Any) -> Any:
 JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
+RETENTION_PATTERN = r"^(|all|(last|hourly|daily)=[0-9]{1,6}(,(last|hourly|daily)=[0-9]{1,6})*)$"
+
+
 class PolicyIn(_Body):
     snapshot_every_calls: JsonInt = Field(0, ge=0, le=1_000_000)
     snapshot_every_seconds: float = Field(0.0, ge=0, le=86_400)
@@ -129,7 +132,12 @@ class PolicyIn(_Body):
     backoff_base: float = Field(1.0, ge=0, le=3600)
     backoff_max: float = Field(300.0, ge=0, le=86_400)
     keep_snapshots: JsonInt = Field(0, ge=0, le=1_000_000,
-                                    description="Keep only the newest N snapshots (0: all).")
+                                    description="Keep only the newest N snapshots (0: "
+                                                "`retention` decides).")  # fmt: skip
+    retention: str = Field("", max_length=100, pattern=RETENTION_PATTERN,
+                           description="Which wait-point snapshots stay: '' (the server's "
+                                       "default), 'all', or last=N,hourly=N,daily=N (last "
+                                       ">= 1; see docs/snapshots.md).")  # fmt: skip
 
 
 class SessionIn(_Body):

@@ -123,6 +123,7 @@ def serve(
     grace: float = GraceOpt,
     affinity: float = lifecycle.AffinityOpt,
     prefetch: bool = lifecycle.PrefetchOpt,
+    retention: str = lifecycle.RetentionOpt,
     log_level: str = lifecycle.LogLevelOpt,
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs)."""
@@ -138,7 +139,7 @@ def serve(
 
     registry = load_tools(tools)  # before anything starts: a bad module is one line, exit 1
     rt = Runtime(db=db, store=store, tools=registry, standby=standby if workers > 0 else 0,
-                 affinity=affinity, prefetch=prefetch)
+                 affinity=affinity, prefetch=prefetch, retention=retention or "")
     has_tokens = TokenStore(rt.db).any()
     if not is_loopback(host) and not has_tokens:
         raise ServeError(

@@ -164,6 +164,25 @@ TOKENS = (
     )""",
 )
 
+# -- storage: pins and named leases (runtime/retention.py, runtime/storage.py) -----------------
+# A pin keeps a snapshot from retention's deletes until `until` (a machine fetching or
+# restoring it, say: `holder` says who). A named lease is held by one process at a time
+# across every machine sharing the database (the scheduled gc of one snapshot store).
+STORAGE = (
+    """CREATE TABLE torpor_pins (
+        snapshot TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        until DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (snapshot, holder)
+    )""",
+    """CREATE TABLE torpor_leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        until DOUBLE PRECISION NOT NULL,
+        note TEXT
+    )""",
+)
+
 # -- LangGraph checkpoints (integrations/langgraph/saver.py) ---------------------------------
 # One row per checkpoint (without its channel values), one per (channel, version) a
 # checkpoint brought in with a value, one per pending write. A value row either holds the

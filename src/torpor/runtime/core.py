@@ -37,6 +37,7 @@ from torpor.agent.tools import ToolRegistry, load_tools
 from torpor.context import default_url as default_log_url
 from torpor.context import markers, open_log
 from torpor.home import machine_id, torpor_home
+from torpor.runtime import retention
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
@@ -58,6 +59,9 @@ from torpor.runtime.worker import Worker
 from torpor.sandbox.engine import Engine, SandboxSpec, Tmpfs
 from torpor.sandbox.images import BASE_IMAGE, ImageError, ImageNotFound
 from torpor.snapshots import open_store
+from torpor.snapshots.retention import Retention, RetentionError
+
+RETENTION_ENV = "TORPOR_RETENTION"
 
 
 class Runtime:
@@ -77,6 +81,7 @@ class Runtime:
         affinity: float = AFFINITY_DELAY,
         upload_wait: float = UPLOAD_WAIT,
         prefetch: bool = True,
+        retention: str = "",
     ) -> None:
         self.home = Path(home) if home else torpor_home()
         self.db_url = db or default_log_url()
@@ -102,6 +107,8 @@ class Runtime:
         self.machine = machine_id(self.home)
         self.process = f"{self.machine}:{os.getpid()}:{secrets.token_hex(3)}"  # heartbeats
         self.affinity, self.upload_wait = affinity, upload_wait
+        # the default retention of sessions' snapshots (Policy.retention "": this one)
+        self.retention = Retention.parse(retention or os.environ.get(RETENTION_ENV)).spec
         self._beat: threading.Thread | None = None
         self._beat_stop = threading.Event()
         # Follow other machines' sessions (runtime/prefetch.py): on PostgreSQL only, the
@@ -199,6 +206,10 @@ class Runtime:
         sid = id or f"ses-{secrets.token_hex(6)}"
         self.validate(image=image, model=model, tools=tools)
         pol = policy if isinstance(policy, Policy) else Policy.from_json(policy)
+        try:
+            retention.retention_for(pol, self.retention)
+        except RetentionError as e:
+            raise InvalidSession(str(e)) from None
         self.db.create(
             SessionRow(
                 id=sid, state="created", image=image, model=model, system=system,
@@ -308,13 +319,25 @@ class Runtime:
         fetch = self.checkpoint_storage("prefetch")
         has = self.checkpoint_storage("has_hot_copy")
         if self.prefetch and fetch is not None and has is not None:
-            self.prefetcher = Prefetcher(self.db, self.machine, fetch, has,
+            self.prefetcher = Prefetcher(self.db, self.machine, self._pinned(fetch), has,
                                          machine_ttl=MACHINE_TTL,
                                          on_copy=self._ready_for_handover)  # fmt: skip
             self._prefetching = threading.Thread(target=self.prefetcher.run,
                                                  args=(self._beat_stop,),
                                                  name="torpor-prefetch", daemon=True)
             self._prefetching.start()
+
+    def _pinned(self, fetch: Callable[[str], bool]) -> Callable[[str], bool]:
+        """fetch, with the snapshot pinned meanwhile (retention leaves it alone)."""
+
+        def pinned_fetch(snapshot: str) -> bool:
+            retention.pin(self.db, snapshot, self.process)
+            try:
+                return fetch(snapshot)
+            finally:
+                retention.unpin(self.db, snapshot, self.process)
+
+        return pinned_fetch
 
 
 def wait_for(rt: Runtime, sid: str, states: tuple[str, ...] = ("waiting", "closed"),

@@ -25,6 +25,7 @@ class RuntimeParts(Protocol):
     process: str  # this process's id (heartbeats)
     affinity: float  # seconds a new message waits for the machine holding the snapshot
     upload_wait: float  # seconds a restore waits for another machine's upload
+    retention: str  # the server's default retention spec ("": torpor's default)
     pool_size: int
     standby_size: int
     stopping: threading.Event  # set when the process shuts down: claim no more turns

@@ -1,0 +1,85 @@
+"""Storage's statements (tables `torpor_pins`, `torpor_leases`, and reads of
+`torpor_snapshots` and `torpor_sessions`): when each snapshot was taken, what still refers
+to a snapshot, and the named leases that let one process per store run the scheduled gc.
+`torpor.runtime.retention` and `torpor.runtime.storage` hold the logic around them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..connection import Tx
+
+Row = tuple[Any, ...]
+
+
+# -- snapshots ----------------------------------------------------------------------------------
+def snapshot_times(tx: Tx, ids: Sequence[str]) -> list[Row]:
+    """(id, created_at, machine, process) of the recorded snapshots among `ids`."""
+    if not ids:
+        return []
+    marks = ", ".join(["%s"] * len(ids))
+    return tx.all("SELECT id, created_at, machine, process FROM torpor_snapshots "
+                  f"WHERE id IN ({marks})", list(ids))
+
+
+def forget_snapshot(tx: Tx, snapshot: str) -> None:
+    """A snapshot deleted from the store: its records of who took and holds it go too."""
+    tx.run("DELETE FROM torpor_snapshots WHERE id = %s", (snapshot,))
+    tx.run("DELETE FROM torpor_copies WHERE snapshot = %s", (snapshot,))
+    tx.run("DELETE FROM torpor_pins WHERE snapshot = %s", (snapshot,))
+
+
+# -- pins -----------------------------------------------------------------------------------------
+def pin(tx: Tx, snapshot: str, holder: str, until: float) -> None:
+    tx.run("INSERT INTO torpor_pins (snapshot, holder, until) VALUES (%s, %s, %s) "
+           "ON CONFLICT (snapshot, holder) DO UPDATE SET until = excluded.until",
+           (snapshot, holder, until))
+
+
+def unpin(tx: Tx, snapshot: str, holder: str) -> None:
+    tx.run("DELETE FROM torpor_pins WHERE snapshot = %s AND holder = %s", (snapshot, holder))
+
+
+def pin_holder(tx: Tx, snapshot: str, now: float) -> str | None:
+    """Who pins the snapshot (a pin not expired), if anyone."""
+    return tx.value("SELECT holder FROM torpor_pins WHERE snapshot = %s AND until > %s "
+                    "LIMIT 1", (snapshot, now))
+
+
+def drop_expired_pins(tx: Tx, now: float) -> int:
+    return tx.run("DELETE FROM torpor_pins WHERE until <= %s", (now,))
+
+
+# -- named leases ---------------------------------------------------------------------------------
+def take_named_lease(tx: Tx, name: str, owner: str, until: float, now: float) -> bool:
+    """Take (or extend) the lease `name` unless another owner holds a live one; its note
+    (what the last holder left) stays."""
+    return tx.run(
+        "INSERT INTO torpor_leases (name, owner, until) VALUES (%s, %s, %s) "
+        "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until "
+        "WHERE torpor_leases.until < %s OR torpor_leases.owner = excluded.owner",
+        (name, owner, until, now)) == 1
+
+
+def end_named_lease(tx: Tx, name: str, owner: str, note: str | None) -> None:
+    """Let go of the lease (it expires now); note: what to leave for the next holder and
+    for readers (None: the note stays as it is)."""
+    if note is None:
+        tx.run("UPDATE torpor_leases SET until = 0 WHERE name = %s AND owner = %s",
+               (name, owner))
+    else:
+        tx.run("UPDATE torpor_leases SET until = 0, note = %s WHERE name = %s AND owner = %s",
+               (note, name, owner))
+
+
+def named_lease(tx: Tx, name: str) -> Row | None:
+    """(owner, until, note) of the lease `name`."""
+    return tx.one("SELECT owner, until, note FROM torpor_leases WHERE name = %s", (name,))
+
+
+def named_leases(tx: Tx, prefix: str) -> list[Row]:
+    """(name, owner, until, note) of the leases whose name starts with `prefix`."""
+    return tx.all("SELECT name, owner, until, note FROM torpor_leases WHERE name LIKE %s "
+                  "ORDER BY name", (prefix + "%",))

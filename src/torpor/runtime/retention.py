@@ -1,0 +1,123 @@
+"""Retention of a session's wait-point snapshots: which ones a wait point deletes.
+
+`choose` (pure) applies the session's schedule (torpor.snapshots.retention: `Policy.
+retention`, else the server's `--retention`, else last=3,hourly=24,daily=7; or
+`Policy.keep_snapshots` N > 0, the newest N) to the session's list. The wait point then
+keeps, whatever the schedule says:
+- the session's newest snapshot in the store, while none it keeps is stored yet (the new
+  one still uploading: losing this machine must leave one to fall back to);
+- any snapshot something else refers to (`held`): another session's (a fork starts from
+  it; it leaves this session's list but is not deleted: that session deletes it when it
+  lets go of it), a pin (`torpor_pins`: a machine fetching or restoring it), one another
+  live process took and has not stored yet (its upload would bring it back after the
+  delete), and whatever a registered `PinSource` says (the hook for other resources
+  that refer to snapshots, e.g. paused sandboxes: `PIN_SOURCES.append(...)`). Those
+  transient ones stay in the list, and are looked at again at the next wait point.
+
+Snapshots that are not a session's wait-point snapshots (named checkpoints made with
+`torpor sandbox checkpoint`, a sandbox's pause) are never in a session's list, so
+retention never deletes them. Their chunks stay as long as their manifests do (gc keeps
+every chunk any manifest in the store names).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from torpor.db.queries import storage as q
+from torpor.runtime.types import MACHINE_TTL, Policy
+from torpor.snapshots.retention import Retention, select
+
+if TYPE_CHECKING:
+    from torpor.runtime.db import RuntimeDB
+
+LISTED = 16  # keep-everything: how many of the newest a session's row lists
+PIN_TTL = 600.0  # how long a pin taken for a fetch or a restore lasts at most
+
+
+def retention_for(policy: Policy, server_default: str = "") -> Retention:
+    """The schedule a session's snapshots follow."""
+    if policy.keep_snapshots > 0:
+        return Retention(last=policy.keep_snapshots, hourly=0, daily=0)
+    return Retention.parse(policy.retention or server_default)
+
+
+def choose(snapshots: list[str], times: dict[str, float],
+           retention: Retention) -> tuple[list[str], list[str]]:  # fmt: skip
+    """(kept, dropped), each in the list's order (oldest first). A snapshot without a
+    recorded time counts as older than every one with a time. Keep-everything lists the
+    newest `LISTED` and drops none (the rest stay in the store)."""
+    if retention.keep_all:
+        return snapshots[-LISTED:], []
+    first = min(times.values(), default=0.0)
+    keep = select([(s, times.get(s, first - 1.0)) for s in snapshots], retention)
+    return [s for s in snapshots if s in keep], [s for s in snapshots if s not in keep]
+
+
+# -- what refers to a snapshot ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a snapshot must not be deleted now; `transient`: look again later (it stays in
+    the session's list), else another owner has it (it leaves the list, undeleted)."""
+
+    why: str
+    transient: bool = True
+
+
+# (database, snapshot, the session whose wait point asks) -> a Hold, or None
+PinSource = Callable[["RuntimeDB", str, str], Hold | None]
+
+
+def _other_session(db: RuntimeDB, snapshot: str, session: str) -> Hold | None:
+    if db.snapshot_in_use(snapshot, besides=session):
+        return Hold("another session (a fork) starts from it", transient=False)
+    return None
+
+
+def _pinned(db: RuntimeDB, snapshot: str, session: str) -> Hold | None:
+    with db.database.read() as tx:
+        holder = q.pin_holder(tx, snapshot, time.time())
+    return None if holder is None else Hold(f"pinned by {holder}")
+
+
+PIN_SOURCES: list[PinSource] = [_other_session, _pinned]
+
+
+def held(db: RuntimeDB, snapshot: str, session: str, *, process: str,
+         stored: Callable[[str], bool] | None) -> Hold | None:  # fmt: skip
+    """Why `snapshot` must stay (None: it may go)."""
+    for source in PIN_SOURCES:
+        hold = source(db, snapshot, session)
+        if hold is not None:
+            return hold
+    holder = db.snapshot_holder(snapshot)
+    if (holder is not None and holder[1] != process and stored is not None
+            and not stored(snapshot) and db.process_alive(holder[1], MACHINE_TTL)):
+        return Hold(f"{holder[1]} on machine {holder[0]} is still uploading it")
+    return None
+
+
+def snapshot_times(db: RuntimeDB, ids: list[str]) -> dict[str, float]:
+    with db.database.read() as tx:
+        return {str(r[0]): float(r[1]) for r in q.snapshot_times(tx, ids)}
+
+
+def forget(db: RuntimeDB, snapshot: str) -> None:
+    """Its records (who took it, who holds copies, pins) go with it."""
+    with db.database.write() as tx:
+        q.forget_snapshot(tx, snapshot)
+
+
+def pin(db: RuntimeDB, snapshot: str, holder: str, ttl: float = PIN_TTL) -> None:
+    """Keep `snapshot` from retention's deletes for `ttl` seconds (or until `unpin`)."""
+    with db.database.write() as tx:
+        q.pin(tx, snapshot, holder, time.time() + ttl)
+
+
+def unpin(db: RuntimeDB, snapshot: str, holder: str) -> None:
+    with db.database.write() as tx:
+        q.unpin(tx, snapshot, holder)
