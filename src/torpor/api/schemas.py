@@ -122,7 +122,9 @@ def _integral(v: Any) -> Any:
 JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
-RETENTION_PATTERN = r"^(|all|(last|hourly|daily)=[0-9]{1,6}(,(last|hourly|daily)=[0-9]{1,6})*)$"
+# (stricter than Retention.parse, which takes any order: every string this pattern takes,
+# the parser takes too)
+RETENTION_PATTERN = r"^(|all|last=0*[1-9][0-9]{0,5}(,hourly=[0-9]{1,6})?(,daily=[0-9]{1,6})?)$"
 
 
 class PolicyIn(_Body):
@@ -136,8 +138,8 @@ class PolicyIn(_Body):
                                                 "`retention` decides).")  # fmt: skip
     retention: str = Field("", max_length=100, pattern=RETENTION_PATTERN,
                            description="Which wait-point snapshots stay: '' (the server's "
-                                       "default), 'all', or last=N,hourly=N,daily=N (last "
-                                       ">= 1; see docs/snapshots.md).")  # fmt: skip
+                                       "default), 'all', or last=N[,hourly=N][,daily=N] "
+                                       "(N >= 1 for last; see docs/snapshots.md).")  # fmt: skip
 
 
 class SessionIn(_Body):
