@@ -67,7 +67,7 @@ def _kept(rt: RuntimeParts, session: str, snapshots: list[str], new: str,
         hold = retention.held(rt.db, old, session, process=rt.process, stored=stored)
         if hold is not None and hold.transient:
             stay.add(old)  # looked at again at the next wait point
-    return [s for s in snaps if s in stay], [s for s in snaps if s not in stay]
+    return [s for s in snaps if s in stay], [s for s in drop if s not in stay]
 
 
 def drop_snapshot(rt: RuntimeParts, session: str, snapshot: str) -> None:
