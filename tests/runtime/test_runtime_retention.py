@@ -181,3 +181,36 @@ def test_a_snapshot_another_machine_still_uploads_stays_listed(runtime: Runtime,
     for gone in (first, second):
         with pytest.raises(CheckpointNotFound):
             storage.meta(gone)
+
+
+def test_the_scheduled_gc_frees_what_retention_let_go_while_sessions_run(
+        rt_home: Path, rt_engine, tmp_path: Path, script) -> None:  # fmt: skip
+    from prometheus_client import generate_latest
+
+    from torpor.api.metrics import Metrics
+    from torpor.runtime.storage import statuses
+
+    rt = Runtime(db=f"sqlite:///{tmp_path / 'gc.db'}", store=f"file://{rt_home / 'snapshots'}",
+                 home=rt_home, engine=rt_engine, gc_every=1.0)  # fmt: skip
+    try:
+        s = rt.create_session(model=script(_turns(6) + [
+            {"text": "check", "tool_calls": [shell("cat /root/f")]}, {"text": "ok"}]))
+        snaps = _send_all(rt, s, 6)  # the gc runs every second meanwhile
+        deadline = time.time() + 20
+        while time.time() < deadline:  # a run after the last delete
+            st = statuses(rt.db)
+            if st and st[0].last and st[0].last["at"] > time.time() - 0.5:
+                break
+            time.sleep(0.2)
+        st = statuses(rt.db)
+        assert len(st) == 1 and st[0].runs >= 2 and st[0].freed_bytes > 0, st
+        assert st[0].last is not None and st[0].last["error"] is None
+        assert s.info().snapshots == snaps[-3:]
+        assert s.send("check").state == "waiting"
+        out = [str(e.content) for e in s.log() if e.kind == "tool_result"][-1]
+        assert out.split("stdout:")[-1].split() == [str(i) for i in range(6)]
+        text = generate_latest(Metrics(rt).registry).decode()
+        assert f'torpor_gc_runs_total{{store="{rt.snapshot_store.url}"}}' in text  # type: ignore[union-attr]
+        assert "torpor_gc_freed_bytes_total" in text and "torpor_gc_last_failed" in text
+    finally:
+        rt.close()

@@ -43,6 +43,10 @@ RetentionOpt = typer.Option(None, "--retention", envvar="TORPOR_RETENTION",
                             "last=N,hourly=N,daily=N (default last=3,hourly=24,daily=7: the "
                             "newest 3, then the newest of each of the 24 latest hours and 7 "
                             "latest days that have one; see docs/snapshots.md).")  # fmt: skip
+GcEveryOpt = typer.Option(3600.0, "--gc-every", min=0, help="Seconds between scheduled "
+                          "garbage collections of the snapshot store and the log's blobs "
+                          "(one process per store runs each, under a lease in the database; "
+                          "0: none here).")  # fmt: skip
 GraceOpt = typer.Option(DEFAULT_GRACE, "--grace", help="On SIGTERM/SIGINT, seconds the "
                         "running turns get to finish; then they are left to another worker "
                         "to recover from their last snapshot (their sandboxes "

@@ -124,6 +124,7 @@ def serve(
     affinity: float = lifecycle.AffinityOpt,
     prefetch: bool = lifecycle.PrefetchOpt,
     retention: str = lifecycle.RetentionOpt,
+    gc_every: float = lifecycle.GcEveryOpt,
     log_level: str = lifecycle.LogLevelOpt,
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs)."""
@@ -139,7 +140,8 @@ def serve(
 
     registry = load_tools(tools)  # before anything starts: a bad module is one line, exit 1
     rt = Runtime(db=db, store=store, tools=registry, standby=standby if workers > 0 else 0,
-                 affinity=affinity, prefetch=prefetch, retention=retention or "")
+                 affinity=affinity, prefetch=prefetch, retention=retention or "",
+                 gc_every=gc_every if workers > 0 else 0.0)
     has_tokens = TokenStore(rt.db).any()
     if not is_loopback(host) and not has_tokens:
         raise ServeError(

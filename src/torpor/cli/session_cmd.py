@@ -310,6 +310,7 @@ def worker(
     affinity: float = lifecycle.AffinityOpt,
     prefetch: bool = lifecycle.PrefetchOpt,
     retention: str = lifecycle.RetentionOpt,
+    gc_every: float = lifecycle.GcEveryOpt,
     log_level: str = lifecycle.LogLevelOpt,
 ) -> None:
     """Run sessions' turns as they come (messages, due retries, dead workers' turns).
@@ -324,6 +325,7 @@ def worker(
     rt.standby_size = 0 if (session or once) else standby
     rt.affinity = affinity
     rt.prefetch = prefetch and rt.prefetch  # (it starts with the first worker)
+    rt.gc_every = 0.0 if (session or once) else gc_every  # (it too)
     w = rt.worker(lease_ttl=lease_ttl)
     lifecycle.reap(rt)
     stop = signals.stop

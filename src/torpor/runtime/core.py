@@ -43,6 +43,7 @@ from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
 from torpor.runtime.prefetch import Prefetcher
 from torpor.runtime.session import Session
+from torpor.runtime.storage import ScheduledGC
 from torpor.runtime.types import (
     AFFINITY_DELAY,
     MACHINE_BEAT,
@@ -58,7 +59,7 @@ from torpor.runtime.types import (
 from torpor.runtime.worker import Worker
 from torpor.sandbox.engine import Engine, SandboxSpec, Tmpfs
 from torpor.sandbox.images import BASE_IMAGE, ImageError, ImageNotFound
-from torpor.snapshots import open_store
+from torpor.snapshots import SnapshotStore, open_store
 from torpor.snapshots.retention import Retention, RetentionError
 
 RETENTION_ENV = "TORPOR_RETENTION"
@@ -82,6 +83,7 @@ class Runtime:
         upload_wait: float = UPLOAD_WAIT,
         prefetch: bool = True,
         retention: str = "",
+        gc_every: float = 0.0,
     ) -> None:
         self.home = Path(home) if home else torpor_home()
         self.db_url = db or default_log_url()
@@ -109,6 +111,11 @@ class Runtime:
         self.affinity, self.upload_wait = affinity, upload_wait
         # the default retention of sessions' snapshots (Policy.retention "": this one)
         self.retention = Retention.parse(retention or os.environ.get(RETENTION_ENV)).spec
+        # scheduled gc of the snapshot store and the log's blobs (runtime/storage.py), in
+        # the background of a process that runs workers (0: none; serve/worker: hourly)
+        self.gc_every = gc_every
+        self.scheduled_gc: ScheduledGC | None = None
+        self._gc_thread: threading.Thread | None = None
         self._beat: threading.Thread | None = None
         self._beat_stop = threading.Event()
         # Follow other machines' sessions (runtime/prefetch.py): on PostgreSQL only, the
@@ -184,6 +191,8 @@ class Runtime:
             self._beat.join(5)
             if self._prefetching is not None:
                 self._prefetching.join(30)  # a fetch in flight finishes first
+            if self._gc_thread is not None:
+                self._gc_thread.join(30)  # (a gc cut short by the exit is safe too)
             with contextlib.suppress(Exception):
                 self.db.forget_process(self.process)
         self.db.close()
@@ -291,6 +300,12 @@ class Runtime:
         copies, uploads), or None for an engine without one."""
         return getattr(getattr(self.engine, "checkpoints", None), method, None)
 
+    @property
+    def snapshot_store(self) -> SnapshotStore | None:
+        """The snapshot store the engine's checkpoints go to (None: an engine without)."""
+        store = getattr(getattr(self.engine, "checkpoints", None), "store", None)
+        return store if isinstance(store, SnapshotStore) else None
+
     def beat_now(self) -> None:
         """Write the machine's heartbeat now (also when a turn starts or ends, so that
         other machines see at once whether this one has a free slot)."""
@@ -326,6 +341,14 @@ class Runtime:
                                                  args=(self._beat_stop,),
                                                  name="torpor-prefetch", daemon=True)
             self._prefetching.start()
+        store = self.snapshot_store
+        if self.gc_every > 0 and store is not None:
+            self.scheduled_gc = ScheduledGC(self.db, store, self.log, self.process,
+                                            every=self.gc_every)  # fmt: skip
+            self._gc_thread = threading.Thread(target=self.scheduled_gc.run,
+                                               args=(self._beat_stop,),
+                                               name="torpor-gc", daemon=True)  # fmt: skip
+            self._gc_thread.start()
 
     def _pinned(self, fetch: Callable[[str], bool]) -> Callable[[str], bool]:
         """fetch, with the snapshot pinned meanwhile (retention leaves it alone)."""
