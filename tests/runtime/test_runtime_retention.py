@@ -105,6 +105,39 @@ def test_forgetting_a_snapshot_drops_its_records(db: RuntimeDB) -> None:
     assert retention.held(db, "snap", "ses-1", process="p", stored=None) is None
 
 
+def test_what_a_crash_kept_from_being_deleted_goes_at_the_next_gc(db: RuntimeDB,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    from torpor.snapshots import open_store
+
+    store = open_store(f"file://{tmp_path / 'store'}", use_key_env=False)
+    f = tmp_path / "pages"
+    ids = {}
+    for name in ("s1", "s2", "s3", "k1", "k2"):
+        f.write_bytes(name.encode() * 5000)
+        ids[name] = store.put(f).id
+    for name in ("s1", "s2", "s3"):
+        db.record_snapshot(ids[name], "ses-1", "m", "m:1")
+    for name in ("k1", "k2"):
+        db.record_snapshot(ids[name], "ses-keep", "m", "m:1")
+    # ses-1 let go of s1 and s2 at a wait point and the machine died before the deletes;
+    # a fork still starts from s1; ses-keep keeps everything and lists only k2
+    db.create(_row("ses-1", ids["s3"], [ids["s3"]]))
+    db.create(_row("ses-fork", ids["s1"], [ids["s1"]]))
+    keep = _row("ses-keep", ids["k2"], [ids["k2"]])
+    keep.policy = {"retention": "all"}
+    db.create(keep)
+    assert retention.finish_deletes(db, store, "", "m:2") == []  # too recent: may be mid-way
+    assert retention.finish_deletes(db, store, "", "m:2", grace=-1) == [ids["s2"]]
+    assert sorted(store.ids()) == sorted(ids[n] for n in ("s1", "s3", "k1", "k2"))
+    assert db.snapshot_holder(ids["s2"]) is None
+    assert retention.finish_deletes(db, store, "", "m:2", grace=-1) == []
+    # under a server default of keep-everything, a session without a schedule of its own
+    # deletes nothing either
+    db.record_snapshot(ids["s3"] + "x", "ses-1", "m", "m:1")  # (not in the store)
+    assert retention.finish_deletes(db, store, "all", "m:2", grace=-1) == []
+    store.close()
+
+
 # -- real sessions ----------------------------------------------------------------------------
 
 def shell(cmd: str) -> dict[str, Any]:

@@ -344,7 +344,8 @@ class Runtime:
         store = self.snapshot_store
         if self.gc_every > 0 and store is not None:
             self.scheduled_gc = ScheduledGC(self.db, store, self.log, self.process,
-                                            every=self.gc_every)  # fmt: skip
+                                            every=self.gc_every,
+                                            retention=self.retention)  # fmt: skip
             self._gc_thread = threading.Thread(target=self.scheduled_gc.run,
                                                args=(self._beat_stop,),
                                                name="torpor-gc", daemon=True)  # fmt: skip

@@ -22,6 +22,8 @@ every chunk any manifest in the store names).
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,13 +31,19 @@ from typing import TYPE_CHECKING
 
 from torpor.db.queries import storage as q
 from torpor.runtime.types import MACHINE_TTL, Policy
-from torpor.snapshots.retention import Retention, select
+from torpor.snapshots import SnapshotError, SnapshotNotFound
+from torpor.snapshots.retention import Retention, RetentionError, select
 
 if TYPE_CHECKING:
     from torpor.runtime.db import RuntimeDB
+    from torpor.snapshots import SnapshotStore
+
+log = logging.getLogger(__name__)
 
 LISTED = 16  # keep-everything: how many of the newest a session's row lists
 PIN_TTL = 600.0  # how long a pin taken for a fetch or a restore lasts at most
+UNLISTED_GRACE = 600.0  # a snapshot no session lists is left alone this long (its wait
+#                         point records it a moment before the session's row names it)
 
 
 def retention_for(policy: Policy, server_default: str = "") -> Retention:
@@ -121,3 +129,35 @@ def pin(db: RuntimeDB, snapshot: str, holder: str, ttl: float = PIN_TTL) -> None
 def unpin(db: RuntimeDB, snapshot: str, holder: str) -> None:
     with db.database.write() as tx:
         q.unpin(tx, snapshot, holder)
+
+
+def finish_deletes(db: RuntimeDB, store: SnapshotStore, server_default: str, process: str,
+                   grace: float = UNLISTED_GRACE) -> list[str]:  # fmt: skip
+    """Delete the snapshots a wait point let go of but did not delete (a crash between
+    the session's row update and the delete, or a store unreachable then): recorded
+    snapshots their session lists no more, under a schedule that deletes (not keep-
+    everything), older than `grace`, and that nothing holds. Returns their ids."""
+    with db.database.read() as tx:
+        rows = q.unlisted_snapshots(tx, time.time() - grace)
+    done = []
+    for snap, session, policy in rows:
+        try:
+            if retention_for(Policy.from_json(json.loads(policy)), server_default).keep_all:
+                continue
+        except (RetentionError, ValueError):
+            continue
+        if held(db, snap, session, process=process, stored=store.exists) is not None:
+            continue
+        try:
+            store.delete(snap)
+        except SnapshotNotFound:
+            pass
+        except SnapshotError as e:
+            log.warning("could not delete snapshot %s of %s: %s", snap, session, e)
+            continue
+        forget(db, snap)
+        done.append(snap)
+    if done:
+        log.info("deleted %d snapshot(s) retention had let go of: %s", len(done),
+                 ", ".join(done))
+    return done

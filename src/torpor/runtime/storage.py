@@ -1,6 +1,8 @@
-"""Scheduled garbage collection: the snapshot store's packs no snapshot references (the
-store's GC protocol, safe with concurrent puts on file and S3: snapshots/store.py) and the
-context log's blobs no entry references (context/blobgc.py), every `every` seconds.
+"""Scheduled garbage collection, every `every` seconds: the wait-point snapshots retention
+let go of but a crash kept from being deleted (runtime/retention.finish_deletes), the
+snapshot store's packs no snapshot references (the store's GC protocol, safe with
+concurrent puts on file and S3: snapshots/store.py) and the context log's blobs no entry
+references (context/blobgc.py).
 
 One process per snapshot store runs it at a time, whatever machine it is on: several
 machines share one bucket, so the guard is a named lease in the database
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from torpor.context.blobgc import GRACE, collect_blobs
 from torpor.db.queries import storage as q
+from torpor.runtime import retention
 
 if TYPE_CHECKING:
     from torpor.context import ContextLog
@@ -80,8 +83,9 @@ class ScheduledGC:
 
     def __init__(self, db: RuntimeDB, store: SnapshotStore, clog: ContextLog | None,
                  owner: str, *, every: float = GC_EVERY, lease_ttl: float = GC_LEASE_TTL,
-                 blob_grace: float = GRACE) -> None:  # fmt: skip
+                 blob_grace: float = GRACE, retention: str = "") -> None:  # fmt: skip
         self.db, self.store, self.clog, self.owner = db, store, clog, owner
+        self.retention = retention  # the server's default schedule (finish_deletes)
         self.every, self.lease_ttl, self.blob_grace = every, lease_ttl, blob_grace
         self.name = lease_name(store.url)
 
@@ -120,6 +124,9 @@ class ScheduledGC:
         t0 = time.monotonic()
         out: dict[str, Any] = {"by": self.owner, "error": None}
         try:
+            # first, what a wait point let go of but a crash kept it from deleting
+            out["unlisted_deleted"] = len(retention.finish_deletes(
+                self.db, self.store, self.retention, self.owner))
             snaps = self.store.gc(wait_timeout=600.0)
             out["snapshots"] = snaps.as_dict()
             freed = snaps.deleted_bytes

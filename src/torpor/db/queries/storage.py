@@ -83,3 +83,15 @@ def named_leases(tx: Tx, prefix: str) -> list[Row]:
     """(name, owner, until, note) of the leases whose name starts with `prefix`."""
     return tx.all("SELECT name, owner, until, note FROM torpor_leases WHERE name LIKE %s "
                   "ORDER BY name", (prefix + "%",))
+
+
+def unlisted_snapshots(tx: Tx, before: float) -> list[Row]:
+    """(snapshot, session, policy) of the snapshots recorded before `before` whose session
+    lists them no more (neither as its latest nor in its list): a wait point's retention
+    delete that a crash cut short leaves them (or a keep-everything session's older
+    ones: the caller tells them apart by the policy)."""
+    return tx.all(
+        "SELECT p.id, p.session, s.policy FROM torpor_snapshots p JOIN torpor_sessions s "
+        "ON s.id = p.session WHERE p.created_at < %s AND (s.snapshot IS NULL OR "
+        "s.snapshot <> p.id) AND s.snapshots NOT LIKE (%s || p.id || %s) "
+        "ORDER BY p.created_at", (before, '%"', '"%'))
