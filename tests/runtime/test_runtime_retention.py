@@ -105,8 +105,8 @@ def test_forgetting_a_snapshot_drops_its_records(db: RuntimeDB) -> None:
     assert retention.held(db, "snap", "ses-1", process="p", stored=None) is None
 
 
-def test_what_a_crash_kept_from_being_deleted_goes_at_the_next_gc(db: RuntimeDB,
-                                                                 tmp_path: Path) -> None:  # fmt: skip
+def test_what_a_crash_kept_from_being_deleted_goes_at_the_next_gc(
+        db: RuntimeDB, tmp_path: Path) -> None:  # fmt: skip
     from torpor.snapshots import open_store
 
     store = open_store(f"file://{tmp_path / 'store'}", use_key_env=False)
@@ -218,10 +218,14 @@ def test_a_snapshot_another_machine_still_uploads_stays_listed(runtime: Runtime,
 
 def test_the_scheduled_gc_frees_what_retention_let_go_while_sessions_run(
         rt_home: Path, rt_engine, tmp_path: Path, script) -> None:  # fmt: skip
+    import json
+
     from prometheus_client import generate_latest
+    from typer.testing import CliRunner
 
     from torpor.api.metrics import Metrics
-    from torpor.runtime.storage import statuses
+    from torpor.cli.main import app as cli
+    from torpor.runtime.storage import recorded_usage, statuses
 
     rt = Runtime(db=f"sqlite:///{tmp_path / 'gc.db'}", store=f"file://{rt_home / 'snapshots'}",
                  home=rt_home, engine=rt_engine, gc_every=1.0)  # fmt: skip
@@ -245,5 +249,22 @@ def test_the_scheduled_gc_frees_what_retention_let_go_while_sessions_run(
         text = generate_latest(Metrics(rt).registry).decode()
         assert f'torpor_gc_runs_total{{store="{rt.snapshot_store.url}"}}' in text  # type: ignore[union-attr]
         assert "torpor_gc_freed_bytes_total" in text and "torpor_gc_last_failed" in text
+        # accounting: the session's three snapshots, as the last run counted them
+        mine = recorded_usage(rt.db, "session", name=s.id)
+        assert len(mine) == 1 and mine[0]["snapshots"] == 3, mine
+        assert 0 < mine[0]["exclusive"] <= mine[0]["stored"] < mine[0]["logical"]
+        assert 'torpor_storage_bytes{kind="stored",tenant=""}' in text
+        # and `torpor du`, counted now from the store
+        res = CliRunner().invoke(cli, ["du", "--db", rt.db_url, "--store",
+                                       rt.snapshot_store.url, "--json"])  # type: ignore[union-attr]
+        assert res.exit_code == 0, res.output
+        now = {r["name"]: r for r in json.loads(res.stdout)["sessions"]}
+        assert now[s.id]["snapshots"] == 3  # (still three: the "check" turn's wait point
+        #                                      took one, retention let one go)
+        assert now[s.id]["logical"] > 0 and now[s.id]["stored"] > 0
+        res = CliRunner().invoke(cli, ["du", "--db", rt.db_url, "--store",
+                                       rt.snapshot_store.url, "--by", "tenant"])  # type: ignore[union-attr]
+        assert res.exit_code == 0 and "(no tenant)" in res.stdout and "store:" in res.stdout
     finally:
         rt.close()
+

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from torpor.db.queries import metrics as q
 from torpor.runtime.db import STATES
-from torpor.runtime.storage import statuses
+from torpor.runtime.storage import recorded_usage, statuses
 
 _MS_BUCKETS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 _S_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -51,6 +51,26 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("torpor_log_stored_bytes", "Bytes stored by context logs",
                                 value=log_bytes)
         yield from _gc_metrics(self.rt)
+        yield from _usage_metrics(self.rt)
+
+
+def _usage_metrics(rt: Any) -> Iterator[GaugeMetricFamily]:
+    """Stored bytes per tenant and of the store, as the last scheduled gc counted them."""
+    by = GaugeMetricFamily("torpor_storage_bytes", "Snapshot bytes per tenant: logical (what "
+                           "they restore to), stored (compressed chunks they name), exclusive "
+                           "(only theirs), shared", labels=["tenant", "kind"])
+    snaps = GaugeMetricFamily("torpor_storage_snapshots", "Snapshots in the store per tenant",
+                              labels=["tenant"])
+    store = GaugeMetricFamily("torpor_store_bytes", "The snapshot store's packs: all, and "
+                              "live (named by a snapshot)", labels=["kind"])
+    for u in recorded_usage(rt.db, "tenant"):
+        for kind in ("logical", "stored", "exclusive", "shared"):
+            by.add_metric([u["name"], kind], float(u[kind]))
+        snaps.add_metric([u["name"]], float(u["snapshots"]))
+    for u in recorded_usage(rt.db, "store"):
+        store.add_metric(["packs"], float(u["stored"]))
+        store.add_metric(["live"], float(u["exclusive"]))
+    yield from (by, snaps, store)
 
 
 def _gc_metrics(rt: Any) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

@@ -17,7 +17,15 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from torpor.cli import dockerd_cmd, log_cmd, serve_cmd, session_cmd, snapshot_cmd, token_cmd
+from torpor.cli import (
+    dockerd_cmd,
+    du_cmd,
+    log_cmd,
+    serve_cmd,
+    session_cmd,
+    snapshot_cmd,
+    token_cmd,
+)
 from torpor.cli.errors import clean_errors, error_line, is_user_error
 from torpor.cli.image_cmd import format_table, human_age, image_app, images, pull, rmi
 from torpor.cli.output import human_bytes
@@ -434,6 +442,7 @@ app.command("rmi")(clean_errors(rmi))
 app.command("worker")(clean_errors(session_cmd.worker))
 app.command("serve")(clean_errors(serve_cmd.serve))
 app.command("dockerd")(clean_errors(dockerd_cmd.dockerd))
+app.command("du")(clean_errors(du_cmd.du))
 app.add_typer(token_cmd.app, name="token")
 
 

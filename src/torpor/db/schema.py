@@ -168,6 +168,8 @@ TOKENS = (
 # A pin keeps a snapshot from retention's deletes until `until` (a machine fetching or
 # restoring it, say: `holder` says who). A named lease is held by one process at a time
 # across every machine sharing the database (the scheduled gc of one snapshot store).
+# Usage: stored bytes per session and per tenant (kind 'session' | 'tenant'; name '' for
+# the whole store), as the last scheduled gc counted them (runtime/storage.account).
 STORAGE = (
     """CREATE TABLE torpor_pins (
         snapshot TEXT NOT NULL,
@@ -180,6 +182,17 @@ STORAGE = (
         owner TEXT NOT NULL,
         until DOUBLE PRECISION NOT NULL,
         note TEXT
+    )""",
+    """CREATE TABLE torpor_usage (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        tenant TEXT,
+        snapshots {big} NOT NULL,
+        logical {big} NOT NULL,
+        stored {big} NOT NULL,
+        exclusive {big} NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (kind, name)
     )""",
 )
 

@@ -2,7 +2,9 @@
 let go of but a crash kept from being deleted (runtime/retention.finish_deletes), the
 snapshot store's packs no snapshot references (the store's GC protocol, safe with
 concurrent puts on file and S3: snapshots/store.py) and the context log's blobs no entry
-references (context/blobgc.py).
+references (context/blobgc.py); then it counts what the store holds per session and per
+tenant (`account`, torpor.snapshots.usage) into `torpor_usage`, which the API's
+/v1/usage and session views and /metrics read (`recorded_usage`).
 
 One process per snapshot store runs it at a time, whatever machine it is on: several
 machines share one bucket, so the guard is a named lease in the database
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from torpor.context.blobgc import GRACE, collect_blobs
 from torpor.db.queries import storage as q
 from torpor.runtime import retention
+from torpor.snapshots.usage import StoreUsage, usages
 
 if TYPE_CHECKING:
     from torpor.context import ContextLog
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 GC_EVERY = 3600.0  # default seconds between scheduled runs
 GC_LEASE_TTL = 60.0  # the lease lasts this long without being extended
 GC_PREFIX = "gc:"
+NO_TENANT = ""  # the tenant name of sessions made without one (no API tokens)
 
 
 def lease_name(store_url: str) -> str:
@@ -76,6 +80,63 @@ def statuses(db: RuntimeDB) -> list[GCStatus]:
     with db.database.read() as tx:
         rows = q.named_leases(tx, GC_PREFIX)
     return [_status(str(r[0]), tuple(r[1:]), now) for r in rows]
+
+
+# -- accounting ----------------------------------------------------------------------------------
+
+def account(db: RuntimeDB, store: SnapshotStore) -> dict[str, StoreUsage]:
+    """Stored bytes per session and per tenant (torpor.snapshots.usage: logical, stored,
+    exclusive, shared), for the snapshots of sessions (known from torpor_snapshots, else
+    from the sandbox they were taken of, `s-<session>`); other snapshots (a sandbox's,
+    say) count in the store's total only. Reads every manifest and pack index."""
+    with db.database.read() as tx:
+        recorded = {str(r[0]): str(r[1]) for r in q.snapshot_sessions(tx)}
+        tenants = {str(r[0]): r[1] for r in q.session_tenants(tx)}
+
+    def session(sid: str, meta: dict[str, Any]) -> str | None:
+        if sid in recorded:
+            return recorded[sid]
+        box = str(meta.get("sandbox") or "")
+        return box[2:] if box.startswith("s-") and box[2:] in tenants else None
+
+    def tenant(sid: str, meta: dict[str, Any]) -> str | None:
+        owner = session(sid, meta)
+        return None if owner is None else str(tenants.get(owner) or NO_TENANT)
+
+    return usages(store, {"session": session, "tenant": tenant})
+
+
+def record_usage(db: RuntimeDB, got: dict[str, StoreUsage]) -> None:
+    """Replace the usage rows (what the API's views and /metrics read) with `got`."""
+    with db.database.read() as tx:
+        tenants = {str(r[0]): r[1] for r in q.session_tenants(tx)}
+    now = time.time()
+    rows: list[tuple[Any, ...]] = []
+    for kind, u in got.items():
+        for name, g in u.groups.items():
+            tenant = (tenants.get(name) or NO_TENANT) if kind == "session" else name
+            rows.append((kind, name, tenant, g.snapshots, g.logical, g.referenced,
+                         g.exclusive, now))  # fmt: skip
+    total = next(iter(got.values()), None)
+    if total is not None:  # the store's row: stored = every pack's bytes, exclusive = live
+        rows.append(("store", "", None, total.snapshots, 0, total.pack_bytes,
+                     total.live_bytes, now))  # fmt: skip
+    with db.database.write() as tx:
+        q.replace_usage(tx, rows)
+
+
+def usage_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    d = dict(zip(q.USAGE_COLUMNS, row, strict=True))
+    d["shared"] = int(d["stored"]) - int(d["exclusive"])
+    return d
+
+
+def recorded_usage(db: RuntimeDB, kind: str, *, tenant: str | None = None,
+                   name: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The usage rows the last scheduled gc wrote (logical, stored, exclusive, shared
+    bytes, snapshots, when), of a kind ('session', 'tenant', 'store')."""
+    with db.database.read() as tx:
+        return [usage_json(r) for r in q.usage_rows(tx, kind, tenant=tenant, name=name)]
 
 
 class ScheduledGC:
@@ -136,6 +197,9 @@ class ScheduledGC:
                 blobs = collect_blobs(self.clog, grace=self.blob_grace)
                 out["blobs"] = blobs.as_dict()
                 freed += blobs.deleted_bytes
+            used = account(self.db, self.store)
+            record_usage(self.db, used)
+            out["stored_bytes"] = used["session"].pack_bytes
         except Exception as e:  # a background job: say why, try again at the next one
             log.warning("scheduled gc of %s failed: %s", self.store.url, e)
             out["error"] = str(e) or type(e).__name__

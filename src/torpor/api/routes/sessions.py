@@ -1,5 +1,6 @@
 """The /v1/sessions routes: create, list and get sessions, cancel a turn, close a session,
-and fork one from a snapshot. Tenants' limits on open sessions apply here (429)."""
+and fork one from a snapshot; /v1/usage, the stored bytes of a tenant's sessions. Tenants'
+limits on open sessions apply here (429)."""
 
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,7 @@ from torpor.api.schemas import (
     errors,
 )
 from torpor.api.tokens import Principal
+from torpor.runtime.storage import recorded_usage
 from torpor.runtime.types import InvalidSession, Policy, SessionError
 
 CANCEL_WAIT = 10.0  # seconds a cancel or close request waits for the turn to stop (then 202)
@@ -93,7 +95,25 @@ def router(auth: bool, limits: Limits) -> APIRouter:
 
     @r.get("/sessions/{sid}", tags=["sessions"], responses=errors(*AUTH, 404, 422))
     def get_session(sid: SessionId, p: Drive, api: Api) -> dict[str, Any]:
-        return api.session_json(api.row_of(p, sid))
+        """A session; `storage`: its snapshots' stored bytes as the last scheduled gc
+        counted them (logical, stored, exclusive, shared; null before the first count)."""
+        d = api.session_json(api.row_of(p, sid))
+        found = recorded_usage(api.runtime.db, "session", name=sid)
+        d["storage"] = found[0] if found else None
+        return d
+
+    @r.get("/usage", tags=["sessions"], responses=errors(*AUTH, 422))
+    def usage(p: Drive, api: Api,
+              limit: Annotated[int, Query(ge=1, le=limits.max_page)] = 50,
+              ) -> dict[str, Any]:  # fmt: skip
+        """Stored bytes of the token's tenant (every tenant's with the admin scope), and
+        of its `limit` largest sessions, as the last scheduled gc counted them: logical
+        (what the snapshots restore to), stored (the compressed chunks they name),
+        exclusive (what deleting them would free), shared (with other sessions)."""
+        tenant = None if p.all_tenants else (p.tenant or "")
+        db = api.runtime.db
+        return {"tenants": recorded_usage(db, "tenant", name=tenant),
+                "sessions": recorded_usage(db, "session", tenant=tenant)[:limit]}
 
     @r.post("/sessions/{sid}/cancel", tags=["sessions"],
             responses={202: ACCEPTED, **errors(*AUTH, 404, 415, 422)})  # fmt: skip

@@ -95,3 +95,40 @@ def unlisted_snapshots(tx: Tx, before: float) -> list[Row]:
         "ON s.id = p.session WHERE p.created_at < %s AND (s.snapshot IS NULL OR "
         "s.snapshot <> p.id) AND s.snapshots NOT LIKE (%s || p.id || %s) "
         "ORDER BY p.created_at", (before, '%"', '"%'))
+
+
+# -- usage ----------------------------------------------------------------------------------------
+USAGE_COLUMNS = ("kind", "name", "tenant", "snapshots", "logical", "stored", "exclusive", "at")
+
+
+def replace_usage(tx: Tx, rows: Sequence[Sequence[Any]]) -> None:
+    """Every usage row at once (in the order of USAGE_COLUMNS): the old ones go."""
+    tx.run("DELETE FROM torpor_usage")
+    for r in rows:
+        tx.run(f"INSERT INTO torpor_usage ({', '.join(USAGE_COLUMNS)}) VALUES "
+               f"({', '.join(['%s'] * len(USAGE_COLUMNS))})", r)
+
+
+def usage_rows(tx: Tx, kind: str, *, tenant: str | None = None,
+               name: str | None = None) -> list[Row]:  # fmt: skip
+    """Usage rows of a kind ('session', 'tenant', 'store'), of one tenant or name."""
+    sql = f"SELECT {', '.join(USAGE_COLUMNS)} FROM torpor_usage WHERE kind = %s"
+    params: list[Any] = [kind]
+    if tenant is not None:
+        sql += " AND tenant = %s"
+        params.append(tenant)
+    if name is not None:
+        sql += " AND name = %s"
+        params.append(name)
+    return tx.all(sql + " ORDER BY stored DESC, name", params)
+
+
+def snapshot_sessions(tx: Tx) -> list[Row]:
+    """(snapshot, session, tenant) of every recorded snapshot."""
+    return tx.all("SELECT p.id, p.session, s.tenant FROM torpor_snapshots p LEFT JOIN "
+                  "torpor_sessions s ON s.id = p.session")
+
+
+def session_tenants(tx: Tx) -> list[Row]:
+    """(session, tenant) of every session."""
+    return tx.all("SELECT id, tenant FROM torpor_sessions")
