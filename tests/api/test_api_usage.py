@@ -50,3 +50,32 @@ def test_usage_per_tenant_and_session(tmp_path: Path) -> None:
     assert 'torpor_store_bytes{kind="packs"}' in text
     rt.close()
 
+
+def test_a_tenant_over_its_quota_makes_no_new_sessions(tmp_path: Path) -> None:
+    from torpor.runtime.retention import Quota
+
+    rt = make_runtime(tmp_path, FakeEngine(tmp_path / "engine"), tmp_path / "q.db")
+    app = create_app(rt, auth=True, workers=0)
+    ta = app.state.tokens.create("a", ["drive"])[0]
+    tb = app.state.tokens.create("b", ["drive"])[0]
+    ca, cb = (TestClient(app, headers={"Authorization": f"Bearer {t}"}) for t in (ta, tb))
+    sa = ca.post("/v1/sessions", json={"model": "openai:x"}).json()["id"]
+    for i in range(3):
+        rt.db.record_snapshot(f"snap-{i}", sa, "m", "m:1")
+    rt.quota = Quota(snapshots=2)
+    r = ca.post("/v1/sessions", json={"model": "openai:x"})
+    assert r.status_code == 429, r.text
+    assert "tenant 'a' has 3 snapshots, over its quota of 2" in r.json()["message"]
+    assert cb.post("/v1/sessions", json={"model": "openai:x"}).status_code == 201  # b is not
+    rt.quota = Quota(stored_bytes=1000)
+    assert ca.post("/v1/sessions", json={"model": "openai:x"}).status_code == 201  # not counted
+    record_usage(rt.db, {
+        "session": StoreUsage(groups={sa: Usage(3, 9000, 4000, 4000)}),
+        "tenant": StoreUsage(groups={"a": Usage(3, 9000, 4000, 4000)}),
+    })  # fmt: skip
+    r = ca.post("/v1/sessions", json={"model": "openai:x"})
+    assert r.status_code == 413, r.text
+    m = r.json()["message"]
+    assert "stores 4,000 bytes of snapshots, over its quota of 1,000" in m
+    assert f"{sa} (4,000 bytes, 3 snapshots)" in m and "torpor snapshot rm" in m
+    rt.close()

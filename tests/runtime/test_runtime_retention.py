@@ -268,3 +268,30 @@ def test_the_scheduled_gc_frees_what_retention_let_go_while_sessions_run(
     finally:
         rt.close()
 
+
+def test_over_its_tenants_quota_a_session_keeps_its_newest_and_says_why(
+        runtime: Runtime, script) -> None:  # fmt: skip
+    from torpor.runtime.retention import Quota
+
+    runtime.quota = Quota(snapshots=2)
+    s = runtime.create_session(model=script(_turns(4) + [
+        {"text": "check", "tool_calls": [shell("cat /root/f")]}, {"text": "ok"}]),
+        tenant="t-quota")  # fmt: skip
+    snaps = _send_all(runtime, s, 2)
+    notes = [e.content for e in s.log() if e.kind == "marker"
+             and e.content.get("marker") == "retention_note"]  # fmt: skip
+    assert notes == [] and s.info().snapshots == snaps  # 2: at the quota, not over
+    snaps += _send_all(runtime, s, 2)
+    # over it: only the newest is kept (the default schedule would keep three), and the
+    # one before while the newest uploads (a lost machine must leave one to restore)
+    assert s.info().snapshots == snaps[-2:]
+    notes = [e.content for e in s.log() if e.kind == "marker"
+             and e.content.get("marker") == "retention_note"]  # fmt: skip
+    assert notes and "tenant 't-quota' has 3 snapshots, over its quota of 2" in notes[0]["why"]
+    assert [d for n in notes for d in n["deleted"]] == snaps[:2]  # one at each wait point
+    for gone in snaps[:-2]:
+        with pytest.raises(CheckpointNotFound):
+            runtime.engine.checkpoints.meta(gone)
+    assert s.send("check").state == "waiting"  # it goes on from its newest
+    out = [str(e.content) for e in s.log() if e.kind == "tool_result"][-1]
+    assert out.split("stdout:")[-1].split() == ["0", "1", "2", "3"]

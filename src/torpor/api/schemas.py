@@ -44,10 +44,13 @@ _ERROR_WHY: dict[int, str] = {
     403: "The token lacks the scope this needs",
     404: "No such session (or another tenant's), or nothing of that name in it",
     409: "Not possible in the session's present state",
-    413: "The request body, or a message, is over the server's limit",
+    413: "The request body, or a message, is over the server's limit; or the tenant "
+         "stores more snapshot bytes than its quota (the message names its largest "
+         "sessions)",
     415: "The request body is not JSON",
     422: "Invalid request: the message (and `errors`) say what is wrong",
-    429: "Over a tenant's limit: close sessions, or retry later (Retry-After)",
+    429: "Over a tenant's limit (open sessions, turns, stored snapshots): close "
+         "sessions, or retry later (Retry-After)",
     500: "Internal error (the server logs it)",
     503: "Not ready",
 }

@@ -47,6 +47,14 @@ GcEveryOpt = typer.Option(3600.0, "--gc-every", min=0, help="Seconds between sch
                           "garbage collections of the snapshot store and the log's blobs "
                           "(one process per store runs each, under a lease in the database; "
                           "0: none here).")  # fmt: skip
+QuotaBytesOpt = typer.Option(0, "--tenant-stored-bytes", min=0, help="Per-tenant quota on "
+                             "stored snapshot bytes (as the scheduled gc counts them; 0: "
+                             "none). Over it, new sessions and forks are refused (413) and "
+                             "its sessions keep only their newest snapshot.")  # fmt: skip
+QuotaSnapshotsOpt = typer.Option(0, "--tenant-snapshots", min=0, help="Per-tenant quota on "
+                                 "stored snapshots (0: none). Over it, new sessions and forks "
+                                 "are refused (429) and its sessions keep only their newest "
+                                 "snapshot.")  # fmt: skip
 GraceOpt = typer.Option(DEFAULT_GRACE, "--grace", help="On SIGTERM/SIGINT, seconds the "
                         "running turns get to finish; then they are left to another worker "
                         "to recover from their last snapshot (their sandboxes "

@@ -125,6 +125,8 @@ def serve(
     prefetch: bool = lifecycle.PrefetchOpt,
     retention: str = lifecycle.RetentionOpt,
     gc_every: float = lifecycle.GcEveryOpt,
+    quota_bytes: int = lifecycle.QuotaBytesOpt,
+    quota_snapshots: int = lifecycle.QuotaSnapshotsOpt,
     log_level: str = lifecycle.LogLevelOpt,
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs)."""
@@ -136,12 +138,14 @@ def serve(
     from torpor.api.app import Limits, create_app
     from torpor.api.tokens import TokenStore
     from torpor.runtime.core import Runtime
+    from torpor.runtime.retention import Quota
     from torpor.runtime.shutdown import shutdown
 
     registry = load_tools(tools)  # before anything starts: a bad module is one line, exit 1
     rt = Runtime(db=db, store=store, tools=registry, standby=standby if workers > 0 else 0,
                  affinity=affinity, prefetch=prefetch, retention=retention or "",
-                 gc_every=gc_every if workers > 0 else 0.0)
+                 gc_every=gc_every if workers > 0 else 0.0,
+                 quota=Quota(stored_bytes=quota_bytes, snapshots=quota_snapshots))
     has_tokens = TokenStore(rt.db).any()
     if not is_loopback(host) and not has_tokens:
         raise ServeError(

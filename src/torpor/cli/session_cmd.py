@@ -311,6 +311,8 @@ def worker(
     prefetch: bool = lifecycle.PrefetchOpt,
     retention: str = lifecycle.RetentionOpt,
     gc_every: float = lifecycle.GcEveryOpt,
+    quota_bytes: int = lifecycle.QuotaBytesOpt,
+    quota_snapshots: int = lifecycle.QuotaSnapshotsOpt,
     log_level: str = lifecycle.LogLevelOpt,
 ) -> None:
     """Run sessions' turns as they come (messages, due retries, dead workers' turns).
@@ -318,6 +320,7 @@ def worker(
     SIGINT stops it cleanly (see --grace), leaving no sandbox behind."""
     signals = lifecycle.StopOnSignal()  # first: a SIGTERM from here on stops it cleanly
     lifecycle.setup_logging(log_level)
+    from torpor.runtime.retention import Quota
     from torpor.runtime.shutdown import shutdown
 
     rt = runtime(db, store, tools, retention)
@@ -326,6 +329,7 @@ def worker(
     rt.affinity = affinity
     rt.prefetch = prefetch and rt.prefetch  # (it starts with the first worker)
     rt.gc_every = 0.0 if (session or once) else gc_every  # (it too)
+    rt.quota = Quota(stored_bytes=quota_bytes, snapshots=quota_snapshots)
     w = rt.worker(lease_ttl=lease_ttl)
     lifecycle.reap(rt)
     stop = signals.stop

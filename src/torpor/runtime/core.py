@@ -42,6 +42,7 @@ from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
 from torpor.runtime.prefetch import Prefetcher
+from torpor.runtime.retention import Quota
 from torpor.runtime.session import Session
 from torpor.runtime.storage import ScheduledGC
 from torpor.runtime.types import (
@@ -84,6 +85,7 @@ class Runtime:
         prefetch: bool = True,
         retention: str = "",
         gc_every: float = 0.0,
+        quota: Quota | None = None,
     ) -> None:
         self.home = Path(home) if home else torpor_home()
         self.db_url = db or default_log_url()
@@ -111,6 +113,7 @@ class Runtime:
         self.affinity, self.upload_wait = affinity, upload_wait
         # the default retention of sessions' snapshots (Policy.retention "": this one)
         self.retention = Retention.parse(retention or os.environ.get(RETENTION_ENV)).spec
+        self.quota = quota or Quota()  # per tenant (0: none)
         # scheduled gc of the snapshot store and the log's blobs (runtime/storage.py), in
         # the background of a process that runs workers (0: none; serve/worker: hourly)
         self.gc_every = gc_every

@@ -40,22 +40,34 @@ def snapshot(turn: Turn, *, leave_running: bool) -> tuple[str, int, float]:
                                              ms=round(ms, 1), mid_turn=leave_running,
                                              machine=rt.machine))  # fmt: skip
     row = rt.db.get(tr.session)
-    kept, drop = _kept(rt, tr.session, row.snapshots, ck.id, Policy.from_json(row.policy))
+    schedule = retention.retention_for(Policy.from_json(row.policy), rt.retention)
+    over = retention.over_quota(rt.db, row.tenant, rt.quota)
+    kept, drop = _kept(rt, tr.session, row.snapshots, ck.id,
+                       retention.ON_QUOTA if over else schedule)  # fmt: skip
     if not turn.update(snapshot=ck.id, snapshot_seq=seq, snapshots=kept):
         raise LeaseLost(f"worker {turn.owner} lost the lease on {tr.session}")
     for old in drop:
         drop_snapshot(rt, tr.session, old)
+    if over is not None:  # which of them the schedule would have kept, and why they went
+        extra = [d for d in drop if d in _kept_by(rt, [*row.snapshots, ck.id], schedule)]
+        if extra:
+            turn.write(markers.RetentionNote(deleted=extra, why=over.why + "; its sessions "
+                                             "keep only their newest snapshot until it is "
+                                             "under"))  # fmt: skip
     turn.publish(taken)  # once the row has it
     return ck.id, ck.size, ms
 
 
+def _kept_by(rt: RuntimeParts, snaps: list[str], schedule: retention.Retention) -> set[str]:
+    return set(retention.choose(snaps, retention.snapshot_times(rt.db, snaps), schedule)[0])
+
+
 def _kept(rt: RuntimeParts, session: str, snapshots: list[str], new: str,
-          policy: Policy) -> tuple[list[str], list[str]]:  # fmt: skip
+          schedule: retention.Retention) -> tuple[list[str], list[str]]:  # fmt: skip
     """The session's snapshots to keep and those to delete, `new` taken (runtime/
     retention.py: the schedule, then what must stay whatever it says)."""
     snaps = [*snapshots, new]
-    kept, drop = retention.choose(snaps, retention.snapshot_times(rt.db, snaps),
-                                  retention.retention_for(policy, rt.retention))
+    kept, drop = retention.choose(snaps, retention.snapshot_times(rt.db, snaps), schedule)
     stored = rt.checkpoint_storage("stored")
     if drop and stored is not None and not any(stored(k) for k in kept):
         # None of the kept ones is in the store yet (the new one is uploading): the

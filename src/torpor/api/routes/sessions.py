@@ -21,6 +21,7 @@ from torpor.api.schemas import (
     errors,
 )
 from torpor.api.tokens import Principal
+from torpor.runtime.retention import over_quota
 from torpor.runtime.storage import recorded_usage
 from torpor.runtime.types import InvalidSession, Policy, SessionError
 
@@ -41,6 +42,22 @@ def _check_room(api: ApiState, tenant: str | None) -> None:
     if api.tokens.open_sessions(tenant) >= lim.sessions_per_tenant:
         raise ApiError(429, f"tenant has {lim.sessions_per_tenant} open sessions, the "
                             "limit: close some first")  # fmt: skip
+
+
+def _check_quota(api: ApiState, tenant: str | None) -> None:
+    """A tenant over its storage quota makes no new sessions or forks: 413 (stored bytes)
+    or 429 (snapshots), naming its largest sessions (what to close and delete)."""
+    over = over_quota(api.runtime.db, tenant, api.runtime.quota)
+    if over is None:
+        return
+    largest = recorded_usage(api.runtime.db, "session", tenant=tenant or "")[:3]
+    names = ", ".join(f"{u['name']} ({u['stored']:,} bytes, {u['snapshots']} snapshots)"
+                      for u in largest) or "none counted yet"  # fmt: skip
+    raise ApiError(413 if over.what == "stored_bytes" else 429,
+                   f"{over.why}: no new sessions or forks until it is under (its sessions "
+                   "keep only their newest snapshot meanwhile). Largest sessions: "
+                   f"{names}; close those you are done with and delete their snapshots "
+                   "(`torpor snapshot rm`)")  # fmt: skip
 
 
 def _cancel_or_close(api: ApiState, sid: str, p: Principal, close: bool,
@@ -67,6 +84,7 @@ def router(auth: bool, limits: Limits) -> APIRouter:
         if provider.strip().lower() == "script":  # the rest of the spec: Runtime.validate
             _check_script(api.scripts, name)
         _check_room(api, p.tenant)
+        _check_quota(api, p.tenant)
         try:
             s = api.runtime.create_session(
                 image=body.image, model=body.model, system=body.system, tools=body.tools,
@@ -144,6 +162,7 @@ def router(auth: bool, limits: Limits) -> APIRouter:
         if snap is not None and snap not in {s["snapshot"] for s in snapshots_of(api, sid)}:
             raise ApiError(404, f"no such snapshot in session {sid}: {snap}")
         _check_room(api, row.tenant)
+        _check_quota(api, row.tenant)
         try:
             child = api.runtime.get_session(sid).fork(snap)
         except SessionError as e:

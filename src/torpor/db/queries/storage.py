@@ -31,6 +31,15 @@ def forget_snapshot(tx: Tx, snapshot: str) -> None:
     tx.run("DELETE FROM torpor_pins WHERE snapshot = %s", (snapshot,))
 
 
+def tenant_snapshots(tx: Tx, tenant: str | None) -> int:
+    """How many recorded snapshots the tenant's sessions have (None: sessions without a
+    tenant)."""
+    cond = "s.tenant IS NULL" if tenant is None else "s.tenant = %s"
+    return int(tx.value("SELECT COUNT(*) FROM torpor_snapshots p JOIN torpor_sessions s "
+                        f"ON s.id = p.session WHERE {cond}",
+                        () if tenant is None else (tenant,)) or 0)  # fmt: skip
+
+
 # -- pins -----------------------------------------------------------------------------------------
 def pin(tx: Tx, snapshot: str, holder: str, until: float) -> None:
     tx.run("INSERT INTO torpor_pins (snapshot, holder, until) VALUES (%s, %s, %s) "
