@@ -138,6 +138,34 @@ def test_what_a_crash_kept_from_being_deleted_goes_at_the_next_gc(
     store.close()
 
 
+def test_a_closed_sessions_snapshots_go_after_so_many_days_its_log_stays(
+        db: RuntimeDB, tmp_path: Path) -> None:  # fmt: skip
+    from torpor.snapshots import open_store
+
+    store = open_store(f"file://{tmp_path / 'store'}", use_key_env=False)
+    f = tmp_path / "pages"
+    ids = {}
+    for name in ("old", "a", "b", "open"):
+        f.write_bytes(name.encode() * 5000)
+        ids[name] = store.put(f).id
+    db.create(_row("ses-closed", ids["b"], [ids["a"], ids["b"]]))
+    for name in ("old", "a", "b"):  # "old": an older one, not listed (keep-everything)
+        db.record_snapshot(ids[name], "ses-closed", "m", "m:1")
+    db.create(_row("ses-fork", ids["a"], [ids["a"]]))  # a fork from "a"
+    db.create(_row("ses-open", ids["open"], [ids["open"]]))
+    db.record_snapshot(ids["open"], "ses-open", "m", "m:1")
+    db.update("ses-closed", state="closed")
+    now = time.time()
+    assert retention.expire_closed(db, store, 7, "p", now=now + 6 * 86400) == []  # not yet
+    assert retention.expire_closed(db, store, 0, "p", now=now + 99 * 86400) == []  # never
+    assert retention.expire_closed(db, store, 7, "p", now=now + 8 * 86400) == ["ses-closed"]
+    assert sorted(store.ids()) == sorted([ids["a"], ids["open"]])  # the fork's origin stays
+    row = db.get("ses-closed")
+    assert (row.state, row.snapshot, row.snapshots) == ("closed", None, [])
+    assert db.snapshot_holder(ids["b"]) is None and db.snapshot_holder(ids["open"])
+    store.close()
+
+
 # -- real sessions ----------------------------------------------------------------------------
 
 def shell(cmd: str) -> dict[str, Any]:

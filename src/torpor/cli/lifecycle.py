@@ -55,6 +55,9 @@ QuotaSnapshotsOpt = typer.Option(0, "--tenant-snapshots", min=0, help="Per-tenan
                                  "stored snapshots (0: none). Over it, new sessions and forks "
                                  "are refused (429) and its sessions keep only their newest "
                                  "snapshot.")  # fmt: skip
+ClosedDaysOpt = typer.Option(7.0, "--closed-snapshot-days", min=0, help="Days a closed "
+                             "session's snapshots are kept before the scheduled gc deletes "
+                             "them (its log stays; 0: kept for good).")  # fmt: skip
 GraceOpt = typer.Option(DEFAULT_GRACE, "--grace", help="On SIGTERM/SIGINT, seconds the "
                         "running turns get to finish; then they are left to another worker "
                         "to recover from their last snapshot (their sandboxes "

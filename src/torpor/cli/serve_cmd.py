@@ -127,6 +127,7 @@ def serve(
     gc_every: float = lifecycle.GcEveryOpt,
     quota_bytes: int = lifecycle.QuotaBytesOpt,
     quota_snapshots: int = lifecycle.QuotaSnapshotsOpt,
+    closed_days: float = lifecycle.ClosedDaysOpt,
     log_level: str = lifecycle.LogLevelOpt,
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /openapi.json, docs at /docs)."""
@@ -145,7 +146,8 @@ def serve(
     rt = Runtime(db=db, store=store, tools=registry, standby=standby if workers > 0 else 0,
                  affinity=affinity, prefetch=prefetch, retention=retention or "",
                  gc_every=gc_every if workers > 0 else 0.0,
-                 quota=Quota(stored_bytes=quota_bytes, snapshots=quota_snapshots))
+                 quota=Quota(stored_bytes=quota_bytes, snapshots=quota_snapshots),
+                 closed_days=closed_days)
     has_tokens = TokenStore(rt.db).any()
     if not is_loopback(host) and not has_tokens:
         raise ServeError(

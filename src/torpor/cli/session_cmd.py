@@ -313,6 +313,7 @@ def worker(
     gc_every: float = lifecycle.GcEveryOpt,
     quota_bytes: int = lifecycle.QuotaBytesOpt,
     quota_snapshots: int = lifecycle.QuotaSnapshotsOpt,
+    closed_days: float = lifecycle.ClosedDaysOpt,
     log_level: str = lifecycle.LogLevelOpt,
 ) -> None:
     """Run sessions' turns as they come (messages, due retries, dead workers' turns).
@@ -330,6 +331,7 @@ def worker(
     rt.prefetch = prefetch and rt.prefetch  # (it starts with the first worker)
     rt.gc_every = 0.0 if (session or once) else gc_every  # (it too)
     rt.quota = Quota(stored_bytes=quota_bytes, snapshots=quota_snapshots)
+    rt.closed_days = closed_days
     w = rt.worker(lease_ttl=lease_ttl)
     lifecycle.reap(rt)
     stop = signals.stop

@@ -42,7 +42,7 @@ from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
 from torpor.runtime.prefetch import Prefetcher
-from torpor.runtime.retention import Quota
+from torpor.runtime.retention import CLOSED_DAYS, Quota
 from torpor.runtime.session import Session
 from torpor.runtime.storage import ScheduledGC
 from torpor.runtime.types import (
@@ -86,6 +86,7 @@ class Runtime:
         retention: str = "",
         gc_every: float = 0.0,
         quota: Quota | None = None,
+        closed_days: float = CLOSED_DAYS,
     ) -> None:
         self.home = Path(home) if home else torpor_home()
         self.db_url = db or default_log_url()
@@ -114,6 +115,7 @@ class Runtime:
         # the default retention of sessions' snapshots (Policy.retention "": this one)
         self.retention = Retention.parse(retention or os.environ.get(RETENTION_ENV)).spec
         self.quota = quota or Quota()  # per tenant (0: none)
+        self.closed_days = closed_days  # a closed session's snapshots go after (scheduled gc)
         # scheduled gc of the snapshot store and the log's blobs (runtime/storage.py), in
         # the background of a process that runs workers (0: none; serve/worker: hourly)
         self.gc_every = gc_every
@@ -347,8 +349,8 @@ class Runtime:
         store = self.snapshot_store
         if self.gc_every > 0 and store is not None:
             self.scheduled_gc = ScheduledGC(self.db, store, self.log, self.process,
-                                            every=self.gc_every,
-                                            retention=self.retention)  # fmt: skip
+                                            every=self.gc_every, retention=self.retention,
+                                            closed_days=self.closed_days)  # fmt: skip
             self._gc_thread = threading.Thread(target=self.scheduled_gc.run,
                                                args=(self._beat_stop,),
                                                name="torpor-gc", daemon=True)  # fmt: skip

@@ -208,3 +208,48 @@ def over_quota(db: RuntimeDB, tenant: str | None, quota: Quota) -> OverQuota | N
 
 
 ON_QUOTA = Retention(last=1, hourly=0, daily=0)  # what a session over its quota keeps
+
+
+# -- closed sessions ------------------------------------------------------------------------------
+
+CLOSED_DAYS = 7.0  # default: a closed session's snapshots stay this long (0: for good)
+
+
+def expire_closed(db: RuntimeDB, store: SnapshotStore, days: float, process: str,
+                  now: float | None = None) -> list[str]:  # fmt: skip
+    """Delete the snapshots of sessions closed more than `days` ago (0: none); their logs
+    stay, and their rows name no snapshot any more (a fork from one is refused). A
+    snapshot another session still names (a fork's origin) stays: that session owns it
+    now. Returns the sessions done."""
+    if days <= 0:
+        return []
+    now = time.time() if now is None else now
+    with db.database.read() as tx:
+        rows = q.closed_sessions(tx, now - days * 86400)
+    done = []
+    for sid, latest, listed in rows:
+        with db.database.read() as tx:
+            snaps = set(q.recorded_of(tx, sid)) | set(json.loads(listed or "[]"))
+        snaps |= {latest} if latest else set()
+        left = False
+        for snap in sorted(snaps):
+            if db.snapshot_in_use(snap, besides=sid):
+                continue  # a fork's origin: the fork deletes it when it lets go of it
+            try:
+                store.delete(snap)
+            except SnapshotNotFound:
+                pass
+            except SnapshotError as e:
+                log.warning("could not delete snapshot %s of closed session %s: %s", snap,
+                            sid, e)  # fmt: skip
+                left = True
+                continue
+            forget(db, snap)
+        if not left:
+            with db.database.write() as tx:
+                q.drop_session_snapshots(tx, sid, now)
+            done.append(sid)
+    if done:
+        log.info("deleted the snapshots of %d session(s) closed over %g days ago", len(done),
+                 days)  # fmt: skip
+    return done

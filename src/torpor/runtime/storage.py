@@ -1,5 +1,6 @@
 """Scheduled garbage collection, every `every` seconds: the wait-point snapshots retention
-let go of but a crash kept from being deleted (runtime/retention.finish_deletes), the
+let go of but a crash kept from being deleted (runtime/retention.finish_deletes), those
+of sessions closed more than `closed_days` ago (expire_closed; their logs stay), the
 snapshot store's packs no snapshot references (the store's GC protocol, safe with
 concurrent puts on file and S3: snapshots/store.py) and the context log's blobs no entry
 references (context/blobgc.py); then it counts what the store holds per session and per
@@ -144,9 +145,11 @@ class ScheduledGC:
 
     def __init__(self, db: RuntimeDB, store: SnapshotStore, clog: ContextLog | None,
                  owner: str, *, every: float = GC_EVERY, lease_ttl: float = GC_LEASE_TTL,
-                 blob_grace: float = GRACE, retention: str = "") -> None:  # fmt: skip
+                 blob_grace: float = GRACE, retention: str = "",
+                 closed_days: float = 0.0) -> None:  # fmt: skip
         self.db, self.store, self.clog, self.owner = db, store, clog, owner
         self.retention = retention  # the server's default schedule (finish_deletes)
+        self.closed_days = closed_days  # closed sessions' snapshots go after (0: never)
         self.every, self.lease_ttl, self.blob_grace = every, lease_ttl, blob_grace
         self.name = lease_name(store.url)
 
@@ -188,6 +191,8 @@ class ScheduledGC:
             # first, what a wait point let go of but a crash kept it from deleting
             out["unlisted_deleted"] = len(retention.finish_deletes(
                 self.db, self.store, self.retention, self.owner))
+            out["closed_sessions_expired"] = len(retention.expire_closed(
+                self.db, self.store, self.closed_days, self.owner))
             snaps = self.store.gc(wait_timeout=600.0)
             out["snapshots"] = snaps.as_dict()
             freed = snaps.deleted_bytes

@@ -141,3 +141,24 @@ def snapshot_sessions(tx: Tx) -> list[Row]:
 def session_tenants(tx: Tx) -> list[Row]:
     """(session, tenant) of every session."""
     return tx.all("SELECT id, tenant FROM torpor_sessions")
+
+
+def closed_sessions(tx: Tx, before: float) -> list[Row]:
+    """(id, snapshot, snapshots) of the sessions closed before `before` (their last
+    change) that still name a snapshot or have one recorded."""
+    return tx.all(
+        "SELECT s.id, s.snapshot, s.snapshots FROM torpor_sessions s WHERE s.state = "
+        "'closed' AND s.updated_at < %s AND (s.snapshot IS NOT NULL OR EXISTS (SELECT 1 "
+        "FROM torpor_snapshots p WHERE p.session = s.id)) ORDER BY s.updated_at", (before,))
+
+
+def recorded_of(tx: Tx, session: str) -> list[str]:
+    """The recorded snapshots of a session."""
+    return [str(r[0]) for r in tx.all(
+        "SELECT id FROM torpor_snapshots WHERE session = %s ORDER BY created_at", (session,))]
+
+
+def drop_session_snapshots(tx: Tx, session: str, now: float) -> None:
+    """A closed session's snapshots are gone: its row names none any more."""
+    tx.run("UPDATE torpor_sessions SET snapshot = NULL, snapshots = '[]', updated_at = %s "
+           "WHERE id = %s AND state = 'closed'", (now, session))
