@@ -158,6 +158,10 @@ def test_a_closed_sessions_snapshots_go_after_so_many_days_its_log_stays(
     now = time.time()
     assert retention.expire_closed(db, store, 7, "p", now=now + 6 * 86400) == []  # not yet
     assert retention.expire_closed(db, store, 0, "p", now=now + 99 * 86400) == []  # never
+    retention.pin(db, ids["b"], "machine-b:fetch")  # being fetched: the session waits
+    assert retention.expire_closed(db, store, 7, "p", now=now + 8 * 86400) == []
+    assert ids["b"] in store.ids() and ids["old"] not in store.ids()
+    retention.unpin(db, ids["b"], "machine-b:fetch")
     assert retention.expire_closed(db, store, 7, "p", now=now + 8 * 86400) == ["ses-closed"]
     assert sorted(store.ids()) == sorted([ids["a"], ids["open"]])  # the fork's origin stays
     row = db.get("ses-closed")

@@ -233,8 +233,10 @@ def expire_closed(db: RuntimeDB, store: SnapshotStore, days: float, process: str
         snaps |= {latest} if latest else set()
         left = False
         for snap in sorted(snaps):
-            if db.snapshot_in_use(snap, besides=sid):
-                continue  # a fork's origin: the fork deletes it when it lets go of it
+            hold = held(db, snap, sid, process=process, stored=store.exists)
+            if hold is not None:  # a fork's origin (the fork deletes it when it lets go of
+                left = left or hold.transient  # it), or pinned: looked at again next time
+                continue
             try:
                 store.delete(snap)
             except SnapshotNotFound:
