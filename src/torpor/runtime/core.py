@@ -38,6 +38,7 @@ from torpor.context import default_url as default_log_url
 from torpor.context import markers, open_log
 from torpor.home import machine_id, torpor_home
 from torpor.runtime import retention
+from torpor.runtime.besteffort import best_effort
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
@@ -198,10 +199,10 @@ class Runtime:
                 self._prefetching.join(30)  # a fetch in flight finishes first
             if self._gc_thread is not None:
                 self._gc_thread.join(30)  # (a gc cut short by the exit is safe too)
-            with contextlib.suppress(Exception):
+            with best_effort("removing the heartbeat of process %s", self.process):
                 self.db.forget_process(self.process)
         self.db.close()
-        with contextlib.suppress(Exception):
+        with best_effort("closing the context log"):
             self.log.close()
 
     # -- sessions ----------------------------------------------------------------------
@@ -317,7 +318,7 @@ class Runtime:
         if self._beat is None:
             return
         workers = self.workers
-        with contextlib.suppress(Exception):
+        with best_effort("heartbeat of process %s", self.process):
             self.db.beat(self.process, self.machine, socket.gethostname(), slots=len(workers),
                          running=sum(len(w.busy()) for w in workers))  # fmt: skip
 

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from torpor.context import markers
+from torpor.runtime.besteffort import best_effort
 from torpor.runtime.transcript import Transcript, answer_open_calls
 from torpor.runtime.turn import Turn
 from torpor.runtime.waitpoint import (
@@ -92,7 +93,7 @@ def fail(turn: Turn, err: Exception) -> TurnOutcome:
     message = f"{type(err).__name__}: {err}"
     logger.warning("session %s failed: %s", turn.sid, message)
     eng, out = turn.rt.engine, turn.outcome
-    with contextlib.suppress(Exception):
+    with best_effort("snapshot of failed session %s", turn.sid):
         if eng.inspect(turn.sandbox).state == "running":
             out.snapshot, out.snapshot_bytes, out.snapshot_ms = snapshot(
                 turn, leave_running=False)

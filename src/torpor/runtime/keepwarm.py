@@ -4,13 +4,13 @@ snapshots it (the wait point, deferred) when its time is up or a cancel is asked
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from torpor.runtime.besteffort import best_effort
 from torpor.runtime.transcript import Transcript
 from torpor.runtime.turn import Turn
 from torpor.runtime.types import CANCEL_POLL
@@ -70,7 +70,7 @@ class KeepWarm:
             due = [sid for sid, until in warm.items() if until <= time.time()]
             if time.monotonic() - looked >= CANCEL_POLL:  # a cancel or close asked for
                 looked = time.monotonic()
-                with contextlib.suppress(Exception):
+                with best_effort("cancel poll of warm sessions"):
                     due += [sid for sid in warm
                             if sid not in due and self.rt.db.cancel_requested(sid)]  # fmt: skip
             for sid in due:

@@ -25,6 +25,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from torpor.runtime.besteffort import best_effort
 from torpor.sandbox import owners
 from torpor.sandbox.engine import SandboxError, SandboxInfo
 
@@ -53,9 +54,9 @@ def wait_for_turns(rt: Runtime, grace: float) -> bool:
 def abandon(rt: Runtime, worker: str, sid: str) -> None:
     """Give up a turn this process runs: fence its log, release its lease, remove its
     sandbox (if it is still this process's), so that another worker recovers it."""
-    with contextlib.suppress(Exception):
+    with best_effort("fencing the log of session %s", sid):
         rt.log.acquire(sid)  # the turn's thread can write nothing more
-    with contextlib.suppress(Exception):
+    with best_effort("releasing the lease of session %s", sid):
         rt.db.update(sid, owner=worker, lease_owner=None, lease_until=None)
     name, me = f"s-{sid}", owners.this_process("session")
     with contextlib.suppress(SandboxError):

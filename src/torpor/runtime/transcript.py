@@ -3,13 +3,14 @@ the worker's fencing epoch (an earlier holder's appends are refused)."""
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import threading
 from typing import TYPE_CHECKING
 
 from torpor.agent.loop import model_view
 from torpor.context import Entry, Marker
 from torpor.context.entry import now_iso
+from torpor.runtime.besteffort import best_effort
 
 if TYPE_CHECKING:
     from torpor.context import ContextLog
@@ -42,7 +43,7 @@ class Transcript:
         that fails here is retried, and raises, in the next `entries`."""
 
         def read() -> None:
-            with contextlib.suppress(Exception):
+            with best_effort("reading the log ahead", level=logging.DEBUG):
                 for e in model_view(self.entries()):
                     _ = e.content, e.arguments  # loaded once, kept in the cached entries
 

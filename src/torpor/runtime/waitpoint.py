@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from torpor.context import Entry, markers
 from torpor.runtime import retention
+from torpor.runtime.besteffort import best_effort
 from torpor.runtime.turn import Turn
 from torpor.runtime.types import LeaseLost, Policy
 from torpor.sandbox.checkpoints import CheckpointNotFound
@@ -94,8 +95,8 @@ def drop_snapshot(rt: RuntimeParts, session: str, snapshot: str) -> None:
     except CheckpointError as e:  # (the store unreachable, say): it stays in the store
         log.warning("retention could not delete snapshot %s of %s: %s", snapshot, session, e)
         return
-    with contextlib.suppress(Exception):  # (a record left behind is harmless)
-        retention.forget(rt.db, snapshot)
+    with best_effort("forgetting the records of snapshot %s", snapshot):
+        retention.forget(rt.db, snapshot)  # (a record left behind: the next gc's)
 
 
 def snapshot_and_remove(turn: Turn) -> None:
@@ -152,6 +153,6 @@ def close_session(rt: RuntimeParts, tr: Transcript, sid: str) -> Entry:
     closed = tr.write(markers.State(state="closed"))
     rt.db.update(sid, state="closed", lease_owner=None, lease_until=None, wake_at=None,
                  cancel=None)  # fmt: skip
-    with contextlib.suppress(Exception):
+    with best_effort("closing the log of session %s", sid):
         rt.log.close_session(sid)
     return closed

@@ -20,6 +20,7 @@ from torpor.agent.registry import ToolRegistry
 from torpor.agent.types import ModelError, ModelTurn, ToolCall, ToolResult
 from torpor.context import StaleEpoch
 from torpor.runtime import endings, events
+from torpor.runtime.besteffort import best_effort
 from torpor.runtime.bringup import bring_up, recover
 from torpor.runtime.keepwarm import KeepWarm
 from torpor.runtime.transcript import Transcript
@@ -247,7 +248,7 @@ class Worker:
             due = time.monotonic() + ttl / 3
             while not stop.wait(min(CANCEL_POLL, ttl / 3)):
                 if not turn.cancel.is_set():
-                    with contextlib.suppress(Exception):
+                    with best_effort("cancel poll of session %s", sid):
                         if db.cancel_requested(sid):
                             turn.cancel.set()
                 if time.monotonic() < due:
