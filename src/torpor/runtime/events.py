@@ -51,6 +51,7 @@ class EventType(StrEnum):
     SUMMARY = "summary"  # upto_seq, text, entries
     STEP_LIMIT = "step_limit"  # steps
     SIZE_WARNING = "size_warning"  # bytes, limit, entries
+    RETENTION_NOTE = "retention_note"  # deleted (snapshot ids), why (a tenant's quota)
     TURN_FINISHED = "turn_finished"  # (worker only) seconds
     OUTCOME = "outcome"  # (Session.stream's last) outcome: the TurnOutcome
     MARKER = "marker"  # a marker torpor does not define: marker (its name), its fields
@@ -73,6 +74,7 @@ FOR_MARKER: dict[type[markers.Marker], EventType] = {
     markers.Summary: EventType.SUMMARY,
     markers.StepLimit: EventType.STEP_LIMIT,
     markers.SizeWarning: EventType.SIZE_WARNING,
+    markers.RetentionNote: EventType.RETENTION_NOTE,
 }
 _BY_NAME = {cls.NAME: kind for cls, kind in FOR_MARKER.items()}
 OUTPUT_LIMIT = 2000  # characters of a tool result carried by tool_call_finished

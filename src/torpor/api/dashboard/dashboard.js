@@ -176,6 +176,7 @@ function sessionPage() {
     summary: (d) => add("mark", `summary of ${d.entries} earlier entries`),
     step_limit: (d) => add("mark retry", `stopped after ${d.steps} steps`),
     size_warning: (d) => add("mark retry", `log size ${bytes(d.bytes)} (warning at ${bytes(d.limit)})`),
+    retention_note: (d) => add("mark retry", `${(d.deleted || []).length} older snapshot(s) deleted: ${d.why || ""}`),
     state: (d) => {
       setState(d.state);
       refreshSession();
