@@ -160,7 +160,15 @@ def test_sessions_that_could_never_run_are_refused_at_creation(api, monkeypatch,
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     m = msg(c.post("/v1/sessions", json={"model": "openai:x", "image": "nope"}), 422)
     assert "no such image" in m and "torpor image pull" in m
+    m = msg(c.post("/v1/sessions", json={"model": "openai:x",
+                                         "policy": {"retention": "last=0"}}), 422)
+    assert "retention" in m
+    m = msg(c.post("/v1/sessions", json={"model": "openai:x",
+                                         "policy": {"retention": "forever"}}), 422)
+    assert "retention" in m
     assert app.state.runtime.sessions() == []
+    r = c.post("/v1/sessions", json={"model": "openai:x", "policy": {"retention": "all"}})
+    assert r.status_code == 201 and r.json()["policy"]["retention"] == "all", r.text
 
 
 def test_script_models_only_from_the_servers_scripts_directory(api, api_home, api_engine,

@@ -128,3 +128,25 @@ def test_ls_reports_sizes(url):
     assert res.exit_code == 0
     row = [x for x in res.output.splitlines() if x.startswith("demo")][0]
     assert " 6 " in row and "KiB" in row and "open" in row
+
+
+def test_gc_after_prune_deletes_the_pruned_sessions_blobs(url, tmp_path):
+    with open_log(url) as log:  # payloads over the blob threshold (64 KiB)
+        log.append("other", [Entry.message("user", "kept\n" + "y" * 70_000)], epoch=0)
+        log.append("gone", [Entry.message("user", "gone\n" + "x" * 70_000)], epoch=0)
+        log.close_session("gone")
+    dump = tmp_path / "pruned.jsonl"
+    assert runner.invoke(app, ["prune", "--closed-before", "2999-01-01", "--to", str(dump),
+                               "--log", url]).exit_code == 0  # fmt: skip
+    res = runner.invoke(app, ["gc", "--log", url, "--json"])  # put a moment ago: stays
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["young"] == 1 and json.loads(res.output)["deleted"] == 0
+    res = runner.invoke(app, ["gc", "--log", url, "--grace", "0", "--dry-run"])
+    assert res.output.startswith("would delete 1 of 2 blob(s)"), res.output
+    res = runner.invoke(app, ["gc", "--log", url, "--grace", "0", "--json"])
+    assert json.loads(res.output)["deleted"] == 1
+    assert json.loads(runner.invoke(app, ["gc", "--log", url, "--grace", "0", "--json"])
+                      .output)["deleted"] == 0  # fmt: skip
+    with open_log(url) as log:
+        assert log.verify("other").ok
+    assert "x" * 70_000 in dump.read_text()  # the export holds the payload itself

@@ -50,7 +50,8 @@ def test_fresh_database_gets_every_table_at_the_current_version(url: str):
         "torpor_schema", "context_sessions", "context_entries", "context_idempotency",
         "torpor_sessions", "torpor_inbox", "torpor_heartbeats", "torpor_snapshots",
         "torpor_copies", "torpor_tokens", "langgraph_checkpoints", "langgraph_values",
-        "langgraph_writes", "torpor_sandboxes", "torpor_sandbox_snapshots"}
+        "langgraph_writes", "torpor_sandboxes", "torpor_sandbox_snapshots", "torpor_pins",
+        "torpor_leases", "torpor_usage"}
     assert {"context_entries_call", "torpor_inbox_key", "torpor_inbox_session",
             "torpor_snapshots_created", "torpor_sandboxes_tenant", "torpor_sandboxes_holder",
             "torpor_sandbox_snapshots_sandbox"} <= set(got["indexes"])

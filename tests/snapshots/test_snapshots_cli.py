@@ -82,3 +82,27 @@ def test_snapshots_cli_export_and_prune(tmp_path, checkpoint):
     res = runner.invoke(app, ["prune", "--keep-last", "1", "--store", url, "--format", "json"])
     assert json.loads(res.stdout)["deleted"] == ids[:2]
     assert [i.id for i in store.list()] == ids[2:]
+
+
+def test_snapshots_cli_gc_dry_run_says_what_it_would_free_and_deletes_nothing(
+        tmp_path, checkpoint):  # fmt: skip
+    url = f"file://{tmp_path}/store"
+    store = open_store(url, use_key_env=False)
+    a = store.put(checkpoint / "pages.img", {"session": "s1"})
+    b = store.put(checkpoint / "checkpoint.img", {"session": "s1"})
+    store.delete(a.id)
+    files = sorted(p.name for p in (tmp_path / "store").rglob("*") if p.is_file())
+    res = runner.invoke(app, ["gc", "--dry-run", "--store", url, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    dry = json.loads(res.stdout)
+    assert dry["dry_run"] and dry["deleted_bytes"] > 0 and dry["snapshots"] == 1
+    assert sorted(p.name for p in (tmp_path / "store").rglob("*") if p.is_file()) == files
+    text = runner.invoke(app, ["gc", "--dry-run", "--store", url]).stdout
+    assert text.startswith("would delete ") and "nothing deleted" in text
+    res = runner.invoke(app, ["gc", "--store", url, "--format", "json"])
+    done = json.loads(res.stdout)
+    assert (done["deleted_bytes"], done["deleted_packs"], done["repacked_packs"]) == \
+        (dry["deleted_bytes"], dry["deleted_packs"], dry["repacked_packs"])
+    assert json.loads(runner.invoke(app, ["gc", "--dry-run", "--store", url, "--format",
+                                          "json"]).stdout)["deleted_bytes"] == 0
+    assert store.verify(b.id) > 0

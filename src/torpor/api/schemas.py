@@ -51,10 +51,13 @@ _ERROR_WHY: dict[int, str] = {
     403: "The token lacks the scope this needs",
     404: "No such session (or another tenant's), or nothing of that name in it",
     409: "Not possible in the session's present state",
-    413: "The request body, or a message, is over the server's limit",
+    413: "The request body, or a message, is over the server's limit; or the tenant "
+         "stores more snapshot bytes than its quota (the message names its largest "
+         "sessions)",
     415: "The request body is not JSON",
     422: "Invalid request: the message (and `errors`) say what is wrong",
-    429: "Over a tenant's limit: close sessions, or retry later (Retry-After)",
+    429: "Over a tenant's limit (open sessions, turns, stored snapshots): close "
+         "sessions, or retry later (Retry-After)",
     500: "Internal error (the server logs it)",
     503: "Not ready",
 }
@@ -129,6 +132,11 @@ def _integral(v: Any) -> Any:
 JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
+# (stricter than Retention.parse, which takes any order: every string this pattern takes,
+# the parser takes too)
+RETENTION_PATTERN = r"^(|all|last=0*[1-9][0-9]{0,5}(,hourly=[0-9]{1,6})?(,daily=[0-9]{1,6})?)$"
+
+
 class PolicyIn(_Body):
     snapshot_every_calls: JsonInt = Field(0, ge=0, le=1_000_000)
     snapshot_every_seconds: float = Field(0.0, ge=0, le=86_400)
@@ -136,7 +144,12 @@ class PolicyIn(_Body):
     backoff_base: float = Field(1.0, ge=0, le=3600)
     backoff_max: float = Field(300.0, ge=0, le=86_400)
     keep_snapshots: JsonInt = Field(0, ge=0, le=1_000_000,
-                                    description="Keep only the newest N snapshots (0: all).")
+                                    description="Keep only the newest N snapshots (0: "
+                                                "`retention` decides).")  # fmt: skip
+    retention: str = Field("", max_length=100, pattern=RETENTION_PATTERN,
+                           description="Which wait-point snapshots stay: '' (the server's "
+                                       "default), 'all', or last=N[,hourly=N][,daily=N] "
+                                       "(N >= 1 for last; see docs/snapshots.md).")  # fmt: skip
 
 
 class SessionIn(_Body):

@@ -26,6 +26,38 @@ PrefetchOpt = typer.Option(True, "--prefetch/--no-prefetch", help="Fetch each ne
                            "of the sessions this machine follows (one other live machine per "
                            "session) into its hot cache ahead, so a turn their machine cannot "
                            "take resumes here from a hot copy (PostgreSQL only).")  # fmt: skip
+
+
+def _retention(spec: str | None) -> str | None:
+    from torpor.snapshots.retention import Retention, RetentionError
+
+    try:
+        return Retention.parse(spec).spec if spec else spec
+    except RetentionError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+RetentionOpt = typer.Option(None, "--retention", envvar="TORPOR_RETENTION",
+                            callback=_retention, help="Which wait-point snapshots of each "
+                            "session stay, unless its policy says otherwise: 'all', or "
+                            "last=N,hourly=N,daily=N (default last=3,hourly=24,daily=7: the "
+                            "newest 3, then the newest of each of the 24 latest hours and 7 "
+                            "latest days that have one; see docs/snapshots.md).")  # fmt: skip
+GcEveryOpt = typer.Option(3600.0, "--gc-every", min=0, help="Seconds between scheduled "
+                          "garbage collections of the snapshot store and the log's blobs "
+                          "(one process per store runs each, under a lease in the database; "
+                          "0: none here).")  # fmt: skip
+QuotaBytesOpt = typer.Option(0, "--tenant-stored-bytes", min=0, help="Per-tenant quota on "
+                             "stored snapshot bytes (as the scheduled gc counts them; 0: "
+                             "none). Over it, new sessions and forks are refused (413) and "
+                             "its sessions keep only their newest snapshot.")  # fmt: skip
+QuotaSnapshotsOpt = typer.Option(0, "--tenant-snapshots", min=0, help="Per-tenant quota on "
+                                 "stored snapshots (0: none). Over it, new sessions and forks "
+                                 "are refused (429) and its sessions keep only their newest "
+                                 "snapshot.")  # fmt: skip
+ClosedDaysOpt = typer.Option(7.0, "--closed-snapshot-days", min=0, help="Days a closed "
+                             "session's snapshots are kept before the scheduled gc deletes "
+                             "them (its log stays; 0: kept for good).")  # fmt: skip
 GraceOpt = typer.Option(DEFAULT_GRACE, "--grace", help="On SIGTERM/SIGINT, seconds the "
                         "running turns get to finish; then they are left to another worker "
                         "to recover from their last snapshot (their sandboxes "

@@ -1,4 +1,5 @@
-"""`torpor log ...`: read, check, export and prune the context log from the command line."""
+"""`torpor log ...`: read, check, export and prune the context log, and collect its
+unreferenced blobs, from the command line."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from torpor.context import (
     to_anthropic,
 )
 from torpor.context import to_openai as _to_openai
+from torpor.context.blobgc import GRACE, collect_blobs
 from torpor.files import fsync_dir
 
 app = typer.Typer(help="Inspect the context log: show, verify, export and prune sessions.",
@@ -241,3 +243,26 @@ def prune(closed_before: Annotated[str, typer.Option(
             typer.echo(f"kept {sid}: forks still share its entries", err=True)
     finally:
         lg.close()
+
+
+@app.command("gc")
+def gc(grace: Annotated[float, typer.Option(help="Seconds a blob must be unreferenced and "
+                                            "not put again before it goes.")] = GRACE,
+       dry_run: Annotated[bool, typer.Option("--dry-run", help="Delete nothing: say what "
+                                             "would go.")] = False,
+       as_json: Annotated[bool, typer.Option("--json", help="The result as JSON.")] = False,
+       log: LogOpt = None) -> None:
+    """Delete the blobs (large payloads) no entry refers to any more, e.g. after `prune`.
+    `torpor serve` and `torpor worker` also do it on a schedule (--gc-every)."""
+    lg = _open(log)
+    try:
+        res = collect_blobs(lg, grace=grace, dry_run=dry_run)
+    finally:
+        lg.close()
+    if as_json:
+        typer.echo(json.dumps(res.as_dict()))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {res.deleted} of {res.blobs} blob(s), {human_bytes(res.deleted_bytes)}; "
+               f"{res.referenced} referenced, {res.young} unreferenced but newer than "
+               f"{grace:g} s kept")

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from torpor.cli import (
     dockerd_cmd,
+    du_cmd,
     log_cmd,
     mcp_cmd,
     remote_cmd,
@@ -525,6 +526,7 @@ app.command("worker")(clean_errors(session_cmd.worker))
 app.command("serve")(clean_errors(serve_cmd.serve))
 app.command("dockerd")(clean_errors(dockerd_cmd.dockerd))
 app.command("mcp")(clean_errors(mcp_cmd.mcp))
+app.command("du")(clean_errors(du_cmd.du))
 app.add_typer(token_cmd.app, name="token")
 
 

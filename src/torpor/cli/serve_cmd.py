@@ -141,6 +141,11 @@ def serve(
     grace: float = GraceOpt,
     affinity: float = lifecycle.AffinityOpt,
     prefetch: bool = lifecycle.PrefetchOpt,
+    retention: str = lifecycle.RetentionOpt,
+    gc_every: float = lifecycle.GcEveryOpt,
+    quota_bytes: int = lifecycle.QuotaBytesOpt,
+    quota_snapshots: int = lifecycle.QuotaSnapshotsOpt,
+    closed_days: float = lifecycle.ClosedDaysOpt,
     log_level: str = lifecycle.LogLevelOpt,
     e2b: int = typer.Option(None, "--e2b", help="Also serve E2B's protocol on this port: "
                             "E2B_API_URL and E2B_SANDBOX_URL set to it (E2B_API_KEY a "
@@ -157,11 +162,15 @@ def serve(
     from torpor.api.app import Limits, create_app
     from torpor.api.tokens import TokenStore
     from torpor.runtime.core import Runtime
+    from torpor.runtime.retention import Quota
     from torpor.runtime.shutdown import shutdown
 
     registry = load_tools(tools)  # before anything starts: a bad module is one line, exit 1
     rt = Runtime(db=db, store=store, tools=registry, standby=standby if workers > 0 else 0,
-                 affinity=affinity, prefetch=prefetch)
+                 affinity=affinity, prefetch=prefetch, retention=retention or "",
+                 gc_every=gc_every if workers > 0 else 0.0,
+                 quota=Quota(stored_bytes=quota_bytes, snapshots=quota_snapshots),
+                 closed_days=closed_days)
     has_tokens = TokenStore(rt.db).any()
     for where in [host, *([e2b_host] if e2b else [])]:
         if not is_loopback(where) and not has_tokens:

@@ -48,13 +48,14 @@ def client(server: str, token: str | None):  # type: ignore[no-untyped-def]
     return Client(server, token)
 
 
-def runtime(db: str | None, store: str | None, tools: str | None = None) -> Any:
+def runtime(db: str | None, store: str | None, tools: str | None = None,
+            retention: str | None = None) -> Any:
     """A Runtime; its tools are the built-in ones plus those of the `tools` modules
     (default: TORPOR_TOOLS) and the torpor.tools entry points (a bad one: one line, exit 1)."""
     from torpor.agent.tools import load_tools
     from torpor.runtime.core import Runtime
 
-    return Runtime(db=db, store=store, tools=load_tools(tools))
+    return Runtime(db=db, store=store, tools=load_tools(tools), retention=retention or "")
 
 
 def _json(data: Any) -> None:
@@ -114,8 +115,11 @@ def new(
     tool: list[str] = typer.Option(None, "--tool", help="Allowed tools (default: all)."),
     snapshot_every_calls: int = typer.Option(0, help="Also snapshot mid-turn every K calls."),
     keep_snapshots: int = typer.Option(
-        0, help="Keep only the session's newest N snapshots (0: all)."
+        0, help="Keep only the session's newest N snapshots (0: --retention decides)."
     ),
+    retention: str = typer.Option("", "--retention", help="Which of its wait-point "
+                                  "snapshots stay: 'all', or last=N,hourly=N,daily=N "
+                                  "(default: the worker's --retention)."),  # fmt: skip
     db: str = DbOpt,
     store: str = StoreOpt,
     fmt: str = FormatOpt,
@@ -127,13 +131,14 @@ def new(
         info = client(server, token).request("POST", "/v1/sessions", json={
             "model": model, "image": image, "system": system, "tools": tool or None,
             "policy": {"snapshot_every_calls": snapshot_every_calls,
-                       "keep_snapshots": keep_snapshots}})  # fmt: skip
+                       "keep_snapshots": keep_snapshots, "retention": retention}})  # fmt: skip
         _json(info) if fmt == "json" else print(info["id"])
         return
     rt = runtime(db, store)
     s = rt.create_session(image=image, model=model, system=system, tools=tool or None,
                           policy={"snapshot_every_calls": snapshot_every_calls,
-                                  "keep_snapshots": keep_snapshots})  # fmt: skip
+                                  "keep_snapshots": keep_snapshots,
+                                  "retention": retention})  # fmt: skip
     if fmt == "json":
         _json(s.info().to_json())
     else:
@@ -304,6 +309,11 @@ def worker(
     grace: float = GraceOpt,
     affinity: float = lifecycle.AffinityOpt,
     prefetch: bool = lifecycle.PrefetchOpt,
+    retention: str = lifecycle.RetentionOpt,
+    gc_every: float = lifecycle.GcEveryOpt,
+    quota_bytes: int = lifecycle.QuotaBytesOpt,
+    quota_snapshots: int = lifecycle.QuotaSnapshotsOpt,
+    closed_days: float = lifecycle.ClosedDaysOpt,
     log_level: str = lifecycle.LogLevelOpt,
 ) -> None:
     """Run sessions' turns as they come (messages, due retries, dead workers' turns).
@@ -311,13 +321,17 @@ def worker(
     SIGINT stops it cleanly (see --grace), leaving no sandbox behind."""
     signals = lifecycle.StopOnSignal()  # first: a SIGTERM from here on stops it cleanly
     lifecycle.setup_logging(log_level)
+    from torpor.runtime.retention import Quota
     from torpor.runtime.shutdown import shutdown
 
-    rt = runtime(db, store, tools)
+    rt = runtime(db, store, tools, retention)
     rt.pool_size = 0 if (session or once) else pool
     rt.standby_size = 0 if (session or once) else standby
     rt.affinity = affinity
     rt.prefetch = prefetch and rt.prefetch  # (it starts with the first worker)
+    rt.gc_every = 0.0 if (session or once) else gc_every  # (it too)
+    rt.quota = Quota(stored_bytes=quota_bytes, snapshots=quota_snapshots)
+    rt.closed_days = closed_days
     w = rt.worker(lease_ttl=lease_ttl)
     lifecycle.reap(rt)
     stop = signals.stop

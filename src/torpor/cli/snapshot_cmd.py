@@ -180,15 +180,24 @@ def prune(keep_last: Annotated[int, typer.Option("--keep-last", min=0,
 @app.command("gc")
 def gc(store: StoreOpt = None,
        wait: Annotated[float, typer.Option(help="Seconds to wait for running puts.")] = 600.0,
+       dry_run: Annotated[bool, typer.Option("--dry-run", help="Delete nothing: say what "
+                                             "a gc would delete and free now.")] = False,
        fmt: FormatOpt = Format.text) -> None:
-    """Delete chunks that no snapshot references (safe while others add snapshots)."""
+    """Delete chunks that no snapshot references (safe while others add snapshots).
+    `torpor serve` and `torpor worker` also run it on a schedule (--gc-every)."""
     s = _open(store)
     try:
-        res = s.gc(wait_timeout=wait)
+        res = s.gc(wait_timeout=wait, dry_run=dry_run)
     except SnapshotError as exc:
         raise _fail(exc) from None
     if fmt is Format.json:
         typer.echo(json.dumps(res.as_dict()))
+    elif dry_run:
+        typer.echo(f"would delete {res.deleted_packs} pack(s) and rewrite "
+                   f"{res.repacked_packs}, freeing {human_bytes(res.deleted_bytes)}; "
+                   f"{res.snapshots} snapshot(s) keep {res.live_chunks} chunk(s) in "
+                   f"{res.kept_packs + res.repacked_packs} pack(s), "
+                   f"{human_bytes(res.kept_bytes)} (nothing deleted)")
     else:
         typer.echo(f"deleted {res.deleted_packs} pack(s), rewrote {res.repacked_packs}, "
                    f"freed {human_bytes(res.deleted_bytes)}; kept {res.kept_packs} pack(s) "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlparse
 
@@ -40,6 +40,14 @@ class BlobStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
+    @abstractmethod
+    def list(self) -> Iterator[tuple[str, float, int]]:
+        """(key, last written or put again (unix time), size) of every blob."""
+
+    @abstractmethod
+    def mtime(self, key: str) -> float | None:
+        """When the blob was last written or put again (None: absent)."""
+
     def get(self, key: str) -> bytes:
         data = self._read(key)
         if data is None:
@@ -65,7 +73,11 @@ class FileBlobStore(BlobStore):
         key = sha256_hex(data)
         path = self._path(key)
         if path.exists():
-            return key
+            # put again: its time says it is wanted now (blobgc leaves blobs put within
+            # its grace period alone, referenced or not: their rows may be committing)
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(path)
+                return key
         write_atomic(path, data, sync_dir=True)
         return key
 
@@ -81,6 +93,24 @@ class FileBlobStore(BlobStore):
     def delete(self, key: str) -> None:
         with contextlib.suppress(OSError):
             self._path(key).unlink()
+
+    def list(self) -> Iterator[tuple[str, float, int]]:
+        if not self.root.is_dir():
+            return
+        for sub in sorted(self.root.iterdir()):
+            if len(sub.name) != 2 or not sub.is_dir():
+                continue
+            for f in sorted(sub.iterdir()):
+                if len(f.name) == 64 and f.name.startswith(sub.name):  # (not a temp file)
+                    with contextlib.suppress(FileNotFoundError):
+                        st = f.stat()
+                        yield f.name, st.st_mtime, st.st_size
+
+    def mtime(self, key: str) -> float | None:
+        try:
+            return self._path(key).stat().st_mtime
+        except FileNotFoundError:
+            return None
 
 
 
@@ -120,9 +150,11 @@ class S3BlobStore(BlobStore):
         return code in ("NoSuchKey", "404", "NotFound")
 
     def put(self, data: bytes) -> str:
+        # Always put, also a blob already there: its LastModified says it is wanted now
+        # (blobgc leaves blobs put within its grace period alone: their rows may be
+        # committing). One request either way (a HEAD first would be one too).
         key = sha256_hex(data)
-        if not self.has(key):
-            self.client.put_object(Bucket=self.bucket, Key=self._name(key), Body=data)
+        self.client.put_object(Bucket=self.bucket, Key=self._name(key), Body=data)
         return key
 
     def _read(self, key: str) -> bytes | None:
@@ -145,6 +177,24 @@ class S3BlobStore(BlobStore):
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._name(key))
+
+    def list(self) -> Iterator[tuple[str, float, int]]:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix):  # fmt: skip
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(prefix):].rpartition("/")[2]
+                if len(key) == 64:
+                    yield key, obj["LastModified"].timestamp(), int(obj["Size"])
+
+    def mtime(self, key: str) -> float | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._name(key))
+        except Exception as exc:
+            if self._absent(exc):
+                return None
+            raise
+        return float(head["LastModified"].timestamp())
 
 
 def _s3_factory(url: str) -> BlobStore:

@@ -239,6 +239,11 @@ class ContextLog:
         return BlobRef(key, int(size or 0), self.blobs)
 
     # -- reading ------------------------------------------------------------------------
+    def blob_keys(self) -> set[str]:
+        """The keys of every blob an entry (of any session) refers to."""
+        with self.db.read() as tx:
+            return {ref.partition(":")[0] for ref in q.blob_refs(tx)}
+
     def read(self, session: str, after: int = 0, limit: int | None = None) -> list[Entry]:
         """Entries with seq > after, in order, at most `limit`. Large payloads load lazily."""
         with self._read() as tx:

@@ -277,6 +277,17 @@ class FrameworkItem(Marker):
     item: Any = None
 
 
+@_kind
+@dataclass(frozen=True, kw_only=True)
+class RetentionNote(Marker):
+    """A wait point deleted older snapshots its retention schedule would have kept (its
+    tenant is over a storage quota): which ones, and why."""
+
+    NAME = "retention_note"
+    deleted: list[str] = _list()
+    why: str = ""
+
+
 # Every marker name torpor writes (others are allowed in a log).
 MARKERS: frozenset[str] = frozenset(BY_NAME)
 

@@ -164,6 +164,38 @@ TOKENS = (
     )""",
 )
 
+# -- storage: pins and named leases (runtime/retention.py, runtime/storage.py) -----------------
+# A pin keeps a snapshot from retention's deletes until `until` (a machine fetching or
+# restoring it, say: `holder` says who). A named lease is held by one process at a time
+# across every machine sharing the database (the scheduled gc of one snapshot store).
+# Usage: stored bytes per session and per tenant (kind 'session' | 'tenant'; name '' for
+# the whole store), as the last scheduled gc counted them (runtime/storage.account).
+STORAGE = (
+    """CREATE TABLE torpor_pins (
+        snapshot TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        until DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (snapshot, holder)
+    )""",
+    """CREATE TABLE torpor_leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        until DOUBLE PRECISION NOT NULL,
+        note TEXT
+    )""",
+    """CREATE TABLE torpor_usage (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        tenant TEXT,
+        snapshots {big} NOT NULL,
+        logical {big} NOT NULL,
+        stored {big} NOT NULL,
+        exclusive {big} NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (kind, name)
+    )""",
+)
+
 # -- LangGraph checkpoints (integrations/langgraph/saver.py) ---------------------------------
 # One row per checkpoint (without its channel values), one per (channel, version) a
 # checkpoint brought in with a value, one per pending write. A value row either holds the

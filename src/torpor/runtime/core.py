@@ -37,13 +37,16 @@ from torpor.agent.tools import ToolRegistry, load_tools
 from torpor.context import default_url as default_log_url
 from torpor.context import markers, open_log
 from torpor.home import machine_id, torpor_home
+from torpor.runtime import retention
 from torpor.runtime.besteffort import best_effort
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
 from torpor.runtime.prefetch import Prefetcher
+from torpor.runtime.retention import CLOSED_DAYS, Quota
 from torpor.runtime.sandboxes import Sandboxes
 from torpor.runtime.session import Session
+from torpor.runtime.storage import ScheduledGC
 from torpor.runtime.types import (
     AFFINITY_DELAY,
     MACHINE_BEAT,
@@ -59,7 +62,10 @@ from torpor.runtime.types import (
 from torpor.runtime.worker import Worker
 from torpor.sandbox.engine import Engine, SandboxSpec, Tmpfs
 from torpor.sandbox.images import BASE_IMAGE, ImageError, ImageNotFound
-from torpor.snapshots import open_store
+from torpor.snapshots import SnapshotStore, open_store
+from torpor.snapshots.retention import Retention, RetentionError
+
+RETENTION_ENV = "TORPOR_RETENTION"
 
 
 class Runtime:
@@ -79,6 +85,10 @@ class Runtime:
         affinity: float = AFFINITY_DELAY,
         upload_wait: float = UPLOAD_WAIT,
         prefetch: bool = True,
+        retention: str = "",
+        gc_every: float = 0.0,
+        quota: Quota | None = None,
+        closed_days: float = CLOSED_DAYS,
     ) -> None:
         self.home = Path(home) if home else torpor_home()
         self.db_url = db or default_log_url()
@@ -104,6 +114,15 @@ class Runtime:
         self.machine = machine_id(self.home)
         self.process = f"{self.machine}:{os.getpid()}:{secrets.token_hex(3)}"  # heartbeats
         self.affinity, self.upload_wait = affinity, upload_wait
+        # the default retention of sessions' snapshots (Policy.retention "": this one)
+        self.retention = Retention.parse(retention or os.environ.get(RETENTION_ENV)).spec
+        self.quota = quota or Quota()  # per tenant (0: none)
+        self.closed_days = closed_days  # a closed session's snapshots go after (scheduled gc)
+        # scheduled gc of the snapshot store and the log's blobs (runtime/storage.py), in
+        # the background of a process that runs workers (0: none; serve/worker: hourly)
+        self.gc_every = gc_every
+        self.scheduled_gc: ScheduledGC | None = None
+        self._gc_thread: threading.Thread | None = None
         self._beat: threading.Thread | None = None
         self._beat_stop = threading.Event()
         # Follow other machines' sessions (runtime/prefetch.py): on PostgreSQL only, the
@@ -193,6 +212,8 @@ class Runtime:
             self._beat.join(5)
             if self._prefetching is not None:
                 self._prefetching.join(30)  # a fetch in flight finishes first
+            if self._gc_thread is not None:
+                self._gc_thread.join(30)  # (a gc cut short by the exit is safe too)
             with best_effort("removing the heartbeat of process %s", self.process):
                 self.db.forget_process(self.process)
         self.db.close()
@@ -215,6 +236,10 @@ class Runtime:
         sid = id or f"ses-{secrets.token_hex(6)}"
         self.validate(image=image, model=model, tools=tools)
         pol = policy if isinstance(policy, Policy) else Policy.from_json(policy)
+        try:
+            retention.retention_for(pol, self.retention)
+        except RetentionError as e:
+            raise InvalidSession(str(e)) from None
         self.db.create(
             SessionRow(
                 id=sid, state="created", image=image, model=model, system=system,
@@ -296,6 +321,12 @@ class Runtime:
         copies, uploads), or None for an engine without one."""
         return getattr(getattr(self.engine, "checkpoints", None), method, None)
 
+    @property
+    def snapshot_store(self) -> SnapshotStore | None:
+        """The snapshot store the engine's checkpoints go to (None: an engine without)."""
+        store = getattr(getattr(self.engine, "checkpoints", None), "store", None)
+        return store if isinstance(store, SnapshotStore) else None
+
     def beat_now(self) -> None:
         """Write the machine's heartbeat now (also when a turn starts or ends, so that
         other machines see at once whether this one has a free slot)."""
@@ -324,13 +355,34 @@ class Runtime:
         fetch = self.checkpoint_storage("prefetch")
         has = self.checkpoint_storage("has_hot_copy")
         if self.prefetch and fetch is not None and has is not None:
-            self.prefetcher = Prefetcher(self.db, self.machine, fetch, has,
+            self.prefetcher = Prefetcher(self.db, self.machine, self._pinned(fetch), has,
                                          machine_ttl=MACHINE_TTL,
                                          on_copy=self._ready_for_handover)  # fmt: skip
             self._prefetching = threading.Thread(target=self.prefetcher.run,
                                                  args=(self._beat_stop,),
                                                  name="torpor-prefetch", daemon=True)
             self._prefetching.start()
+        store = self.snapshot_store
+        if self.gc_every > 0 and store is not None:
+            self.scheduled_gc = ScheduledGC(self.db, store, self.log, self.process,
+                                            every=self.gc_every, retention=self.retention,
+                                            closed_days=self.closed_days)  # fmt: skip
+            self._gc_thread = threading.Thread(target=self.scheduled_gc.run,
+                                               args=(self._beat_stop,),
+                                               name="torpor-gc", daemon=True)  # fmt: skip
+            self._gc_thread.start()
+
+    def _pinned(self, fetch: Callable[[str], bool]) -> Callable[[str], bool]:
+        """fetch, with the snapshot pinned meanwhile (retention leaves it alone)."""
+
+        def pinned_fetch(snapshot: str) -> bool:
+            retention.pin(self.db, snapshot, self.process)
+            try:
+                return fetch(snapshot)
+            finally:
+                retention.unpin(self.db, snapshot, self.process)
+
+        return pinned_fetch
 
 
 def wait_for(rt: Runtime, sid: str, states: tuple[str, ...] = ("waiting", "closed"),

@@ -53,6 +53,7 @@ class EventType(StrEnum):
     SIZE_WARNING = "size_warning"  # bytes, limit, entries
     HIDDEN = "hidden"  # a framework's pop or clear: the entries its view no longer shows
     FRAMEWORK_ITEM = "framework_item"  # a framework's item kept whole (OpenAI Agents SDK)
+    RETENTION_NOTE = "retention_note"  # deleted (snapshot ids), why (a tenant's quota)
     TURN_FINISHED = "turn_finished"  # (worker only) seconds
     OUTCOME = "outcome"  # (Session.stream's last) outcome: the TurnOutcome
     MARKER = "marker"  # a marker torpor does not define: marker (its name), its fields
@@ -77,6 +78,7 @@ FOR_MARKER: dict[type[markers.Marker], EventType] = {
     markers.SizeWarning: EventType.SIZE_WARNING,
     markers.Hidden: EventType.HIDDEN,
     markers.FrameworkItem: EventType.FRAMEWORK_ITEM,
+    markers.RetentionNote: EventType.RETENTION_NOTE,
 }
 _BY_NAME = {cls.NAME: kind for cls, kind in FOR_MARKER.items()}
 OUTPUT_LIMIT = 2000  # characters of a tool result carried by tool_call_finished

@@ -58,9 +58,14 @@ class Policy:
     # not pay for a restore; it is snapshotted when the time is up (0: snapshot at once).
     # Only a worker that stays up (torpor worker / serve / a Runtime kept open) keeps it.
     warm_seconds: float = 0.0
-    # Keep only the newest N snapshots of the session (0: all of them). Older ones are
-    # deleted from the store as new ones are taken, unless a fork still needs them; their
-    # chunks are reclaimed by `torpor snapshot gc`.
+    # Which of the session's wait-point snapshots stay (runtime/retention.py): "" for the
+    # server's default (`torpor serve/worker --retention`, itself by default
+    # last=3,hourly=24,daily=7: torpor.snapshots.retention), "all" to keep every one, or
+    # a spec of its own. Older ones are deleted from the store as new ones are taken,
+    # unless something still refers to them (a fork, a pin, an upload in flight); their
+    # chunks are reclaimed by the next gc (automatic, or `torpor snapshot gc`).
+    retention: str = ""
+    # Keep only the newest N snapshots (0: `retention` decides); N > 0 is last=N alone.
     keep_snapshots: int = 0
 
     @classmethod

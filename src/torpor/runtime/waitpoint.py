@@ -1,24 +1,29 @@
 """Snapshots and wait points: checkpoint the sandbox into the store (mid-turn or at the
-wait point), keep the newest N (Policy.keep_snapshots), let the session wait (or close,
-when asked), or defer the wait point by keeping the sandbox warm."""
+wait point), delete the older ones retention lets go (runtime/retention.py), let the
+session wait (or close, when asked), or defer the wait point by keeping the sandbox warm."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from torpor.context import Entry, markers
+from torpor.runtime import retention
 from torpor.runtime.besteffort import best_effort
 from torpor.runtime.turn import Turn
 from torpor.runtime.types import LeaseLost, Policy
+from torpor.sandbox.checkpoints import CheckpointNotFound
 from torpor.sandbox.engine import CheckpointError, SandboxError
 
 if TYPE_CHECKING:
     from torpor.runtime.parts import RuntimeParts
     from torpor.runtime.transcript import Transcript
+
+log = logging.getLogger(__name__)
 
 
 def snapshot(turn: Turn, *, leave_running: bool) -> tuple[str, int, float]:
@@ -36,37 +41,62 @@ def snapshot(turn: Turn, *, leave_running: bool) -> tuple[str, int, float]:
                                              ms=round(ms, 1), mid_turn=leave_running,
                                              machine=rt.machine))  # fmt: skip
     row = rt.db.get(tr.session)
-    kept, drop = _kept(rt, row.snapshots, ck.id, Policy.from_json(row.policy).keep_snapshots)
+    schedule = retention.retention_for(Policy.from_json(row.policy), rt.retention)
+    over = retention.over_quota(rt.db, row.tenant, rt.quota)
+    kept, drop = _kept(rt, tr.session, row.snapshots, ck.id,
+                       retention.ON_QUOTA if over else schedule)  # fmt: skip
     if not turn.update(snapshot=ck.id, snapshot_seq=seq, snapshots=kept):
         raise LeaseLost(f"worker {turn.owner} lost the lease on {tr.session}")
     for old in drop:
         drop_snapshot(rt, tr.session, old)
+    if over is not None:  # which of them the schedule would have kept, and why they went
+        extra = [d for d in drop if d in _kept_by(rt, [*row.snapshots, ck.id], schedule)]
+        if extra:
+            turn.write(markers.RetentionNote(deleted=extra, why=over.why + "; its sessions "
+                                             "keep only their newest snapshot until it is "
+                                             "under"))  # fmt: skip
     turn.publish(taken)  # once the row has it
     return ck.id, ck.size, ms
 
 
-def _kept(rt: RuntimeParts, snapshots: list[str], new: str,
-          keep: int) -> tuple[list[str], list[str]]:  # fmt: skip
-    """The session's snapshots to keep (at most `keep`; 0: the newest 16 are listed, none
-    deleted) and those to delete, `new` taken."""
+def _kept_by(rt: RuntimeParts, snaps: list[str], schedule: retention.Retention) -> set[str]:
+    return set(retention.choose(snaps, retention.snapshot_times(rt.db, snaps), schedule)[0])
+
+
+def _kept(rt: RuntimeParts, session: str, snapshots: list[str], new: str,
+          schedule: retention.Retention) -> tuple[list[str], list[str]]:  # fmt: skip
+    """The session's snapshots to keep and those to delete, `new` taken (runtime/
+    retention.py: the schedule, then what must stay whatever it says)."""
     snaps = [*snapshots, new]
-    kept = snaps[-keep:] if keep > 0 else snaps[-16:]
-    drop = snaps[:-keep] if keep > 0 else []
+    kept, drop = retention.choose(snaps, retention.snapshot_times(rt.db, snaps), schedule)
     stored = rt.checkpoint_storage("stored")
     if drop and stored is not None and not any(stored(k) for k in kept):
         # None of the kept ones is in the store yet (the new one is uploading): the
         # newest that is stays, so that losing this machine (or a power cut) before
         # the upload leaves a snapshot to fall back to. It goes at a later wait point.
         kept, drop = [drop[-1], *kept], drop[:-1]
-    return kept, drop
+    stay = set(kept)
+    for old in drop:
+        hold = retention.held(rt.db, old, session, process=rt.process, stored=stored)
+        if hold is not None and hold.transient:
+            stay.add(old)  # looked at again at the next wait point
+    return [s for s in snaps if s in stay], [s for s in drop if s not in stay]
 
 
 def drop_snapshot(rt: RuntimeParts, session: str, snapshot: str) -> None:
-    """Policy.keep_snapshots: delete a snapshot that fell out of the kept ones."""
+    """Retention: delete a snapshot that fell out of the kept ones (unless another
+    session now owns it: a fork starts from it)."""
     if rt.db.snapshot_in_use(snapshot, besides=session):
         return  # a fork starts from it
-    with contextlib.suppress(CheckpointError):
+    try:
         rt.engine.remove_checkpoint(None, snapshot)
+    except CheckpointNotFound:
+        pass
+    except CheckpointError as e:  # (the store unreachable, say): it stays in the store
+        log.warning("retention could not delete snapshot %s of %s: %s", snapshot, session, e)
+        return
+    with best_effort("forgetting the records of snapshot %s", snapshot):
+        retention.forget(rt.db, snapshot)  # (a record left behind: the next gc's)
 
 
 def snapshot_and_remove(turn: Turn) -> None:

@@ -38,11 +38,16 @@ class GCResult:
     waited_for: int = 0
     seconds: float = 0.0
     aborted: str | None = None
+    kept_bytes: int = 0  # what the packs hold after it (live chunks, and dead ones in
+    #                      packs mostly live)
+    snapshots: int = 0  # manifests read
+    dry_run: bool = False  # nothing deleted: the counts say what a gc would delete
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (
             "deleted_packs", "deleted_bytes", "repacked_packs", "kept_packs", "live_chunks",
-            "deleted_other", "waited_for", "seconds", "aborted")}
+            "deleted_other", "waited_for", "seconds", "aborted", "kept_bytes", "snapshots",
+            "dry_run")}
 
 
 @dataclass
@@ -90,32 +95,36 @@ class Collector:
         return deleted
 
     def gc(self, wait_timeout: float, repack_below: float, poll: float,
-           on_wait: Callable[[], None] | None) -> GCResult:
+           on_wait: Callable[[], None] | None, dry_run: bool = False) -> GCResult:
         """Delete chunks no manifest references; rewrite packs mostly dead (see
-        SnapshotStore.gc)."""
+        SnapshotStore.gc). dry_run: delete nothing, write no marker, wait for no put; the
+        result counts what a gc would delete now (packs an unfinished put is writing
+        count as garbage: an estimate from above)."""
         t0 = time.perf_counter()
-        res = GCResult()
+        res = GCResult(dry_run=dry_run)
         backend = self.parts.backend
         cands = self._candidates()
-        marker = write_marker(backend, "gc")
+        marker = None if dry_run else write_marker(backend, "gc")
         try:
-            if not self._wait_for_puts(res, wait_timeout, poll, on_wait):
+            if not dry_run and not self._wait_for_puts(res, wait_timeout, poll, on_wait):
                 return res
-            live = self._live_chunks(res, cands)
+            live = self._live_chunks(res, cands, dry_run)
             if live is None:
                 return res
-            indexes = self._read_indexes(res, cands)
+            indexes = self._read_indexes(res, cands, dry_run)
             # a delta copy of a live chunk keeps its base, whichever copy a reader finds
             live.update(loc.base for entries in indexes.values() if entries
                         for c, loc in entries if loc.base is not None and c in live)
             res.live_chunks = len(live)
-            self._sweep(res, cands, indexes, live, repack_below)
+            self._sweep(res, cands, indexes, live, repack_below, dry_run)
             for kind in ("put", "gc"):
-                for key in scan_markers(backend, kind, self.parts.stale_after)[1]:
+                for key in [] if dry_run else scan_markers(backend, kind,
+                                                           self.parts.stale_after)[1]:
                     log.info("removing stale %s marker %s (its writer died)", kind, key)
                     backend.delete(key)
         finally:
-            backend.delete(marker)
+            if marker is not None:
+                backend.delete(marker)
             res.seconds = round(time.perf_counter() - t0, 6)
         return res
 
@@ -152,7 +161,8 @@ class Collector:
             running = [k for k in running if k in still]
         return True
 
-    def _live_chunks(self, res: GCResult, cands: _Candidates) -> set[bytes] | None:
+    def _live_chunks(self, res: GCResult, cands: _Candidates,
+                     dry_run: bool) -> set[bytes] | None:  # fmt: skip
         """The chunks every snapshot references (delta bases included); deletes the seek
         tables of snapshots without an info document. None (and res.aborted) if a
         manifest cannot be read: nothing may be deleted then."""
@@ -168,6 +178,7 @@ class Collector:
                 res.aborted = f"cannot read a manifest, nothing deleted: {exc}"
                 log.warning("gc aborted: %s", res.aborted)
                 return None
+            res.snapshots += 1
             for ft in m.files:
                 live.update(ft.ids)
                 live.update(ft.bases.values())  # delta bases are needed to read
@@ -175,11 +186,13 @@ class Collector:
         for tkey in cands.tables:
             sid = tkey[len("snapshots/"):-len(".table.zst")]
             if sid not in idset and not backend.exists(info_key(sid)):
-                backend.delete(tkey)
+                if not dry_run:
+                    backend.delete(tkey)
                 res.deleted_other += 1
         return live
 
-    def _read_indexes(self, res: GCResult, cands: _Candidates) -> dict[str, Entries | None]:
+    def _read_indexes(self, res: GCResult, cands: _Candidates,
+                      dry_run: bool) -> dict[str, Entries | None]:  # fmt: skip
         """The index of every candidate pack (None: unreadable); deletes the packs
         without an index (left by an interrupted put)."""
         backend = self.parts.backend
@@ -190,7 +203,8 @@ class Collector:
             except ObjectMissing:
                 if pid in cands.with_idx:
                     continue  # deleted meanwhile by another gc
-                backend.delete(pack_key(pid))  # orphan of an interrupted put
+                if not dry_run:
+                    backend.delete(pack_key(pid))  # orphan of an interrupted put
                 res.deleted_packs += 1
                 res.deleted_bytes += size
             except SnapshotCorrupt as exc:
@@ -199,28 +213,34 @@ class Collector:
         return indexes
 
     def _sweep(self, res: GCResult, cands: _Candidates, indexes: dict[str, Entries | None],
-               live: set[bytes], repack_below: float) -> None:
+               live: set[bytes], repack_below: float, dry_run: bool) -> None:
         """Delete the packs with no live chunk, repack those mostly dead."""
         backend, index = self.parts.backend, self.parts.index
         for pid, entries in indexes.items():
             size = cands.packs[pid]
             if entries is None:
                 res.kept_packs += 1  # an unreadable index: keep the pack
+                res.kept_bytes += size
                 continue
             keep = [(c, loc) for c, loc in entries if c in live]
             total = sum(loc.length for _c, loc in entries) or 1
+            kept = sum(loc.length for _c, loc in keep)
             if not keep:
-                backend.delete(idx_key(pid))
-                backend.delete(pack_key(pid))
-                index.forget_pack(pid)
+                if not dry_run:
+                    backend.delete(idx_key(pid))
+                    backend.delete(pack_key(pid))
+                    index.forget_pack(pid)
                 res.deleted_packs += 1
                 res.deleted_bytes += size
-            elif sum(loc.length for _c, loc in keep) / total < repack_below:
-                self._repack(pid, keep)
+            elif kept / total < repack_below:
+                if not dry_run:
+                    self._repack(pid, keep)
                 res.repacked_packs += 1
-                res.deleted_bytes += total - sum(loc.length for _c, loc in keep)
+                res.deleted_bytes += total - kept
+                res.kept_bytes += kept
             else:
                 res.kept_packs += 1
+                res.kept_bytes += size
 
     def _repack(self, pid: str, keep: Entries) -> None:
         """Write a pack's live chunks to a new pack, then delete the old one."""

@@ -206,11 +206,13 @@ class SnapshotStore:
         return self._collector.retain(keep_last, by, filter)
 
     def gc(self, *, wait_timeout: float = 600.0, repack_below: float = 0.5,
-           poll: float = 0.05, on_wait: Callable[[], None] | None = None) -> GCResult:
+           poll: float = 0.05, on_wait: Callable[[], None] | None = None,
+           dry_run: bool = False) -> GCResult:
         """Delete chunks no manifest references; rewrite packs mostly dead.
 
         Safe with concurrent puts (see the module docstring). Waits up to
         `wait_timeout` seconds for puts already running; if they do not finish, it
-        deletes nothing and reports why in `aborted`.
+        deletes nothing and reports why in `aborted`. dry_run: only count what it would
+        delete (no marker, no wait, nothing deleted).
         """
-        return self._collector.gc(wait_timeout, repack_below, poll, on_wait)
+        return self._collector.gc(wait_timeout, repack_below, poll, on_wait, dry_run)

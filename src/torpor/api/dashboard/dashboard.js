@@ -179,6 +179,7 @@ function sessionPage() {
     hidden: (d) => add("mark", (d.by || "a framework") + " hid " +
       (d.seqs && d.seqs.length ? `${d.seqs.length} entries` : `the entries up to ${d.through}`)),
     framework_item: (d) => add("mark", (d.framework || "a framework") + "'s item"),
+    retention_note: (d) => add("mark retry", `${(d.deleted || []).length} older snapshot(s) deleted: ${d.why || ""}`),
     state: (d) => {
       setState(d.state);
       refreshSession();

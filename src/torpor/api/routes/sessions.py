@@ -1,5 +1,6 @@
 """The /v1/sessions routes: create, list and get sessions, cancel a turn, close a session,
-and fork one from a snapshot. Tenants' limits on open sessions apply here (429)."""
+and fork one from a snapshot; /v1/usage, the stored bytes of a tenant's sessions. Tenants'
+limits on open sessions apply here (429)."""
 
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,8 @@ from torpor.api.schemas import (
     errors,
 )
 from torpor.api.tokens import Principal
+from torpor.runtime.retention import over_quota
+from torpor.runtime.storage import recorded_usage
 from torpor.runtime.types import InvalidSession, Policy, SessionError
 
 CANCEL_WAIT = 10.0  # seconds a cancel or close request waits for the turn to stop (then 202)
@@ -39,6 +42,22 @@ def _check_room(api: ApiState, tenant: str | None) -> None:
     if api.tokens.open_sessions(tenant) >= lim.sessions_per_tenant:
         raise ApiError(429, f"tenant has {lim.sessions_per_tenant} open sessions, the "
                             "limit: close some first")  # fmt: skip
+
+
+def _check_quota(api: ApiState, tenant: str | None) -> None:
+    """A tenant over its storage quota makes no new sessions or forks: 413 (stored bytes)
+    or 429 (snapshots), naming its largest sessions (what to close and delete)."""
+    over = over_quota(api.runtime.db, tenant, api.runtime.quota)
+    if over is None:
+        return
+    largest = recorded_usage(api.runtime.db, "session", tenant=tenant or "")[:3]
+    names = ", ".join(f"{u['name']} ({u['stored']:,} bytes, {u['snapshots']} snapshots)"
+                      for u in largest) or "none counted yet"  # fmt: skip
+    raise ApiError(413 if over.what == "stored_bytes" else 429,
+                   f"{over.why}: no new sessions or forks until it is under (its sessions "
+                   "keep only their newest snapshot meanwhile). Largest sessions: "
+                   f"{names}; close those you are done with and delete their snapshots "
+                   "(`torpor snapshot rm`)")  # fmt: skip
 
 
 def _cancel_or_close(api: ApiState, sid: str, p: Principal, close: bool,
@@ -65,6 +84,7 @@ def router(auth: bool, limits: Limits) -> APIRouter:
         if provider.strip().lower() == "script":  # the rest of the spec: Runtime.validate
             _check_script(api.scripts, name)
         _check_room(api, p.tenant)
+        _check_quota(api, p.tenant)
         try:
             s = api.runtime.create_session(
                 image=body.image, model=body.model, system=body.system, tools=body.tools,
@@ -93,7 +113,25 @@ def router(auth: bool, limits: Limits) -> APIRouter:
 
     @r.get("/sessions/{sid}", tags=["sessions"], responses=errors(*AUTH, 404, 422))
     def get_session(sid: SessionId, p: Drive, api: Api) -> dict[str, Any]:
-        return api.session_json(api.row_of(p, sid))
+        """A session; `storage`: its snapshots' stored bytes as the last scheduled gc
+        counted them (logical, stored, exclusive, shared; null before the first count)."""
+        d = api.session_json(api.row_of(p, sid))
+        found = recorded_usage(api.runtime.db, "session", name=sid)
+        d["storage"] = found[0] if found else None
+        return d
+
+    @r.get("/usage", tags=["sessions"], responses=errors(*AUTH, 422))
+    def usage(p: Drive, api: Api,
+              limit: Annotated[int, Query(ge=1, le=limits.max_page)] = 50,
+              ) -> dict[str, Any]:  # fmt: skip
+        """Stored bytes of the token's tenant (every tenant's with the admin scope), and
+        of its `limit` largest sessions, as the last scheduled gc counted them: logical
+        (what the snapshots restore to), stored (the compressed chunks they name),
+        exclusive (what deleting them would free), shared (with other sessions)."""
+        tenant = None if p.all_tenants else (p.tenant or "")
+        db = api.runtime.db
+        return {"tenants": recorded_usage(db, "tenant", name=tenant),
+                "sessions": recorded_usage(db, "session", tenant=tenant)[:limit]}
 
     @r.post("/sessions/{sid}/cancel", tags=["sessions"],
             responses={202: ACCEPTED, **errors(*AUTH, 404, 415, 422)})  # fmt: skip
@@ -124,6 +162,7 @@ def router(auth: bool, limits: Limits) -> APIRouter:
         if snap is not None and snap not in {s["snapshot"] for s in snapshots_of(api, sid)}:
             raise ApiError(404, f"no such snapshot in session {sid}: {snap}")
         _check_room(api, row.tenant)
+        _check_quota(api, row.tenant)
         try:
             child = api.runtime.get_session(sid).fork(snap)
         except SessionError as e:

@@ -145,3 +145,10 @@ def keyed_seqs(tx: Tx, sid: str, key: str) -> tuple[int, int] | None:
 def insert_key(tx: Tx, sid: str, key: str, first: int, last: int) -> None:
     tx.run("INSERT INTO context_idempotency (session, key, first_seq, last_seq) "
            "VALUES (%s, %s, %s, %s)", (sid, key, first, last))
+
+
+def blob_refs(tx: Tx) -> list[str]:
+    """Every blob reference (`key:size`) an entry holds, of every session."""
+    return [str(r[0]) for r in tx.all(
+        "SELECT content_blob FROM context_entries WHERE content_blob IS NOT NULL UNION "
+        "SELECT arguments_blob FROM context_entries WHERE arguments_blob IS NOT NULL")]
