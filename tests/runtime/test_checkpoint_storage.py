@@ -243,3 +243,24 @@ def test_a_hot_copy_half_written_by_a_killed_process_is_swept_at_open(tmp_path: 
     mine = storage.staging_dir()
     SnapshotCheckpointStorage(open_store(store_url), home)
     assert list(staging.iterdir()) == [mine]
+
+
+def test_a_hot_copy_of_a_snapshot_deleted_from_the_store_is_dropped(tmp_path: Path):
+    storage, _files, hot = stored_checkpoint(tmp_path)
+    assert storage.drop_deleted(grace=0) == [] and hot.exists()  # still in the store
+    storage.store.delete("ck-1")  # as retention or the gc on another machine does
+    assert storage.drop_deleted() == [] and hot.exists()  # used a moment ago: stays
+    # a session or sandbox still names it: this copy may be the last one, it stays
+    assert storage.drop_deleted(grace=0, keep=lambda snap: snap == "ck-1") == []
+    assert hot.exists()
+    assert storage.drop_deleted(grace=0) == ["ck-1"] and not hot.exists()
+    with pytest.raises(CheckpointNotFound):
+        storage.meta("ck-1")
+
+
+def test_a_hot_copy_not_stored_yet_is_never_dropped(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch):  # fmt: skip
+    hot = unuploaded_checkpoint(tmp_path, monkeypatch)
+    storage = SnapshotCheckpointStorage(open_store(f"file://{tmp_path / 'other'}"),
+                                        tmp_path / "home", background=False)  # fmt: skip
+    assert storage.drop_deleted(grace=0) == [] and hot.exists()  # the only copy there is

@@ -301,6 +301,32 @@ def test_the_scheduled_gc_frees_what_retention_let_go_while_sessions_run(
         rt.close()
 
 
+def test_a_closed_sessions_snapshots_leave_the_store_and_this_machines_hot_cache(
+        rt_home: Path, rt_engine, tmp_path: Path, script,
+        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from torpor.runtime import checkpoints
+
+    monkeypatch.setattr(checkpoints, "DROP_GRACE", 0.0)
+    rt = Runtime(db=f"sqlite:///{tmp_path / 'gc.db'}", store=f"file://{rt_home / 'snapshots'}",
+                 home=rt_home, engine=rt_engine, gc_every=0.5,
+                 closed_days=1 / 86400)  # fmt: skip
+    try:
+        s = rt.create_session(model=script(_turns(2)))
+        snaps = _send_all(rt, s, 2)
+        cache = rt_home / "checkpoint-cache"
+        assert all((cache / snap).is_dir() for snap in snaps)  # hot copies, stored
+        s.close()
+        deadline = time.time() + 30
+        while time.time() < deadline and any((cache / x).exists() for x in snaps):
+            time.sleep(0.2)
+        assert s.info().snapshot is None and s.info().snapshots == []
+        assert not any(rt.snapshot_store.exists(x) for x in snaps)  # type: ignore[union-attr]
+        assert not any((cache / x).exists() for x in snaps)  # not left until LRU
+        assert [e.content for e in s.log() if e.role == "user"] == ["0", "1"]  # log kept
+    finally:
+        rt.close()
+
+
 def test_over_its_tenants_quota_a_session_keeps_its_newest_and_says_why(
         runtime: Runtime, script) -> None:  # fmt: skip
     from torpor.runtime.retention import Quota

@@ -25,6 +25,10 @@ knows nothing of sandboxes; this adapter is where they meet.
   chunks they share are copied, only the changed pages fetched), and without an fsync
   (the digests are checked at each use). `prefetch` does the same ahead of a restore,
   for the machine that follows a session (runtime/prefetch.py).
+- **Deleted elsewhere.** A stored hot copy whose snapshot left the store (retention or
+  the scheduled gc deleted it, on any machine) is dropped by `drop_deleted`, which the
+  runtime runs on every machine on the gc's schedule, instead of taking cache space
+  until LRU eviction; one used in the last `grace` seconds is left for the next run.
 - **Leftovers.** A checkpoint or a fetch is written in the cache's .staging area under
   a name that says which process writes it; what a crashed process left there is
   removed when the next storage is opened (torpor.files.sweep), never what a live one
@@ -68,6 +72,7 @@ DEFAULT_HOT_BYTES = 2 << 30
 META = ".torpor-meta.json"  # in a hot copy: the checkpoint's metadata (pending upload)
 STORED = ".stored"  # in a hot copy: it is in the snapshot store
 UPLOAD_RETRIES = (1.0, 5.0, 20.0)  # pauses before an upload that failed is tried again
+DROP_GRACE = 600.0  # a hot copy used this recently is not dropped by drop_deleted
 SEEDS = 1  # older hot copies of the same sandbox a fetch copies shared chunks from
 
 
@@ -349,6 +354,37 @@ class SnapshotCheckpointStorage:
             shutil.rmtree(hot, ignore_errors=True)
         if not found:
             raise CheckpointNotFound(f"no such checkpoint: {ckpt_id}")
+
+    def drop_deleted(self, grace: float | None = None,
+                     keep: Callable[[str], bool] | None = None) -> list[str]:  # fmt: skip
+        """Drop the hot copies of checkpoints that were stored and are in the store no
+        more (deleted by retention or gc, maybe on another machine), unused for `grace`
+        seconds, and that `keep` does not name (the runtime's: a session or sandbox still
+        refers to it, so this copy may be the last one); returns their ids. A copy not
+        stored yet (its upload pending: the only one there is) and one the store cannot
+        be asked about now stay."""
+        grace = DROP_GRACE if grace is None else grace
+        now, dropped = time.time(), []
+        for d in sorted(self.hot.iterdir()):
+            if d.name.startswith(".") or not (d / STORED).exists():
+                continue
+            try:
+                if now - d.stat().st_mtime < grace:
+                    continue
+                if self.store.exists(d.name) or (keep is not None and keep(d.name)):
+                    continue
+            except (FileNotFoundError, SnapshotError) as e:  # gone meanwhile; store away
+                log.debug("not dropping hot copy %s: %s", d.name, e)
+                continue
+            with self._lock:
+                if d.name in self._pending or d.name in self._fetching:
+                    continue
+            shutil.rmtree(d, ignore_errors=True)
+            dropped.append(d.name)
+        if dropped:
+            log.info("dropped %d hot cop(ies) of deleted snapshots: %s", len(dropped),
+                     ", ".join(dropped))  # fmt: skip
+        return dropped
 
     def prefetch(self, ckpt_id: str) -> bool:
         """Bring a stored checkpoint into the hot cache ahead of a restore (a follower

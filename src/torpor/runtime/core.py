@@ -123,6 +123,7 @@ class Runtime:
         self.gc_every = gc_every
         self.scheduled_gc: ScheduledGC | None = None
         self._gc_thread: threading.Thread | None = None
+        self._hot_sweep: threading.Thread | None = None
         self._beat: threading.Thread | None = None
         self._beat_stop = threading.Event()
         # Follow other machines' sessions (runtime/prefetch.py): on PostgreSQL only, the
@@ -214,6 +215,8 @@ class Runtime:
                 self._prefetching.join(30)  # a fetch in flight finishes first
             if self._gc_thread is not None:
                 self._gc_thread.join(30)  # (a gc cut short by the exit is safe too)
+            if self._hot_sweep is not None:
+                self._hot_sweep.join(30)
             with best_effort("removing the heartbeat of process %s", self.process):
                 self.db.forget_process(self.process)
         self.db.close()
@@ -371,6 +374,19 @@ class Runtime:
                                                args=(self._beat_stop,),
                                                name="torpor-gc", daemon=True)  # fmt: skip
             self._gc_thread.start()
+        drop = self.checkpoint_storage("drop_deleted")
+        if self.gc_every > 0 and drop is not None:
+            self._hot_sweep = threading.Thread(target=self._drop_deleted_copies, args=(drop,),
+                                               name="torpor-hot-sweep", daemon=True)  # fmt: skip
+            self._hot_sweep.start()
+
+    def _drop_deleted_copies(self, drop: Callable[..., list[str]]) -> None:
+        """On this machine, on the gc's schedule: drop the hot copies of snapshots that
+        left the store (retention or the gc deleted them, on any machine) and that no
+        session or sandbox names (runtime/checkpoints.py: drop_deleted)."""
+        while not self._beat_stop.wait(self.gc_every):
+            with best_effort("dropping hot copies of deleted snapshots"):
+                drop(keep=lambda snap: retention.named(self.db, snap))
 
     def _pinned(self, fetch: Callable[[str], bool]) -> Callable[[str], bool]:
         """fetch, with the snapshot pinned meanwhile (retention leaves it alone)."""

@@ -114,6 +114,12 @@ def snapshot_times(db: RuntimeDB, ids: list[str]) -> dict[str, float]:
         return {str(r[0]): float(r[1]) for r in q.snapshot_times(tx, ids)}
 
 
+def named(db: RuntimeDB, snapshot: str) -> bool:
+    """Does a session (its latest or listed snapshots) or a sandbox still name it?"""
+    with db.database.read() as tx:
+        return q.snapshot_named(tx, snapshot)
+
+
 def forget(db: RuntimeDB, snapshot: str) -> None:
     """Its records (who took it, who holds copies, pins) go with it."""
     with db.database.write() as tx:

@@ -162,3 +162,11 @@ def drop_session_snapshots(tx: Tx, session: str, now: float) -> None:
     """A closed session's snapshots are gone: its row names none any more."""
     tx.run("UPDATE torpor_sessions SET snapshot = NULL, snapshots = '[]', updated_at = %s "
            "WHERE id = %s AND state = 'closed'", (now, session))
+
+
+def snapshot_named(tx: Tx, snapshot: str) -> bool:
+    """Does a session's row (its latest or its list) or a sandbox's snapshot rows name it?"""
+    return tx.value(
+        "SELECT 1 FROM torpor_sessions WHERE snapshot = %s OR snapshots LIKE (%s || %s || %s) "
+        "UNION ALL SELECT 1 FROM torpor_sandbox_snapshots WHERE id = %s LIMIT 1",
+        (snapshot, '%"', snapshot, '"%', snapshot)) is not None
