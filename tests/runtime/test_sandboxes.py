@@ -297,3 +297,34 @@ def test_a_resume_that_took_the_standby_sets_up_another(rt: Runtime, rt_engine: 
         ready = wait_for_a_standby(rt_engine)
         row, resumed = rt.sandboxes.resume(sbx.id)
         assert resumed and rt_engine.inspect(str(row.box)).id in ready  # into the standby
+
+
+def test_paused_and_named_snapshots_outlive_the_scheduled_gc(rt: Runtime, rt_home: Path):
+    from torpor.runtime import retention
+    from torpor.runtime.storage import ScheduledGC
+
+    a = rt.sandboxes.create()
+    with rt.sandboxes.use(a.id) as sb:
+        sb.files.write("/work/v", "named")
+    named = rt.sandboxes.snapshot(a.id, name="v1")
+    with rt.sandboxes.use(a.id) as sb:
+        sb.files.write("/work/v", "paused")
+    paused = rt.sandboxes.pause(a.id)
+    store = rt.snapshot_store
+    assert store is not None
+    # a whole scheduled gc run (closed sessions expire at once), then this machine's sweep
+    # of hot copies: neither takes what a sandbox names
+    gc = ScheduledGC(rt.db, store, rt.log, "test-gc", closed_days=1e-9)
+    out = gc.run_once(force=True)
+    assert out is not None and out["error"] is None, out
+    storage = rt.engine.checkpoints
+    assert storage.drop_deleted(grace=0, keep=lambda s: retention.named(rt.db, s)) == []  # type: ignore[attr-defined]
+    for snap in (named.id, str(paused.snapshot)):
+        assert store.exists(snap)
+        shutil.rmtree(rt_home / "checkpoint-cache" / snap)  # restored from the store below
+    assert rt.sandboxes.resume(a.id)[1] is True
+    with rt.sandboxes.use(a.id) as sb:
+        assert sb.files.read_text("/work/v") == "paused"
+    b = rt.sandboxes.create(snapshot=named.id)
+    with rt.sandboxes.use(b.id) as sb:
+        assert sb.files.read_text("/work/v") == "named"
