@@ -140,13 +140,13 @@ def test_gc_after_prune_deletes_the_pruned_sessions_blobs(url, tmp_path):
                                "--log", url]).exit_code == 0  # fmt: skip
     res = runner.invoke(app, ["gc", "--log", url, "--json"])  # put a moment ago: stays
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["young"] == 1 and json.loads(res.output)["deleted"] == 0
+    assert json.loads(res.stdout)["young"] == 1 and json.loads(res.stdout)["deleted"] == 0
     res = runner.invoke(app, ["gc", "--log", url, "--grace", "0", "--dry-run"])
-    assert res.output.startswith("would delete 1 of 2 blob(s)"), res.output
+    assert res.stdout.startswith("would delete 1 of 2 blob(s)"), res.output
     res = runner.invoke(app, ["gc", "--log", url, "--grace", "0", "--json"])
-    assert json.loads(res.output)["deleted"] == 1
+    assert json.loads(res.stdout)["deleted"] == 1
     assert json.loads(runner.invoke(app, ["gc", "--log", url, "--grace", "0", "--json"])
-                      .output)["deleted"] == 0  # fmt: skip
+                      .stdout)["deleted"] == 0  # fmt: skip
     with open_log(url) as log:
         assert log.verify("other").ok
     assert "x" * 70_000 in dump.read_text()  # the export holds the payload itself

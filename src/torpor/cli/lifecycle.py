@@ -68,12 +68,26 @@ LogLevelOpt = typer.Option("info", "--log-level", help="What torpor logs to stde
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler on sys.stderr as it is when a record is logged, not when the handler was
+    made (the stdlib's own such handler, logging._StderrHandler, is private): a caller
+    that swaps sys.stderr (click's test runner) never leaves it writing to a closed one."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup_logging(level: str) -> None:
     """torpor's loggers (torpor.*) to stderr at `level`, one line each with its time."""
     if level.lower() not in LOG_LEVELS:
         raise typer.BadParameter(f"{level!r}: use one of {', '.join(LOG_LEVELS)}",
                                  param_hint="--log-level")  # fmt: skip
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(asctime)s torpor %(levelname)s %(name)s: "
                                            "%(message)s"))  # fmt: skip
     root = logging.getLogger("torpor")
