@@ -221,30 +221,28 @@ def over_quota(db: RuntimeDB, tenant: str | None, quota: Quota) -> OverQuota | N
 
 
 def what_to_delete(db: RuntimeDB, tenant: str | None, most: int = 3) -> str:
-    """The tenant's largest sessions and sandboxes (as last counted), and how to delete
-    their snapshots: what an answer refusing a request over quota says to do."""
+    """The tenant's largest sessions and sandboxes (as last counted; before any count,
+    those with the most snapshots), and how to delete their snapshots: what an answer
+    refusing a request over quota says to do."""
     with db.database.read() as tx:
         rows = {k: q.usage_rows(tx, k, tenant=tenant_key(tenant))[:most]
                 for k in ("session", "sandbox")}  # fmt: skip
+        counts = q.most_snapshots(tx, tenant or None, most)
     cols = {c: i for i, c in enumerate(q.USAGE_COLUMNS)}
-
-    def named(kind: str) -> str:
-        return ", ".join(f"{r[cols['name']]} ({int(r[cols['stored']]):,} bytes, "
-                         f"{r[cols['snapshots']]} snapshots)" for r in rows[kind])
-
+    named = {k: [f"{r[cols['name']]} ({int(r[cols['stored']]):,} bytes, "
+                 f"{r[cols['snapshots']]} snapshots)" for r in rows[k]]
+             or [f"{r[0]} ({r[1]} snapshots)" for r in counts[k]]
+             for k in rows}  # fmt: skip
     parts = []
-    if rows["session"]:
-        parts.append(f"largest sessions: {named('session')}; close those you are done "
-                     "with and delete their snapshots (`torpor snapshot rm`)")
-    if rows["sandbox"]:
-        parts.append(f"largest sandboxes: {named('sandbox')}; delete snapshots you no "
-                     "longer need (DELETE /v1/sandboxes/{id}/snapshots/{snapshot}) or "
+    if named["session"]:
+        parts.append(f"Largest sessions: {', '.join(named['session'])}; close those you are "
+                     "done with and delete their snapshots (`torpor snapshot rm`)")
+    if named["sandbox"]:
+        parts.append(f"Largest sandboxes: {', '.join(named['sandbox'])}; delete snapshots you "
+                     "no longer need (DELETE /v1/sandboxes/{id}/snapshots/{snapshot}) or "
                      "kill sandboxes you are done with")
-    if not parts:
-        parts.append("nothing counted yet: close sessions and kill sandboxes you are done "
-                     "with, and delete their snapshots (`torpor snapshot rm`, DELETE "
-                     "/v1/sandboxes/{id}/snapshots/{snapshot})")
-    return "; ".join(parts)
+    return "; ".join(parts) or ("Close sessions and kill sandboxes you are done with, and "
+                                "delete their snapshots")
 
 
 def refusal(over: OverQuota, what: str, db: RuntimeDB, tenant: str | None) -> str:

@@ -174,6 +174,21 @@ def drop_session_snapshots(tx: Tx, session: str, now: float) -> None:
            "WHERE id = %s AND state = 'closed'", (now, session))
 
 
+def most_snapshots(tx: Tx, tenant: str | None, most: int) -> dict[str, list[Row]]:
+    """(owner, snapshots) of the tenant's sessions and sandboxes with the most recorded
+    snapshots (None: those without a tenant), by kind ('session', 'sandbox')."""
+    cond, args = ("IS NULL", ()) if tenant is None else ("= %s", (tenant,))
+    return {
+        "session": tx.all("SELECT p.session, COUNT(*) AS n FROM torpor_snapshots p JOIN "
+                          f"torpor_sessions s ON s.id = p.session WHERE s.tenant {cond} "
+                          "GROUP BY p.session ORDER BY n DESC, p.session LIMIT %s",
+                          (*args, most)),
+        "sandbox": tx.all("SELECT sandbox, COUNT(*) AS n FROM torpor_sandbox_snapshots "
+                          f"WHERE tenant {cond} GROUP BY sandbox ORDER BY n DESC, sandbox "
+                          "LIMIT %s", (*args, most)),
+    }  # fmt: skip
+
+
 def sandbox_snapshot_owners(tx: Tx) -> list[Row]:
     """(snapshot, sandbox, tenant) of every snapshot of the sandbox resource's sandboxes."""
     return tx.all("SELECT id, sandbox, tenant FROM torpor_sandbox_snapshots")
