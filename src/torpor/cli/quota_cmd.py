@@ -44,8 +44,12 @@ def _size(text: str | None) -> int | None:
                                  "(powers of 1024); 0 for none") from None  # fmt: skip
 
 
-def _limit(v: int | None) -> str:
-    return "server" if v is None else ("none" if v == 0 else str(v))
+def _limit(v: int | None, size: bool = False) -> str:
+    if not v:
+        return "server" if v is None else "none"
+    from torpor.cli.output import human_bytes
+
+    return f"{human_bytes(v)} ({v})" if size else str(v)
 
 
 @app.command("set")
@@ -59,10 +63,11 @@ def set_(
                                   "(sessions' and sandboxes'); 0: none."),  # fmt: skip
     db: str = DbOpt,
 ) -> None:
-    """Give a tenant its own limits (a limit not given stays as it was: the server's if
-    never set). Over one, its new sessions, forks, sandboxes and sandbox snapshots are
-    refused (413 for bytes, 429 for snapshots) and its sessions keep only their newest
-    snapshot."""
+    """Give a tenant its own limits.
+
+    A limit not given stays as it was (the server's if never set). Over one, the
+    tenant's new sessions, forks, sandboxes and sandbox snapshots are refused (413 for
+    bytes, 429 for snapshots) and its sessions keep only their newest snapshot."""
     if stored_bytes is None and snapshots is None:
         raise typer.BadParameter("give --stored-bytes, --snapshots or both")
     from torpor.runtime.quotas import set_quota
@@ -72,7 +77,7 @@ def set_(
         got = set_quota(rdb, tenant, stored_bytes=_size(stored_bytes), snapshots=snapshots)
     finally:
         rdb.close()
-    print(f"{tenant or '(no tenant)'}: stored bytes {_limit(got[0])}, snapshots "
+    print(f"{tenant or '(no tenant)'}: stored bytes {_limit(got[0], size=True)}, snapshots "
           f"{_limit(got[1])}")
 
 
@@ -97,9 +102,11 @@ def ls(
     db: str = DbOpt,
     fmt: str = FormatOpt,
 ) -> None:
-    """Tenants' own limits ('server': the server's --tenant-stored-bytes/--tenant-snapshots
-    applies; 'none': no limit) and what each uses now (stored bytes: the last scheduled
-    gc's count plus what its snapshots stored since)."""
+    """List tenants' own limits and what each uses now.
+
+    'server': the server's --tenant-stored-bytes/--tenant-snapshots applies; 'none': no
+    limit. Stored bytes used: the last scheduled gc's count plus what the tenant's
+    snapshots stored since (an upper bound until the next count)."""
     rdb = _db(db)
     try:
         rows = _rows(rdb, all_)
@@ -113,9 +120,7 @@ def ls(
 
     table = [["TENANT", "STORED BYTES", "SNAPSHOTS", "USES (BYTES)", "USES (SNAPSHOTS)"]]
     for r in rows:
-        b = r["stored_bytes"]
-        table.append([r["tenant"] or "(no tenant)",
-                      _limit(b) if not b else f"{human_bytes(b)} ({b})",
+        table.append([r["tenant"] or "(no tenant)", _limit(r["stored_bytes"], size=True),
                       _limit(r["snapshots"]), human_bytes(r["used_bytes"]),
                       str(r["used_snapshots"])])  # fmt: skip
     print(format_table(table))
