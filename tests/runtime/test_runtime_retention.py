@@ -303,7 +303,8 @@ def test_the_scheduled_gc_frees_what_retention_let_go_while_sessions_run(
 
 def test_over_its_tenants_quota_a_session_keeps_its_newest_and_says_why(
         runtime: Runtime, script) -> None:  # fmt: skip
-    from torpor.runtime.retention import Quota
+    from torpor.runtime import quotas
+    from torpor.runtime.retention import Quota  # (its old home: still imports)
 
     runtime.quota = Quota(snapshots=2)
     s = runtime.create_session(model=script(_turns(4) + [
@@ -313,6 +314,10 @@ def test_over_its_tenants_quota_a_session_keeps_its_newest_and_says_why(
     notes = [e.content for e in s.log() if e.kind == "marker"
              and e.content.get("marker") == "retention_note"]  # fmt: skip
     assert notes == [] and s.info().snapshots == snaps  # 2: at the quota, not over
+    runtime.engine.checkpoints.flush()  # type: ignore[attr-defined]
+    # what its wait points' snapshots stored counts for its tenant as each upload ends
+    assert quotas.tenant_use(runtime.db, "t-quota").added_bytes > 0
+    assert quotas.tenant_use(runtime.db, None).added_bytes == 0
     snaps += _send_all(runtime, s, 2)
     # over it: only the newest is kept (the default schedule would keep three), and the
     # one before while the newest uploads (a lost machine must leave one to restore)
