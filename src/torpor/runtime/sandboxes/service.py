@@ -466,15 +466,20 @@ class Sandboxes(Housekeeping):
         """A pause is never refused over quota (it would lose the sandbox's state): its
         note says so instead. `replaces`: the pause snapshot it resumed from, deleted
         next (it counts no more)."""
-        over = quotas.over_quota(self.rt.db, tenant, self.rt.quota)
-        if over is not None and over.what == "snapshots" and over.have - 1 <= over.limit \
-                and replaces and getattr(self.records.snapshot(replaces), "kind", "") == "pause":
-            over = None  # fmt: skip
-        if over is None:
+        try:
+            over = quotas.over_quota(self.rt.db, tenant, self.rt.quota)
+            if over is not None and over.what == "snapshots" and over.have - 1 <= over.limit \
+                    and replaces and getattr(self.records.snapshot(replaces), "kind",
+                                             "") == "pause":  # fmt: skip
+                over = None
+            if over is None:
+                return note
+            said = (f"{over.why}: paused all the same (a pause keeps the sandbox's state), "
+                    "but no new sandboxes or snapshots until it is under; "
+                    f"{quotas.what_to_delete(self.rt.db, tenant)}")  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - the pause is done: it must not fail now
+            logger.warning("sandbox pause: checking its tenant's quota failed: %s", e)
             return note
-        said = (f"{over.why}: paused all the same (a pause keeps the sandbox's state), but "
-                f"no new sandboxes or snapshots until it is under; "
-                f"{quotas.what_to_delete(self.rt.db, tenant)}")  # fmt: skip
         return f"{note}; {said}" if note else said
 
     def _drop_pause_snapshot(self, snap: str) -> None:
