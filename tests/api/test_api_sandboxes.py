@@ -238,3 +238,42 @@ def test_remote_sandbox_has_the_handles_names():
               "remove_checkpoint", "fork", "kill", "info", "state", "id"}
     assert shared <= set(dir(Sandbox)) | {"id"}
     assert shared <= set(dir(RemoteSandbox)) | {"id"}
+
+
+def test_a_tenant_over_its_storage_quota(server: Server):
+    """Its new sandboxes, forks and snapshots get 429 (snapshots) or 413 (stored bytes)
+    naming what to delete; its pause is never refused, its note says why; /v1/usage
+    shows its limits and what is left."""
+    from torpor.runtime import quotas
+
+    db = server.runtime.db
+    h = server.http(server.token("t-quota", "sandboxes", "drive"))
+    try:
+        sid = h.post("/v1/sandboxes", json={"timeout": None}).json()["id"]
+        snap = h.post(f"/v1/sandboxes/{sid}/snapshots", json={"name": "one"}).json()["id"]
+        assert h.post(f"/v1/sandboxes/{sid}/pause").status_code == 200
+        quotas.set_quota(db, "t-quota", snapshots=1)
+        for path, body in (("/v1/sandboxes", {}), (f"/v1/sandboxes/{sid}/snapshots", {}),
+                           (f"/v1/sandboxes/{sid}/fork", {"snapshot": snap})):
+            r = h.post(path, json=body)
+            assert r.status_code == 429, (path, r.text)
+            m = r.json()["message"]
+            assert "tenant 't-quota' has 2 snapshots, over its quota of 1 (its own" in m, m
+            assert "/v1/sandboxes/{id}/snapshots/{snapshot}" in m
+        assert h.post(f"/v1/sandboxes/{sid}/resume").status_code == 200
+        r = h.post(f"/v1/sandboxes/{sid}/pause")
+        assert r.status_code == 200 and "paused all the same" in r.json()["note"]
+        got = h.get("/v1/usage").json()["quotas"]
+        assert [(q["tenant"], q["snapshots"]) for q in got] == [
+            ("t-quota", {"limit": 1, "used": 2, "left": 0, "from": "tenant"})]
+        assert got[0]["added_bytes"] > 0  # its pauses' uploads, counted as they ended
+        quotas.set_quota(db, "t-quota", snapshots=0, stored_bytes=1)
+        r = h.post("/v1/sandboxes", json={})
+        assert r.status_code == 413 and "over its quota of 1 (its own" in r.json()["message"]
+        assert h.delete(f"/v1/sandboxes/{sid}/snapshots/{snap}").status_code == 204
+        quotas.remove_quota(db, "t-quota")  # back to the server's: none
+        assert h.post(f"/v1/sandboxes/{sid}/snapshots", json={}).status_code == 201
+    finally:
+        for sb in h.get("/v1/sandboxes").json()["sandboxes"]:
+            h.delete(f"/v1/sandboxes/{sb['id']}")
+        h.close()

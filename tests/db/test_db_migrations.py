@@ -51,10 +51,10 @@ def test_fresh_database_gets_every_table_at_the_current_version(url: str):
         "torpor_sessions", "torpor_inbox", "torpor_heartbeats", "torpor_snapshots",
         "torpor_copies", "torpor_tokens", "langgraph_checkpoints", "langgraph_values",
         "langgraph_writes", "torpor_sandboxes", "torpor_sandbox_snapshots", "torpor_pins",
-        "torpor_leases", "torpor_usage"}
+        "torpor_leases", "torpor_usage", "torpor_usage_added", "torpor_quotas"}
     assert {"context_entries_call", "torpor_inbox_key", "torpor_inbox_session",
             "torpor_snapshots_created", "torpor_sandboxes_tenant", "torpor_sandboxes_holder",
-            "torpor_sandbox_snapshots_sandbox"} <= set(got["indexes"])
+            "torpor_sandbox_snapshots_sandbox", "torpor_usage_added_tenant"} <= set(got["indexes"])
     versions = run_sql(url, "SELECT version, name FROM torpor_schema ORDER BY version")
     assert versions == [(m.version, m.name) for m in MIGRATIONS]
     # opening again applies nothing

@@ -1,16 +1,28 @@
 """The unchanged E2B SDK (e2b 2.63) against a real `torpor serve --e2b`: create, commands
 with output streamed and the exit code (and a failing one), a background command and its
 kill, stdin, files, pause and a process's memory through `Sandbox.connect`, the idle
-timeout with auto-resume, snapshots, kill; then the same through `AsyncSandbox`."""
+timeout with auto-resume, snapshots, kill; then the same through `AsyncSandbox`; and a
+tenant over its storage quota."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
-from e2b import AsyncSandbox, CommandExitException, Sandbox, SandboxNotFoundException
+from e2b import (
+    AsyncSandbox,
+    CommandExitException,
+    RateLimitException,
+    Sandbox,
+    SandboxNotFoundException,
+)
+
+from tests.e2b.conftest import TORPOR, E2BServer
+from torpor.api.tokens import TokenStore
+from torpor.runtime.db import RuntimeDB
 
 COUNTER = ("python3 -c 'import os, time\nn = 0\nwhile True:\n    n += 1\n"
            "    open(\"/tmp/n.t\", \"w\").write(str(n))\n    os.replace(\"/tmp/n.t\", \"/tmp/n\")\n"
@@ -234,3 +246,32 @@ def test_the_same_through_async_sandbox():
             await sb.kill()
 
     asyncio.run(main())
+
+
+def test_a_tenant_over_its_storage_quota(e2b_server: E2BServer):
+    """An operator gives a tenant its own quota (`torpor quota set`, while the server
+    runs); over it, the SDK's create and create_snapshot raise RateLimitException with
+    what to delete, and its pause still works."""
+    db = f"sqlite:///{e2b_server.log.parent / 'torpor.db'}"
+    rdb = RuntimeDB(db)
+    key = TokenStore(rdb).create("tenant-quota", ["sandboxes"])[0]
+    rdb.close()
+    sb = Sandbox.create(api_key=key)
+    try:
+        sb.files.write("/work/v", "1")
+        sb.create_snapshot()
+        assert sb.pause() is True
+        out = subprocess.run([*TORPOR, "quota", "set", "tenant-quota", "--snapshots", "1",
+                              "--db", db], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        with pytest.raises(RateLimitException) as e:
+            Sandbox.create(api_key=key)
+        assert "tenant 'tenant-quota' has 2 snapshots, over its quota of 1" in str(e.value)
+        again = Sandbox.connect(sb.sandbox_id, api_key=key)
+        with pytest.raises(RateLimitException) as e:
+            again.create_snapshot()
+        assert "delete snapshots you no longer need" in str(e.value)
+        assert again.files.read("/work/v") == "1"
+        assert again.pause() is True  # never refused
+    finally:
+        Sandbox.kill(sb.sandbox_id, api_key=key)

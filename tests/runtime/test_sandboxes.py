@@ -1,7 +1,7 @@
 """The sandbox resource (torpor.runtime.sandboxes) on a real runsc: create, pause to zero
 memory with the snapshot stored, resume (by call, with auto_resume, or from the store on
 a machine without the hot copy), snapshots and forks, tenants, the idle timeout, kill,
-a holder that dies, and a runtime that closes."""
+a holder that dies, a runtime that closes, and tenants' storage quotas."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from torpor.runtime.sandboxes import (
     NoSuchSnapshot,
     SandboxKilled,
     SandboxPaused,
+    TenantOverQuota,
 )
 from torpor.sandbox import owners
 from torpor.sandbox.engine import SandboxNotFound
@@ -328,3 +329,62 @@ def test_paused_and_named_snapshots_outlive_the_scheduled_gc(rt: Runtime, rt_hom
     b = rt.sandboxes.create(snapshot=named.id)
     with rt.sandboxes.use(b.id) as sb:
         assert sb.files.read_text("/work/v") == "named"
+
+
+def test_a_tenant_over_its_quota_gets_no_new_sandbox_or_snapshot_but_still_pauses(rt: Runtime):
+    """A sandbox's pause and named snapshots count for its tenant (snapshots counted now,
+    stored bytes as each upload ends, and in the scheduled gc's count); over a quota its
+    new sandboxes, forks and named snapshots are refused with what to delete, never its
+    pause (its state would be lost), which says it is over."""
+    from torpor.runtime import quotas
+    from torpor.runtime.storage import account
+
+    sbx = rt.sandboxes.create(image="base", tenant="q")
+    other = rt.sandboxes.create(image="base", tenant="r")
+    with rt.sandboxes.use(sbx.id) as sb:
+        sb.files.write("/work/v", "1")
+    first = rt.sandboxes.snapshot(sbx.id, name="one")
+    rt.sandboxes.pause(sbx.id)  # (returns once its snapshot is stored)
+    rt.engine.checkpoints.flush()  # type: ignore[attr-defined]  # (and the named one's)
+    use = quotas.tenant_use(rt.db, "q")
+    assert use.snapshots == 2 and use.added_bytes > 0
+    assert quotas.tenant_use(rt.db, "r") == quotas.TenantUse(0, 0, 0, None)
+
+    quotas.set_quota(rt.db, "q", snapshots=1)  # its own limit; r has none
+    with pytest.raises(TenantOverQuota) as e:
+        rt.sandboxes.snapshot(sbx.id)
+    assert e.value.status == 429
+    assert "tenant 'q' has 2 snapshots, over its quota of 1" in str(e.value)
+    assert "DELETE /v1/sandboxes/{id}/snapshots/{snapshot}" in str(e.value)
+    assert rt.sandboxes.row(sbx.id).state == "paused"  # (refused before a resume)
+    for refused in (lambda: rt.sandboxes.create(image="base", tenant="q"),
+                    lambda: rt.sandboxes.fork(sbx.id, snapshot=first.id)):  # fmt: skip
+        with pytest.raises(TenantOverQuota):
+            refused()
+    rt.sandboxes.snapshot(other.id)  # another tenant's: not over
+
+    rt.sandboxes.resume(sbx.id)
+    row = rt.sandboxes.pause(sbx.id)  # never refused
+    assert row.state == "paused" and row.note is not None
+    assert "tenant 'q' has 3 snapshots, over its quota of 1" in row.note
+    assert "paused all the same" in row.note
+    with rt.sandboxes.use(sbx.id) as sb:  # (auto_resume) and its state is whole
+        assert sb.files.read_text("/work/v") == "1"
+
+    quotas.set_quota(rt.db, "q", snapshots=0, stored_bytes=1)  # now a limit on bytes
+    with pytest.raises(TenantOverQuota) as e:
+        rt.sandboxes.create(image="base", tenant="q")
+    assert e.value.status == 413 and "stored since), over its quota of 1 " in str(e.value)
+
+    store = rt.snapshot_store
+    assert store is not None
+    got = account(rt.db, store)  # the scheduled gc's count: by sandbox and by tenant
+    assert got["sandbox"].groups[sbx.id].snapshots == 2  # named + its latest pause
+    assert got["tenant"].groups["q"].snapshots == 2
+    assert got["tenant"].groups["r"].snapshots == 1
+    assert sbx.id not in got["session"].groups
+
+    rt.sandboxes.remove_snapshot(sbx.id, first.id)  # what the message says to do
+    quotas.remove_quota(rt.db, "q")
+    assert quotas.over_quota(rt.db, "q", rt.quota) is None
+    rt.sandboxes.snapshot(sbx.id)

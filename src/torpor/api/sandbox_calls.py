@@ -32,6 +32,7 @@ from torpor.runtime.sandboxes import (
     SandboxStateError,
     SnapshotRow,
     Tenant,
+    TenantOverQuota,
 )
 from torpor.sandbox.engine import (
     CommandTimeout,
@@ -53,13 +54,16 @@ def tenant_of(p: Principal) -> Tenant:
 def answering() -> Iterator[None]:
     """The errors of the sandbox resource and of the sandbox as HTTP errors: 404 for what
     is not there (a sandbox, a snapshot, a process, a file), 422 for a request that can
-    never work, 409 for what the sandbox's state does not allow."""
+    never work, 409 for what the sandbox's state does not allow, 413 or 429 for a tenant
+    over a storage quota."""
     try:
         yield
     except (NoSuchSandbox, NoSuchSnapshot, ProcessNotFound, SandboxFileNotFound) as e:
         raise ApiError(404, str(e)) from None
     except InvalidSandbox as e:
         raise ApiError(422, str(e)) from None
+    except TenantOverQuota as e:  # 413 (stored bytes) or 429 (snapshots)
+        raise ApiError(e.status, str(e)) from None
     except (SandboxStateError, LifecycleFailed, SandboxFileError) as e:
         raise ApiError(409, str(e)) from None
     except SandboxError as e:

@@ -48,12 +48,16 @@ GcEveryOpt = typer.Option(3600.0, "--gc-every", min=0, help="Seconds between sch
                           "(one process per store runs each, under a lease in the database; "
                           "0: none here).")  # fmt: skip
 QuotaBytesOpt = typer.Option(0, "--tenant-stored-bytes", min=0, help="Per-tenant quota on "
-                             "stored snapshot bytes (as the scheduled gc counts them; 0: "
-                             "none). Over it, new sessions and forks are refused (413) and "
-                             "its sessions keep only their newest snapshot.")  # fmt: skip
+                             "stored snapshot bytes (the scheduled gc's count plus what was "
+                             "stored since; 0: none), unless the tenant has its own (`torpor "
+                             "quota set`). Over it, new sessions, forks, sandboxes and sandbox "
+                             "snapshots are refused (413) and its sessions keep only their "
+                             "newest snapshot.")  # fmt: skip
 QuotaSnapshotsOpt = typer.Option(0, "--tenant-snapshots", min=0, help="Per-tenant quota on "
-                                 "stored snapshots (0: none). Over it, new sessions and forks "
-                                 "are refused (429) and its sessions keep only their newest "
+                                 "stored snapshots, its sessions' and sandboxes' (0: none), "
+                                 "unless the tenant has its own (`torpor quota set`). Over it, "
+                                 "new sessions, forks, sandboxes and sandbox snapshots are "
+                                 "refused (429) and its sessions keep only their newest "
                                  "snapshot.")  # fmt: skip
 ClosedDaysOpt = typer.Option(7.0, "--closed-snapshot-days", min=0, help="Days a closed "
                              "session's snapshots are kept before the scheduled gc deletes "

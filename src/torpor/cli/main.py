@@ -23,6 +23,7 @@ from torpor.cli import (
     du_cmd,
     log_cmd,
     mcp_cmd,
+    quota_cmd,
     remote_cmd,
     serve_cmd,
     session_cmd,
@@ -528,6 +529,7 @@ app.command("dockerd")(clean_errors(dockerd_cmd.dockerd))
 app.command("mcp")(clean_errors(mcp_cmd.mcp))
 app.command("du")(clean_errors(du_cmd.du))
 app.add_typer(token_cmd.app, name="token")
+app.add_typer(quota_cmd.app, name="quota")
 
 
 @command(app, "doctor")

@@ -162,7 +162,7 @@ def serve(
     from torpor.api.app import Limits, create_app
     from torpor.api.tokens import TokenStore
     from torpor.runtime.core import Runtime
-    from torpor.runtime.retention import Quota
+    from torpor.runtime.quotas import Quota
     from torpor.runtime.shutdown import shutdown
 
     registry = load_tools(tools)  # before anything starts: a bad module is one line, exit 1

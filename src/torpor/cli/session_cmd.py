@@ -321,7 +321,7 @@ def worker(
     SIGINT stops it cleanly (see --grace), leaving no sandbox behind."""
     signals = lifecycle.StopOnSignal()  # first: a SIGTERM from here on stops it cleanly
     lifecycle.setup_logging(log_level)
-    from torpor.runtime.retention import Quota
+    from torpor.runtime.quotas import Quota
     from torpor.runtime.shutdown import shutdown
 
     rt = runtime(db, store, tools, retention)

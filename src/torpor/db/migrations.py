@@ -86,7 +86,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "API tokens", _run(schema.TOKENS)),
     Migration(4, "LangGraph checkpoints, channel values, writes", _run(schema.LANGGRAPH)),
     Migration(5, "sandboxes and their snapshots", _run(schema.SANDBOXES)),
-    Migration(6, "storage: snapshot pins, named leases, usage", _run(schema.STORAGE)),
+    Migration(6, "storage: snapshot pins, named leases, usage, quotas",
+              _run(schema.STORAGE)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 MIGRATION_LOCK = 0x746F72706F72  # pg_advisory_xact_lock key held while migrating

@@ -168,8 +168,9 @@ TOKENS = (
 # A pin keeps a snapshot from retention's deletes until `until` (a machine fetching or
 # restoring it, say: `holder` says who). A named lease is held by one process at a time
 # across every machine sharing the database (the scheduled gc of one snapshot store).
-# Usage: stored bytes per session and per tenant (kind 'session' | 'tenant'; name '' for
-# the whole store), as the last scheduled gc counted them (runtime/storage.account).
+# Usage: stored bytes per session, sandbox (of the sandbox resource) and tenant (kind
+# 'session' | 'sandbox' | 'tenant'; kind 'store', name '': the whole store), as the last
+# scheduled gc counted them (runtime/storage.account); `at`: when that count began.
 STORAGE = (
     """CREATE TABLE torpor_pins (
         snapshot TEXT NOT NULL,
@@ -193,6 +194,23 @@ STORAGE = (
         exclusive {big} NOT NULL,
         at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (kind, name)
+    )""",
+    # What each new snapshot added to the store (its new bytes) since the last count, by
+    # tenant: the quota on stored bytes reads the last count plus these (runtime/quotas.py).
+    """CREATE TABLE torpor_usage_added (
+        snapshot TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        bytes {big} NOT NULL,
+        at DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX torpor_usage_added_tenant ON torpor_usage_added (tenant, at)",
+    # Per-tenant limits that replace the server's (`torpor quota set`): NULL, the server's
+    # limit; 0, none. Tenant '' is the sessions and sandboxes made without a tenant.
+    """CREATE TABLE torpor_quotas (
+        tenant TEXT PRIMARY KEY,
+        stored_bytes {big},
+        snapshots {big},
+        updated_at DOUBLE PRECISION NOT NULL
     )""",
 )
 

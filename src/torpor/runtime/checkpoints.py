@@ -20,6 +20,10 @@ knows nothing of sandboxes; this adapter is where they meet.
   this machine only: a machine lost in that window, or a power cut that tears the
   copy, loses that snapshot, and the runtime falls back to the previous one, which is
   kept until a newer one is stored (the log is never lost).
+- **Listeners.** `listeners` are called (checkpoint id, its metadata, its new bytes) on
+  the uploading thread when an upload stores a checkpoint, so that the runtime counts
+  them for their tenant's quota at once (runtime/quotas.note_stored); one that fails is
+  logged, never stops the upload.
 - **Fetching.** A checkpoint with no hot copy here is fetched from the store into the
   hot cache, with this machine's older hot copies of the same sandbox as seeds (the
   chunks they share are copied, only the changed pages fetched), and without an fsync
@@ -138,6 +142,8 @@ class SnapshotCheckpointStorage:
         self._errors: dict[str, str] = {}
         self._fetching: dict[str, threading.Lock] = {}  # checkpoint -> its fetch's lock
         self._thread: threading.Thread | None = None
+        # called as each upload stores a checkpoint: (id, metadata, new bytes)
+        self.listeners: list[Callable[[str, dict[str, Any], int], None]] = []
         if background:
             atexit.register(self.flush)
             for d in sorted(self.hot.iterdir()):  # uploads an earlier process left undone
@@ -220,8 +226,17 @@ class SnapshotCheckpointStorage:
                 parent=meta.get("parent"),  # pages that changed since: stored as deltas
                 snapshot_id=ckpt_id,
             )
+            self._tell(ckpt_id, meta, info.new_bytes)
         (d / STORED).write_text(json.dumps({"new_bytes": info.new_bytes, "at": time.time()}))
         return info
+
+    def _tell(self, ckpt_id: str, meta: dict[str, Any], new_bytes: int) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(ckpt_id, meta, new_bytes)
+            except Exception as e:  # noqa: BLE001 - a listener's trouble is not the upload's
+                log.warning("checkpoint %s stored; telling %r failed: %s", ckpt_id,
+                            listener, e)  # fmt: skip
 
     def has_hot_copy(self, ckpt_id: str) -> bool:
         """Is the checkpoint's raw copy on this machine (a restore then fetches nothing)?"""

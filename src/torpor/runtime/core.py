@@ -37,13 +37,14 @@ from torpor.agent.tools import ToolRegistry, load_tools
 from torpor.context import default_url as default_log_url
 from torpor.context import markers, open_log
 from torpor.home import machine_id, torpor_home
-from torpor.runtime import retention
+from torpor.runtime import quotas, retention
 from torpor.runtime.besteffort import best_effort
 from torpor.runtime.checkpoints import SnapshotCheckpointStorage
 from torpor.runtime.db import RuntimeDB, SessionNotFound, SessionRow
 from torpor.runtime.pool import SandboxPool, StandbyPool
 from torpor.runtime.prefetch import Prefetcher
-from torpor.runtime.retention import CLOSED_DAYS, Quota
+from torpor.runtime.quotas import Quota
+from torpor.runtime.retention import CLOSED_DAYS
 from torpor.runtime.sandboxes import Sandboxes
 from torpor.runtime.session import Session
 from torpor.runtime.storage import ScheduledGC
@@ -132,6 +133,8 @@ class Runtime:
         self.prefetcher: Prefetcher | None = None
         self._prefetching: threading.Thread | None = None
         self._sandboxes: Sandboxes | None = None
+        if engine is not None:
+            self._listen(engine)
 
     def sandbox_spec(self, image: str) -> SandboxSpec:
         """The spec of a session's sandbox for an image: the image as it is, plus a tmpfs
@@ -176,7 +179,18 @@ class Runtime:
             # Sandboxes it starts without an owner of their own (a debugging restore, say)
             # are this process's, and reaped if it dies (torpor.sandbox.owners).
             self._engine.owner_kind = "runtime"
+            self._listen(self._engine)
         return self._engine
+
+    def _listen(self, engine: Engine) -> None:
+        """Count what each upload of the engine's checkpoint storage adds to the store for
+        its tenant's quota, as it is stored (runtime/quotas.py)."""
+        listeners = getattr(getattr(engine, "checkpoints", None), "listeners", None)
+        if isinstance(listeners, list):
+            listeners.append(self._stored)
+
+    def _stored(self, snapshot: str, meta: dict[str, Any], new_bytes: int) -> None:
+        quotas.note_stored(self.db, snapshot, meta, new_bytes)
 
     @property
     def sandboxes(self) -> Sandboxes:
@@ -208,6 +222,9 @@ class Runtime:
         flush = getattr(getattr(self._engine, "checkpoints", None), "flush", None)
         if flush is not None:
             flush()
+        listeners = getattr(getattr(self._engine, "checkpoints", None), "listeners", None)
+        if isinstance(listeners, list) and self._stored in listeners:
+            listeners.remove(self._stored)  # (an engine shared with another runtime)
         if self._beat is not None:  # every snapshot it took is stored now: it is gone
             self._beat_stop.set()
             self._beat.join(5)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from torpor.context import ContextLog
     from torpor.runtime.db import RuntimeDB
     from torpor.runtime.pool import SandboxPool, StandbyPool
-    from torpor.runtime.retention import Quota
+    from torpor.runtime.quotas import Quota
     from torpor.sandbox.engine import Engine, SandboxSpec
 
 
@@ -27,7 +27,7 @@ class RuntimeParts(Protocol):
     affinity: float  # seconds a new message waits for the machine holding the snapshot
     upload_wait: float  # seconds a restore waits for another machine's upload
     retention: str  # the server's default retention spec ("": torpor's default)
-    quota: Quota  # per-tenant limits on the snapshot store (runtime/retention.py)
+    quota: Quota  # per-tenant limits on the snapshot store (runtime/quotas.py)
     pool_size: int
     standby_size: int
     stopping: threading.Event  # set when the process shuts down: claim no more turns

@@ -30,6 +30,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torpor.db.queries import storage as q
+from torpor.runtime.quotas import ON_QUOTA as ON_QUOTA  # (the quotas' home is quotas.py)
+from torpor.runtime.quotas import OverQuota as OverQuota
+from torpor.runtime.quotas import Quota as Quota
+from torpor.runtime.quotas import over_quota as over_quota
 from torpor.runtime.types import MACHINE_TTL, Policy
 from torpor.snapshots import SnapshotError, SnapshotNotFound
 from torpor.snapshots.retention import Retention, RetentionError, select
@@ -167,53 +171,6 @@ def finish_deletes(db: RuntimeDB, store: SnapshotStore, server_default: str, pro
         log.info("deleted %d snapshot(s) retention had let go of: %s", len(done),
                  ", ".join(done))
     return done
-
-
-# -- quotas ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Quota:
-    """Per-tenant limits on the snapshot store (0: none): stored bytes (as the last
-    scheduled gc counted them: runtime/storage.account) and snapshots (counted now)."""
-
-    stored_bytes: int = 0
-    snapshots: int = 0
-
-    def __bool__(self) -> bool:
-        return self.stored_bytes > 0 or self.snapshots > 0
-
-
-@dataclass(frozen=True)
-class OverQuota:
-    what: str  # "stored_bytes" | "snapshots"
-    have: int
-    limit: int
-    why: str
-
-
-def over_quota(db: RuntimeDB, tenant: str | None, quota: Quota) -> OverQuota | None:
-    """Is the tenant over a quota? (None: no)."""
-    if not quota:
-        return None
-    who = f"tenant {tenant!r}" if tenant else "the sessions without a tenant"
-    if quota.snapshots > 0:
-        with db.database.read() as tx:
-            n = q.tenant_snapshots(tx, tenant)
-        if n > quota.snapshots:
-            return OverQuota("snapshots", n, quota.snapshots,
-                             f"{who} has {n} snapshots, over its quota of {quota.snapshots}")
-    if quota.stored_bytes > 0:
-        with db.database.read() as tx:
-            rows = q.usage_rows(tx, "tenant", name=tenant or "")
-        stored = int(rows[0][5]) if rows else 0
-        if stored > quota.stored_bytes:
-            return OverQuota("stored_bytes", stored, quota.stored_bytes,
-                             f"{who} stores {stored:,} bytes of snapshots, over its quota "
-                             f"of {quota.stored_bytes:,}")  # fmt: skip
-    return None
-
-
-ON_QUOTA = Retention(last=1, hourly=0, daily=0)  # what a session over its quota keeps
 
 
 # -- closed sessions ------------------------------------------------------------------------------

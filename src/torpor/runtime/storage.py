@@ -3,9 +3,10 @@ let go of but a crash kept from being deleted (runtime/retention.finish_deletes)
 of sessions closed more than `closed_days` ago (expire_closed; their logs stay), the
 snapshot store's packs no snapshot references (the store's GC protocol, safe with
 concurrent puts on file and S3: snapshots/store.py) and the context log's blobs no entry
-references (context/blobgc.py); then it counts what the store holds per session and per
-tenant (`account`, torpor.snapshots.usage) into `torpor_usage`, which the API's
-/v1/usage and session views and /metrics read (`recorded_usage`).
+references (context/blobgc.py); then it counts what the store holds per session,
+sandbox and tenant (`account`, torpor.snapshots.usage) into `torpor_usage`, which the
+API's /v1/usage and session views, the quotas (runtime/quotas.py) and /metrics read
+(`recorded_usage`).
 
 One process per snapshot store runs it at a time, whatever machine it is on: several
 machines share one bucket, so the guard is a named lease in the database
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from torpor.context.blobgc import GRACE, collect_blobs
 from torpor.db.queries import storage as q
 from torpor.runtime import retention
+from torpor.runtime.quotas import NO_TENANT
 from torpor.snapshots.usage import StoreUsage, usages
 
 if TYPE_CHECKING:
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 GC_EVERY = 3600.0  # default seconds between scheduled runs
 GC_LEASE_TTL = 60.0  # the lease lasts this long without being extended
 GC_PREFIX = "gc:"
-NO_TENANT = ""  # the tenant name of sessions made without one (no API tokens)
 
 
 def lease_name(store_url: str) -> str:
@@ -86,13 +87,18 @@ def statuses(db: RuntimeDB) -> list[GCStatus]:
 # -- accounting ----------------------------------------------------------------------------------
 
 def account(db: RuntimeDB, store: SnapshotStore) -> dict[str, StoreUsage]:
-    """Stored bytes per session and per tenant (torpor.snapshots.usage: logical, stored,
-    exclusive, shared), for the snapshots of sessions (known from torpor_snapshots, else
-    from the sandbox they were taken of, `s-<session>`); other snapshots (a sandbox's,
-    say) count in the store's total only. Reads every manifest and pack index."""
+    """Stored bytes per session, per sandbox of the sandbox resource and per tenant
+    (torpor.snapshots.usage: logical, stored, exclusive, shared). A snapshot is a
+    session's (known from torpor_snapshots, else from the sandbox it was taken of,
+    `s-<session>`) or a sandbox's (its pause and named snapshots: torpor_sandbox_snapshots,
+    else the sandbox it was taken of); either counts for their tenant. Others (a
+    `torpor sandbox checkpoint`, say) count in the store's total only. Reads every
+    manifest and pack index."""
     with db.database.read() as tx:
         recorded = {str(r[0]): str(r[1]) for r in q.snapshot_sessions(tx)}
         tenants = {str(r[0]): r[1] for r in q.session_tenants(tx)}
+        boxed = {str(r[0]): str(r[1]) for r in q.sandbox_snapshot_owners(tx)}
+        box_tenants = {str(r[0]): r[1] for r in q.sandbox_tenants(tx)}
 
     def session(sid: str, meta: dict[str, Any]) -> str | None:
         if sid in recorded:
@@ -100,22 +106,34 @@ def account(db: RuntimeDB, store: SnapshotStore) -> dict[str, StoreUsage]:
         box = str(meta.get("sandbox") or "")
         return box[2:] if box.startswith("s-") and box[2:] in tenants else None
 
+    def sandbox(sid: str, meta: dict[str, Any]) -> str | None:
+        if sid in boxed:
+            return boxed[sid]
+        box = str(meta.get("sandbox") or "")
+        return box if sid not in recorded and box in box_tenants else None
+
     def tenant(sid: str, meta: dict[str, Any]) -> str | None:
         owner = session(sid, meta)
-        return None if owner is None else str(tenants.get(owner) or NO_TENANT)
+        if owner is not None:
+            return str(tenants.get(owner) or NO_TENANT)
+        box = sandbox(sid, meta)
+        return None if box is None else str(box_tenants.get(box) or NO_TENANT)
 
-    return usages(store, {"session": session, "tenant": tenant})
+    return usages(store, {"session": session, "sandbox": sandbox, "tenant": tenant})
 
 
-def record_usage(db: RuntimeDB, got: dict[str, StoreUsage]) -> None:
-    """Replace the usage rows (what the API's views and /metrics read) with `got`."""
+def record_usage(db: RuntimeDB, got: dict[str, StoreUsage], at: float | None = None) -> None:
+    """Replace the usage rows (what the API's views, the quotas and /metrics read) with
+    `got`, a count that began at `at` (default now): what was stored before then is in
+    it, so its record in torpor_usage_added goes (runtime/quotas.py)."""
     with db.database.read() as tx:
-        tenants = {str(r[0]): r[1] for r in q.session_tenants(tx)}
-    now = time.time()
+        owners = {"session": {str(r[0]): r[1] for r in q.session_tenants(tx)},
+                  "sandbox": {str(r[0]): r[1] for r in q.sandbox_tenants(tx)}}
+    now = time.time() if at is None else at
     rows: list[tuple[Any, ...]] = []
     for kind, u in got.items():
         for name, g in u.groups.items():
-            tenant = (tenants.get(name) or NO_TENANT) if kind == "session" else name
+            tenant = (owners[kind].get(name) or NO_TENANT) if kind in owners else name
             rows.append((kind, name, tenant, g.snapshots, g.logical, g.referenced,
                          g.exclusive, now))  # fmt: skip
     total = next(iter(got.values()), None)
@@ -124,6 +142,7 @@ def record_usage(db: RuntimeDB, got: dict[str, StoreUsage]) -> None:
                      total.live_bytes, now))  # fmt: skip
     with db.database.write() as tx:
         q.replace_usage(tx, rows)
+        q.drop_stored_before(tx, now)
 
 
 def usage_json(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -202,8 +221,9 @@ class ScheduledGC:
                 blobs = collect_blobs(self.clog, grace=self.blob_grace)
                 out["blobs"] = blobs.as_dict()
                 freed += blobs.deleted_bytes
+            counted_from = time.time()  # (what is stored from now on may count twice)
             used = account(self.db, self.store)
-            record_usage(self.db, used)
+            record_usage(self.db, used, at=counted_from)
             out["stored_bytes"] = used["session"].pack_bytes
         except Exception as e:  # a background job: say why, try again at the next one
             log.warning("scheduled gc of %s failed: %s", self.store.url, e)

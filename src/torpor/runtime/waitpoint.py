@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from torpor.context import Entry, markers
-from torpor.runtime import retention
+from torpor.runtime import quotas, retention
 from torpor.runtime.besteffort import best_effort
 from torpor.runtime.turn import Turn
 from torpor.runtime.types import LeaseLost, Policy
@@ -42,9 +42,9 @@ def snapshot(turn: Turn, *, leave_running: bool) -> tuple[str, int, float]:
                                              machine=rt.machine))  # fmt: skip
     row = rt.db.get(tr.session)
     schedule = retention.retention_for(Policy.from_json(row.policy), rt.retention)
-    over = retention.over_quota(rt.db, row.tenant, rt.quota)
+    over = quotas.over_quota(rt.db, row.tenant, rt.quota)
     kept, drop = _kept(rt, tr.session, row.snapshots, ck.id,
-                       retention.ON_QUOTA if over else schedule)  # fmt: skip
+                       quotas.ON_QUOTA if over else schedule)  # fmt: skip
     if not turn.update(snapshot=ck.id, snapshot_seq=seq, snapshots=kept):
         raise LeaseLost(f"worker {turn.owner} lost the lease on {tr.session}")
     for old in drop:

@@ -33,6 +33,7 @@ from torpor.runtime.sandboxes import (
     SandboxResourceError,
     SandboxRow,
     Tenant,
+    TenantOverQuota,
 )
 from torpor.sandbox.engine import (
     FileEntry,
@@ -88,6 +89,8 @@ def connect_error(e: BaseException, what: str = "") -> ConnectError:
         return ConnectError(Code.FAILED_PRECONDITION, f"{e}: Sandbox.connect() resumes it")
     if isinstance(e, (SandboxKilled, NoSuchSandbox)):
         return ConnectError(Code.NOT_FOUND, str(e))
+    if isinstance(e, TenantOverQuota):
+        return ConnectError(Code.RESOURCE_EXHAUSTED, str(e))
     if isinstance(e, (SandboxResourceError, SandboxError)):
         return ConnectError(Code.INTERNAL, str(e))
     return ConnectError(Code.INTERNAL, f"internal error ({type(e).__name__})")

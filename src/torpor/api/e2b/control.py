@@ -5,7 +5,9 @@ pause, connect (resume: 200 when it was running, 201 when resumed), timeout, sna
 E2B's lifecycle maps onto the resource's: `timeout` is the idle timeout (torpor counts
 it from the last call, not from the create; default 300 s), `autoPause` (the SDK's
 `lifecycle={"on_timeout": "pause"}`) is on_timeout pause (else kill), `autoResume`
-(`"auto_resume": True`) is auto_resume. A killed sandbox is not found, as on E2B.
+(`"auto_resume": True`) is auto_resume. A killed sandbox is not found, as on E2B. A
+tenant over a storage quota gets 413 (stored bytes) or 429 (snapshots) for a create or a
+snapshot (E2B answers 429 when a team is over its limits); a pause is never refused.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from torpor.runtime.sandboxes import (
     SandboxKilled,
     SandboxRow,
     SandboxStateError,
+    TenantOverQuota,
 )
 
 log = logging.getLogger("torpor.e2b")
@@ -58,6 +61,8 @@ def _mapped(e: Exception) -> E2BError:
         return E2BError(404, str(e))
     if isinstance(e, InvalidSandbox):
         return E2BError(400, str(e))
+    if isinstance(e, TenantOverQuota):  # the SDK: 429 a RateLimitException, 413 a
+        return E2BError(e.status, str(e))  # SandboxException, each with the message
     if isinstance(e, (AlreadyPaused, HeldElsewhere, SandboxStateError)):
         return E2BError(409, str(e))
     if isinstance(e, LifecycleFailed):

@@ -48,7 +48,8 @@ def router(auth: bool) -> APIRouter:
             responses=errors(*AUTH, 404, 409, 415, 422, 429))  # fmt: skip
     def create_sandbox(body: SandboxIn, p: SandboxUser, api: Api) -> dict[str, Any]:
         """Start a sandbox from an image, or from a snapshot of one of the tenant's
-        sandboxes (404 if there is no such snapshot)."""
+        sandboxes (404 if there is no such snapshot). 413 or 429 when the tenant is over
+        a storage quota (the message says what to delete)."""
         _check_room(api, p)
         with answering():
             row = api.runtime.sandboxes.create(
@@ -103,7 +104,8 @@ def router(auth: bool) -> APIRouter:
     def pause_sandbox(sid: SandboxId, p: SandboxUser, api: Api) -> dict[str, Any]:
         """Checkpoint it whole into the snapshot store and stop it: it holds no memory
         while paused. Returns once the snapshot is stored (any machine can resume it).
-        409 if it is paused already."""
+        409 if it is paused already. Never refused over a storage quota (its state would
+        be lost): its `note` says the tenant is over instead."""
         with answering():
             return view(api, api.runtime.sandboxes.pause(sid, tenant=tenant_of(p)))
 
@@ -117,12 +119,13 @@ def router(auth: bool) -> APIRouter:
         return view(api, row, resumed=resumed)
 
     @r.post("/sandboxes/{sid}/snapshots", status_code=201, response_model=SnapshotOut,
-            responses=errors(*AUTH, 404, 409, 415, 422))  # fmt: skip
+            responses=errors(*AUTH, 404, 409, 415, 422, 429))  # fmt: skip
     def snapshot_sandbox(sid: SandboxId, p: SandboxUser, api: Api,
                          body: Annotated[SnapshotIn | None, Body()] = None
                          ) -> dict[str, Any]:  # fmt: skip
         """Checkpoint it whole and keep it running: a snapshot new sandboxes can start
-        from (POST /v1/sandboxes with `snapshot`, or a fork)."""
+        from (POST /v1/sandboxes with `snapshot`, or a fork). 413 or 429 when the tenant
+        is over a storage quota (the message says what to delete)."""
         with answering():
             snap = api.runtime.sandboxes.snapshot(sid, name=body.name if body else None,
                                                   tenant=tenant_of(p))  # fmt: skip

@@ -1,6 +1,7 @@
 """The /v1/sessions routes: create, list and get sessions, cancel a turn, close a session,
-and fork one from a snapshot; /v1/usage, the stored bytes of a tenant's sessions. Tenants'
-limits on open sessions apply here (429)."""
+and fork one from a snapshot; /v1/usage, the stored bytes of a tenant's sessions and
+sandboxes and its quotas. Tenants' limits on open sessions (429) and storage quotas (413,
+429: runtime/quotas.py) apply here."""
 
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +22,7 @@ from torpor.api.schemas import (
     errors,
 )
 from torpor.api.tokens import Principal
-from torpor.runtime.retention import over_quota
+from torpor.runtime import quotas
 from torpor.runtime.storage import recorded_usage
 from torpor.runtime.types import InvalidSession, Policy, SessionError
 
@@ -45,19 +46,13 @@ def _check_room(api: ApiState, tenant: str | None) -> None:
 
 
 def _check_quota(api: ApiState, tenant: str | None) -> None:
-    """A tenant over its storage quota makes no new sessions or forks: 413 (stored bytes)
-    or 429 (snapshots), naming its largest sessions (what to close and delete)."""
-    over = over_quota(api.runtime.db, tenant, api.runtime.quota)
-    if over is None:
-        return
-    largest = recorded_usage(api.runtime.db, "session", tenant=tenant or "")[:3]
-    names = ", ".join(f"{u['name']} ({u['stored']:,} bytes, {u['snapshots']} snapshots)"
-                      for u in largest) or "none counted yet"  # fmt: skip
-    raise ApiError(413 if over.what == "stored_bytes" else 429,
-                   f"{over.why}: no new sessions or forks until it is under (its sessions "
-                   "keep only their newest snapshot meanwhile). Largest sessions: "
-                   f"{names}; close those you are done with and delete their snapshots "
-                   "(`torpor snapshot rm`)")  # fmt: skip
+    """A tenant over a storage quota (its own, else the server's) makes no new sessions or
+    forks: 413 (stored bytes) or 429 (snapshots), naming its largest sessions and
+    sandboxes (what to close and delete)."""
+    db = api.runtime.db
+    over = quotas.over_quota(db, tenant, api.runtime.quota)
+    if over is not None:
+        raise ApiError(over.status, quotas.refusal(over, "sessions or forks", db, tenant))
 
 
 def _cancel_or_close(api: ApiState, sid: str, p: Principal, close: bool,
@@ -77,7 +72,7 @@ def router(auth: bool, limits: Limits) -> APIRouter:
     AUTH = auth_errors(auth)
 
     @r.post("/sessions", status_code=201, tags=["sessions"],
-            responses=errors(*AUTH, 415, 422, 429))  # fmt: skip
+            responses=errors(*AUTH, 413, 415, 422, 429))  # fmt: skip
     def create_session(body: SessionIn, p: Drive, api: Api) -> dict[str, Any]:
         """Create a session (image, model, system prompt, tools, policy)."""
         provider, _, name = body.model.partition(":")
@@ -125,13 +120,19 @@ def router(auth: bool, limits: Limits) -> APIRouter:
               limit: Annotated[int, Query(ge=1, le=limits.max_page)] = 50,
               ) -> dict[str, Any]:  # fmt: skip
         """Stored bytes of the token's tenant (every tenant's with the admin scope), and
-        of its `limit` largest sessions, as the last scheduled gc counted them: logical
-        (what the snapshots restore to), stored (the compressed chunks they name),
-        exclusive (what deleting them would free), shared (with other sessions)."""
+        of its `limit` largest sessions and sandboxes, as the last scheduled gc counted
+        them: logical (what the snapshots restore to), stored (the compressed chunks they
+        name), exclusive (what deleting them would free), shared (with others). `quotas`:
+        each tenant's limits in effect (its own, else the server's), what it uses now
+        (snapshots counted now; stored bytes: the last count plus what its snapshots
+        stored since, an upper bound) and what is left."""
         tenant = None if p.all_tenants else (p.tenant or "")
         db = api.runtime.db
+        names = [tenant] if tenant is not None else quotas.known_tenants(db)
         return {"tenants": recorded_usage(db, "tenant", name=tenant),
-                "sessions": recorded_usage(db, "session", tenant=tenant)[:limit]}
+                "sessions": recorded_usage(db, "session", tenant=tenant)[:limit],
+                "sandboxes": recorded_usage(db, "sandbox", tenant=tenant)[:limit],
+                "quotas": [quotas.quota_json(db, t, api.runtime.quota) for t in names]}
 
     @r.post("/sessions/{sid}/cancel", tags=["sessions"],
             responses={202: ACCEPTED, **errors(*AUTH, 404, 415, 422)})  # fmt: skip
@@ -153,7 +154,7 @@ def router(auth: bool, limits: Limits) -> APIRouter:
         return _cancel_or_close(api, sid, p, True, response)
 
     @r.post("/sessions/{sid}/fork", status_code=201, tags=["sessions"],
-            responses=errors(*AUTH, 404, 409, 415, 422, 429))  # fmt: skip
+            responses=errors(*AUTH, 404, 409, 413, 415, 422, 429))  # fmt: skip
     def fork_session(sid: SessionId, p: Drive, api: Api,
                      body: Annotated[ForkIn | None, Body()] = None) -> dict[str, Any]:  # fmt: skip
         """A new session from one of this session's snapshots (default: the latest)."""

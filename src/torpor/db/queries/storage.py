@@ -1,7 +1,9 @@
-"""Storage's statements (tables `torpor_pins`, `torpor_leases`, and reads of
-`torpor_snapshots` and `torpor_sessions`): when each snapshot was taken, what still refers
-to a snapshot, and the named leases that let one process per store run the scheduled gc.
-`torpor.runtime.retention` and `torpor.runtime.storage` hold the logic around them.
+"""Storage's statements (tables `torpor_pins`, `torpor_leases`, `torpor_usage`,
+`torpor_usage_added`, `torpor_quotas`, and reads of `torpor_snapshots`,
+`torpor_sessions` and the sandbox resource's tables): when each snapshot was taken, what
+still refers to a snapshot, the named leases that let one process per store run the
+scheduled gc, what each tenant stores and its limits. `torpor.runtime.retention`,
+`torpor.runtime.storage` and `torpor.runtime.quotas` hold the logic around them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def tenant_snapshots(tx: Tx, tenant: str | None) -> int:
     cond = "s.tenant IS NULL" if tenant is None else "s.tenant = %s"
     return int(tx.value("SELECT COUNT(*) FROM torpor_snapshots p JOIN torpor_sessions s "
                         f"ON s.id = p.session WHERE {cond}",
+                        () if tenant is None else (tenant,)) or 0)  # fmt: skip
+
+
+def tenant_sandbox_snapshots(tx: Tx, tenant: str | None) -> int:
+    """How many snapshots (pause and named) the tenant's sandboxes of the sandbox resource
+    have (None: those without a tenant)."""
+    cond = "tenant IS NULL" if tenant is None else "tenant = %s"
+    return int(tx.value(f"SELECT COUNT(*) FROM torpor_sandbox_snapshots WHERE {cond}",
                         () if tenant is None else (tenant,)) or 0)  # fmt: skip
 
 
@@ -170,3 +180,91 @@ def snapshot_named(tx: Tx, snapshot: str) -> bool:
         "SELECT 1 FROM torpor_sessions WHERE snapshot = %s OR snapshots LIKE (%s || %s || %s) "
         "UNION ALL SELECT 1 FROM torpor_sandbox_snapshots WHERE id = %s LIMIT 1",
         (snapshot, '%"', snapshot, '"%', snapshot)) is not None
+
+
+def most_snapshots(tx: Tx, tenant: str | None, most: int) -> dict[str, list[Row]]:
+    """(owner, snapshots) of the tenant's sessions and sandboxes with the most recorded
+    snapshots (None: those without a tenant), by kind ('session', 'sandbox')."""
+    cond, args = ("IS NULL", ()) if tenant is None else ("= %s", (tenant,))
+    return {
+        "session": tx.all("SELECT p.session, COUNT(*) AS n FROM torpor_snapshots p JOIN "
+                          f"torpor_sessions s ON s.id = p.session WHERE s.tenant {cond} "
+                          "GROUP BY p.session ORDER BY n DESC, p.session LIMIT %s",
+                          (*args, most)),
+        "sandbox": tx.all("SELECT sandbox, COUNT(*) AS n FROM torpor_sandbox_snapshots "
+                          f"WHERE tenant {cond} GROUP BY sandbox ORDER BY n DESC, sandbox "
+                          "LIMIT %s", (*args, most)),
+    }  # fmt: skip
+
+
+def sandbox_snapshot_owners(tx: Tx) -> list[Row]:
+    """(snapshot, sandbox, tenant) of every snapshot of the sandbox resource's sandboxes."""
+    return tx.all("SELECT id, sandbox, tenant FROM torpor_sandbox_snapshots")
+
+
+def sandbox_tenants(tx: Tx) -> list[Row]:
+    """(sandbox, tenant) of every sandbox of the sandbox resource."""
+    return tx.all("SELECT id, tenant FROM torpor_sandboxes")
+
+
+def owner_tenant(tx: Tx, table: str, owner: str) -> Row | None:
+    """(tenant,) of a session (`table` torpor_sessions) or a sandbox (torpor_sandboxes);
+    None when there is no such row."""
+    assert table in ("torpor_sessions", "torpor_sandboxes")
+    return tx.one(f"SELECT tenant FROM {table} WHERE id = %s", (owner,))
+
+
+def known_tenants(tx: Tx) -> list[str]:
+    """Every tenant that has sessions, sandboxes, a usage count, a quota of its own or an
+    API token not revoked ('' for those without a tenant)."""
+    return sorted({str(r[0] or "") for r in tx.all(
+        "SELECT tenant FROM torpor_sessions UNION SELECT tenant FROM torpor_sandboxes "
+        "UNION SELECT name FROM torpor_usage WHERE kind = 'tenant' "
+        "UNION SELECT tenant FROM torpor_quotas "
+        "UNION SELECT tenant FROM torpor_tokens WHERE revoked_at IS NULL")})  # fmt: skip
+
+
+# -- bytes stored since the last count ------------------------------------------------------------
+def add_stored(tx: Tx, snapshot: str, tenant: str, nbytes: int, at: float) -> None:
+    """A snapshot of the tenant's was stored, adding `nbytes` to the store (once per
+    snapshot)."""
+    tx.run("INSERT INTO torpor_usage_added (snapshot, tenant, bytes, at) VALUES "
+           "(%s, %s, %s, %s) ON CONFLICT (snapshot) DO NOTHING",
+           (snapshot, tenant, nbytes, at))
+
+
+def stored_since(tx: Tx, tenant: str, since: float) -> int:
+    """The bytes the tenant's snapshots added to the store since `since`."""
+    return int(tx.value("SELECT COALESCE(SUM(bytes), 0) FROM torpor_usage_added WHERE "
+                        "tenant = %s AND at >= %s", (tenant, since)) or 0)  # fmt: skip
+
+
+def drop_stored_before(tx: Tx, before: float) -> int:
+    """What a count that began at `before` has seen."""
+    return tx.run("DELETE FROM torpor_usage_added WHERE at < %s", (before,))
+
+
+# -- quotas ---------------------------------------------------------------------------------------
+def quota_of(tx: Tx, tenant: str) -> Row | None:
+    """(stored_bytes, snapshots) of the tenant's own limits (NULL: the server's)."""
+    return tx.one("SELECT stored_bytes, snapshots FROM torpor_quotas WHERE tenant = %s",
+                  (tenant,))
+
+
+def set_quota(tx: Tx, tenant: str, stored_bytes: int | None, snapshots: int | None,
+              now: float) -> None:  # fmt: skip
+    tx.run("INSERT INTO torpor_quotas (tenant, stored_bytes, snapshots, updated_at) VALUES "
+           "(%s, %s, %s, %s) ON CONFLICT (tenant) DO UPDATE SET stored_bytes = "
+           "excluded.stored_bytes, snapshots = excluded.snapshots, updated_at = "
+           "excluded.updated_at", (tenant, stored_bytes, snapshots, now))
+
+
+def quotas(tx: Tx) -> list[Row]:
+    """(tenant, stored_bytes, snapshots, updated_at) of every tenant with limits of its
+    own."""
+    return tx.all("SELECT tenant, stored_bytes, snapshots, updated_at FROM torpor_quotas "
+                  "ORDER BY tenant")
+
+
+def remove_quota(tx: Tx, tenant: str) -> bool:
+    return tx.run("DELETE FROM torpor_quotas WHERE tenant = %s", (tenant,)) == 1

@@ -25,6 +25,7 @@ from torpor.runtime.sandboxes.errors import (
     SandboxPaused,
     SandboxResourceError,
     SandboxStateError,
+    TenantOverQuota,
 )
 from torpor.runtime.sandboxes.live import LiveSandbox
 from torpor.runtime.sandboxes.records import SandboxRow, SnapshotRow
@@ -34,5 +35,5 @@ __all__ = [
     "DEFAULT_TIMEOUT", "EVERY_TENANT", "AlreadyPaused", "HeldElsewhere", "InvalidSandbox",
     "LifecycleFailed", "LiveSandbox", "NoSuchImage", "NoSuchSandbox", "NoSuchSnapshot",
     "SandboxKilled", "SandboxPaused", "SandboxResourceError", "SandboxRow",
-    "SandboxStateError", "Sandboxes", "SnapshotRow", "Tenant",
+    "SandboxStateError", "Sandboxes", "SnapshotRow", "Tenant", "TenantOverQuota",
 ]

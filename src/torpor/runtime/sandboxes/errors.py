@@ -49,3 +49,13 @@ class HeldElsewhere(SandboxStateError):
 class LifecycleFailed(SandboxResourceError):
     """A pause, resume or snapshot the engine could not do (the message says why); the
     sandbox stays as it was, as its record says."""
+
+
+class TenantOverQuota(SandboxResourceError):
+    """A new sandbox or named snapshot refused: its tenant is over a storage quota
+    (runtime/quotas.py); the message says which and what to delete. `status`: 413 (stored
+    bytes) or 429 (snapshots)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status

@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
+from torpor.runtime import quotas
 from torpor.runtime.sandboxes.activity import Activity, Janitor
 from torpor.runtime.sandboxes.errors import (
     AlreadyPaused,
@@ -51,6 +52,7 @@ from torpor.runtime.sandboxes.errors import (
     NoSuchSnapshot,
     SandboxKilled,
     SandboxPaused,
+    TenantOverQuota,
 )
 from torpor.runtime.sandboxes.housekeeping import Housekeeping
 from torpor.runtime.sandboxes.live import Followers, LiveSandbox
@@ -291,8 +293,10 @@ class Sandboxes(Housekeeping):
         """A new running sandbox: fresh from `image` (a torpor image), or from one of the
         tenant's snapshots (`snapshot`: its image is the snapshot's). `timeout`: idle
         seconds before `on_timeout` (pause or kill; None: never); `env` is given to
-        every command; `metadata` is the caller's."""
+        every command; `metadata` is the caller's. TenantOverQuota when the tenant is
+        over a storage quota."""
         _check_settings(timeout, on_timeout)
+        self._check_quota(tenant, "sandboxes")
         sid = f"sbx-{secrets.token_hex(6)}"
         owner = owners.this_process("sandbox", sandbox=sid)
         source = None
@@ -318,6 +322,11 @@ class Sandboxes(Housekeeping):
         self._hold(sid, True)
         self.activity.touch(sid)
         return row
+
+    def _check_quota(self, tenant: str | None, what: str) -> None:
+        over = quotas.over_quota(self.rt.db, tenant, self.rt.quota)
+        if over is not None:
+            raise TenantOverQuota(quotas.refusal(over, what, self.rt.db, tenant), over.status)
 
     def _check_image(self, image: str) -> None:
         images = getattr(self.rt.engine, "images", None)
@@ -439,6 +448,7 @@ class Sandboxes(Housekeeping):
         self.records.add_snapshot(SnapshotRow(id=ck.id, sandbox=row.id, tenant=row.tenant,
                                               name=ck.name, kind="pause", bytes=ck.size,
                                               created_at=now))  # fmt: skip
+        note = self._quota_note(row.tenant, note, replaces=row.snapshot if stored else None)
         self._hold(row.id, False)
         new = self.records.update(row, state="paused", box=None, process=None,
                                   snapshot=ck.id, paused_at=now, note=note,
@@ -450,6 +460,27 @@ class Sandboxes(Housekeeping):
         if self.rt.standby_size > 0 and not self.rt.stopping.is_set():
             self.rt.standbys(row.image).refill()  # ready for its resume
         return new
+
+    def _quota_note(self, tenant: str | None, note: str | None,
+                    replaces: str | None) -> str | None:  # fmt: skip
+        """A pause is never refused over quota (it would lose the sandbox's state): its
+        note says so instead. `replaces`: the pause snapshot it resumed from, deleted
+        next (it counts no more)."""
+        try:
+            over = quotas.over_quota(self.rt.db, tenant, self.rt.quota)
+            if over is not None and over.what == "snapshots" and over.have - 1 <= over.limit \
+                    and replaces and getattr(self.records.snapshot(replaces), "kind",
+                                             "") == "pause":  # fmt: skip
+                over = None
+            if over is None:
+                return note
+            said = (f"{over.why}: paused all the same (a pause keeps the sandbox's state), "
+                    "but no new sandboxes or snapshots until it is under; "
+                    f"{quotas.what_to_delete(self.rt.db, tenant)}")  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - the pause is done: it must not fail now
+            logger.warning("sandbox pause: checking its tenant's quota failed: %s", e)
+            return note
+        return f"{note}; {said}" if note else said
 
     def _drop_pause_snapshot(self, snap: str) -> None:
         found = self.records.snapshot(snap)
@@ -464,10 +495,12 @@ class Sandboxes(Housekeeping):
     def snapshot(self, sid: str, *, name: str | None = None,
                  tenant: Tenant = EVERY_TENANT) -> SnapshotRow:  # fmt: skip
         """Checkpoint it (named `name`, default a timestamp) and keep it running; a paused
-        sandbox is resumed first if its auto_resume is on."""
+        sandbox is resumed first if its auto_resume is on. TenantOverQuota when its
+        tenant is over a storage quota."""
         if name is not None and not _NAME.match(name):
             raise InvalidSandbox(f"invalid snapshot name {name!r}: use 1-63 letters, digits, "
                                  "'_', '.', '-' (starting with a letter or digit)")  # fmt: skip
+        self._check_quota(self._row(sid, tenant).tenant, "snapshots")
         with self.activity.lock(sid):
             row = self._live(self._row(sid, tenant))
             self._detach(sid)
