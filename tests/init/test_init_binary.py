@@ -428,6 +428,8 @@ def test_logs_follow_ends_when_another_client_forgets_the_process(init: Init) ->
                       ).stdout.decode().strip()  # fmt: skip
     follower = init.popen("logs", "-f", pid_id)
     assert read_line(follower.stdout) == b"out\n"
+    stderr = init.procfile(pid_id, "stderr")  # (on a loaded machine sh may not be there yet)
+    wait_for(lambda: stderr.read_bytes() == b"err\n", 10, "the process's stderr")
     follower.send_signal(signal.SIGSTOP)  # it has not seen the exit when the files go
     try:
         assert init.run("kill", pid_id).returncode == 0

@@ -257,7 +257,17 @@ class GVisorEngine(Engine):
             self.driver.run(None, "kill", "--all", old.sid, "KILL", check=False, timeout=20)
             self.driver.delete(old.sid)
             network.teardown(self.home, old.sid)
-            shutil.rmtree(self.records.dir(old.sid), ignore_errors=True)
+            # its supervisor writes exit.code into the directory once the foreground runsc
+            # ends (moments after the kill): a removal before that can find it refilled
+            d = self.records.dir(old.sid)
+            deadline = time.monotonic() + 5.0
+            while d.exists() and not (d / "exit.code").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            for _ in range(3):
+                shutil.rmtree(d, ignore_errors=True)
+                if not d.exists():
+                    break
+                time.sleep(0.1)
             if old.name:
                 self.records.unindex_name(old.name, old.sid)
 
