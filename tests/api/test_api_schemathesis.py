@@ -25,7 +25,7 @@ from tests.api.conftest import make_runtime, serve
 from torpor.api.app import Limits, create_app
 
 STATE: dict[str, Any] = {}
-MAX_EXAMPLES = 20  # per operation and mode in the fuzzing phase: the module takes ~20 s
+MAX_EXAMPLES = 10  # per operation and mode in the fuzzing phase (about 70 operations: ~1 min)
 MAX_BODY = 64 * 1024
 # What POST /v1/sessions may refuse valid data for: things this server has not got (an
 # image, a tool) or was not set up for. No schema can say which images exist.
