@@ -3,6 +3,7 @@ and gc at scale: batched deletes on S3, packs deleted by a gc elsewhere never re
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,3 +109,25 @@ def test_snapshots_gc_on_s3_deletes_in_batches(s3_bucket, tmp_path, data, monkey
         tmp_path / "k")
     with pytest.raises(SnapshotNotFound):
         store.get(gone.id, tmp_path / "x")
+
+
+def test_snapshots_new_store_reads_every_pack_index_on_its_threads(tmp_path, data):
+    """A new process's first put knows every pack (dedup against all of them), and reads
+    their indexes on the store's thread pool, not one after the other."""
+    root = tmp_path / "s"
+    other = SnapshotStore(FileBackend(root))
+    cks = [data.make_checkpoint(tmp_path / f"c{i}", seed=20 + i, npages=32) for i in range(6)]
+    for ck in cks:
+        other.put(ck)
+
+    class ThreadsBackend(FileBackend):
+        threads: set[str] = set()
+
+        def get(self, key: str) -> bytes:
+            if key.endswith(".idx"):
+                self.threads.add(threading.current_thread().name)
+            return super().get(key)
+
+    fresh = SnapshotStore(ThreadsBackend(root))
+    assert all(fresh.put(ck).new_bytes == 0 for ck in cks)
+    assert any(n.startswith("torpor-snap") for n in ThreadsBackend.threads)

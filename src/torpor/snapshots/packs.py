@@ -143,8 +143,14 @@ class ChunkIndex:
 
     def __init__(self, backend: Backend,
                  idx_cache: Callable[[str], bytes | None] | None = None,
-                 idx_cache_put: Callable[[str, bytes], None] | None = None) -> None:
+                 idx_cache_put: Callable[[str, bytes], None] | None = None,
+                 run_all: Callable[[Callable[[str], bool], list[str]], object] | None = None
+                 ) -> None:
         self.backend = backend
+        # runs a function over many pack ids on the store's threads: a store of 10,000
+        # packs is 10,000 index reads for a new process's first listing (one round trip
+        # each on S3)
+        self._run_all = run_all
         self._packs: dict[str, list[tuple[bytes, Location]]] = {}
         self._map: dict[bytes, Location] = {}
         self._lock = threading.Lock()
@@ -190,8 +196,7 @@ class ChunkIndex:
             known = set(self._packs)
         if known - present:
             self._drop(known - present)
-        for pack_id in sorted(present - known):
-            self._load(pack_id)
+        self._load_all(sorted(present - known))
         self.refreshed = True
         self._full_at = self._listed_at = now
 
@@ -223,10 +228,16 @@ class ChunkIndex:
                 return
             after = pack_key(f"{max(0, int((self._listed_at - LIST_SLACK) * 1000)):012x}")
             self._listed_at = now
-            for key, _mtime, _size in self.backend.list("packs/", start_after=after):
-                pack_id = key[len("packs/"):-len(".idx")]
-                if key.endswith(".idx") and pack_id not in self._packs:
-                    self._load(pack_id)
+            listed = [key[len("packs/"):-len(".idx")] for key, _mtime, _size
+                      in self.backend.list("packs/", start_after=after) if key.endswith(".idx")]
+            self._load_all([p for p in listed if p not in self._packs])
+
+    def _load_all(self, pack_ids: list[str]) -> None:
+        if self._run_all is not None and len(pack_ids) > 1:
+            self._run_all(self._load, pack_ids)
+        else:
+            for pack_id in pack_ids:
+                self._load(pack_id)
 
     def _load(self, pack_id: str) -> bool:
         data = self._idx_cache(pack_id) if self._idx_cache else None
@@ -252,8 +263,7 @@ class ChunkIndex:
         """Load the indexes of these packs if not loaded yet (absent ones are skipped)."""
         with self._lock:
             todo = [p for p in pack_ids if p not in self._packs]
-        for pack_id in todo:
-            self._load(pack_id)
+        self._load_all(todo)
 
     def get(self, cid: bytes) -> Location | None:
         with self._lock:

@@ -95,13 +95,14 @@ class SnapshotStore:
                  cache: ChunkCache | None = None, page_chunks: bool = True,
                  pack_target: int = PACK_TARGET, workers: int | None = None,
                  stale_after: float = 3600.0, level: int = 3, deltas: bool = True) -> None:
+        tasks = TaskPool(workers or min(8, (os.cpu_count() or 2) * 2))
         index = ChunkIndex(
             backend,
             (lambda p: cache.get_meta(idx_key(p))) if cache else None,
-            (lambda p, d: cache.put_meta(idx_key(p), d)) if cache else None)
+            (lambda p, d: cache.put_meta(idx_key(p), d)) if cache else None,
+            lambda fn, ids: list(map(fn, ids)) if tasks.in_worker() else tasks.map(fn, ids))
         self.parts = StoreParts(
-            backend=backend, codec=Codec(key, level), cache=cache, index=index,
-            tasks=TaskPool(workers or min(8, (os.cpu_count() or 2) * 2)),
+            backend=backend, codec=Codec(key, level), cache=cache, index=index, tasks=tasks,
             page_chunks=page_chunks, pack_target=pack_target, deltas=deltas,
             stale_after=stale_after)
         self.catalog = Catalog(self.parts)
