@@ -214,10 +214,14 @@ class Collector:
     def _read_indexes(self, res: GCResult, cands: _Candidates,
                       dry_run: bool) -> dict[str, Entries | None]:  # fmt: skip
         """The index of every candidate pack (None: unreadable); deletes the packs
-        without an index (left by an interrupted put)."""
-        backend = self.parts.backend
+        without an index (left by an interrupted put). The indexes the store's chunk index
+        has loaded are not read again (at 10,000 packs, 10,000 GETs fewer)."""
+        backend, known = self.parts.backend, self.parts.index
 
         def read(pid: str) -> Entries | None | Exception:
+            entries = known.entries(pid)
+            if entries is not None:
+                return entries
             try:
                 return decode_index(pid, backend.get(idx_key(pid)))
             except (ObjectMissing, SnapshotCorrupt) as exc:

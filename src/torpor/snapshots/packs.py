@@ -265,6 +265,12 @@ class ChunkIndex:
             todo = [p for p in pack_ids if p not in self._packs]
         self._load_all(todo)
 
+    def entries(self, pack_id: str) -> list[tuple[bytes, Location]] | None:
+        """A pack's index if loaded (None: not loaded). A pack's index never changes (pack
+        ids are never reused), so a loaded one needs no second read."""
+        with self._lock:
+            return self._packs.get(pack_id)
+
     def get(self, cid: bytes) -> Location | None:
         with self._lock:
             return self._map.get(cid)
