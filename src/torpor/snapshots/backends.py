@@ -87,12 +87,19 @@ class Backend:
     def exists(self, key: str) -> bool:
         raise NotImplementedError
 
-    def list(self, prefix: str) -> Iterator[tuple[str, float, int]]:
-        """Yield (key, modification time as epoch seconds, size) for keys under prefix."""
+    def list(self, prefix: str, start_after: str | None = None
+             ) -> Iterator[tuple[str, float, int]]:
+        """Yield (key, modification time as epoch seconds, size) for keys under prefix
+        (only those sorting after `start_after`, if given; in no particular order)."""
         raise NotImplementedError
 
     def delete(self, key: str) -> None:
         raise NotImplementedError
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete keys (missing ones are no error); an error leaves some undeleted."""
+        for key in keys:
+            self.delete(key)
 
 
 class FileBackend(Backend):
@@ -137,21 +144,26 @@ class FileBackend(Backend):
         self.stats.add(heads=1)
         return self._path(key).is_file()
 
-    def list(self, prefix: str) -> Iterator[tuple[str, float, int]]:
+    def list(self, prefix: str, start_after: str | None = None
+             ) -> Iterator[tuple[str, float, int]]:
         self.stats.add(lists=1)
         base = self._path(prefix.rstrip("/")) if prefix else self.root
         if not base.is_dir():
             return
+        root = str(self.root)
         for dirpath, _dirs, files in os.walk(base):
+            rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
             for name in files:
                 if name.startswith(".tmp-"):
                     continue
-                full = Path(dirpath) / name
+                key = name if rel == "." else f"{rel}/{name}"
+                if start_after is not None and key <= start_after:
+                    continue  # before the stat: a listing of the newest few stays cheap
                 try:
-                    st = full.stat()
+                    st = os.stat(os.path.join(dirpath, name))
                 except FileNotFoundError:
                     continue
-                yield full.relative_to(self.root).as_posix(), st.st_mtime, st.st_size
+                yield key, st.st_mtime, st.st_size
 
     def delete(self, key: str) -> None:
         self.stats.add(deletes=1)
@@ -252,11 +264,13 @@ class S3Backend(Backend):
                 return False
             raise
 
-    def list(self, prefix: str) -> Iterator[tuple[str, float, int]]:
+    def list(self, prefix: str, start_after: str | None = None
+             ) -> Iterator[tuple[str, float, int]]:
         full = self._key(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+        more = {"StartAfter": self._key(start_after)} if start_after is not None else {}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full, **more):
             self.stats.add(lists=1)
             for obj in page.get("Contents", []):
                 yield obj["Key"][strip:], obj["LastModified"].timestamp(), obj["Size"]
@@ -264,6 +278,18 @@ class S3Backend(Backend):
     def delete(self, key: str) -> None:
         self.stats.add(deletes=1)
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def delete_many(self, keys: list[str]) -> None:
+        """DeleteObjects, 1,000 keys a request (one round trip instead of 1,000)."""
+        for i in range(0, len(keys), 1000):
+            batch = keys[i:i + 1000]
+            self.stats.add(deletes=len(batch))
+            resp = self.client.delete_objects(Bucket=self.bucket, Delete={
+                "Objects": [{"Key": self._key(k)} for k in batch], "Quiet": True})
+            if resp.get("Errors"):
+                err = resp["Errors"][0]
+                raise SnapshotError(f"could not delete {len(resp['Errors'])} of {len(batch)} "
+                                    f"objects, e.g. {err.get('Key')}: {err.get('Message')}")
 
 
 def new_object_id() -> str:

@@ -84,8 +84,10 @@ class Catalog:
             cache.discard_meta(key)
             return self.info_doc(snapshot_id, check=False)
 
-    def manifest(self, snapshot_id: str, check: bool = True) -> Manifest:
-        """The verified info document and seek table of a snapshot."""
+    def manifest(self, snapshot_id: str, check: bool = True, keep: bool = True) -> Manifest:
+        """The verified info document and seek table of a snapshot. keep: remember it
+        among the last loaded (not thread-safe: gc, reading every manifest from several
+        threads, does not)."""
         doc = self.info_doc(snapshot_id, check)
         backend, cache = self.parts.backend, self.parts.cache
         tkey = table_key(snapshot_id)
@@ -105,6 +107,8 @@ class Catalog:
             raise
         manifest = Manifest(doc, [FileTable(f["name"], f["size"], f["chunks"]) for f in files],
                             packs)
+        if not keep:
+            return manifest
         if len(self._manifests) > KEEP_MANIFESTS:
             self._manifests.pop(next(iter(self._manifests)))
         self._manifests[snapshot_id] = manifest

@@ -3,6 +3,10 @@ a put runs, `locks/gc-<n>.json` while a gc runs.
 
 A marker is live until it is `stale_after` seconds old, or until its writer, on this
 machine, is seen dead (a kill -9 leaves its marker behind); gc deletes stale markers.
+
+`gc/epoch.json` is the gc epoch: a gc writes a new one before it deletes a pack, so
+a put that finds it unchanged since its chunk index last listed every pack knows that
+each pack the index holds is still there (ChunkIndex.sync).
 """
 
 from __future__ import annotations
@@ -17,6 +21,22 @@ from .backends import Backend, new_object_id
 from .errors import ObjectMissing
 
 log = logging.getLogger(__name__)
+
+
+EPOCH_KEY = "gc/epoch.json"
+
+
+def read_epoch(backend: Backend) -> str | None:
+    """The gc epoch (None: no gc has deleted a pack from this store yet)."""
+    try:
+        return backend.get(EPOCH_KEY).decode()
+    except ObjectMissing:
+        return None
+
+
+def new_epoch(backend: Backend) -> None:
+    """Change the gc epoch: a gc does it before it deletes (or rewrites) any pack."""
+    backend.put(EPOCH_KEY, new_object_id().encode())
 
 
 def write_marker(backend: Backend, kind: str) -> str:

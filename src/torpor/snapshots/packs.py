@@ -21,6 +21,7 @@ import hashlib
 import logging
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 PACK_TARGET = 4 * 1024 * 1024
 IDX_MAGIC = b"TORPORIDX1\n"
 IDX_MAGIC2 = b"TORPORIDX2\n"
+FULL_EVERY = 300.0   # seconds: ChunkIndex.sync lists every pack at least this often
+LIST_SLACK = 30.0    # seconds: how far before its last listing an incremental one reaches
+LIST_EVERY = 1.0     # seconds: an incremental listing at most this often
 ENTRY = struct.Struct("<32sQIIB")
 DELTA_ENTRY = struct.Struct("<I32s")  # entry number, base chunk id
 
@@ -139,14 +143,25 @@ class ChunkIndex:
 
     def __init__(self, backend: Backend,
                  idx_cache: Callable[[str], bytes | None] | None = None,
-                 idx_cache_put: Callable[[str, bytes], None] | None = None) -> None:
+                 idx_cache_put: Callable[[str, bytes], None] | None = None,
+                 run_all: Callable[[Callable[[str], bool], list[str]], object] | None = None
+                 ) -> None:
         self.backend = backend
+        # runs a function over many pack ids on the store's threads: a store of 10,000
+        # packs is 10,000 index reads for a new process's first listing (one round trip
+        # each on S3)
+        self._run_all = run_all
         self._packs: dict[str, list[tuple[bytes, Location]]] = {}
         self._map: dict[bytes, Location] = {}
         self._lock = threading.Lock()
         self._idx_cache = idx_cache
         self._idx_cache_put = idx_cache_put
         self.refreshed = False
+        self._sync_lock = threading.Lock()
+        self._epoch: str | None = None  # the gc epoch read before the last full listing
+        self._synced = False
+        self._full_at = 0.0    # time.time() when the last full listing began
+        self._listed_at = 0.0  # ... when the last listing (full or not) began
 
     def _put(self, cid: bytes, loc: Location) -> None:
         """Map cid to loc unless it has a location already; a full copy of a chunk
@@ -172,6 +187,7 @@ class ChunkIndex:
 
     def refresh(self) -> None:
         """Load pack indexes not seen yet; forget packs that disappeared."""
+        now = time.time()
         present = set()
         for key, _mtime, _size in self.backend.list("packs/"):
             if key.endswith(".idx"):
@@ -180,9 +196,48 @@ class ChunkIndex:
             known = set(self._packs)
         if known - present:
             self._drop(known - present)
-        for pack_id in sorted(present - known):
-            self._load(pack_id)
+        self._load_all(sorted(present - known))
         self.refreshed = True
+        self._full_at = self._listed_at = now
+
+    def sync(self, epoch: str | None) -> None:
+        """Make the index fit for a put to reuse its chunks, without listing every pack
+        each time: at 10,000 snapshots that listing was most of a put's time (on S3 a
+        listing of 20,000 keys takes seconds) and filling a store grew quadratic.
+
+        epoch: the gc epoch (markers.read_epoch), read after the put found no gc running.
+        Safety: a gc changes it before deleting or rewriting a pack, so if it is the one
+        read before the last full listing, every pack the index holds still exists;
+        otherwise (or never synced) the index lists every pack again, forgetting the
+        gone. Dedup: packs written since the last listing (by other stores; this one adds
+        its own as it writes them) are found by listing only the keys after the pack ids
+        of LIST_SLACK seconds before that listing (ids begin with their creation time,
+        backends.new_object_id); a pack whose id is older still (a put longer than the
+        slack, clocks apart by more) is found by the full listing done at least every
+        FULL_EVERY seconds. Puts in a burst list at most every LIST_EVERY seconds (each
+        listing returns the slack's packs again). Missing a pack costs dedup only, never
+        correctness.
+        """
+        with self._sync_lock:
+            now = time.time()
+            if not self._synced or epoch != self._epoch or now - self._full_at >= FULL_EVERY:
+                self.refresh()
+                self._epoch, self._synced = epoch, True
+                return
+            if now - self._listed_at < LIST_EVERY:
+                return
+            after = pack_key(f"{max(0, int((self._listed_at - LIST_SLACK) * 1000)):012x}")
+            self._listed_at = now
+            listed = [key[len("packs/"):-len(".idx")] for key, _mtime, _size
+                      in self.backend.list("packs/", start_after=after) if key.endswith(".idx")]
+            self._load_all([p for p in listed if p not in self._packs])
+
+    def _load_all(self, pack_ids: list[str]) -> None:
+        if self._run_all is not None and len(pack_ids) > 1:
+            self._run_all(self._load, pack_ids)
+        else:
+            for pack_id in pack_ids:
+                self._load(pack_id)
 
     def _load(self, pack_id: str) -> bool:
         data = self._idx_cache(pack_id) if self._idx_cache else None
@@ -208,12 +263,20 @@ class ChunkIndex:
         """Load the indexes of these packs if not loaded yet (absent ones are skipped)."""
         with self._lock:
             todo = [p for p in pack_ids if p not in self._packs]
-        for pack_id in todo:
-            self._load(pack_id)
+        self._load_all(todo)
+
+    def entries(self, pack_id: str) -> list[tuple[bytes, Location]] | None:
+        """A pack's index if loaded (None: not loaded). A pack's index never changes (pack
+        ids are never reused), so a loaded one needs no second read."""
+        with self._lock:
+            return self._packs.get(pack_id)
 
     def get(self, cid: bytes) -> Location | None:
         with self._lock:
             return self._map.get(cid)
 
-    def forget_pack(self, pack_id: str) -> None:
-        self._drop({pack_id})
+    def forget_packs(self, pack_ids: set[str]) -> None:
+        """Forget deleted packs (the map is rebuilt once, not once a pack: at 6,000 packs
+        deleted by one gc, once a pack was quadratic)."""
+        if pack_ids:
+            self._drop(pack_ids)

@@ -5,7 +5,8 @@ that is smaller), packed, and the seek table and the info document written last.
 The work is spread over the store's thread pool in segments of `SEGMENT` chunks, a
 window of `WINDOW` chunks at a time (the delta bases of a window are fetched at once).
 A put writes its marker first and reuses stored chunks only if no gc is running (the
-GC protocol in store.py's docstring).
+GC protocol in store.py's docstring); the chunks it knows of are its store's chunk
+index, brought up to date without listing every pack each time (ChunkIndex.sync).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .manifest import (
     table_key,
     unseal,
 )
-from .markers import live_markers, write_marker
+from .markers import live_markers, read_epoch, write_marker
 from .packs import DELTA_ENTRY, ChunkIndex, Location, PackWriter
 from .parts import StoreParts
 
@@ -285,8 +286,8 @@ class SnapshotWriter:
         marker = write_marker(parts.backend, "put")
         try:
             reuse = not live_markers(parts.backend, "gc", parts.stale_after)
-            if reuse:
-                parts.index.refresh()
+            if reuse:  # the epoch is read after the gc markers (see ChunkIndex.sync)
+                parts.index.sync(read_epoch(parts.backend))
             parent = well["parent"]
             job = PutJob(parts, self.fetcher, reuse,
                          self._delta_parent(parent) if reuse and parts.deltas and parent
@@ -327,6 +328,9 @@ class SnapshotWriter:
             return {}
         if manifest.key_id != self.parts.codec.key_id:
             return {}
+        # the parent's packs, should a listing since the last full one have missed them
+        # (written elsewhere lately): loaded now, after the gc check, like a listing's
+        self.parts.index.ensure(manifest.packs)
         kinds = {f["name"]: f.get("chunker") for f in manifest.doc["files"]}
         return {ft.name: (manifest.id, ft) for ft in manifest.files
                 if kinds.get(ft.name) == "page"}

@@ -14,6 +14,7 @@ Layout of a store (same keys on both backends)::
                                (a delta chunk's base: see codec.py and put.DeltaPlanner)
     locks/put-<n>.json         a put in progress (GC waits for it)
     locks/gc-<n>.json          a GC in progress (puts then do not reuse older chunks)
+    gc/epoch.json              changed by a GC before it deletes a pack (see below)
 
 GC protocol, safe with concurrent writers on strongly consistent storage:
 GC (1) lists packs (the only candidates), (2) writes its gc marker, (3) waits for
@@ -25,6 +26,10 @@ the put sees the GC and writes all its chunks into new packs, which are not
 candidates. Chunks written after a GC started are therefore never collected.
 The base of a delta chunk is reused like any deduplicated chunk, and the seek
 table names it, so GC counts it as referenced.
+A put reuses the chunks of its chunk index, which need not list every pack each time
+(ChunkIndex.sync): GC writes a new epoch before its first pack deletion, and a put,
+after (b), compares the epoch with the one read before its index last listed every
+pack; if it changed, the index lists them all again, dropping the packs gone.
 """
 
 from __future__ import annotations
@@ -90,13 +95,14 @@ class SnapshotStore:
                  cache: ChunkCache | None = None, page_chunks: bool = True,
                  pack_target: int = PACK_TARGET, workers: int | None = None,
                  stale_after: float = 3600.0, level: int = 3, deltas: bool = True) -> None:
+        tasks = TaskPool(workers or min(8, (os.cpu_count() or 2) * 2))
         index = ChunkIndex(
             backend,
             (lambda p: cache.get_meta(idx_key(p))) if cache else None,
-            (lambda p, d: cache.put_meta(idx_key(p), d)) if cache else None)
+            (lambda p, d: cache.put_meta(idx_key(p), d)) if cache else None,
+            lambda fn, ids: list(map(fn, ids)) if tasks.in_worker() else tasks.map(fn, ids))
         self.parts = StoreParts(
-            backend=backend, codec=Codec(key, level), cache=cache, index=index,
-            tasks=TaskPool(workers or min(8, (os.cpu_count() or 2) * 2)),
+            backend=backend, codec=Codec(key, level), cache=cache, index=index, tasks=tasks,
             page_chunks=page_chunks, pack_target=pack_target, deltas=deltas,
             stale_after=stale_after)
         self.catalog = Catalog(self.parts)
