@@ -75,7 +75,7 @@ def median(rows: list[dict[str, float]], key: str) -> float | None:
 def run(url: str, n: int, work: Path, per_round: int) -> dict[str, Any]:
     store = open_store(url, cache_bytes=0, use_key_env=False)
     t0 = time.monotonic()
-    ids = fill(store, n, work)
+    ids, _per_1000 = fill(store, n, work)
     fill_s = time.monotonic() - t0
     for i, sid in enumerate(ids):
         if i % 3:
