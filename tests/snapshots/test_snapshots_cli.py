@@ -101,6 +101,12 @@ def test_snapshots_cli_gc_dry_run_says_what_it_would_free_and_deletes_nothing(
     assert text.startswith("would delete ") and "nothing deleted" in text
     res = runner.invoke(app, ["gc", "--store", url, "--format", "json"])
     done = json.loads(res.stdout)
+    # its progress, phase by phase, on stderr (stdout is the result alone)
+    phases = [line.split("] ", 1)[1] for line in res.stderr.splitlines()]
+    assert phases[:2] == ["listing packs and seek tables", "reading 1 manifests"], phases
+    assert phases[2].startswith("reading the indexes of ") and len(phases) == 4
+    assert phases[3] == (f"deleting {done['deleted_packs']} packs, rewriting "
+                         f"{done['repacked_packs']}")
     assert (done["deleted_bytes"], done["deleted_packs"], done["repacked_packs"]) == \
         (dry["deleted_bytes"], dry["deleted_packs"], dry["repacked_packs"])
     assert json.loads(runner.invoke(app, ["gc", "--dry-run", "--store", url, "--format",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -186,8 +187,13 @@ def gc(store: StoreOpt = None,
     """Delete chunks that no snapshot references (safe while others add snapshots).
     `torpor serve` and `torpor worker` also run it on a schedule (--gc-every)."""
     s = _open(store)
+    t0 = time.monotonic()
+
+    def progress(what: str) -> None:  # on stderr: stdout stays the result (or its JSON)
+        typer.echo(f"gc [{time.monotonic() - t0:5.1f} s] {what}", err=True)
+
     try:
-        res = s.gc(wait_timeout=wait, dry_run=dry_run)
+        res = s.gc(wait_timeout=wait, dry_run=dry_run, on_phase=progress)
     except SnapshotError as exc:
         raise _fail(exc) from None
     if fmt is Format.json:

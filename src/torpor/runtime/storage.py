@@ -212,7 +212,8 @@ class ScheduledGC:
                 self.db, self.store, self.retention, self.owner))
             out["closed_sessions_expired"] = len(retention.expire_closed(
                 self.db, self.store, self.closed_days, self.owner))
-            snaps = self.store.gc(wait_timeout=600.0)
+            snaps = self.store.gc(wait_timeout=600.0, on_phase=lambda what: log.info(
+                "scheduled gc of %s: %s", self.store.url, what))
             out["snapshots"] = snaps.as_dict()
             freed = snaps.deleted_bytes
             if snaps.aborted:

@@ -213,12 +213,14 @@ class SnapshotStore:
 
     def gc(self, *, wait_timeout: float = 600.0, repack_below: float = 0.5,
            poll: float = 0.05, on_wait: Callable[[], None] | None = None,
-           dry_run: bool = False) -> GCResult:
+           dry_run: bool = False, on_phase: Callable[[str], None] | None = None) -> GCResult:
         """Delete chunks no manifest references; rewrite packs mostly dead.
 
         Safe with concurrent puts (see the module docstring). Waits up to
         `wait_timeout` seconds for puts already running; if they do not finish, it
         deletes nothing and reports why in `aborted`. dry_run: only count what it would
-        delete (no marker, no wait, nothing deleted).
+        delete (no marker, no wait, nothing deleted). on_phase(what): told as each phase
+        starts (listing, waiting for puts, reading manifests and pack indexes, deleting).
         """
-        return self._collector.gc(wait_timeout, repack_below, poll, on_wait, dry_run)
+        return self._collector.gc(wait_timeout, repack_below, poll, on_wait, dry_run,
+                                  on_phase)
