@@ -170,3 +170,48 @@ def test_blob_gc_deletes_unreferenced_old_blobs_only(tmp_path: Path) -> None:
                     epoch=clog.acquire("new"))  # fmt: skip
         assert min(t for _k, t, _s in clog.blobs.list()) == 1  # type: ignore[union-attr]
         assert max(t for _k, t, _s in clog.blobs.list()) > time.time() - 60  # type: ignore[union-attr]
+
+
+def test_a_blob_put_again_as_the_gc_deletes_it_is_put_back_before_its_row_commits(
+        url: str, tmp_path: Path) -> None:  # fmt: skip
+    # The race the blob lock closes, made to happen: the collector has found a blob
+    # unreferenced and old, and a writer puts it again (a new entry with the same payload)
+    # right after the collector's last look at it, then commits its row while the
+    # collector deletes it. The row must not name a deleted blob.
+    with open_log(url + ("&" if "?" in url else "?") + f"blobs=file://{tmp_path / 'b'}",
+                  blob_threshold=100) as clog:  # fmt: skip
+        clog.append("old", [Entry.message("user", big(1, "shared"))], epoch=clog.acquire("old"))
+        clog.delete_session("old")  # its blob is garbage now
+        blobs = clog.blobs
+        assert blobs is not None
+        (key,) = [k for k, _t, _s in blobs.list()]
+        os.utime(blobs._path(key), (1, 1))  # type: ignore[attr-defined]  (put long ago)
+        real_mtime = blobs.mtime
+        writer: list[threading.Thread] = []
+        errors: list[BaseException] = []
+
+        epoch = clog.acquire("new")
+
+        def append_again() -> None:
+            try:
+                clog.append("new", [Entry.message("user", big(1, "shared"))], epoch=epoch)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        def mtime_then_writer(k: str) -> float | None:
+            got = real_mtime(k)  # the collector's last look: old
+            if not writer:  # the writer puts it again now, and commits when it can
+                writer.append(threading.Thread(target=append_again))
+                writer[0].start()
+                time.sleep(0.5)  # (its put is done, its commit waits for the lock)
+            return got
+
+        blobs.mtime = mtime_then_writer  # type: ignore[method-assign]
+        done = collect_blobs(clog, grace=60)
+        blobs.mtime = real_mtime  # type: ignore[method-assign]
+        writer[0].join(30)
+        assert not errors, errors
+        assert done.deleted == 1  # it was deleted ...
+        assert blobs.has(key)  # ... and put back by the writer before its row committed
+        assert clog.verify("new").ok
+        assert [e.content for e in clog.read("new")] == [big(1, "shared")]

@@ -1,16 +1,20 @@
 """Collecting the blobs no log entry refers to (after `torpor log prune` or a deleted
 session): `collect_blobs(log)`.
 
-Safe with concurrent writers by a grace period. A writer puts a blob (or puts it again:
-`put` refreshes an existing blob's time) and then commits the row that refers to it,
-within moments. The collector (1) notes the time and lists the blobs, (2) reads every
-reference committed, (3) deletes a blob only if it is unreferenced and was last put more
-than `grace` seconds before (1), looking at its time again just before deleting it. A blob
-whose row is still committing was put within the grace period, so it stays. What is left:
-a blob put again (by a writer that found it there) between that last look and the delete,
-with its row committed after (2): one request's width; the writer's row then names a blob
-that is gone (`torpor log verify` reports it). The default grace, an hour, is far longer
-than any write.
+Safe with concurrent writers, by a lock. The collector (1) notes the time and lists the
+blobs, (2) reads every reference committed, and (3) for those unreferenced and last put
+more than `grace` seconds before (1), takes the blob lock exclusively, reads the
+references again and deletes those still unreferenced and not put again since
+(`ContextLog.delete_unreferenced_blobs`). A writer puts a blob (again, for one already
+there: `put` refreshes its time) and then, in the transaction that commits the row
+naming it, takes the blob lock shared and checks that the blob is there, putting it back
+if the collector deleted it meanwhile (`ContextLog._blobs_there`). Either the writer's
+commit comes before the collector's second look (the reference is seen: the blob stays),
+or the writer's check comes after the delete (the blob is put back): no committed row
+names a deleted blob (tests/snapshots/test_snapshots_scheduled_gc.py races them). The
+lock is a PostgreSQL advisory lock (db/queries/log.py: `lock_blobs`); on SQLite a write
+transaction excludes every other already. The grace period (default an hour) only
+spares the work of deleting blobs a writer is about to name.
 """
 
 from __future__ import annotations
@@ -55,26 +59,25 @@ def collect_blobs(clog: ContextLog, *, grace: float = GRACE,
     listed = list(blobs.list())
     wanted = clog.blob_keys()
     res.blobs = len(listed)
+    candidates: dict[str, int] = {}
     for key, mtime, size in listed:
         if key in wanted:
             res.referenced += 1
             res.kept_bytes += size
-            continue
-        if mtime > started - grace:
+        elif mtime > started - grace:
             res.young += 1
             res.kept_bytes += size
-            continue
-        if not dry_run:
-            again = blobs.mtime(key)
-            if again is None:
-                continue  # deleted meanwhile (another collector)
-            if again > started - grace:
-                res.young += 1
-                res.kept_bytes += size
-                continue
-            blobs.delete(key)
-        res.deleted += 1
-        res.deleted_bytes += size
+        else:
+            candidates[key] = size
+    gone = (set(candidates) if dry_run else
+            set(clog.delete_unreferenced_blobs(list(candidates), started - grace)))
+    for key, size in candidates.items():
+        if key in gone:
+            res.deleted += 1
+            res.deleted_bytes += size
+        else:  # referred to or put again since the listing (or gone already)
+            res.young += 1
+            res.kept_bytes += size
     res.seconds = round(time.perf_counter() - t0, 6)
     if res.deleted:
         log.info("blob gc %s %d blob(s), %d bytes", "would delete" if dry_run else "deleted",

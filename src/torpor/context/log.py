@@ -13,7 +13,7 @@ import copy
 import json
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torpor.db import Database, Tx, schema_version
@@ -59,6 +59,8 @@ class _Prepared:
     usage: str | None = None
     meta: str = "{}"
     size: int = 0
+    blobs: dict[str, bytes | None] = field(default_factory=dict)  # key -> bytes put (None:
+    #                                                                referred to as is)
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,7 @@ class ContextLog:
                 out.size += value.size
                 digest: str | None = value.key
                 stored: str | None = f"{value.key}:{value.size}"
+                out.blobs[value.key] = None
             else:
                 text = encode_field(value, name, index)
                 data = text.encode("utf-8")
@@ -298,6 +301,7 @@ class ContextLog:
                         raise InvalidEntry(f"{name} is {len(data)} bytes, over the blob "
                                            "threshold, and this log has no blob store", index=index)
                     key = self.blobs.put(data)
+                    out.blobs[key] = data
                     setattr(e, name, BlobRef(key, len(data), self.blobs))
                     stored = f"{key}:{len(data)}"
                 else:
@@ -383,11 +387,52 @@ class ContextLog:
                 prev = m.e.hash
                 total += m.size
                 warned = True
+            if self.blobs is not None and any(p.blobs for p in prepared):
+                self._blobs_there(tx, prepared)
             q.insert_entries(tx, rows)
             q.set_head(tx, session, seq=seq, hash_=prev, size=total, warned=warned, ts=ts)
             if idempotency_key is not None:
                 q.insert_key(tx, session, idempotency_key, seqs[0], seqs[-1])
         return seqs
+
+    def _blobs_there(self, tx: Tx, prepared: list[_Prepared]) -> None:
+        """Every blob the batch refers to is in the blob store, checked under the lock
+        the blob gc deletes under (`delete_unreferenced_blobs`), in the transaction that
+        commits the rows naming them: a blob the gc deleted after this writer put it
+        (again) is put back now. Either the gc's look at the references comes after this
+        commit, or this look comes after the gc's delete: no committed row names a
+        deleted blob."""
+        assert self.blobs is not None
+        q.lock_blobs(tx, exclusive=False)
+        for p in prepared:
+            for key, data in p.blobs.items():
+                if self.blobs.has(key):
+                    continue
+                if data is None:
+                    raise InvalidEntry(f"blob {key} is not in the blob store "
+                                       f"({self.blobs.url}): it cannot be referred to")
+                self.blobs.put(data)
+
+    def delete_unreferenced_blobs(self, keys: Sequence[str], put_before: float) -> list[str]:
+        """Delete those of these blobs that no entry refers to and that were not put
+        (again) after `put_before`, under the blob lock held exclusively (see
+        `_blobs_there`); returns the keys deleted. The blob gc's last step
+        (context/blobgc.py)."""
+        if self.blobs is None or not keys:
+            return []
+        done = []
+        with self._write() as tx:
+            q.lock_blobs(tx, exclusive=True)
+            wanted = {ref.partition(":")[0] for ref in q.blob_refs(tx)}
+            for key in keys:
+                if key in wanted:
+                    continue
+                put_at = self.blobs.mtime(key)
+                if put_at is None or put_at > put_before:
+                    continue  # gone already (another collector), or put again lately
+                self.blobs.delete(key)
+                done.append(key)
+        return done
 
     # -- forks --------------------------------------------------------------------------
     def fork(self, session: str, at_seq: int, new_session: str | None = None) -> str:

@@ -147,6 +147,20 @@ def insert_key(tx: Tx, sid: str, key: str, first: int, last: int) -> None:
            "VALUES (%s, %s, %s, %s)", (sid, key, first, last))
 
 
+BLOB_LOCK = 0x746F72706F62  # pg_advisory_xact_lock key: the blob gc's deletes (exclusive)
+#                               against appends that refer to blobs (shared)
+
+
+def lock_blobs(tx: Tx, *, exclusive: bool) -> None:
+    """The blob gc deletes under this lock exclusively; an append that refers to blobs
+    checks they are there under it, shared (context/log.py: `_blobs_there`). PostgreSQL:
+    a transaction-scoped advisory lock; SQLite: nothing more is needed (a write
+    transaction excludes every other)."""
+    if tx.dialect.postgres:
+        fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        tx.run(f"SELECT {fn}(%s)", (BLOB_LOCK,))
+
+
 def blob_refs(tx: Tx) -> list[str]:
     """Every blob reference (`key:size`) an entry holds, of every session."""
     return [str(r[0]) for r in tx.all(
