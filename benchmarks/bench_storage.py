@@ -164,6 +164,10 @@ def write_md(res: dict[str, Any], path: Path) -> None:
             f"| {r['latest_stored_bytes'] / 1e6:.1f} MB | {r['resume_needs_bytes'] / 1e6:.1f} MB "
             f"| {r['ratio']:.2f}x | {r['gc']['deleted_bytes'] / 1e6:.1f} MB "
             f"| {r['gc_s']:.2f} s |")
+    lines += ["", "The gc's side of it: its throughput on a store of 10,000 snapshots, file and "
+              "S3, in [storage_gc.md](storage_gc.md) (`bench_storage_gc.py`), and its effect on "
+              "a concurrent wait point in [storage_gc_wait_point.md](storage_gc_wait_point.md) "
+              "(`bench_gc_wait_point.py`)."]
     lines += ["", "## Goals", ""]
     for g in res["goals"]:
         lines.append(f"- {g}")
