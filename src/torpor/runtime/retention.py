@@ -8,7 +8,7 @@ keeps, whatever the schedule says:
   one still uploading: losing this machine must leave one to fall back to);
 - any snapshot something else refers to (`held`): another session's (a fork starts from
   it; it leaves this session's list but is not deleted: that session deletes it when it
-  lets go of it), a pin (`torpor_pins`: a machine fetching or restoring it), one another
+  lets go of it), a pin (`torpor_pins`: a machine fetching it ahead of a restore), one another
   live process took and has not stored yet (its upload would bring it back after the
   delete), and whatever a registered `PinSource` says (the hook for other resources
   that refer to snapshots, e.g. paused sandboxes: `PIN_SOURCES.append(...)`). Those
