@@ -329,6 +329,18 @@ def test_paused_and_named_snapshots_outlive_the_scheduled_gc(rt: Runtime, rt_hom
     b = rt.sandboxes.create(snapshot=named.id)
     with rt.sandboxes.use(b.id) as sb:
         assert sb.files.read_text("/work/v") == "named"
+    # `torpor du --by sandbox`: its named snapshot and its pause (resumed: gone) counted
+    import json
+
+    from typer.testing import CliRunner
+
+    from torpor.cli.main import app as cli
+
+    res = CliRunner().invoke(cli, ["du", "--by", "sandbox", "--db", rt.db_url, "--store",
+                                   store.url, "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    mine = {r["name"]: r for r in json.loads(res.stdout)["sandboxes"]}
+    assert mine[a.id]["snapshots"] >= 1 and mine[a.id]["stored"] > 0, mine
 
 
 def test_a_tenant_over_its_quota_gets_no_new_sandbox_or_snapshot_but_still_pauses(rt: Runtime):
