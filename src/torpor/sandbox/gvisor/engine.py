@@ -259,15 +259,8 @@ class GVisorEngine(Engine):
             network.teardown(self.home, old.sid)
             # its supervisor writes exit.code into the directory once the foreground runsc
             # ends (moments after the kill): a removal before that can find it refilled
-            d = self.records.dir(old.sid)
-            deadline = time.monotonic() + 5.0
-            while d.exists() and not (d / "exit.code").exists() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            for _ in range(3):
-                shutil.rmtree(d, ignore_errors=True)
-                if not d.exists():
-                    break
-                time.sleep(0.1)
+            self.driver.wait_exit_code(old.sid)
+            shutil.rmtree(self.records.dir(old.sid), ignore_errors=True)
             if old.name:
                 self.records.unindex_name(old.name, old.sid)
 

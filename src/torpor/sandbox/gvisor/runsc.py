@@ -326,7 +326,7 @@ class Driver:
             self.run(None, "kill", "--all", info.id, "KILL", check=False, timeout=20)
         if info.from_standby:
             self.end_waiter(info)
-        self.wait_exit_code(info)
+        self.wait_exit_code(info.id)
 
     def after_stop(self, info: SandboxInfo, *, later: bool = False) -> None:
         """Free what a stopped sandbox no longer needs (runsc state, network, proxies).
@@ -336,7 +336,7 @@ class Driver:
         # never land after the next boot has started.
         if info.from_standby and info.state == "checkpointed":
             self.end_waiter(info)
-        self.wait_exit_code(info)
+        self.wait_exit_code(info.id)
         if later:
             now = self.records.load(info.id)
             if now is None or now.state != info.state or now.started != info.started:
@@ -345,10 +345,10 @@ class Driver:
         if info.spec.network == "sandbox":
             network.teardown(self.home, info.id)
 
-    def wait_exit_code(self, info: SandboxInfo, timeout: float = 5.0) -> None:
-        """Wait (at most timeout) for the foreground runsc of info's boot to end, which
-        its supervisor marks by writing exit.code."""
-        d = self.records.dir(info.id)
+    def wait_exit_code(self, sid: str, timeout: float = 5.0) -> None:
+        """Wait (at most timeout) for the foreground runsc of sandbox sid's boot to end,
+        which its supervisor marks by writing exit.code."""
+        d = self.records.dir(sid)
         codefile = d / "exit.code"
         deadline = time.monotonic() + timeout
         delay = 0.002
