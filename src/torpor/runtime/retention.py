@@ -130,6 +130,20 @@ def forget(db: RuntimeDB, snapshot: str) -> None:
         q.forget_snapshot(tx, snapshot)
 
 
+def delete(db: RuntimeDB, store: SnapshotStore, snapshot: str, whose: str) -> bool:
+    """Delete a snapshot from the store (gone already: fine) and then its records; False,
+    with a warning, when the store cannot delete it now (it is looked at again later)."""
+    try:
+        store.delete(snapshot)
+    except SnapshotNotFound:
+        pass
+    except SnapshotError as e:
+        log.warning("could not delete snapshot %s %s: %s", snapshot, whose, e)
+        return False
+    forget(db, snapshot)
+    return True
+
+
 def pin(db: RuntimeDB, snapshot: str, holder: str, ttl: float = PIN_TTL) -> None:
     """Keep `snapshot` from retention's deletes for `ttl` seconds (or until `unpin`)."""
     with db.database.write() as tx:
@@ -158,15 +172,8 @@ def finish_deletes(db: RuntimeDB, store: SnapshotStore, server_default: str, pro
             continue
         if held(db, snap, session, process=process, stored=store.exists) is not None:
             continue
-        try:
-            store.delete(snap)
-        except SnapshotNotFound:
-            pass
-        except SnapshotError as e:
-            log.warning("could not delete snapshot %s of %s: %s", snap, session, e)
-            continue
-        forget(db, snap)
-        done.append(snap)
+        if delete(db, store, snap, f"of {session}"):
+            done.append(snap)
     if done:
         log.info("deleted %d snapshot(s) retention had let go of: %s", len(done),
                  ", ".join(done))
@@ -200,16 +207,8 @@ def expire_closed(db: RuntimeDB, store: SnapshotStore, days: float, process: str
             if hold is not None:  # a fork's origin (the fork deletes it when it lets go of
                 left = left or hold.transient  # it), or pinned: looked at again next time
                 continue
-            try:
-                store.delete(snap)
-            except SnapshotNotFound:
-                pass
-            except SnapshotError as e:
-                log.warning("could not delete snapshot %s of closed session %s: %s", snap,
-                            sid, e)  # fmt: skip
+            if not delete(db, store, snap, f"of closed session {sid}"):
                 left = True
-                continue
-            forget(db, snap)
         if not left:
             with db.database.write() as tx:
                 q.drop_session_snapshots(tx, sid, now)
