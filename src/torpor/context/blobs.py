@@ -167,13 +167,7 @@ class S3BlobStore(BlobStore):
         return resp["Body"].read()
 
     def has(self, key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._name(key))
-        except Exception as exc:
-            if self._absent(exc):
-                return False
-            raise
-        return True
+        return self.mtime(key) is not None
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._name(key))
