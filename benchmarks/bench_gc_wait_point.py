@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_runtime import BUCKET, moto_server  # noqa: E402
+from bench_runtime import BUCKET, moto_server, small_turns, write_script  # noqa: E402
 from bench_storage_gc import fill  # noqa: E402
 
 from torpor.runtime.core import Runtime  # noqa: E402
@@ -42,15 +42,6 @@ from torpor.snapshots import open_store  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 NAME = "storage_gc_wait_point"
-
-
-def script(path: Path, turns: int) -> str:
-    lines = []
-    for i in range(turns):
-        call = {"name": "shell", "arguments": {"command": f"echo {i} >> /root/f"}}
-        lines += [{"text": f"t{i}", "tool_calls": [call]}, {"text": f"done {i}"}]
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return f"script:{path}"
 
 
 def turns(rt: Runtime, s: Any, n: int, first: int, while_alive: threading.Thread | None = None
@@ -84,7 +75,7 @@ def run(url: str, n: int, work: Path, per_round: int) -> dict[str, Any]:
     rt = Runtime(db=f"sqlite:///{home / 'torpor.db'}", store=url, home=home)
     try:
         total = 3 * per_round + 200
-        s = rt.create_session(model=script(work / "turns.jsonl", total))
+        s = rt.create_session(model=write_script(work / "turns.jsonl", small_turns(total)))
         storage = rt.engine.checkpoints
         done = turns(rt, s, 3, 0)  # warm-up: the first restore, the standby
         storage.flush()  # type: ignore[attr-defined]

@@ -91,6 +91,14 @@ def pct(xs: list[float], p: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+def remove_home(home: Path) -> None:
+    """A benchmark's private TORPOR_HOME, with whatever runsc still keeps of its sandboxes."""
+    for d in (home / "sandboxes").glob("*") if (home / "sandboxes").exists() else []:
+        subprocess.run(["runsc", f"--root={home / 'runsc'}", "delete", "-force", d.name],
+                       capture_output=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
 def dir_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) if d.exists() else 0
 
@@ -1385,10 +1393,7 @@ def peers_only(args: argparse.Namespace, calls: list[int], payloads: list[str]) 
         log(f"done in {res['wall_s'] / 60:.1f} min: {RESULTS / 'headline_peers.md'}")
         print((RESULTS / "headline_peers.md").read_text())
     finally:
-        for d in (home / "sandboxes").glob("*") if (home / "sandboxes").exists() else []:
-            subprocess.run(["runsc", f"--root={home / 'runsc'}", "delete", "-force", d.name],
-                           capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
+        remove_home(home)
     return 0
 
 
@@ -1479,10 +1484,7 @@ def main() -> int:
         log(f"done in {res['wall_s'] / 60:.1f} min: {RESULTS / 'headline.md'}")
         print((RESULTS / "headline.md").read_text())
     finally:
-        for d in (home / "sandboxes").glob("*") if (home / "sandboxes").exists() else []:
-            subprocess.run(["runsc", f"--root={home / 'runsc'}", "delete", "-force", d.name],
-                           capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
+        remove_home(home)
     return 0
 
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -265,10 +263,7 @@ def main() -> int:
         plot(res, RESULTS / "storage.png")
         print((RESULTS / "storage.md").read_text())
     finally:
-        for d in (home / "sandboxes").glob("*") if (home / "sandboxes").exists() else []:
-            subprocess.run(["runsc", f"--root={home / 'runsc'}", "delete", "-force", d.name],
-                           capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
+        bh.remove_home(home)
     return 0
 
 
