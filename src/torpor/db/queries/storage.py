@@ -123,9 +123,9 @@ USAGE_COLUMNS = ("kind", "name", "tenant", "snapshots", "logical", "stored", "ex
 def replace_usage(tx: Tx, rows: Sequence[Sequence[Any]]) -> None:
     """Every usage row at once (in the order of USAGE_COLUMNS): the old ones go."""
     tx.run("DELETE FROM torpor_usage")
-    for r in rows:
-        tx.run(f"INSERT INTO torpor_usage ({', '.join(USAGE_COLUMNS)}) VALUES "
-               f"({', '.join(['%s'] * len(USAGE_COLUMNS))})", r)
+    if rows:  # one executemany, not a statement per session
+        tx.many(f"INSERT INTO torpor_usage ({', '.join(USAGE_COLUMNS)}) VALUES "
+                f"({', '.join(['%s'] * len(USAGE_COLUMNS))})", rows)
 
 
 def usage_rows(tx: Tx, kind: str, *, tenant: str | None = None,
